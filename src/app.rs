@@ -1,0 +1,164 @@
+//! Wires the pieces together for `hookrelay run` and drives shutdown.
+//!
+//! Drain order on shutdown: readiness off → stop accepting → finish in-flight
+//! requests → let the forwarder publish what it can until the drain deadline →
+//! persist the cursor → return. What was not forwarded stays in the spool.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::deadletter::DeadLetter;
+use crate::dedup::Dedup;
+use crate::event::Extractor;
+use crate::forward::{Forwarder, Route, Routes};
+use crate::metrics::{self, EventLabels, RequestMetrics};
+use crate::server::{self, App, Limits, Source};
+use crate::sink::{FileSink, Sink};
+use crate::spool::Spool;
+use crate::verify::Verifier;
+
+/// Builds every source's verifier and extractor; fails on a missing secret.
+pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Source>> {
+    let mut sources = HashMap::new();
+    for (name, cfg) in &config.sources {
+        let secret = cfg.load_secret(name)?;
+        sources.insert(
+            name.clone(),
+            Source {
+                verifier: Verifier::new(cfg.scheme, secret),
+                extractor: Extractor::new(name, cfg),
+                metrics: RequestMetrics::new(name),
+                events: EventLabels::new(name, cfg.events.as_deref()),
+            },
+        );
+    }
+    Ok(sources)
+}
+
+fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> {
+    let mut sinks = HashMap::new();
+    if let Some(file) = &config.sinks.file {
+        let sink: Arc<dyn Sink> = Arc::new(
+            FileSink::open(&file.dir).with_context(|| format!("sinks.file.dir: cannot open {}", file.dir.display()))?,
+        );
+        sinks.insert("file", Route::new(sink));
+    }
+    Ok(sinks)
+}
+
+/// Runs hookrelay until `shutdown` resolves, then drains and returns.
+pub async fn run(config: Config, prometheus: PrometheusHandle, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    config.validate()?;
+    let sources = build_sources(&config)?;
+    let names: Vec<String> = config.sources.keys().cloned().collect();
+    metrics::init(&names, &config.sinks.names());
+
+    let dedup = Arc::new(Dedup::new(
+        std::time::Duration::from_secs(config.dedup.window_secs),
+        config.dedup.max_ids,
+    ));
+    let (spool, reader, recovery) = Spool::open(&config.spool.dir, config.spool.max_bytes, config.spool.segment_bytes, &dedup)
+        .context("spool.dir")?;
+    tracing::info!(
+        dir = %config.spool.dir.display(),
+        pending = recovery.pending,
+        truncated_bytes = recovery.truncated_bytes,
+        remembered_ids = dedup.len(),
+        "spool opened"
+    );
+
+    let sinks = build_sinks(&config)?;
+    let mut by_source = HashMap::new();
+    for (name, src) in &config.sources {
+        let sink = config.sink_of(src);
+        let route = sinks
+            .get(sink.as_str())
+            .with_context(|| format!("sources.{name}.sink: sink '{sink}' is not configured"))?;
+        by_source.insert(name.clone(), route.clone());
+    }
+    let default = sinks
+        .values()
+        .next()
+        .cloned()
+        .context("sinks: no sink configured")?;
+    let dead_letter = DeadLetter::open(&config.dead_letter.path)
+        .with_context(|| format!("dead_letter.path: cannot open {}", config.dead_letter.path.display()))?;
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+    let admin = TcpListener::bind(config.server.admin_listen)
+        .await
+        .with_context(|| format!("server.admin_listen: cannot bind {}", config.server.admin_listen))?;
+
+    let (drain_tx, drain_rx) = watch::channel(None);
+    let forwarder = Forwarder::new(
+        spool.clone(),
+        reader,
+        Routes::new(by_source, default),
+        dead_letter,
+        config.forward.clone(),
+    );
+    let forwarding = tokio::spawn(forwarder.run(drain_rx));
+
+    let app = Arc::new(App::new(
+        sources,
+        dedup,
+        spool,
+        Limits {
+            max_body_bytes: config.server.max_body_bytes,
+            header_read_timeout: config.header_read_timeout(),
+            body_read_timeout: config.body_read_timeout(),
+            max_connections: config.server.max_connections,
+        },
+    ));
+    metrics::spawn_upkeep(prometheus.clone());
+    metrics::ready(true);
+
+    tracing::info!(
+        webhooks = %server::local_addr(&listener).map_or_else(String::new, |a| a.to_string()),
+        admin = %server::local_addr(&admin).map_or_else(String::new, |a| a.to_string()),
+        sources = ?names,
+        "listening"
+    );
+
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(server::serve_admin(admin, app.clone(), prometheus, async {
+        let _ = admin_stop_rx.await;
+    }));
+
+    let deadline_len = config.drain_deadline();
+    let started = std::cell::Cell::new(None::<Instant>);
+    server::serve(
+        listener,
+        app.clone(),
+        async {
+            shutdown.await;
+            started.set(Some(Instant::now()));
+            metrics::ready(false);
+            tracing::info!(deadline = ?deadline_len, "shutting down: not ready, no new connections, draining");
+        },
+        deadline_len,
+    )
+    .await;
+    let deadline = started.get().unwrap_or_else(Instant::now) + deadline_len;
+    let _ = drain_tx.send(Some(deadline));
+    if let Err(e) = forwarding.await {
+        tracing::error!(error = %e, "forwarder task failed");
+    }
+    let _ = admin_stop_tx.send(());
+    let _ = admin_task.await;
+    tracing::info!(
+        unconfirmed = app.spool.durable_end().saturating_sub(app.spool.cursor()),
+        "stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Drops repeats of an event inside a time window, with bounded memory.
+//!
+//! Ids are stored as 128-bit keyed hashes (about 40 bytes an entry with the
+//! map's overhead, so the default million ids cost ~40 MiB), sharded to keep
+//! the lock off the hot path. A 64-bit hash would not do: a collision answers
+//! "duplicate" for a new event, which is a loss.
+//!
+//! An id is first *reserved* (the request is being made durable) and then
+//! *committed*, or *released* when the spool refused it. A second request for a
+//! reserved id is told [`Seen::InFlight`] and answered 503, never "duplicate":
+//! the first one may still fail.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+
+/// What the window knows of an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Never seen (or forgotten): now reserved for the caller.
+    New,
+    /// Committed before: a repeat.
+    Duplicate,
+    /// Reserved by a request still in progress.
+    InFlight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Reserved,
+    Committed,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    /// Identifies this insertion, so an expiry queued for an older one is ignored.
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<u128, Entry>,
+    /// Insertion order for expiry and the size bound: (inserted at, id, generation).
+    order: VecDeque<(Instant, u128, u64)>,
+    next_generation: u64,
+}
+
+/// Opaque handle on a reserved id; pass it back to commit or release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(u128);
+
+#[derive(Debug)]
+pub struct Dedup {
+    shards: Vec<Mutex<Shard>>,
+    hashers: (RandomState, RandomState),
+    window: Duration,
+    max_per_shard: usize,
+}
+
+impl Dedup {
+    pub fn new(window: Duration, max_ids: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hashers: (RandomState::new(), RandomState::new()),
+            window,
+            max_per_shard: max_ids.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    pub fn key(&self, source: &str, id: &str) -> Key {
+        let hash = |state: &RandomState| {
+            let mut h = state.build_hasher();
+            h.write(source.as_bytes());
+            h.write_u8(0xff);
+            h.write(id.as_bytes());
+            h.finish()
+        };
+        Key(((hash(&self.hashers.0) as u128) << 64) | hash(&self.hashers.1) as u128)
+    }
+
+    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, Shard> {
+        let shard = &self.shards[(key.0 as usize) % SHARDS];
+        // A panic while holding this lock cannot leave the map inconsistent in a way
+        // that matters more than refusing all traffic would, so recover the guard.
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks the id up and reserves it when new.
+    pub fn check(&self, key: Key) -> Seen {
+        self.check_at(key, Instant::now())
+    }
+
+    fn check_at(&self, key: Key, now: Instant) -> Seen {
+        let mut shard = self.shard(key);
+        self.expire(&mut shard, now);
+        if let Some(entry) = shard.map.get(&key.0) {
+            return match entry.state {
+                State::Committed => Seen::Duplicate,
+                State::Reserved => Seen::InFlight,
+            };
+        }
+        self.insert(&mut shard, key, State::Reserved, now);
+        Seen::New
+    }
+
+    /// The event is durable: from now on repeats are duplicates.
+    pub fn commit(&self, key: Key) {
+        if let Some(e) = self.shard(key).map.get_mut(&key.0) {
+            e.state = State::Committed;
+        }
+    }
+
+    /// The event was not accepted: let the provider's retry through.
+    pub fn release(&self, key: Key) {
+        self.shard(key).map.remove(&key.0);
+    }
+
+    /// Remembers an id already durable (spool replay after a restart).
+    pub fn remember(&self, key: Key, age: Duration) {
+        let now = Instant::now();
+        if age >= self.window {
+            return;
+        }
+        let at = now.checked_sub(age).unwrap_or(now);
+        let mut shard = self.shard(key);
+        if !shard.map.contains_key(&key.0) {
+            self.insert(&mut shard, key, State::Committed, at);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&self, shard: &mut Shard, key: Key, state: State, at: Instant) {
+        while shard.order.len() >= self.max_per_shard {
+            let Some((_, id, generation)) = shard.order.pop_front() else {
+                break;
+            };
+            Self::forget(shard, id, generation);
+        }
+        shard.next_generation += 1;
+        let generation = shard.next_generation;
+        shard.map.insert(key.0, Entry { state, generation });
+        shard.order.push_back((at, key.0, generation));
+    }
+
+    fn expire(&self, shard: &mut Shard, now: Instant) {
+        while let Some(&(at, id, generation)) = shard.order.front() {
+            if now.duration_since(at) < self.window {
+                break;
+            }
+            shard.order.pop_front();
+            Self::forget(shard, id, generation);
+        }
+    }
+
+    fn forget(shard: &mut Shard, id: u128, generation: u64) {
+        // Evicting a reserved id at the size bound can only cause a duplicate
+        // publish later (allowed), never a loss.
+        if shard.map.get(&id).is_some_and(|e| e.generation == generation) {
+            shard.map.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_commit_release() {
+        let d = Dedup::new(Duration::from_secs(60), 100);
+        let k = d.key("s", "a");
+        assert_eq!(d.check(k), Seen::New);
+        assert_eq!(d.check(k), Seen::InFlight);
+        d.release(k);
+        assert_eq!(d.check(k), Seen::New);
+        d.commit(k);
+        assert_eq!(d.check(k), Seen::Duplicate);
+        assert_ne!(d.key("s", "a"), d.key("t", "a"));
+        assert_ne!(d.key("s", "ab"), d.key("sa", "b"));
+    }
+
+    #[test]
+    fn window_expires() {
+        let d = Dedup::new(Duration::from_secs(10), 100);
+        let k = d.key("s", "a");
+        let t0 = Instant::now();
+        assert_eq!(d.check_at(k, t0), Seen::New);
+        d.commit(k);
+        assert_eq!(d.check_at(k, t0 + Duration::from_secs(9)), Seen::Duplicate);
+        assert_eq!(d.check_at(k, t0 + Duration::from_secs(11)), Seen::New);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let d = Dedup::new(Duration::from_secs(3600), 1000);
+        for i in 0..100_000 {
+            let k = d.key("s", &i.to_string());
+            assert_eq!(d.check(k), Seen::New);
+            d.commit(k);
+        }
+        assert!(d.len() <= 1000 + SHARDS, "{}", d.len());
+        // The newest are still known.
+        assert_eq!(d.check(d.key("s", "99999")), Seen::Duplicate);
+    }
+
+    #[test]
+    fn remembered_ids_are_duplicates_until_they_age_out() {
+        let d = Dedup::new(Duration::from_secs(60), 100);
+        d.remember(d.key("s", "old"), Duration::from_secs(120));
+        d.remember(d.key("s", "young"), Duration::from_secs(1));
+        assert_eq!(d.check(d.key("s", "old")), Seen::New);
+        assert_eq!(d.check(d.key("s", "young")), Seen::Duplicate);
+    }
+}

@@ -1,0 +1,375 @@
+//! Moves events from the spool to their sink, many at a time, and advances the
+//! spool's cursor only over events the sink has confirmed.
+//!
+//! Confirmations arrive out of order; the cursor is the oldest unconfirmed
+//! sequence, so a crash replays at most the in-flight window (duplicates, never
+//! losses). Retriable failures are retried with capped exponential backoff and
+//! jitter, forever; permanent ones go to the dead-letter file, so one poison
+//! event never stalls the stream.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ForwardConfig;
+use crate::deadletter::DeadLetter;
+use crate::metrics::{self, SinkMetrics};
+use crate::sink::{Message, Sink, SinkError};
+use crate::spool::{Reader, Record, Spool};
+
+/// How often the lag gauge and the cursor file are refreshed.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A sink with its metric handles.
+#[derive(Clone)]
+pub struct Route {
+    pub sink: Arc<dyn Sink>,
+    pub metrics: SinkMetrics,
+}
+
+impl Route {
+    pub fn new(sink: Arc<dyn Sink>) -> Self {
+        let metrics = SinkMetrics::new(sink.name());
+        Self { sink, metrics }
+    }
+}
+
+/// Where each source's events go.
+#[derive(Clone)]
+pub struct Routes {
+    by_source: HashMap<String, Route>,
+    /// For events of a source that is no longer configured (spooled before a config change).
+    default: Route,
+}
+
+impl Routes {
+    pub fn new(by_source: HashMap<String, Route>, default: Route) -> Self {
+        Self { by_source, default }
+    }
+
+    fn for_source(&self, source: &str) -> &Route {
+        self.by_source.get(source).unwrap_or(&self.default)
+    }
+}
+
+struct Pending {
+    msg: Message,
+    attempts: u32,
+    done: bool,
+}
+
+type Confirmed = std::pin::Pin<Box<dyn Future<Output = (u64, Result<(), SinkError>)> + Send>>;
+
+pub struct Forwarder {
+    spool: Spool,
+    reader: Option<Reader>,
+    routes: Routes,
+    dead_letter: DeadLetter,
+    cfg: ForwardConfig,
+    /// Unconfirmed events by sequence; the first key is the cursor.
+    in_flight: BTreeMap<u64, Pending>,
+    /// Sequence of the next record to read: the cursor when nothing is in flight.
+    next_read: u64,
+    retries: BinaryHeap<Reverse<(Instant, u64)>>,
+    confirms: FuturesUnordered<Confirmed>,
+    last_warn: Option<Instant>,
+}
+
+/// `None` while running; `Some(deadline)` once shutdown asks for a drain.
+pub type DrainSignal = watch::Receiver<Option<Instant>>;
+
+impl Forwarder {
+    pub fn new(spool: Spool, reader: Reader, routes: Routes, dead_letter: DeadLetter, cfg: ForwardConfig) -> Self {
+        Self {
+            next_read: reader.position(),
+            spool,
+            reader: Some(reader),
+            routes,
+            dead_letter,
+            cfg,
+            in_flight: BTreeMap::new(),
+            retries: BinaryHeap::new(),
+            confirms: FuturesUnordered::new(),
+            last_warn: None,
+        }
+    }
+
+    /// Runs until drained (or the drain deadline passes) after `drain` fires.
+    /// Whatever is unconfirmed then stays in the spool for the next start.
+    pub async fn run(mut self, mut drain: DrainSignal) {
+        let mut durable = match &self.reader {
+            Some(r) => r.durable(),
+            None => return,
+        };
+        let mut reading: Option<JoinHandle<(Reader, io::Result<Vec<Record>>)>> = None;
+        let mut tick = tokio::time::interval(TICK);
+        let mut persisted = self.spool.cursor();
+        loop {
+            if reading.is_none()
+                && let Some(reader) = self.reader.take()
+            {
+                let room = self.cfg.max_in_flight.saturating_sub(self.in_flight.len());
+                if room > 0 && reader.position() < *durable.borrow_and_update() {
+                    let n = room.min(self.cfg.batch_max);
+                    reading = Some(tokio::task::spawn_blocking(move || {
+                        let mut reader = reader;
+                        let r = reader.read_batch(n);
+                        (reader, r)
+                    }));
+                } else {
+                    self.reader = Some(reader);
+                }
+            }
+            let deadline = *drain.borrow();
+            if let Some(deadline) = deadline {
+                let caught_up = self.in_flight.is_empty()
+                    && reading.is_none()
+                    && self.next_read >= self.spool.durable_end();
+                if caught_up || Instant::now() >= deadline {
+                    if !caught_up {
+                        tracing::warn!(
+                            unconfirmed = self.spool.durable_end().saturating_sub(self.cursor()),
+                            "drain deadline reached; unconfirmed events stay in the spool for the next start"
+                        );
+                    }
+                    break;
+                }
+            }
+            let next_retry = self.retries.peek().map(|Reverse((at, _))| *at);
+            tokio::select! {
+                joined = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                    reading = None;
+                    match joined {
+                        Ok((reader, Ok(records))) => {
+                            self.next_read = reader.position();
+                            self.reader = Some(reader);
+                            self.dispatch(records.into_iter().map(|r| r.into()).collect()).await;
+                        }
+                        Ok((reader, Err(e))) => {
+                            self.reader = Some(reader);
+                            self.warn(&format!("reading the spool failed: {e}"));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "spool reader task died; forwarding stops");
+                            break;
+                        }
+                    }
+                }
+                Some((seq, result)) = self.confirms.next(), if !self.confirms.is_empty() => {
+                    self.settle(seq, result).await;
+                }
+                _ = sleep_until_opt(next_retry), if next_retry.is_some() => {
+                    self.retry_due().await;
+                }
+                changed = durable.changed(), if self.reader.is_some() => {
+                    if changed.is_err() {
+                        // The writer is gone; nothing new will arrive. Keep settling.
+                        self.reader.take();
+                    }
+                }
+                _ = drain.changed() => {}
+                _ = tick.tick() => {
+                    self.report();
+                    let cursor = self.cursor();
+                    if cursor != persisted {
+                        match self.spool.persist_cursor() {
+                            Ok(()) => persisted = cursor,
+                            Err(e) => self.warn(&format!("cannot persist the spool cursor: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.spool.persist_cursor() {
+            tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown");
+        }
+        self.report();
+    }
+
+    fn cursor(&self) -> u64 {
+        self.in_flight.keys().next().copied().unwrap_or(self.next_read)
+    }
+
+    /// Publishes new or retried messages, grouped by sink, preserving order.
+    async fn dispatch(&mut self, msgs: Vec<Message>) {
+        let mut groups: Vec<(Route, Vec<Message>)> = Vec::new();
+        for m in msgs {
+            self.in_flight.entry(m.seq).or_insert_with(|| Pending {
+                msg: m.clone(),
+                attempts: 0,
+                done: false,
+            });
+            let route = self.routes.for_source(&m.event.source);
+            match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(&r.sink, &route.sink)) {
+                Some((_, batch)) => batch.push(m),
+                None => groups.push((route.clone(), vec![m])),
+            }
+        }
+        for (route, batch) in groups {
+            let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
+            let confirmations = route.sink.publish(batch).await;
+            for (seq, c) in seqs.into_iter().zip(confirmations) {
+                self.confirms.push(Box::pin(async move { (seq, c.await) }));
+            }
+        }
+    }
+
+    async fn settle(&mut self, seq: u64, result: Result<(), SinkError>) {
+        let Some(p) = self.in_flight.get_mut(&seq) else {
+            return;
+        };
+        let route = self.routes.for_source(&p.msg.event.source).clone();
+        match result {
+            Ok(()) => {
+                p.done = true;
+                route.metrics.published(age(p.msg.event.received_at_ns));
+            }
+            Err(SinkError::Retriable(reason)) => {
+                route.metrics.retriable_error();
+                p.attempts += 1;
+                let delay = backoff(&self.cfg, p.attempts);
+                self.retries.push(Reverse((Instant::now() + delay, seq)));
+                let msg = format!(
+                    "{} sink failed for topic {} (attempt {}), retrying in {:?}: {reason}",
+                    route.sink.name(),
+                    p.msg.event.topic,
+                    p.attempts,
+                    delay
+                );
+                self.warn(&msg);
+            }
+            Err(SinkError::Permanent(reason)) => {
+                route.metrics.permanent_error();
+                let dl = self.dead_letter.clone();
+                let msg = p.msg.clone();
+                let why = format!("{}: {reason}", route.sink.name());
+                let written = tokio::task::spawn_blocking(move || dl.write(&msg, &why)).await;
+                let Some(p) = self.in_flight.get_mut(&seq) else {
+                    return;
+                };
+                match written {
+                    Ok(Ok(())) => {
+                        tracing::error!(sink = route.sink.name(), topic = %p.msg.event.topic, id = %p.msg.event.id,
+                            reason = %reason, "event refused for good; written to the dead-letter file");
+                        route.metrics.dead_lettered();
+                        p.done = true;
+                    }
+                    Ok(Err(e)) => {
+                        p.attempts += 1;
+                        let delay = backoff(&self.cfg, p.attempts);
+                        self.retries.push(Reverse((Instant::now() + delay, seq)));
+                        self.warn(&format!("cannot write the dead-letter file, keeping the event: {e}"));
+                    }
+                    Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
+                }
+            }
+        }
+        self.advance();
+    }
+
+    /// Pops confirmed events off the front and frees the spool behind them.
+    fn advance(&mut self) {
+        let before = self.cursor();
+        while let Some(entry) = self.in_flight.first_entry() {
+            if !entry.get().done {
+                break;
+            }
+            entry.remove();
+        }
+        let after = self.cursor();
+        if after != before {
+            self.spool.confirm_until(after);
+        }
+    }
+
+    async fn retry_due(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(Reverse((at, seq))) = self.retries.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.retries.pop();
+            if let Some(p) = self.in_flight.get(&seq) {
+                due.push(p.msg.clone());
+            }
+        }
+        due.sort_by_key(|m| m.seq);
+        self.dispatch(due).await;
+    }
+
+    fn report(&self) {
+        let lag = self
+            .in_flight
+            .values()
+            .next()
+            .map_or(Duration::ZERO, |p| age(p.msg.event.received_at_ns));
+        metrics::forward_state(lag, self.in_flight.len());
+    }
+
+    /// At most one warning a second: an outage fails thousands of events at once.
+    fn warn(&mut self, msg: &str) {
+        let now = Instant::now();
+        if self.last_warn.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            self.last_warn = Some(now);
+            tracing::warn!("{msg}");
+        }
+    }
+}
+
+impl From<Record> for Message {
+    fn from(r: Record) -> Self {
+        Message {
+            seq: r.seq,
+            event: r.event,
+        }
+    }
+}
+
+fn age(received_at_ns: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    Duration::from_nanos(now.saturating_sub(received_at_ns))
+}
+
+/// Capped exponential backoff with equal jitter: half fixed, half random.
+pub fn backoff(cfg: &ForwardConfig, attempts: u32) -> Duration {
+    let exp = cfg
+        .backoff_initial_ms
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
+    let capped = exp.min(cfg.backoff_max_ms).max(1);
+    Duration::from_millis(capped / 2 + fastrand::u64(0..=capped / 2))
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let cfg = ForwardConfig {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1000,
+            ..ForwardConfig::default()
+        };
+        for attempts in 1..40 {
+            let d = backoff(&cfg, attempts).as_millis() as u64;
+            let full = (100u64 << (attempts - 1).min(30)).min(1000);
+            assert!(d >= full / 2 && d <= full, "attempt {attempts}: {d}");
+        }
+    }
+}

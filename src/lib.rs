@@ -1,0 +1,36 @@
+//! hookrelay: verifies signed webhooks, makes each event durable before
+//! answering 200, and publishes it to a topic named after its event type.
+//!
+//! # Layout
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! server (limits, routing) -> verify (scheme) -> event (type, id, topic, key)
+//!   -> dedup -> spool (group commit) -> 200
+//! spool -> forward (retry, cursor) -> sink (file | ...) -> confirm
+//! ```
+//!
+//! - [`config`]: the TOML file, typed and validated.
+//! - [`server`]: hyper listeners, limits, the accept path, the admin endpoints.
+//! - [`verify`]: signature schemes; [`verify::Verified`] is the only way onward.
+//! - [`event`]: event type, id, topic and key from a verified body.
+//! - [`dedup`]: the bounded window of ids already accepted.
+//! - [`spool`]: the segmented log, group commit, replay, cursor.
+//! - [`forward`]: spool to sink with many in flight, retry, dead-letter.
+//! - [`sink`]: destinations behind one trait; [`deadletter`] for refusals.
+//! - [`metrics`]: every metric name, defined once.
+//! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
+
+pub mod app;
+pub mod config;
+pub mod deadletter;
+pub mod dedup;
+pub mod event;
+pub mod forward;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod sink;
+pub mod spool;
+pub mod verify;

@@ -1,0 +1,276 @@
+//! Every metric hookrelay exports, named once, here.
+//!
+//! Names follow Prometheus conventions (`_total` counters, `_seconds` and
+//! `_bytes` units). Label values are bounded: sources come from the config
+//! (requests for unknown ones are labelled [`UNKNOWN_SOURCE`]), event types are
+//! capped per source ([`EventLabels`]), reasons and statuses are fixed sets.
+//! Everything a dashboard or alert reads is registered at zero on startup by
+//! [`init`], so no series is absent before its first event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::verify::Failure;
+
+pub const HTTP_REQUESTS: &str = "hookrelay_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "hookrelay_http_request_duration_seconds";
+pub const EVENTS: &str = "hookrelay_events_total";
+pub const SIGNATURE_FAILURES: &str = "hookrelay_signature_failures_total";
+pub const SPOOL_BYTES: &str = "hookrelay_spool_bytes";
+pub const SPOOL_EVENTS: &str = "hookrelay_spool_events";
+pub const SPOOL_FSYNC_DURATION: &str = "hookrelay_spool_fsync_duration_seconds";
+pub const SPOOL_TRUNCATED_BYTES: &str = "hookrelay_spool_truncated_bytes_total";
+pub const SPOOL_CORRUPT_RECORDS: &str = "hookrelay_spool_corrupt_records_total";
+pub const SINK_PUBLISHED: &str = "hookrelay_sink_published_total";
+pub const SINK_ERRORS: &str = "hookrelay_sink_errors_total";
+pub const DEAD_LETTERED: &str = "hookrelay_dead_lettered_total";
+pub const FORWARD_LAG: &str = "hookrelay_forward_lag_seconds";
+pub const FORWARD_IN_FLIGHT: &str = "hookrelay_forward_in_flight";
+pub const END_TO_END: &str = "hookrelay_end_to_end_seconds";
+pub const READY: &str = "hookrelay_ready";
+
+/// Label value for requests whose path names no configured source.
+pub const UNKNOWN_SOURCE: &str = "_unknown";
+/// Label value for event types past the per-source cap.
+pub const OTHER_EVENT: &str = "_other";
+/// Distinct event-type labels per source before they fold into [`OTHER_EVENT`].
+pub const MAX_EVENT_LABELS: usize = 64;
+
+/// Statuses the webhook endpoint answers; each gets a zero series per source.
+pub const STATUSES: &[u16] = &[200, 400, 401, 404, 405, 408, 413, 500, 503];
+/// Outcomes of an event that passed verification.
+pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "filtered"];
+
+/// Latency buckets from 100 µs (a group-committed 200) to a minute (a backlog).
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Installs the global recorder; call once per process.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, "Webhook requests answered, by source and HTTP status.");
+    describe_histogram!(HTTP_REQUEST_DURATION, "Time from request to answer (the provider's wait).");
+    describe_counter!(EVENTS, "Verified events by outcome: accepted, duplicate, filtered.");
+    describe_counter!(SIGNATURE_FAILURES, "Requests refused with 401, by reason.");
+    describe_gauge!(SPOOL_BYTES, "Bytes of spool segments on disk.");
+    describe_gauge!(SPOOL_EVENTS, "Events in the spool not yet confirmed by the sink.");
+    describe_histogram!(SPOOL_FSYNC_DURATION, "fdatasync of one group-committed batch.");
+    describe_counter!(SPOOL_TRUNCATED_BYTES, "Bytes cut from a torn or corrupt spool tail on start.");
+    describe_counter!(SPOOL_CORRUPT_RECORDS, "Unreadable records skipped in the spool.");
+    describe_counter!(SINK_PUBLISHED, "Events confirmed by a sink.");
+    describe_counter!(SINK_ERRORS, "Sink failures by kind: retriable (retried) or permanent (dead-lettered).");
+    describe_counter!(DEAD_LETTERED, "Events written to the dead-letter file.");
+    describe_gauge!(FORWARD_LAG, "Age of the oldest event not yet confirmed by the sink.");
+    describe_gauge!(FORWARD_IN_FLIGHT, "Events handed to a sink and awaiting confirmation.");
+    describe_histogram!(END_TO_END, "From receipt to sink confirmation.");
+    describe_gauge!(READY, "1 while /readyz answers 200.");
+}
+
+/// Registers the process-wide series at zero.
+pub fn init(sources: &[String], sinks: &[&str]) {
+    for s in sources.iter().map(String::as_str).chain([UNKNOWN_SOURCE]) {
+        for status in STATUSES {
+            counter!(HTTP_REQUESTS, "source" => s.to_string(), "status" => status.to_string())
+                .absolute(0);
+        }
+        let _ = histogram!(HTTP_REQUEST_DURATION, "source" => s.to_string());
+    }
+    for s in sources {
+        for f in Failure::ALL {
+            counter!(SIGNATURE_FAILURES, "source" => s.clone(), "reason" => f.as_str()).absolute(0);
+        }
+    }
+    for sink in sinks {
+        let sink = sink.to_string();
+        counter!(SINK_PUBLISHED, "sink" => sink.clone()).absolute(0);
+        for kind in ["retriable", "permanent"] {
+            counter!(SINK_ERRORS, "sink" => sink.clone(), "kind" => kind).absolute(0);
+        }
+        counter!(DEAD_LETTERED, "sink" => sink.clone()).absolute(0);
+        let _ = histogram!(END_TO_END, "sink" => sink);
+    }
+    gauge!(SPOOL_BYTES).set(0.0);
+    gauge!(SPOOL_EVENTS).set(0.0);
+    let _ = histogram!(SPOOL_FSYNC_DURATION);
+    counter!(SPOOL_TRUNCATED_BYTES).absolute(0);
+    counter!(SPOOL_CORRUPT_RECORDS).absolute(0);
+    gauge!(FORWARD_LAG).set(0.0);
+    gauge!(FORWARD_IN_FLIGHT).set(0.0);
+    gauge!(READY).set(0.0);
+}
+
+/// A source's request counters, resolved once so the hot path does no lookups.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    by_status: Arc<HashMap<u16, Counter>>,
+    source: Arc<str>,
+    duration: Histogram,
+}
+
+impl RequestMetrics {
+    pub fn new(source: &str) -> Self {
+        let by_status = STATUSES
+            .iter()
+            .map(|s| {
+                let c = counter!(HTTP_REQUESTS, "source" => source.to_string(), "status" => s.to_string());
+                (*s, c)
+            })
+            .collect();
+        Self {
+            by_status: Arc::new(by_status),
+            source: Arc::from(source),
+            duration: histogram!(HTTP_REQUEST_DURATION, "source" => source.to_string()),
+        }
+    }
+
+    pub fn answered(&self, status: u16, elapsed: Duration) {
+        match self.by_status.get(&status) {
+            Some(c) => c.increment(1),
+            None => counter!(HTTP_REQUESTS, "source" => self.source.to_string(), "status" => status.to_string())
+                .increment(1),
+        }
+        self.duration.record(elapsed.as_secs_f64());
+    }
+
+    pub fn signature_failure(&self, reason: Failure) {
+        counter!(SIGNATURE_FAILURES, "source" => self.source.to_string(), "reason" => reason.as_str())
+            .increment(1);
+    }
+}
+
+/// Per-source event outcome counters with a cap on distinct event-type labels:
+/// a sender with a valid secret must not be able to grow our memory or the
+/// Prometheus server's without bound.
+pub struct EventLabels {
+    source: Arc<str>,
+    known: RwLock<HashMap<String, [Counter; 3]>>,
+}
+
+impl EventLabels {
+    pub fn new(source: &str, allow_list: Option<&[String]>) -> Self {
+        let labels = Self {
+            source: Arc::from(source),
+            known: RwLock::new(HashMap::new()),
+        };
+        for e in allow_list.unwrap_or(&[]) {
+            let _ = labels.counters(e);
+        }
+        labels
+    }
+
+    fn make(&self, event: &str) -> [Counter; 3] {
+        OUTCOMES.map(|o| {
+            let c = counter!(EVENTS, "source" => self.source.to_string(), "event" => event.to_string(), "outcome" => o);
+            c.absolute(0);
+            c
+        })
+    }
+
+    fn counters(&self, event: &str) -> [Counter; 3] {
+        if let Some(c) = self.known.read().unwrap_or_else(|p| p.into_inner()).get(event) {
+            return c.clone();
+        }
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        let label = if known.len() < MAX_EVENT_LABELS { event } else { OTHER_EVENT };
+        if let Some(c) = known.get(label) {
+            return c.clone();
+        }
+        let c = self.make(label);
+        known.insert(label.to_string(), c.clone());
+        c
+    }
+
+    /// Counts one event; `outcome` is one of [`OUTCOMES`].
+    pub fn record(&self, event: &str, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.counters(event)[i].increment(1);
+        }
+    }
+}
+
+pub fn spool_fsync(elapsed: Duration) {
+    histogram!(SPOOL_FSYNC_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn spool_size(bytes: u64, events: u64) {
+    gauge!(SPOOL_BYTES).set(bytes as f64);
+    gauge!(SPOOL_EVENTS).set(events as f64);
+}
+
+pub fn spool_truncated(bytes: u64) {
+    counter!(SPOOL_TRUNCATED_BYTES).increment(bytes);
+}
+
+pub fn spool_corrupt_record() {
+    counter!(SPOOL_CORRUPT_RECORDS).increment(1);
+}
+
+/// Forwarder counters for one sink, resolved once.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    published: Counter,
+    retriable: Counter,
+    permanent: Counter,
+    dead_lettered: Counter,
+    end_to_end: Histogram,
+}
+
+impl SinkMetrics {
+    pub fn new(sink: &str) -> Self {
+        let sink = sink.to_string();
+        Self {
+            published: counter!(SINK_PUBLISHED, "sink" => sink.clone()),
+            retriable: counter!(SINK_ERRORS, "sink" => sink.clone(), "kind" => "retriable"),
+            permanent: counter!(SINK_ERRORS, "sink" => sink.clone(), "kind" => "permanent"),
+            dead_lettered: counter!(DEAD_LETTERED, "sink" => sink.clone()),
+            end_to_end: histogram!(END_TO_END, "sink" => sink),
+        }
+    }
+
+    pub fn published(&self, end_to_end: Duration) {
+        self.published.increment(1);
+        self.end_to_end.record(end_to_end.as_secs_f64());
+    }
+    pub fn retriable_error(&self) {
+        self.retriable.increment(1);
+    }
+    pub fn permanent_error(&self) {
+        self.permanent.increment(1);
+    }
+    pub fn dead_lettered(&self) {
+        self.dead_lettered.increment(1);
+    }
+}
+
+pub fn forward_state(lag: Duration, in_flight: usize) {
+    gauge!(FORWARD_LAG).set(lag.as_secs_f64());
+    gauge!(FORWARD_IN_FLIGHT).set(in_flight as f64);
+}
+
+pub fn ready(ready: bool) {
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// Keeps a handle's histograms bounded; run every few seconds.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}

@@ -1,0 +1,371 @@
+//! The HTTP edge: listeners, limits, routing, and the accept path.
+//!
+//! `POST /webhooks/{source}`: limits → verify → extract → dedup → spool → 200.
+//! Every answer is small JSON, counted by source and status; bodies, signatures
+//! and secrets are never logged.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::dedup::{Dedup, Seen};
+use crate::event::{Extracted, Extractor};
+use crate::metrics::{EventLabels, RequestMetrics, UNKNOWN_SOURCE};
+use crate::spool::{self, Spool};
+use crate::verify::Verifier;
+
+/// Seconds a provider is asked to wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// One configured source, ready to serve.
+pub struct Source {
+    pub verifier: Verifier,
+    pub extractor: Extractor,
+    pub metrics: RequestMetrics,
+    pub events: EventLabels,
+}
+
+/// Limits the webhook listener enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Everything a request needs; shared by all connections.
+pub struct App {
+    pub sources: HashMap<String, Source>,
+    pub dedup: Arc<Dedup>,
+    pub spool: Spool,
+    pub limits: Limits,
+    /// Cleared when shutdown starts, so /readyz fails before the listener closes.
+    pub accepting: AtomicBool,
+    unknown: RequestMetrics,
+    request_ids: AtomicU64,
+    id_prefix: u32,
+}
+
+impl App {
+    pub fn new(sources: HashMap<String, Source>, dedup: Arc<Dedup>, spool: Spool, limits: Limits) -> Self {
+        Self {
+            sources,
+            dedup,
+            spool,
+            limits,
+            accepting: AtomicBool::new(true),
+            unknown: RequestMetrics::new(UNKNOWN_SOURCE),
+            request_ids: AtomicU64::new(0),
+            id_prefix: fastrand::u32(..),
+        }
+    }
+
+    /// Ready to accept: not shutting down, and the spool is writable with room.
+    pub fn ready(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed) && self.spool.has_room()
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:08x}", self.id_prefix, n)
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, body: serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, reason: &str) -> Resp {
+    json(status, serde_json::json!({ "status": "error", "error": reason }))
+}
+
+fn unavailable(reason: &str) -> Resp {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    r
+}
+
+fn close(mut r: Resp) -> Resp {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Routes one request on the webhook listener.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let request_id = app.request_id();
+    let source_name = req
+        .uri()
+        .path()
+        .strip_prefix("/webhooks/")
+        .filter(|s| !s.is_empty() && !s.contains('/'))
+        .map(str::to_string);
+    let source = source_name.as_deref().and_then(|s| app.sources.get(s).map(|src| (s, src)));
+    let span = tracing::debug_span!("request", id = %request_id, source = source.map_or(UNKNOWN_SOURCE, |s| s.0));
+    let mut resp = async {
+        let Some((name, src)) = source else {
+            let r = error(StatusCode::NOT_FOUND, "unknown source");
+            app.unknown.answered(404, started.elapsed());
+            tracing::debug!(status = 404, "unknown source");
+            return r;
+        };
+        let r = accept(&app, name, src, req).await;
+        let status = r.status().as_u16();
+        src.metrics.answered(status, started.elapsed());
+        if status >= 500 {
+            tracing::warn!(status, "webhook not accepted");
+        } else {
+            tracing::debug!(status, "answered");
+        }
+        r
+    }
+    .instrument(span)
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> Resp {
+    if req.method() != Method::POST {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; POST webhooks here");
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let max = app.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        // Answer before reading a byte of it.
+        return close(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+    }
+    let received_at_ns = now_ns();
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(app.limits.body_read_timeout, Limited::new(body, max).collect()).await {
+        Err(_) => return close(error(StatusCode::REQUEST_TIMEOUT, "body read timed out")),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return close(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+        }
+        Ok(Err(_)) => return close(error(StatusCode::BAD_REQUEST, "body could not be read")),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+
+    let verified = match src.verifier.verify(&parts.headers, body) {
+        Ok(v) => v,
+        Err(reason) => {
+            src.metrics.signature_failure(reason);
+            tracing::debug!(reason = reason.as_str(), "signature refused");
+            return error(StatusCode::UNAUTHORIZED, "invalid signature");
+        }
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let event = match src.extractor.extract(verified, content_type, received_at_ns) {
+        Ok(Extracted::Publish(e)) => e,
+        Ok(Extracted::Filtered { event_type }) => {
+            src.events.record(&event_type, "filtered");
+            return json(StatusCode::OK, serde_json::json!({ "status": "filtered" }));
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+
+    let key = app.dedup.key(name, &event.id);
+    match app.dedup.check(key) {
+        Seen::New => {}
+        Seen::Duplicate => {
+            src.events.record(&event.event_type, "duplicate");
+            return json(StatusCode::OK, serde_json::json!({ "status": "duplicate", "id": event.id }));
+        }
+        Seen::InFlight => return unavailable("the same event is being accepted by another request"),
+    }
+    match app.spool.append(spool::encode(&event)).await {
+        Ok(_) => {
+            app.dedup.commit(key);
+            src.events.record(&event.event_type, "accepted");
+            json(StatusCode::OK, serde_json::json!({ "status": "accepted", "id": event.id }))
+        }
+        Err(e) => {
+            app.dedup.release(key);
+            unavailable(&e.to_string())
+        }
+    }
+}
+
+/// Serves the webhook listener until `shutdown` resolves, then stops accepting and
+/// lets in-flight requests finish for at most `drain`.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>, drain: Duration) {
+    let limits = app.limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .max_concurrent_streams(256);
+    let service_app = app.clone();
+    accept_loop(
+        listener,
+        builder,
+        limits.max_connections,
+        move |req| {
+            let app = service_app.clone();
+            async move { Ok::<_, Infallible>(handle(app, req).await) }
+        },
+        async {
+            shutdown.await;
+            app.accepting.store(false, Ordering::Relaxed);
+        },
+        drain,
+    )
+    .await;
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
+pub async fn serve_admin(listener: TcpListener, app: Arc<App>, prometheus: PrometheusHandle, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    accept_loop(
+        listener,
+        builder,
+        64,
+        move |req: Request<Incoming>| {
+            let app = app.clone();
+            let prometheus = prometheus.clone();
+            async move {
+                let r = match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/metrics") => {
+                        let mut r = Response::new(Full::new(Bytes::from(prometheus.render())));
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        );
+                        r
+                    }
+                    (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
+                    (&Method::GET, "/readyz") => {
+                        let ready = app.ready();
+                        crate::metrics::ready(ready);
+                        if ready {
+                            json(StatusCode::OK, serde_json::json!({ "status": "ready" }))
+                        } else {
+                            json(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                serde_json::json!({ "status": "not ready",
+                                    "accepting": app.accepting.load(Ordering::Relaxed),
+                                    "spool_has_room": app.spool.has_room() }),
+                            )
+                        }
+                    }
+                    _ => error(StatusCode::NOT_FOUND, "not found"),
+                };
+                Ok::<_, Infallible>(r)
+            }
+        },
+        shutdown,
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+async fn accept_loop<S, F>(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    max_connections: usize,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Resp, Infallible>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        // Wait for a free slot first: excess connections queue in the kernel backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service_fn(service))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain deadline reached with HTTP requests still in flight");
+    }
+}
+
+/// The address a listener is bound to (for logs when port 0 was asked for).
+pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}

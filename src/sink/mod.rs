@@ -1,0 +1,71 @@
+//! Destinations behind one small trait.
+//!
+//! A sink takes a batch and hands back one [`Confirmation`] per message, which
+//! resolves when the destination has the message for good (a Kafka delivery
+//! report with acks=all, a RabbitMQ publisher confirm, an fdatasync). The
+//! forwarder keeps many batches in flight and never awaits them one by one.
+//! Nothing below this module knows about HTTP.
+
+pub(crate) mod file;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use crate::event::Event;
+
+pub use file::FileSink;
+
+/// Resolves when the destination confirms one message.
+pub type Confirmation = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+/// Header names every sink attaches, so consumers can route and deduplicate
+/// without parsing the body.
+pub const HEADER_SOURCE: &str = "hookrelay-source";
+pub const HEADER_EVENT: &str = "hookrelay-event";
+pub const HEADER_ID: &str = "hookrelay-id";
+pub const HEADER_RECEIVED_AT: &str = "hookrelay-received-at";
+pub const HEADER_CONTENT_TYPE: &str = "content-type";
+
+/// One event on its way out, with the spool position it came from.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub seq: u64,
+    pub event: Event,
+}
+
+impl Message {
+    /// The standard headers, in a fixed order.
+    pub fn headers(&self) -> [(&'static str, Bytes); 5] {
+        let e = &self.event;
+        [
+            (HEADER_SOURCE, Bytes::copy_from_slice(e.source.as_bytes())),
+            (HEADER_EVENT, Bytes::copy_from_slice(e.event_type.as_bytes())),
+            (HEADER_ID, Bytes::copy_from_slice(e.id.as_bytes())),
+            (HEADER_RECEIVED_AT, Bytes::from(e.received_at_ns.to_string())),
+            (HEADER_CONTENT_TYPE, Bytes::copy_from_slice(e.content_type.as_bytes())),
+        ]
+    }
+}
+
+/// How a message failed; decides between retrying and dead-lettering.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: the destination is down, slow or moving.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// Will never succeed as is (too large, forbidden, invalid topic): dead-letter it.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// A destination for events.
+pub trait Sink: Send + Sync + 'static {
+    /// The `sink` label of metrics and the name sources refer to.
+    fn name(&self) -> &'static str;
+
+    /// Hands `batch` to the destination. Resolves once the messages are enqueued
+    /// (which may wait for room), with one confirmation per message, in order.
+    fn publish(&self, batch: Vec<Message>) -> Pin<Box<dyn Future<Output = Vec<Confirmation>> + Send + '_>>;
+}

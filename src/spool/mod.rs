@@ -1,0 +1,731 @@
+//! The durable spool: an append-only segmented log with group commit.
+//!
+//! A 200 is sent only after the event's record is fdatasync'd here. One writer
+//! thread takes appends from every request, writes whatever has queued up as one
+//! batch, syncs once, and only then answers them all (group commit: one fsync per
+//! batch, not per request). The forwarder reads records back from disk up to the
+//! synced end, publishes them, and moves a persisted cursor forward as the sink
+//! confirms; segments wholly behind the cursor are deleted.
+//!
+//! Layout of the directory:
+//! - `LOCK`: held with an exclusive file lock so two processes never share a spool.
+//! - `{base_seq:020}.seg`: segments; the first record in each has sequence `base_seq`.
+//! - `cursor`: the first sequence not yet confirmed (8 bytes LE + CRC32C). It may
+//!   lag the truth; replaying from an older cursor only causes duplicates.
+
+mod record;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::dedup::Dedup;
+use crate::metrics;
+
+pub use record::{DecodeError, ReadError, Record, decode, encode, read_frame};
+
+/// Process exit status when the disk fails a sync: nothing is answered 200 after it.
+pub const EXIT_FSYNC_FAILED: i32 = 74;
+
+/// Appends queued beyond this wait in their request tasks (backpressure).
+const QUEUE_DEPTH: usize = 16 * 1024;
+/// Upper bound on one group-commit batch, to keep latency of the first request bounded.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why an append was not made durable; every variant is answered 503.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    #[error("spool is full")]
+    Full,
+    #[error("spool write failed: {0}")]
+    Io(String),
+    #[error("spool is closed")]
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("spool directory {0} is in use by another hookrelay process (lock held on LOCK)")]
+    Locked(PathBuf),
+    #[error("spool directory {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+struct Append {
+    frame: Bytes,
+    reply: oneshot::Sender<Result<u64, AppendError>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    base: u64,
+    bytes: u64,
+}
+
+/// State shared by the writer, the forwarder and readiness checks.
+struct Shared {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Bytes of all segments on disk, for the size limit.
+    bytes: AtomicU64,
+    /// First sequence not yet confirmed by the sink.
+    cursor: AtomicU64,
+    /// Segments in order; the last is the one being appended to.
+    segments: Mutex<Vec<Segment>>,
+    /// Set when a write fails so /readyz reports it.
+    write_failed: AtomicBool,
+    /// Held for the process lifetime: the exclusive lock on `LOCK`.
+    _lock: File,
+}
+
+impl Shared {
+    fn segments(&self) -> std::sync::MutexGuard<'_, Vec<Segment>> {
+        self.segments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Handle for appending; cheap to clone into every request task.
+#[derive(Clone)]
+pub struct Spool {
+    tx: mpsc::Sender<Append>,
+    shared: Arc<Shared>,
+    durable: watch::Receiver<u64>,
+}
+
+/// What opening found on disk.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Records found from the cursor on: they will be published again.
+    pub pending: u64,
+    /// Bytes cut from a torn or corrupt tail.
+    pub truncated_bytes: u64,
+}
+
+pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.seg"))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Spool {
+    /// Opens (or creates) the spool, recovers its tail, remembers the ids it holds
+    /// in `dedup`, and starts the writer thread. Returns the reader the forwarder uses.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+        dedup: &Dedup,
+    ) -> Result<(Spool, Reader, Recovery), OpenError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io_err(dir))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(dir)(e)),
+        }
+
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let name = entry.map_err(io_err(dir))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(base) = name.strip_suffix(".seg").and_then(|b| b.parse::<u64>().ok()) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let stored_cursor = read_cursor(dir);
+
+        let mut recovery = Recovery::default();
+        let mut segments = Vec::new();
+        let now = now_ns();
+        let mut next_seq = stored_cursor.unwrap_or(0);
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(dir, base);
+            let last = i + 1 == bases.len();
+            let scan = scan_segment(&path, base, |rec| {
+                let age = Duration::from_nanos(now.saturating_sub(rec.event.received_at_ns));
+                dedup.remember(dedup.key(&rec.event.source, &rec.event.id), age);
+            })
+            .map_err(io_err(&path))?;
+            if let Some((err, at)) = &scan.bad_tail {
+                let cut = scan.file_len - at;
+                if last {
+                    tracing::warn!(segment = %path.display(), offset = at, bytes = cut, error = %err,
+                        "spool tail is torn or corrupt; truncating it (no request was answered 200 for it)");
+                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                    f.set_len(*at).map_err(io_err(&path))?;
+                    f.sync_all().map_err(io_err(&path))?;
+                } else {
+                    tracing::error!(segment = %path.display(), offset = at, bytes = cut, error = %err,
+                        "corrupt record inside a sealed spool segment; the rest of that segment is skipped");
+                    metrics::spool_corrupt_record();
+                }
+                recovery.truncated_bytes += cut;
+                metrics::spool_truncated(cut);
+            }
+            let bytes = if last { scan.good_len } else { scan.file_len };
+            segments.push(Segment { base, bytes });
+            next_seq = base + scan.records;
+        }
+        let first_base = segments.first().map_or(next_seq, |s| s.base);
+        let cursor = stored_cursor.unwrap_or(first_base).clamp(first_base, next_seq);
+        recovery.pending = next_seq - cursor;
+
+        let active = match segments.last() {
+            Some(seg) => {
+                let path = segment_path(dir, seg.base);
+                let mut f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                f.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
+                f
+            }
+            None => {
+                let f = create_segment(dir, next_seq).map_err(io_err(dir))?;
+                segments.push(Segment { base: next_seq, bytes: 0 });
+                f
+            }
+        };
+        let total: u64 = segments.iter().map(|s| s.bytes).sum();
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            bytes: AtomicU64::new(total),
+            cursor: AtomicU64::new(cursor),
+            segments: Mutex::new(segments),
+            write_failed: AtomicBool::new(false),
+            _lock: lock,
+        });
+        metrics::spool_size(total, next_seq - cursor);
+
+        let (durable_tx, durable_rx) = watch::channel(next_seq);
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            shared: shared.clone(),
+            file: active,
+            next_seq,
+            segment_bytes,
+            durable: durable_tx,
+        };
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(dir))?;
+
+        let reader = Reader::new(shared.clone(), durable_rx.clone(), cursor).map_err(io_err(dir))?;
+        Ok((
+            Spool {
+                tx,
+                shared,
+                durable: durable_rx,
+            },
+            reader,
+            recovery,
+        ))
+    }
+
+    /// Makes one framed record durable; resolves after the fdatasync covering it.
+    pub async fn append(&self, frame: Bytes) -> Result<u64, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Append { frame, reply })
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Ready to accept: the writer is healthy and the spool has room.
+    pub fn has_room(&self) -> bool {
+        !self.shared.write_failed.load(Ordering::Relaxed)
+            && self.shared.bytes.load(Ordering::Relaxed) < self.shared.max_bytes
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.shared.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sequence one past the last durable record.
+    pub fn durable_end(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// First sequence not yet confirmed.
+    pub fn cursor(&self) -> u64 {
+        self.shared.cursor.load(Ordering::Acquire)
+    }
+
+    /// Everything before `cursor` is confirmed: frees whole segments behind it.
+    /// The cursor file is written separately, by [`Spool::persist_cursor`].
+    pub fn confirm_until(&self, cursor: u64) {
+        let s = &self.shared;
+        s.cursor.fetch_max(cursor, Ordering::AcqRel);
+        let cursor = s.cursor.load(Ordering::Acquire);
+        let mut freed = 0;
+        {
+            let mut segs = s.segments();
+            while segs.len() > 1 && segs[1].base <= cursor {
+                let seg = segs.remove(0);
+                let path = segment_path(&s.dir, seg.base);
+                match fs::remove_file(&path) {
+                    Ok(()) => freed += seg.bytes,
+                    Err(e) => {
+                        tracing::warn!(segment = %path.display(), error = %e, "cannot delete confirmed spool segment");
+                        segs.insert(0, seg);
+                        break;
+                    }
+                }
+            }
+        }
+        let total = s.bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
+        metrics::spool_size(total, self.durable_end().saturating_sub(cursor));
+    }
+
+    /// Writes the cursor file (atomically, via rename). Losing it only causes duplicates.
+    pub fn persist_cursor(&self) -> io::Result<()> {
+        let dir = &self.shared.dir;
+        let cursor = self.cursor();
+        let mut buf = cursor.to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
+        let tmp = dir.join("cursor.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_data()?;
+        fs::rename(&tmp, dir.join("cursor"))
+    }
+}
+
+fn read_cursor(dir: &Path) -> Option<u64> {
+    let buf = fs::read(dir.join("cursor")).ok()?;
+    if buf.len() != 12 {
+        return None;
+    }
+    let (value, crc) = buf.split_at(8);
+    if crc32c::crc32c(value).to_le_bytes() != crc {
+        tracing::warn!("spool cursor file is corrupt; replaying from the oldest segment");
+        return None;
+    }
+    Some(u64::from_le_bytes(value.try_into().ok()?))
+}
+
+/// Creates a segment and syncs the directory so its name survives a crash.
+fn create_segment(dir: &Path, base: u64) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(segment_path(dir, base))?;
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
+
+struct Scan {
+    records: u64,
+    good_len: u64,
+    file_len: u64,
+    bad_tail: Option<(ReadError, u64)>,
+}
+
+/// Reads every valid record of a segment, stopping at the first bad one.
+fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Result<Scan> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut scan = Scan {
+        records: 0,
+        good_len: 0,
+        file_len,
+        bad_tail: None,
+    };
+    loop {
+        let frame = match read_frame(&mut r) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(ReadError::Io(e)) => return Err(e),
+            Err(e) => {
+                scan.bad_tail = Some((e, scan.good_len));
+                break;
+            }
+        };
+        let len = frame.len() as u64;
+        match decode(base + scan.records, frame) {
+            Ok(rec) => each(&rec),
+            Err(e) => {
+                scan.bad_tail = Some((e.into(), scan.good_len));
+                break;
+            }
+        }
+        scan.records += 1;
+        scan.good_len += record::HEADER_LEN as u64 + len;
+    }
+    Ok(scan)
+}
+
+/// The single thread that writes and syncs.
+struct Writer {
+    shared: Arc<Shared>,
+    file: File,
+    next_seq: u64,
+    segment_bytes: u64,
+    durable: watch::Sender<u64>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        let mut batch: Vec<Append> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            let mut size = batch[0].frame.len();
+            while size < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(a) => {
+                        size += a.frame.len();
+                        batch.push(a);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch, &mut buf);
+        }
+    }
+
+    /// Writes one batch, syncs it, then answers every request in it.
+    fn commit(&mut self, batch: &mut Vec<Append>, buf: &mut Vec<u8>) {
+        buf.clear();
+        let mut accepted = Vec::with_capacity(batch.len());
+        let room = self
+            .shared
+            .max_bytes
+            .saturating_sub(self.shared.bytes.load(Ordering::Acquire));
+        for a in batch.drain(..) {
+            if (buf.len() + a.frame.len()) as u64 > room {
+                let _ = a.reply.send(Err(AppendError::Full));
+            } else {
+                buf.extend_from_slice(&a.frame);
+                accepted.push(a.reply);
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        if let Err(e) = self.roll_if_needed(buf.len() as u64) {
+            tracing::error!(error = %e, "cannot start a new spool segment");
+            self.fail(accepted, e);
+            return;
+        }
+        let before = self.segment_len();
+        if let Err(e) = self.file.write_all(buf) {
+            // Typically ENOSPC. Cut the partial write so the segment stays valid, and
+            // refuse the batch (503); the provider retries.
+            tracing::error!(error = %e, "spool write failed; refusing this batch");
+            if let Err(e2) = self
+                .file
+                .set_len(before)
+                .and_then(|_| self.file.seek(SeekFrom::Start(before)).map(|_| ()))
+            {
+                fatal(&format!("spool write failed ({e}) and the partial write cannot be undone ({e2})"));
+            }
+            self.fail(accepted, e);
+            return;
+        }
+        let started = Instant::now();
+        if let Err(e) = self.file.sync_data() {
+            // After a failed fsync the kernel may have dropped the dirty pages: the data's
+            // fate is unknown, and retrying could report success for lost writes.
+            fatal(&format!("spool fdatasync failed: {e}"));
+        }
+        metrics::spool_fsync(started.elapsed());
+        self.shared.write_failed.store(false, Ordering::Relaxed);
+
+        let n = accepted.len() as u64;
+        let first = self.next_seq;
+        self.next_seq += n;
+        {
+            let mut segs = self.shared.segments();
+            if let Some(last) = segs.last_mut() {
+                last.bytes += buf.len() as u64;
+            }
+        }
+        let total = self.shared.bytes.fetch_add(buf.len() as u64, Ordering::AcqRel) + buf.len() as u64;
+        self.durable.send_replace(self.next_seq);
+        metrics::spool_size(total, self.next_seq.saturating_sub(self.shared.cursor.load(Ordering::Acquire)));
+        for (i, reply) in accepted.into_iter().enumerate() {
+            let _ = reply.send(Ok(first + i as u64));
+        }
+    }
+
+    fn segment_len(&self) -> u64 {
+        self.shared.segments().last().map_or(0, |s| s.bytes)
+    }
+
+    fn roll_if_needed(&mut self, incoming: u64) -> io::Result<()> {
+        let len = self.segment_len();
+        if len == 0 || len + incoming <= self.segment_bytes {
+            return Ok(());
+        }
+        self.file = create_segment(&self.shared.dir, self.next_seq)?;
+        self.shared.segments().push(Segment {
+            base: self.next_seq,
+            bytes: 0,
+        });
+        Ok(())
+    }
+
+    fn fail(&self, replies: Vec<oneshot::Sender<Result<u64, AppendError>>>, e: io::Error) {
+        self.shared.write_failed.store(true, Ordering::Relaxed);
+        for r in replies {
+            let _ = r.send(Err(AppendError::Io(e.to_string())));
+        }
+    }
+}
+
+fn fatal(message: &str) -> ! {
+    tracing::error!("{message}; stopping so that nothing unsynced is acknowledged");
+    eprintln!("hookrelay: fatal: {message}");
+    std::process::exit(EXIT_FSYNC_FAILED);
+}
+
+/// Reads durable records in order for the forwarder. Blocking: call it from
+/// `spawn_blocking`. It never reads past the synced end.
+pub struct Reader {
+    shared: Arc<Shared>,
+    durable: watch::Receiver<u64>,
+    file: BufReader<File>,
+    segment_base: u64,
+    next_seq: u64,
+}
+
+impl Reader {
+    fn new(shared: Arc<Shared>, durable: watch::Receiver<u64>, from: u64) -> io::Result<Reader> {
+        let base = {
+            let segs = shared.segments();
+            segs.iter()
+                .rev()
+                .find(|s| s.base <= from)
+                .or(segs.first())
+                .map_or(from, |s| s.base)
+        };
+        let file = BufReader::with_capacity(256 * 1024, File::open(segment_path(&shared.dir, base))?);
+        let mut reader = Reader {
+            shared,
+            durable,
+            file,
+            segment_base: base,
+            next_seq: base,
+        };
+        // Skip what was confirmed before the restart.
+        while reader.next_seq < from {
+            if reader.read_batch(((from - reader.next_seq) as usize).min(4096))?.is_empty() {
+                break;
+            }
+        }
+        Ok(reader)
+    }
+
+    /// Sequence of the next record this reader returns.
+    pub fn position(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// A receiver that changes whenever more records become durable.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
+    }
+
+    /// Up to `max` durable records from the current position; empty when caught up.
+    pub fn read_batch(&mut self, max: usize) -> io::Result<Vec<Record>> {
+        let end = *self.durable.borrow();
+        let mut out = Vec::new();
+        while out.len() < max && self.next_seq < end {
+            match read_frame(&mut self.file) {
+                Ok(Some(frame)) => match decode(self.next_seq, frame) {
+                    Ok(rec) => {
+                        self.next_seq += 1;
+                        out.push(rec);
+                    }
+                    Err(e) => self.skip_corrupt(&e.into())?,
+                },
+                // End of a sealed segment: the next record starts the next one.
+                Ok(None) => {
+                    if !self.next_segment()? {
+                        break;
+                    }
+                }
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(e) => self.skip_corrupt(&e)?,
+            }
+        }
+        Ok(out)
+    }
+
+    fn skip_corrupt(&mut self, e: &ReadError) -> io::Result<()> {
+        tracing::error!(seq = self.next_seq, segment = self.segment_base, error = %e,
+            "unreadable record in the spool; skipping to the next segment");
+        metrics::spool_corrupt_record();
+        if !self.next_segment()? {
+            // Nothing after it yet: never re-read the bad bytes.
+            self.next_seq = *self.durable.borrow();
+        }
+        Ok(())
+    }
+
+    fn next_segment(&mut self) -> io::Result<bool> {
+        let next = {
+            let segs = self.shared.segments();
+            segs.iter().find(|s| s.base > self.segment_base).map(|s| s.base)
+        };
+        let Some(base) = next else {
+            return Ok(false);
+        };
+        self.file = BufReader::with_capacity(256 * 1024, File::open(segment_path(&self.shared.dir, base))?);
+        self.segment_base = base;
+        self.next_seq = base;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn event(i: u64) -> Event {
+        Event {
+            source: Arc::from("q"),
+            event_type: "message.read".into(),
+            id: format!("message.read:{i}"),
+            topic: "q.message.read".into(),
+            key: format!("{i}"),
+            content_type: "application/json".into(),
+            received_at_ns: now_ns(),
+            body: Bytes::from(format!("{{\"n\":{i}}}")),
+        }
+    }
+
+    fn dedup() -> Dedup {
+        Dedup::new(Duration::from_secs(3600), 100_000)
+    }
+
+    async fn append_n(spool: &Spool, range: std::ops::Range<u64>) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for i in range {
+            seqs.push(spool.append(encode(&event(i))).await.unwrap());
+        }
+        seqs
+    }
+
+    fn read_all(reader: &mut Reader) -> Vec<Record> {
+        let mut all = Vec::new();
+        loop {
+            let b = reader.read_batch(100).unwrap();
+            if b.is_empty() {
+                return all;
+            }
+            all.extend(b);
+        }
+    }
+
+    #[tokio::test]
+    async fn append_read_confirm_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 4096, &dedup()).unwrap();
+            assert_eq!(rec, Recovery::default());
+            assert_eq!(append_n(&spool, 0..100).await, (0..100).collect::<Vec<_>>());
+            let got = read_all(&mut reader);
+            assert_eq!(got.len(), 100);
+            assert_eq!(got[42].event.id, "message.read:42");
+            assert!(spool.shared.segments().len() > 1, "4 KiB segments must roll");
+            spool.confirm_until(60);
+            spool.persist_cursor().unwrap();
+            assert!(spool.shared.segments()[0].base <= 60);
+        }
+        let d = dedup();
+        let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 4096, &d).unwrap();
+        assert_eq!(rec.pending, 40);
+        let got = read_all(&mut reader);
+        assert_eq!(got.first().map(|r| r.seq), Some(60));
+        assert_eq!(got.len(), 40);
+        assert_eq!(got[0].event.id, "message.read:60");
+        // Ids still in the spool are remembered.
+        assert_eq!(d.check(d.key("q", "message.read:99")), crate::dedup::Seen::Duplicate);
+        assert_eq!(append_n(&spool, 100..101).await, vec![100]);
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_truncated_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg;
+        {
+            let (spool, _r, _) = Spool::open(dir.path(), 1 << 20, 1 << 16, &dedup()).unwrap();
+            append_n(&spool, 0..10).await;
+            seg = segment_path(dir.path(), 0);
+        }
+        let good = fs::metadata(&seg).unwrap().len();
+        let partial = encode(&event(10));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&partial[..partial.len() / 2]).unwrap();
+        drop(f);
+        let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 1 << 16, &dedup()).unwrap();
+        assert_eq!(rec.truncated_bytes, (partial.len() / 2) as u64);
+        assert_eq!(rec.pending, 10);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), good);
+        assert_eq!(append_n(&spool, 10..11).await, vec![10]);
+        let got = read_all(&mut reader);
+        assert_eq!(got.len(), 11);
+        assert_eq!(got[10].event.id, "message.read:10");
+    }
+
+    #[tokio::test]
+    async fn full_spool_refuses_then_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, mut reader, _) = Spool::open(dir.path(), 16384, 4096, &dedup()).unwrap();
+        let mut accepted = 0;
+        let mut i = 0;
+        loop {
+            match spool.append(encode(&event(i))).await {
+                Ok(_) => accepted += 1,
+                Err(AppendError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+            i += 1;
+        }
+        assert!(accepted > 50, "{accepted}");
+        assert!(!spool.has_room() || spool.bytes() > 16384 - 200);
+        let got = read_all(&mut reader);
+        spool.confirm_until(got.last().unwrap().seq + 1);
+        assert!(spool.bytes() < 8192, "{}", spool.bytes());
+        spool.append(encode(&event(i))).await.unwrap();
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_it() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _g = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Spool::open(dir.path(), 1 << 20, 4096, &dedup()).unwrap();
+        assert!(matches!(
+            Spool::open(dir.path(), 1 << 20, 4096, &dedup()),
+            Err(OpenError::Locked(_))
+        ));
+    }
+}
