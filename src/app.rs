@@ -47,7 +47,8 @@ fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> 
     let mut sinks = HashMap::new();
     if let Some(file) = &config.sinks.file {
         let sink: Arc<dyn Sink> = Arc::new(
-            FileSink::open(&file.dir).with_context(|| format!("sinks.file.dir: cannot open {}", file.dir.display()))?,
+            FileSink::open(&file.dir)
+                .with_context(|| format!("sinks.file.dir: cannot open {}", file.dir.display()))?,
         );
         sinks.insert("file", Route::new(sink));
     }
@@ -55,7 +56,11 @@ fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> 
 }
 
 /// Runs hookrelay until `shutdown` resolves, then drains and returns.
-pub async fn run(config: Config, prometheus: PrometheusHandle, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     config.validate()?;
     let sources = build_sources(&config)?;
     let names: Vec<String> = config.sources.keys().cloned().collect();
@@ -65,8 +70,13 @@ pub async fn run(config: Config, prometheus: PrometheusHandle, shutdown: impl Fu
         std::time::Duration::from_secs(config.dedup.window_secs),
         config.dedup.max_ids,
     ));
-    let (spool, reader, recovery) = Spool::open(&config.spool.dir, config.spool.max_bytes, config.spool.segment_bytes, &dedup)
-        .context("spool.dir")?;
+    let (spool, reader, recovery) = Spool::open(
+        &config.spool.dir,
+        config.spool.max_bytes,
+        config.spool.segment_bytes,
+        &dedup,
+    )
+    .context("spool.dir")?;
     tracing::info!(
         dir = %config.spool.dir.display(),
         pending = recovery.pending,
@@ -89,15 +99,24 @@ pub async fn run(config: Config, prometheus: PrometheusHandle, shutdown: impl Fu
         .next()
         .cloned()
         .context("sinks: no sink configured")?;
-    let dead_letter = DeadLetter::open(&config.dead_letter.path)
-        .with_context(|| format!("dead_letter.path: cannot open {}", config.dead_letter.path.display()))?;
+    let dead_letter = DeadLetter::open(&config.dead_letter.path).with_context(|| {
+        format!(
+            "dead_letter.path: cannot open {}",
+            config.dead_letter.path.display()
+        )
+    })?;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
     let admin = TcpListener::bind(config.server.admin_listen)
         .await
-        .with_context(|| format!("server.admin_listen: cannot bind {}", config.server.admin_listen))?;
+        .with_context(|| {
+            format!(
+                "server.admin_listen: cannot bind {}",
+                config.server.admin_listen
+            )
+        })?;
 
     let (drain_tx, drain_rx) = watch::channel(None);
     let forwarder = Forwarder::new(

@@ -431,7 +431,11 @@ impl Config {
         }
         check_template(&key("topic"), &src.topic, &["source", "event"])?;
         check_template(&key("key"), &src.key, &["source", "event", "id"])?;
-        check_template(&key("id_template"), &src.id_template, &["source", "event", "id"])?;
+        check_template(
+            &key("id_template"),
+            &src.id_template,
+            &["source", "event", "id"],
+        )?;
         for (field, ptr) in [
             ("event_pointer", Some(&src.event_pointer)),
             ("id_pointer", src.id_pointer.as_ref()),
@@ -451,7 +455,9 @@ impl Config {
                 if !is_topic_safe(e) || e.len() > MAX_EVENT_TYPE_LEN {
                     return Err(invalid(
                         key("events"),
-                        format!("'{e}' is not a valid event type ([A-Za-z0-9._-], at most 200 bytes)"),
+                        format!(
+                            "'{e}' is not a valid event type ([A-Za-z0-9._-], at most 200 bytes)"
+                        ),
                     ));
                 }
             }
@@ -466,16 +472,16 @@ impl Config {
             Some(s) if !sinks.contains(&s.as_str()) => {
                 return Err(invalid(
                     key("sink"),
-                    format!(
-                        "unknown sink '{s}', configured sinks: {}",
-                        sinks.join(", ")
-                    ),
+                    format!("unknown sink '{s}', configured sinks: {}", sinks.join(", ")),
                 ));
             }
             None if sinks.len() > 1 => {
                 return Err(invalid(
                     key("sink"),
-                    format!("several sinks are configured ({}): name one", sinks.join(", ")),
+                    format!(
+                        "several sinks are configured ({}): name one",
+                        sinks.join(", ")
+                    ),
                 ));
             }
             _ => {}
@@ -485,9 +491,14 @@ impl Config {
 
     /// The sink a source publishes to.
     pub fn sink_of(&self, src: &SourceConfig) -> String {
-        src.sink
-            .clone()
-            .unwrap_or_else(|| self.sinks.names().first().copied().unwrap_or("file").to_string())
+        src.sink.clone().unwrap_or_else(|| {
+            self.sinks
+                .names()
+                .first()
+                .copied()
+                .unwrap_or("file")
+                .to_string()
+        })
     }
 
     pub fn header_read_timeout(&self) -> Duration {
@@ -539,12 +550,16 @@ impl SourceConfig {
             (None, None) => return Err(invalid(key("secret_env"), "no secret configured")),
         };
         if secret.is_empty() {
-            let field = if self.secret_env.is_some() {
-                "secret_env"
-            } else {
-                "secret_file"
-            };
-            return Err(invalid(key(field), "the secret is empty"));
+            return Err(match (&self.secret_env, &self.secret_file) {
+                (Some(var), _) => invalid(
+                    key("secret_env"),
+                    format!("environment variable {var} is empty"),
+                ),
+                (None, Some(path)) => {
+                    invalid(key("secret_file"), format!("{} is empty", path.display()))
+                }
+                (None, None) => invalid(key("secret_env"), "no secret configured"),
+            });
         }
         Ok(secret)
     }
@@ -653,7 +668,12 @@ secret_env = "HOOKRELAY_TEST_NEVER_SET"
         let c = Config::parse(&text).unwrap();
         let src = &c.sources["quickassist"];
         std::fs::write(&path, "\n").unwrap();
-        assert!(src.load_secret("q").unwrap_err().to_string().contains("empty"));
+        assert!(
+            src.load_secret("q")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
         std::fs::write(&path, "s3cret\n").unwrap();
         assert_eq!(src.load_secret("q").unwrap(), b"s3cret");
     }
@@ -667,7 +687,8 @@ secret_env = "HOOKRELAY_TEST_NEVER_SET"
 
     #[test]
     fn no_sink_and_no_source_are_errors() {
-        let c = Config::parse("[sources.a]\nscheme = \"quickassist\"\nsecret_env = \"X\"\n").unwrap();
+        let c =
+            Config::parse("[sources.a]\nscheme = \"quickassist\"\nsecret_env = \"X\"\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().starts_with("sinks"));
         let c = Config::parse("[sinks.file]\ndir = \"x\"\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().starts_with("sources"));
@@ -679,6 +700,11 @@ secret_env = "HOOKRELAY_TEST_NEVER_SET"
             "{MINIMAL}[spool]\nmax_bytes = 10000\nsegment_bytes = 8192\n"
         ))
         .unwrap();
-        assert!(c.validate().unwrap_err().to_string().starts_with("spool.max_bytes"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("spool.max_bytes")
+        );
     }
 }

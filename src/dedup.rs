@@ -169,7 +169,11 @@ impl Dedup {
     fn forget(shard: &mut Shard, id: u128, generation: u64) {
         // Evicting a reserved id at the size bound can only cause a duplicate
         // publish later (allowed), never a loss.
-        if shard.map.get(&id).is_some_and(|e| e.generation == generation) {
+        if shard
+            .map
+            .get(&id)
+            .is_some_and(|e| e.generation == generation)
+        {
             shard.map.remove(&id);
         }
     }

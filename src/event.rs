@@ -49,7 +49,9 @@ pub enum ExtractError {
 pub enum Extracted {
     Publish(Event),
     /// Outside the source's allow-list: answered 200, counted, not published.
-    Filtered { event_type: String },
+    Filtered {
+        event_type: String,
+    },
 }
 
 /// A `{placeholder}` template compiled once at startup.
@@ -160,9 +162,7 @@ impl Extractor {
             None | Some(serde_json::Value::Null) => body_digest(body),
             Some(_) => return Err(ExtractError::InvalidId),
         };
-        if raw_id.is_empty()
-            || raw_id.len() > MAX_ID_LEN
-            || raw_id.chars().any(|c| c.is_control())
+        if raw_id.is_empty() || raw_id.len() > MAX_ID_LEN || raw_id.chars().any(|c| c.is_control())
         {
             return Err(ExtractError::InvalidId);
         }
@@ -236,7 +236,11 @@ mod tests {
         let a = publish(&x, r#"{"event":"template.status_update","data":{}}"#).unwrap();
         let b = publish(&x, r#"{"event":"template.status_update","data":{}}"#).unwrap();
         let c = publish(&x, r#"{"event":"template.status_update","data":{"s":1}}"#).unwrap();
-        assert!(a.id.starts_with("template.status_update:sha256:"), "{}", a.id);
+        assert!(
+            a.id.starts_with("template.status_update:sha256:"),
+            "{}",
+            a.id
+        );
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
     }
@@ -245,8 +249,14 @@ mod tests {
     fn bad_bodies() {
         let x = extractor("");
         assert_eq!(publish(&x, "{not json"), Err(ExtractError::NotJson));
-        assert_eq!(publish(&x, r#"{"data":{}}"#), Err(ExtractError::MissingEventType));
-        assert_eq!(publish(&x, r#"{"event":5}"#), Err(ExtractError::MissingEventType));
+        assert_eq!(
+            publish(&x, r#"{"data":{}}"#),
+            Err(ExtractError::MissingEventType)
+        );
+        assert_eq!(
+            publish(&x, r#"{"event":5}"#),
+            Err(ExtractError::MissingEventType)
+        );
         assert_eq!(
             publish(&x, r#"{"event":"a/b"}"#),
             Err(ExtractError::InvalidEventType)

@@ -85,7 +85,13 @@ pub struct Forwarder {
 pub type DrainSignal = watch::Receiver<Option<Instant>>;
 
 impl Forwarder {
-    pub fn new(spool: Spool, reader: Reader, routes: Routes, dead_letter: DeadLetter, cfg: ForwardConfig) -> Self {
+    pub fn new(
+        spool: Spool,
+        reader: Reader,
+        routes: Routes,
+        dead_letter: DeadLetter,
+        cfg: ForwardConfig,
+    ) -> Self {
         Self {
             next_read: reader.position(),
             spool,
@@ -194,7 +200,11 @@ impl Forwarder {
     }
 
     fn cursor(&self) -> u64 {
-        self.in_flight.keys().next().copied().unwrap_or(self.next_read)
+        self.in_flight
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_read)
     }
 
     /// Publishes new or retried messages, grouped by sink, preserving order.
@@ -207,7 +217,10 @@ impl Forwarder {
                 done: false,
             });
             let route = self.routes.for_source(&m.event.source);
-            match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(&r.sink, &route.sink)) {
+            match groups
+                .iter_mut()
+                .find(|(r, _)| Arc::ptr_eq(&r.sink, &route.sink))
+            {
                 Some((_, batch)) => batch.push(m),
                 None => groups.push((route.clone(), vec![m])),
             }
@@ -265,7 +278,9 @@ impl Forwarder {
                         p.attempts += 1;
                         let delay = backoff(&self.cfg, p.attempts);
                         self.retries.push(Reverse((Instant::now() + delay, seq)));
-                        self.warn(&format!("cannot write the dead-letter file, keeping the event: {e}"));
+                        self.warn(&format!(
+                            "cannot write the dead-letter file, keeping the event: {e}"
+                        ));
                     }
                     Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
                 }
@@ -317,7 +332,10 @@ impl Forwarder {
     /// At most one warning a second: an outage fails thousands of events at once.
     fn warn(&mut self, msg: &str) {
         let now = Instant::now();
-        if self.last_warn.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        if self
+            .last_warn
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
             self.last_warn = Some(now);
             tracing::warn!("{msg}");
         }

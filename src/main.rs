@@ -1,6 +1,6 @@
 //! The `hookrelay` command: parse arguments, set up logging, hand over to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -9,7 +9,11 @@ use hookrelay::config::{Config, LogFormat};
 use hookrelay::verify::Verifier;
 
 #[derive(Parser)]
-#[command(name = "hookrelay", version, about = "Signed webhooks in, durable events out to Kafka, RabbitMQ or files.")]
+#[command(
+    name = "hookrelay",
+    version,
+    about = "Signed webhooks in, durable events out to Kafka, RabbitMQ or files."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Sign { config, source, body } => sign(&config, &source, &body),
+        Command::Sign {
+            config,
+            source,
+            body,
+        } => sign(&config, &source, &body),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,7 +64,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &PathBuf) -> anyhow::Result<()> {
+fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     init_logging(&config);
     let prometheus = hookrelay::metrics::install()?;
@@ -64,28 +72,42 @@ fn run(path: &PathBuf) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(hookrelay::app::run(config, prometheus, hookrelay::shutdown::signal()))
+    runtime.block_on(hookrelay::app::run(
+        config,
+        prometheus,
+        hookrelay::shutdown::signal(),
+    ))
 }
 
-fn check(path: &PathBuf) -> anyhow::Result<()> {
+fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     hookrelay::app::build_sources(&config)?;
     println!(
         "{}: ok ({} source(s): {}; sink(s): {})",
         path.display(),
         config.sources.len(),
-        config.sources.keys().cloned().collect::<Vec<_>>().join(", "),
+        config
+            .sources
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
         config.sinks.names().join(", ")
     );
     Ok(())
 }
 
-fn sign(path: &PathBuf, source: &str, body: &PathBuf) -> anyhow::Result<()> {
+fn sign(path: &Path, source: &str, body: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let src = config.sources.get(source).with_context(|| {
         format!(
             "unknown source '{source}', configured: {}",
-            config.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+            config
+                .sources
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     let bytes = if body.as_os_str() == "-" {
@@ -105,7 +127,9 @@ fn sign(path: &PathBuf, source: &str, body: &PathBuf) -> anyhow::Result<()> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

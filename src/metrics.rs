@@ -11,7 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::verify::Failure;
@@ -61,20 +64,50 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 }
 
 fn describe() {
-    describe_counter!(HTTP_REQUESTS, "Webhook requests answered, by source and HTTP status.");
-    describe_histogram!(HTTP_REQUEST_DURATION, "Time from request to answer (the provider's wait).");
-    describe_counter!(EVENTS, "Verified events by outcome: accepted, duplicate, filtered.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "Webhook requests answered, by source and HTTP status."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        "Time from request to answer (the provider's wait)."
+    );
+    describe_counter!(
+        EVENTS,
+        "Verified events by outcome: accepted, duplicate, filtered."
+    );
     describe_counter!(SIGNATURE_FAILURES, "Requests refused with 401, by reason.");
     describe_gauge!(SPOOL_BYTES, "Bytes of spool segments on disk.");
-    describe_gauge!(SPOOL_EVENTS, "Events in the spool not yet confirmed by the sink.");
-    describe_histogram!(SPOOL_FSYNC_DURATION, "fdatasync of one group-committed batch.");
-    describe_counter!(SPOOL_TRUNCATED_BYTES, "Bytes cut from a torn or corrupt spool tail on start.");
-    describe_counter!(SPOOL_CORRUPT_RECORDS, "Unreadable records skipped in the spool.");
+    describe_gauge!(
+        SPOOL_EVENTS,
+        "Events in the spool not yet confirmed by the sink."
+    );
+    describe_histogram!(
+        SPOOL_FSYNC_DURATION,
+        "fdatasync of one group-committed batch."
+    );
+    describe_counter!(
+        SPOOL_TRUNCATED_BYTES,
+        "Bytes cut from a torn or corrupt spool tail on start."
+    );
+    describe_counter!(
+        SPOOL_CORRUPT_RECORDS,
+        "Unreadable records skipped in the spool."
+    );
     describe_counter!(SINK_PUBLISHED, "Events confirmed by a sink.");
-    describe_counter!(SINK_ERRORS, "Sink failures by kind: retriable (retried) or permanent (dead-lettered).");
+    describe_counter!(
+        SINK_ERRORS,
+        "Sink failures by kind: retriable (retried) or permanent (dead-lettered)."
+    );
     describe_counter!(DEAD_LETTERED, "Events written to the dead-letter file.");
-    describe_gauge!(FORWARD_LAG, "Age of the oldest event not yet confirmed by the sink.");
-    describe_gauge!(FORWARD_IN_FLIGHT, "Events handed to a sink and awaiting confirmation.");
+    describe_gauge!(
+        FORWARD_LAG,
+        "Age of the oldest event not yet confirmed by the sink."
+    );
+    describe_gauge!(
+        FORWARD_IN_FLIGHT,
+        "Events handed to a sink and awaiting confirmation."
+    );
     describe_histogram!(END_TO_END, "From receipt to sink confirmation.");
     describe_gauge!(READY, "1 while /readyz answers 200.");
 }
@@ -180,11 +213,20 @@ impl EventLabels {
     }
 
     fn counters(&self, event: &str) -> [Counter; 3] {
-        if let Some(c) = self.known.read().unwrap_or_else(|p| p.into_inner()).get(event) {
+        if let Some(c) = self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(event)
+        {
             return c.clone();
         }
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        let label = if known.len() < MAX_EVENT_LABELS { event } else { OTHER_EVENT };
+        let label = if known.len() < MAX_EVENT_LABELS {
+            event
+        } else {
+            OTHER_EVENT
+        };
         if let Some(c) = known.get(label) {
             return c.clone();
         }

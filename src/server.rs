@@ -66,7 +66,12 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(sources: HashMap<String, Source>, dedup: Arc<Dedup>, spool: Spool, limits: Limits) -> Self {
+    pub fn new(
+        sources: HashMap<String, Source>,
+        dedup: Arc<Dedup>,
+        spool: Spool,
+        limits: Limits,
+    ) -> Self {
         Self {
             sources,
             dedup,
@@ -95,13 +100,18 @@ type Resp = Response<Full<Bytes>>;
 fn json(status: StatusCode, body: serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn error(status: StatusCode, reason: &str) -> Resp {
-    json(status, serde_json::json!({ "status": "error", "error": reason }))
+    json(
+        status,
+        serde_json::json!({ "status": "error", "error": reason }),
+    )
 }
 
 fn unavailable(reason: &str) -> Resp {
@@ -133,7 +143,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
         .strip_prefix("/webhooks/")
         .filter(|s| !s.is_empty() && !s.contains('/'))
         .map(str::to_string);
-    let source = source_name.as_deref().and_then(|s| app.sources.get(s).map(|src| (s, src)));
+    let source = source_name
+        .as_deref()
+        .and_then(|s| app.sources.get(s).map(|src| (s, src)));
     let span = tracing::debug_span!("request", id = %request_id, source = source.map_or(UNKNOWN_SOURCE, |s| s.0));
     let mut resp = async {
         let Some((name, src)) = source else {
@@ -162,8 +174,12 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
 
 async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> Resp {
     if req.method() != Method::POST {
-        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; POST webhooks here");
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed; POST webhooks here",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
     let max = app.limits.max_body_bytes;
@@ -178,7 +194,12 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
     }
     let received_at_ns = now_ns();
     let (parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(app.limits.body_read_timeout, Limited::new(body, max).collect()).await {
+    let body = match tokio::time::timeout(
+        app.limits.body_read_timeout,
+        Limited::new(body, max).collect(),
+    )
+    .await
+    {
         Err(_) => return close(error(StatusCode::REQUEST_TIMEOUT, "body read timed out")),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return close(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
@@ -200,7 +221,10 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let event = match src.extractor.extract(verified, content_type, received_at_ns) {
+    let event = match src
+        .extractor
+        .extract(verified, content_type, received_at_ns)
+    {
         Ok(Extracted::Publish(e)) => e,
         Ok(Extracted::Filtered { event_type }) => {
             src.events.record(&event_type, "filtered");
@@ -214,15 +238,23 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
         Seen::New => {}
         Seen::Duplicate => {
             src.events.record(&event.event_type, "duplicate");
-            return json(StatusCode::OK, serde_json::json!({ "status": "duplicate", "id": event.id }));
+            return json(
+                StatusCode::OK,
+                serde_json::json!({ "status": "duplicate", "id": event.id }),
+            );
         }
-        Seen::InFlight => return unavailable("the same event is being accepted by another request"),
+        Seen::InFlight => {
+            return unavailable("the same event is being accepted by another request");
+        }
     }
     match app.spool.append(spool::encode(&event)).await {
         Ok(_) => {
             app.dedup.commit(key);
             src.events.record(&event.event_type, "accepted");
-            json(StatusCode::OK, serde_json::json!({ "status": "accepted", "id": event.id }))
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "status": "accepted", "id": event.id }),
+            )
         }
         Err(e) => {
             app.dedup.release(key);
@@ -233,7 +265,12 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
 
 /// Serves the webhook listener until `shutdown` resolves, then stops accepting and
 /// lets in-flight requests finish for at most `drain`.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
     let limits = app.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -265,7 +302,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
-pub async fn serve_admin(listener: TcpListener, app: Arc<App>, prometheus: PrometheusHandle, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    app: Arc<App>,
+    prometheus: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -288,7 +330,9 @@ pub async fn serve_admin(listener: TcpListener, app: Arc<App>, prometheus: Prome
                         );
                         r
                     }
-                    (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
+                    (&Method::GET, "/healthz") => {
+                        json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
+                    }
                     (&Method::GET, "/readyz") => {
                         let ready = app.ready();
                         crate::metrics::ready(ready);
@@ -360,7 +404,10 @@ async fn accept_loop<S, F>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain deadline reached with HTTP requests still in flight");
     }
 }

@@ -48,13 +48,23 @@ async fn documentation_example_is_accepted_then_duplicate() {
     let sig = sign(DOC_EXAMPLE.as_bytes());
     let altered = DOC_EXAMPLE.replace("android", "andr0id");
     let r = c
-        .request("POST", "/webhooks/quickassist", &[(SIG, &sig)], altered.as_bytes())
+        .request(
+            "POST",
+            "/webhooks/quickassist",
+            &[(SIG, &sig)],
+            altered.as_bytes(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
     // A signature one hex digit short.
     let r = c
-        .request("POST", "/webhooks/quickassist", &[(SIG, &sig[..63])], DOC_EXAMPLE.as_bytes())
+        .request(
+            "POST",
+            "/webhooks/quickassist",
+            &[(SIG, &sig[..63])],
+            DOC_EXAMPLE.as_bytes(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
@@ -62,7 +72,12 @@ async fn documentation_example_is_accepted_then_duplicate() {
     let other = DOC_EXAMPLE.replace("msg_123456789", "msg_123456780");
     let upper = sign(other.as_bytes()).to_uppercase();
     let r = c
-        .request("POST", "/webhooks/quickassist", &[(SIG, &upper)], other.as_bytes())
+        .request(
+            "POST",
+            "/webhooks/quickassist",
+            &[(SIG, &upper)],
+            other.as_bytes(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["status"], "accepted");
@@ -70,14 +85,23 @@ async fn documentation_example_is_accepted_then_duplicate() {
     // The published body is the pretty-printed original, byte for byte.
     let ids = ["message.delivered:msg_123456789".to_string()].into();
     let events = relay.wait_for_ids(&ids, Duration::from_secs(10));
-    let line = events.iter().find(|e| event_id(e) == "message.delivered:msg_123456789").unwrap();
+    let line = events
+        .iter()
+        .find(|e| event_id(e) == "message.delivered:msg_123456789")
+        .unwrap();
     assert_eq!(line["body"].as_str().unwrap(), DOC_EXAMPLE);
     assert_eq!(line["topic"], "quickassist.message.delivered");
     assert_eq!(line["key"], "msg_123456789");
     assert_eq!(line["headers"]["hookrelay-source"], "quickassist");
     assert_eq!(line["headers"]["hookrelay-event"], "message.delivered");
     assert_eq!(line["headers"]["content-type"], "application/json");
-    assert_eq!(events.iter().filter(|e| event_id(e) == "message.delivered:msg_123456789").count(), 1);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| event_id(e) == "message.delivered:msg_123456789")
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -95,10 +119,23 @@ async fn every_rejection_has_its_status_and_metric() {
 
     // 401: missing, malformed, wrong.
     let body = event_body("message.read", "m1");
-    assert_eq!(c.request("POST", post, &[], body.as_bytes()).await.status, 401);
-    assert_eq!(c.request("POST", post, &[(SIG, "zz")], body.as_bytes()).await.status, 401);
+    assert_eq!(
+        c.request("POST", post, &[], body.as_bytes()).await.status,
+        401
+    );
+    assert_eq!(
+        c.request("POST", post, &[(SIG, "zz")], body.as_bytes())
+            .await
+            .status,
+        401
+    );
     let wrong = hookrelay::verify::quickassist_sign(b"not-the-secret", body.as_bytes());
-    assert_eq!(c.request("POST", post, &[(SIG, &wrong)], body.as_bytes()).await.status, 401);
+    assert_eq!(
+        c.request("POST", post, &[(SIG, &wrong)], body.as_bytes())
+            .await
+            .status,
+        401
+    );
 
     // 400: not JSON, no event type, event type unfit for a topic, too long.
     for bad in [
@@ -114,21 +151,34 @@ async fn every_rejection_has_its_status_and_metric() {
 
     // 404 unknown source (and unknown paths), 405 wrong method.
     let sig = sign(body.as_bytes());
-    assert_eq!(c.request("POST", "/webhooks/nope", &[(SIG, &sig)], body.as_bytes()).await.status, 404);
+    assert_eq!(
+        c.request("POST", "/webhooks/nope", &[(SIG, &sig)], body.as_bytes())
+            .await
+            .status,
+        404
+    );
     assert_eq!(c.request("POST", "/elsewhere", &[], b"").await.status, 404);
     let r = c.request("GET", post, &[], b"").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers["allow"], "POST");
-    assert_eq!(c.request("PUT", post, &[(SIG, &sig)], body.as_bytes()).await.status, 405);
+    assert_eq!(
+        c.request("PUT", post, &[(SIG, &sig)], body.as_bytes())
+            .await
+            .status,
+        405
+    );
 
     // 413 from Content-Length alone: no body bytes are even sent.
-    let head = format!("POST {post} HTTP/1.1\r\nhost: x\r\ncontent-length: 4096\r\n{SIG}: {sig}\r\n\r\n");
+    let head =
+        format!("POST {post} HTTP/1.1\r\nhost: x\r\ncontent-length: 4096\r\n{SIG}: {sig}\r\n\r\n");
     let answer = raw(relay.addr, &[(head.as_bytes(), Duration::ZERO)]).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     // 413 for a chunked body that grows past the limit.
     let chunk = "x".repeat(1000);
-    let mut chunked = format!("POST {post} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n{SIG}: {sig}\r\n\r\n");
+    let mut chunked = format!(
+        "POST {post} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n{SIG}: {sig}\r\n\r\n"
+    );
     for _ in 0..3 {
         chunked.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
     }
@@ -136,10 +186,14 @@ async fn every_rejection_has_its_status_and_metric() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     // 408: the body trickles in slower than body_read_timeout_ms.
-    let head = format!("POST {post} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n{SIG}: {sig}\r\n\r\n");
+    let head =
+        format!("POST {post} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n{SIG}: {sig}\r\n\r\n");
     let answer = raw(
         relay.addr,
-        &[(head.as_bytes(), Duration::from_millis(100)), (b"{\"event\"", Duration::ZERO)],
+        &[
+            (head.as_bytes(), Duration::from_millis(100)),
+            (b"{\"event\"", Duration::ZERO),
+        ],
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -148,7 +202,14 @@ async fn every_rejection_has_its_status_and_metric() {
     let mut f = relay.connect().await;
     let failed = event_body("message.failed", "f1");
     let fsig = sign(failed.as_bytes());
-    let r = f.request("POST", "/webhooks/filtered", &[(SIG, &fsig)], failed.as_bytes()).await;
+    let r = f
+        .request(
+            "POST",
+            "/webhooks/filtered",
+            &[(SIG, &fsig)],
+            failed.as_bytes(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["status"], "filtered");
 
@@ -156,31 +217,64 @@ async fn every_rejection_has_its_status_and_metric() {
     assert_eq!(c.post_signed(&body).await.json()["status"], "accepted");
 
     let m = relay.metrics().await;
-    let q = |status: u16| metric(&m, &format!("hookrelay_http_requests_total{{source=\"quickassist\",status=\"{status}\"}}"));
+    let q = |status: u16| {
+        metric(
+            &m,
+            &format!("hookrelay_http_requests_total{{source=\"quickassist\",status=\"{status}\"}}"),
+        )
+    };
     assert_eq!(q(401), 3.0);
     assert_eq!(q(400), 4.0);
     assert_eq!(q(405), 2.0);
     assert_eq!(q(413), 2.0);
     assert_eq!(q(408), 1.0);
     assert_eq!(q(200), 1.0);
-    assert_eq!(metric(&m, "hookrelay_http_requests_total{source=\"_unknown\",status=\"404\"}"), 2.0);
+    assert_eq!(
+        metric(
+            &m,
+            "hookrelay_http_requests_total{source=\"_unknown\",status=\"404\"}"
+        ),
+        2.0
+    );
     for (reason, n) in [("missing", 1.0), ("malformed", 1.0), ("mismatch", 1.0)] {
         assert_eq!(
-            metric(&m, &format!("hookrelay_signature_failures_total{{source=\"quickassist\",reason=\"{reason}\"}}")),
+            metric(
+                &m,
+                &format!(
+                    "hookrelay_signature_failures_total{{source=\"quickassist\",reason=\"{reason}\"}}"
+                )
+            ),
             n
         );
     }
     assert_eq!(
-        metric(&m, "hookrelay_events_total{source=\"filtered\",event=\"message.failed\",outcome=\"filtered\"}"),
+        metric(
+            &m,
+            "hookrelay_events_total{source=\"filtered\",event=\"message.failed\",outcome=\"filtered\"}"
+        ),
         1.0
     );
     assert_eq!(
-        metric(&m, "hookrelay_events_total{source=\"quickassist\",event=\"message.read\",outcome=\"accepted\"}"),
+        metric(
+            &m,
+            "hookrelay_events_total{source=\"quickassist\",event=\"message.read\",outcome=\"accepted\"}"
+        ),
         1.0
     );
     // Zero series exist before their first event.
-    assert_eq!(metric(&m, "hookrelay_http_requests_total{source=\"filtered\",status=\"503\"}"), 0.0);
-    assert!(!relay.events().iter().any(|e| e["topic"] == "filtered.message.failed"));
+    assert_eq!(
+        metric(
+            &m,
+            "hookrelay_http_requests_total{source=\"filtered\",status=\"503\"}"
+        ),
+        0.0
+    );
+    assert!(
+        !relay
+            .events()
+            .iter()
+            .any(|e| e["topic"] == "filtered.message.failed")
+    );
     // Nothing secret or body-like reaches the logs.
     let logs = relay.logs();
     assert!(!logs.contains(SECRET) && !logs.contains(&sig) && !logs.contains("+1234567890"));
@@ -220,7 +314,10 @@ async fn health_and_readiness() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
     assert_eq!(admin.get("/nope").await.status, StatusCode::NOT_FOUND);
     let m = relay.metrics().await;
-    assert!(m.contains("# TYPE hookrelay_http_requests_total counter"), "{m}");
+    assert!(
+        m.contains("# TYPE hookrelay_http_requests_total counter"),
+        "{m}"
+    );
     assert_eq!(metric(&m, "hookrelay_ready"), 1.0);
 }
 
@@ -259,6 +356,9 @@ async fn sixty_four_connections_each_event_exactly_once() {
     assert_eq!(events_after.len(), ids.len(), "every event exactly once");
     for t in EVENT_TYPES {
         let topic = format!("quickassist.{t}");
-        assert!(events_after.iter().any(|e| e["topic"] == topic.as_str()), "{topic}");
+        assert!(
+            events_after.iter().any(|e| e["topic"] == topic.as_str()),
+            "{topic}"
+        );
     }
 }

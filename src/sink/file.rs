@@ -43,7 +43,10 @@ impl Sink for FileSink {
         "file"
     }
 
-    fn publish(&self, batch: Vec<Message>) -> Pin<Box<dyn Future<Output = Vec<Confirmation>> + Send + '_>> {
+    fn publish(
+        &self,
+        batch: Vec<Message>,
+    ) -> Pin<Box<dyn Future<Output = Vec<Confirmation>> + Send + '_>> {
         Box::pin(async move {
             let n = batch.len();
             let (tx, rx) = oneshot::channel();
@@ -121,7 +124,12 @@ pub fn json_line(m: &Message, reason: Option<&str>) -> Vec<u8> {
     let headers: serde_json::Map<String, serde_json::Value> = m
         .headers()
         .into_iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(&v).into_owned().into()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(&v).into_owned().into(),
+            )
+        })
         .collect();
     let mut line = json!({
         "topic": e.topic,
@@ -169,14 +177,21 @@ mod tests {
         let sink = FileSink::open(dir.path()).unwrap();
         let pretty = b"{\n  \"event\": \"message.read\"\n}";
         let confirms = sink
-            .publish(vec![msg(0, "a.b", pretty), msg(1, "a.c", b"{}"), msg(2, "a.b", &[0xff, 0])])
+            .publish(vec![
+                msg(0, "a.b", pretty),
+                msg(1, "a.c", b"{}"),
+                msg(2, "a.b", &[0xff, 0]),
+            ])
             .await;
         assert_eq!(confirms.len(), 3);
         for c in confirms {
             c.await.unwrap();
         }
         let ab = std::fs::read_to_string(dir.path().join("a.b.jsonl")).unwrap();
-        let lines: Vec<serde_json::Value> = ab.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = ab
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["body"].as_str().unwrap().as_bytes(), pretty);
         assert_eq!(lines[0]["headers"]["hookrelay-id"], "id0");

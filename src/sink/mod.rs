@@ -41,10 +41,19 @@ impl Message {
         let e = &self.event;
         [
             (HEADER_SOURCE, Bytes::copy_from_slice(e.source.as_bytes())),
-            (HEADER_EVENT, Bytes::copy_from_slice(e.event_type.as_bytes())),
+            (
+                HEADER_EVENT,
+                Bytes::copy_from_slice(e.event_type.as_bytes()),
+            ),
             (HEADER_ID, Bytes::copy_from_slice(e.id.as_bytes())),
-            (HEADER_RECEIVED_AT, Bytes::from(e.received_at_ns.to_string())),
-            (HEADER_CONTENT_TYPE, Bytes::copy_from_slice(e.content_type.as_bytes())),
+            (
+                HEADER_RECEIVED_AT,
+                Bytes::from(e.received_at_ns.to_string()),
+            ),
+            (
+                HEADER_CONTENT_TYPE,
+                Bytes::copy_from_slice(e.content_type.as_bytes()),
+            ),
         ]
     }
 }
@@ -67,5 +76,8 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Hands `batch` to the destination. Resolves once the messages are enqueued
     /// (which may wait for room), with one confirmation per message, in order.
-    fn publish(&self, batch: Vec<Message>) -> Pin<Box<dyn Future<Output = Vec<Confirmation>> + Send + '_>>;
+    fn publish(
+        &self,
+        batch: Vec<Message>,
+    ) -> Pin<Box<dyn Future<Output = Vec<Confirmation>> + Send + '_>>;
 }

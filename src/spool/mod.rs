@@ -87,8 +87,8 @@ struct Shared {
     segments: Mutex<Vec<Segment>>,
     /// Set when a write fails so /readyz reports it.
     write_failed: AtomicBool,
-    /// Held for the process lifetime: the exclusive lock on `LOCK`.
-    _lock: File,
+    /// Set when an append was refused for room; cleared when segments are freed.
+    full: AtomicBool,
 }
 
 impl Shared {
@@ -103,6 +103,8 @@ pub struct Spool {
     tx: mpsc::Sender<Append>,
     shared: Arc<Shared>,
     durable: watch::Receiver<u64>,
+    /// The exclusive lock on `LOCK`, released when the last handle and the reader are gone.
+    _lock: Arc<File>,
 }
 
 /// What opening found on disk.
@@ -150,7 +152,10 @@ impl Spool {
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
             let name = entry.map_err(io_err(dir))?.file_name();
             let name = name.to_string_lossy();
-            if let Some(base) = name.strip_suffix(".seg").and_then(|b| b.parse::<u64>().ok()) {
+            if let Some(base) = name
+                .strip_suffix(".seg")
+                .and_then(|b| b.parse::<u64>().ok())
+            {
                 bases.push(base);
             }
         }
@@ -174,7 +179,10 @@ impl Spool {
                 if last {
                     tracing::warn!(segment = %path.display(), offset = at, bytes = cut, error = %err,
                         "spool tail is torn or corrupt; truncating it (no request was answered 200 for it)");
-                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_err(&path))?;
                     f.set_len(*at).map_err(io_err(&path))?;
                     f.sync_all().map_err(io_err(&path))?;
                 } else {
@@ -190,19 +198,27 @@ impl Spool {
             next_seq = base + scan.records;
         }
         let first_base = segments.first().map_or(next_seq, |s| s.base);
-        let cursor = stored_cursor.unwrap_or(first_base).clamp(first_base, next_seq);
+        let cursor = stored_cursor
+            .unwrap_or(first_base)
+            .clamp(first_base, next_seq);
         recovery.pending = next_seq - cursor;
 
         let active = match segments.last() {
             Some(seg) => {
                 let path = segment_path(dir, seg.base);
-                let mut f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
                 f.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
                 f
             }
             None => {
                 let f = create_segment(dir, next_seq).map_err(io_err(dir))?;
-                segments.push(Segment { base: next_seq, bytes: 0 });
+                segments.push(Segment {
+                    base: next_seq,
+                    bytes: 0,
+                });
                 f
             }
         };
@@ -214,8 +230,9 @@ impl Spool {
             cursor: AtomicU64::new(cursor),
             segments: Mutex::new(segments),
             write_failed: AtomicBool::new(false),
-            _lock: lock,
+            full: AtomicBool::new(false),
         });
+        let lock = Arc::new(lock);
         metrics::spool_size(total, next_seq - cursor);
 
         let (durable_tx, durable_rx) = watch::channel(next_seq);
@@ -232,12 +249,14 @@ impl Spool {
             .spawn(move || writer.run(rx))
             .map_err(io_err(dir))?;
 
-        let reader = Reader::new(shared.clone(), durable_rx.clone(), cursor).map_err(io_err(dir))?;
+        let reader = Reader::new(shared.clone(), durable_rx.clone(), cursor, lock.clone())
+            .map_err(io_err(dir))?;
         Ok((
             Spool {
                 tx,
                 shared,
                 durable: durable_rx,
+                _lock: lock,
             },
             reader,
             recovery,
@@ -257,6 +276,7 @@ impl Spool {
     /// Ready to accept: the writer is healthy and the spool has room.
     pub fn has_room(&self) -> bool {
         !self.shared.write_failed.load(Ordering::Relaxed)
+            && !self.shared.full.load(Ordering::Relaxed)
             && self.shared.bytes.load(Ordering::Relaxed) < self.shared.max_bytes
     }
 
@@ -295,6 +315,9 @@ impl Spool {
                     }
                 }
             }
+        }
+        if freed > 0 {
+            s.full.store(false, Ordering::Relaxed);
         }
         let total = s.bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
         metrics::spool_size(total, self.durable_end().saturating_sub(cursor));
@@ -418,6 +441,7 @@ impl Writer {
             .saturating_sub(self.shared.bytes.load(Ordering::Acquire));
         for a in batch.drain(..) {
             if (buf.len() + a.frame.len()) as u64 > room {
+                self.shared.full.store(true, Ordering::Relaxed);
                 let _ = a.reply.send(Err(AppendError::Full));
             } else {
                 buf.extend_from_slice(&a.frame);
@@ -442,7 +466,9 @@ impl Writer {
                 .set_len(before)
                 .and_then(|_| self.file.seek(SeekFrom::Start(before)).map(|_| ()))
             {
-                fatal(&format!("spool write failed ({e}) and the partial write cannot be undone ({e2})"));
+                fatal(&format!(
+                    "spool write failed ({e}) and the partial write cannot be undone ({e2})"
+                ));
             }
             self.fail(accepted, e);
             return;
@@ -465,9 +491,17 @@ impl Writer {
                 last.bytes += buf.len() as u64;
             }
         }
-        let total = self.shared.bytes.fetch_add(buf.len() as u64, Ordering::AcqRel) + buf.len() as u64;
+        let total = self
+            .shared
+            .bytes
+            .fetch_add(buf.len() as u64, Ordering::AcqRel)
+            + buf.len() as u64;
         self.durable.send_replace(self.next_seq);
-        metrics::spool_size(total, self.next_seq.saturating_sub(self.shared.cursor.load(Ordering::Acquire)));
+        metrics::spool_size(
+            total,
+            self.next_seq
+                .saturating_sub(self.shared.cursor.load(Ordering::Acquire)),
+        );
         for (i, reply) in accepted.into_iter().enumerate() {
             let _ = reply.send(Ok(first + i as u64));
         }
@@ -512,10 +546,16 @@ pub struct Reader {
     file: BufReader<File>,
     segment_base: u64,
     next_seq: u64,
+    _lock: Arc<File>,
 }
 
 impl Reader {
-    fn new(shared: Arc<Shared>, durable: watch::Receiver<u64>, from: u64) -> io::Result<Reader> {
+    fn new(
+        shared: Arc<Shared>,
+        durable: watch::Receiver<u64>,
+        from: u64,
+        lock: Arc<File>,
+    ) -> io::Result<Reader> {
         let base = {
             let segs = shared.segments();
             segs.iter()
@@ -524,17 +564,22 @@ impl Reader {
                 .or(segs.first())
                 .map_or(from, |s| s.base)
         };
-        let file = BufReader::with_capacity(256 * 1024, File::open(segment_path(&shared.dir, base))?);
+        let file =
+            BufReader::with_capacity(256 * 1024, File::open(segment_path(&shared.dir, base))?);
         let mut reader = Reader {
             shared,
             durable,
             file,
             segment_base: base,
             next_seq: base,
+            _lock: lock,
         };
         // Skip what was confirmed before the restart.
         while reader.next_seq < from {
-            if reader.read_batch(((from - reader.next_seq) as usize).min(4096))?.is_empty() {
+            if reader
+                .read_batch(((from - reader.next_seq) as usize).min(4096))?
+                .is_empty()
+            {
                 break;
             }
         }
@@ -591,12 +636,17 @@ impl Reader {
     fn next_segment(&mut self) -> io::Result<bool> {
         let next = {
             let segs = self.shared.segments();
-            segs.iter().find(|s| s.base > self.segment_base).map(|s| s.base)
+            segs.iter()
+                .find(|s| s.base > self.segment_base)
+                .map(|s| s.base)
         };
         let Some(base) = next else {
             return Ok(false);
         };
-        self.file = BufReader::with_capacity(256 * 1024, File::open(segment_path(&self.shared.dir, base))?);
+        self.file = BufReader::with_capacity(
+            256 * 1024,
+            File::open(segment_path(&self.shared.dir, base))?,
+        );
         self.segment_base = base;
         self.next_seq = base;
         Ok(true)
@@ -648,13 +698,17 @@ mod tests {
     async fn append_read_confirm_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 4096, &dedup()).unwrap();
+            let (spool, mut reader, rec) =
+                Spool::open(dir.path(), 1 << 20, 4096, &dedup()).unwrap();
             assert_eq!(rec, Recovery::default());
             assert_eq!(append_n(&spool, 0..100).await, (0..100).collect::<Vec<_>>());
             let got = read_all(&mut reader);
             assert_eq!(got.len(), 100);
             assert_eq!(got[42].event.id, "message.read:42");
-            assert!(spool.shared.segments().len() > 1, "4 KiB segments must roll");
+            assert!(
+                spool.shared.segments().len() > 1,
+                "4 KiB segments must roll"
+            );
             spool.confirm_until(60);
             spool.persist_cursor().unwrap();
             assert!(spool.shared.segments()[0].base <= 60);
@@ -667,7 +721,10 @@ mod tests {
         assert_eq!(got.len(), 40);
         assert_eq!(got[0].event.id, "message.read:60");
         // Ids still in the spool are remembered.
-        assert_eq!(d.check(d.key("q", "message.read:99")), crate::dedup::Seen::Duplicate);
+        assert_eq!(
+            d.check(d.key("q", "message.read:99")),
+            crate::dedup::Seen::Duplicate
+        );
         assert_eq!(append_n(&spool, 100..101).await, vec![100]);
     }
 

@@ -76,7 +76,9 @@ impl Verifier {
     /// The headers a sender would attach to `body`: for `hookrelay sign` and tests.
     pub fn sign(&self, body: &[u8]) -> Vec<(&'static str, String)> {
         match self.scheme {
-            Scheme::Quickassist => vec![(QUICKASSIST_HEADER, quickassist::sign(&self.secret, body))],
+            Scheme::Quickassist => {
+                vec![(QUICKASSIST_HEADER, quickassist::sign(&self.secret, body))]
+            }
         }
     }
 }

@@ -67,12 +67,21 @@ mod tests {
         let sig = sign(b"k", body);
         assert_eq!(verify(b"k", &headers(&sig), body), Ok(()));
         assert_eq!(verify(b"k", &headers(&sig.to_uppercase()), body), Ok(()));
-        assert_eq!(verify(b"k", &headers(&sig[1..]), body), Err(Failure::Malformed));
-        assert_eq!(verify(b"k", &headers(&format!("{sig}0")), body), Err(Failure::Malformed));
+        assert_eq!(
+            verify(b"k", &headers(&sig[1..]), body),
+            Err(Failure::Malformed)
+        );
+        assert_eq!(
+            verify(b"k", &headers(&format!("{sig}0")), body),
+            Err(Failure::Malformed)
+        );
         let mut zz = sig.clone();
         zz.replace_range(0..2, "zz");
         assert_eq!(verify(b"k", &headers(&zz), body), Err(Failure::Malformed));
-        assert_eq!(verify(b"other", &headers(&sig), body), Err(Failure::Mismatch));
+        assert_eq!(
+            verify(b"other", &headers(&sig), body),
+            Err(Failure::Mismatch)
+        );
         assert_eq!(verify(b"k", &headers(&sig), b"{}"), Err(Failure::Mismatch));
         assert_eq!(verify(b"k", &HeaderMap::new(), body), Err(Failure::Missing));
         assert_eq!(verify(b"k", &headers(""), body), Err(Failure::Missing));

@@ -174,7 +174,10 @@ impl Relay {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "hookrelay did not exit within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "hookrelay did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -250,7 +253,10 @@ pub fn signal(pid: u32, sig: &str) {
 }
 
 pub fn event_id(line: &serde_json::Value) -> String {
-    line["headers"]["hookrelay-id"].as_str().unwrap_or_default().to_string()
+    line["headers"]["hookrelay-id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub fn read_events(dir: &Path) -> Vec<serde_json::Value> {
@@ -273,7 +279,10 @@ pub fn read_events(dir: &Path) -> Vec<serde_json::Value> {
 /// Value of one sample in Prometheus text, e.g. `metric(&text, "x_total{a=\"b\"}")`.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("series {series} not found in:\n{text}"))
 }
@@ -299,7 +308,9 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -318,7 +329,13 @@ impl Client {
         })
     }
 
-    pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -335,7 +352,10 @@ impl Client {
         self.request(
             "POST",
             "/webhooks/quickassist",
-            &[("x-webhook-signature", &sig), ("content-type", "application/json")],
+            &[
+                ("x-webhook-signature", &sig),
+                ("content-type", "application/json"),
+            ],
             body.as_bytes(),
         )
         .await
