@@ -153,3 +153,18 @@ fn two_processes_cannot_share_a_spool() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_quickstart_config_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let o = Command::new(binary())
+        .args([
+            "check",
+            "--config",
+            &format!("{root}/examples/quickstart.toml"),
+        ])
+        .env("QUICKASSIST_WEBHOOK_SECRET", "dev-secret")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
