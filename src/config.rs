@@ -430,6 +430,20 @@ impl Config {
             _ => {}
         }
         check_template(&key("topic"), &src.topic, &["source", "event"])?;
+        // The rendered topic must be a legal Kafka topic for any legal event type.
+        let longest = src
+            .topic
+            .replace("{source}", name)
+            .replace("{event}", &"e".repeat(MAX_EVENT_TYPE_LEN));
+        if !is_topic_safe(&longest) || longest.len() > 249 {
+            return Err(invalid(
+                key("topic"),
+                format!(
+                    "'{}' must render to [A-Za-z0-9._-] and at most 249 bytes with a 200-byte event type",
+                    src.topic
+                ),
+            ));
+        }
         check_template(&key("key"), &src.key, &["source", "event", "id"])?;
         check_template(
             &key("id_template"),
@@ -644,6 +658,15 @@ secret_env = "HOOKRELAY_TEST_NEVER_SET"
         let err = c.validate().unwrap_err().to_string();
         assert!(err.starts_with("sources.quickassist.topic"), "{err}");
         assert!(err.contains("{evnt}"), "{err}");
+    }
+
+    #[test]
+    fn topic_template_must_render_to_a_legal_topic() {
+        let c = Config::parse(&format!("{MINIMAL}topic = \"wa events/{{event}}\"\n")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("sources.quickassist.topic"), "{err}");
+        let c = Config::parse(&format!("{MINIMAL}topic = \"wa-{{event}}\"\n")).unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -376,6 +376,118 @@ async fn sleep_until_opt(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dedup::Dedup;
+    use crate::event::Event;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fault injection: fails the first `retriable` publishes, refuses one topic for good.
+    struct FlakySink {
+        retriable: AtomicUsize,
+        poison_topic: &'static str,
+        delivered: Mutex<Vec<String>>,
+    }
+
+    impl Sink for FlakySink {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn publish(
+            &self,
+            batch: Vec<Message>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Vec<crate::sink::Confirmation>> + Send + '_>>
+        {
+            Box::pin(async move {
+                batch
+                    .into_iter()
+                    .map(|m| {
+                        let r = if m.event.topic == self.poison_topic {
+                            Err(SinkError::Permanent("message too large".into()))
+                        } else if self
+                            .retriable
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
+                        {
+                            Err(SinkError::Retriable("broker down".into()))
+                        } else {
+                            self.delivered.lock().unwrap().push(m.event.id.clone());
+                            Ok(())
+                        };
+                        Box::pin(std::future::ready(r)) as crate::sink::Confirmation
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    fn event(i: u64, topic: &str) -> Event {
+        Event {
+            source: Arc::from("q"),
+            event_type: "message.read".into(),
+            id: format!("id-{i}"),
+            topic: topic.into(),
+            key: format!("{i}"),
+            content_type: "application/json".into(),
+            received_at_ns: 1,
+            body: bytes::Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_until_delivered_and_dead_letters_the_poison_without_stalling() {
+        let dir = tempfile::tempdir().unwrap();
+        let dedup = Dedup::new(Duration::from_secs(60), 1000);
+        let (spool, reader, _) =
+            Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, &dedup).unwrap();
+        for i in 0..300 {
+            let topic = if i == 7 { "q.poison" } else { "q.ok" };
+            spool
+                .append(crate::spool::encode(&event(i, topic)))
+                .await
+                .unwrap();
+        }
+        let sink = Arc::new(FlakySink {
+            retriable: AtomicUsize::new(500),
+            poison_topic: "q.poison",
+            delivered: Mutex::new(Vec::new()),
+        });
+        let route = Route::new(sink.clone());
+        let dl_path = dir.path().join("dead.jsonl");
+        let cfg = ForwardConfig {
+            max_in_flight: 64,
+            batch_max: 16,
+            backoff_initial_ms: 1,
+            backoff_max_ms: 4,
+        };
+        let fwd = Forwarder::new(
+            spool.clone(),
+            reader,
+            Routes::new(HashMap::new(), route),
+            DeadLetter::open(&dl_path).unwrap(),
+            cfg,
+        );
+        let (tx, rx) = watch::channel(Some(Instant::now() + Duration::from_secs(20)));
+        tokio::time::timeout(Duration::from_secs(30), fwd.run(rx))
+            .await
+            .unwrap();
+        drop(tx);
+
+        let delivered = sink.delivered.lock().unwrap().clone();
+        let unique: std::collections::HashSet<_> = delivered.iter().collect();
+        assert_eq!(unique.len(), 299, "every good event delivered");
+        assert!(!unique.contains(&"id-7".to_string()));
+        let dead = std::fs::read_to_string(&dl_path).unwrap();
+        assert_eq!(dead.lines().count(), 1);
+        let line: serde_json::Value = serde_json::from_str(dead.trim()).unwrap();
+        assert_eq!(line["headers"]["hookrelay-id"], "id-7");
+        assert_eq!(line["reason"], "flaky: message too large");
+        // Everything is confirmed: the cursor passed all of it and was saved.
+        assert_eq!(spool.cursor(), 300);
+        drop(spool);
+        let (_s, _r, rec) =
+            Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, &dedup).unwrap();
+        assert_eq!(rec.pending, 0);
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {

@@ -316,3 +316,19 @@ pub fn spawn_upkeep(handle: PrometheusHandle) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_labels_are_capped() {
+        let labels = EventLabels::new("s", Some(&["a".to_string()]));
+        for i in 0..1000 {
+            labels.record(&format!("type.{i}"), "accepted");
+        }
+        let known = labels.known.read().unwrap();
+        assert_eq!(known.len(), MAX_EVENT_LABELS + 1);
+        assert!(known.contains_key("a") && known.contains_key(OTHER_EVENT));
+    }
+}

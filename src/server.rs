@@ -158,7 +158,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
         let status = r.status().as_u16();
         src.metrics.answered(status, started.elapsed());
         if status >= 500 {
-            tracing::warn!(status, "webhook not accepted");
+            tracing::warn!(request_id = %request_id, source = name, status, "webhook not accepted");
         } else {
             tracing::debug!(status, "answered");
         }
