@@ -36,7 +36,10 @@ pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Source>>
                 verifier: Verifier::new(cfg.scheme, secret),
                 extractor: Extractor::new(name, cfg),
                 metrics: RequestMetrics::new(name),
-                events: EventLabels::new(name, cfg.events.as_deref()),
+                events: match &cfg.events {
+                    Some(allow) => EventLabels::new(name, allow.iter().map(String::as_str)),
+                    None => EventLabels::new(name, cfg.scheme.known_events().iter().copied()),
+                },
             },
         );
     }

@@ -209,6 +209,18 @@ pub enum Scheme {
 impl Scheme {
     pub const NAMES: &'static [&'static str] = &["quickassist"];
 
+    /// The event types the provider documents; their metric series start at zero.
+    pub fn known_events(self) -> &'static [&'static str] {
+        match self {
+            Scheme::Quickassist => &[
+                "message.delivered",
+                "message.read",
+                "message.failed",
+                "template.status_update",
+            ],
+        }
+    }
+
     /// Where this provider puts the id that tells one event from another.
     fn default_id_pointer(self) -> &'static str {
         match self {

@@ -193,12 +193,14 @@ pub struct EventLabels {
 }
 
 impl EventLabels {
-    pub fn new(source: &str, allow_list: Option<&[String]>) -> Self {
+    /// `initial` are the event types registered at zero: the allow-list, or the
+    /// scheme's documented types.
+    pub fn new<'a>(source: &str, initial: impl IntoIterator<Item = &'a str>) -> Self {
         let labels = Self {
             source: Arc::from(source),
             known: RwLock::new(HashMap::new()),
         };
-        for e in allow_list.unwrap_or(&[]) {
+        for e in initial {
             let _ = labels.counters(e);
         }
         labels
@@ -323,7 +325,7 @@ mod tests {
 
     #[test]
     fn event_labels_are_capped() {
-        let labels = EventLabels::new("s", Some(&["a".to_string()]));
+        let labels = EventLabels::new("s", ["a"]);
         for i in 0..1000 {
             labels.record(&format!("type.{i}"), "accepted");
         }

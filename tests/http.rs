@@ -319,6 +319,17 @@ async fn health_and_readiness() {
         "{m}"
     );
     assert_eq!(metric(&m, "hookrelay_ready"), 1.0);
+    // The provider's documented event types have series before their first event.
+    for t in EVENT_TYPES {
+        let series = format!(
+            "hookrelay_events_total{{source=\"quickassist\",event=\"{t}\",outcome=\"accepted\"}}"
+        );
+        assert_eq!(metric(&m, &series), 0.0);
+    }
+    assert_eq!(
+        metric(&m, "hookrelay_spool_fsync_duration_seconds_count"),
+        0.0
+    );
 }
 
 #[tokio::test]
