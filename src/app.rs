@@ -2,34 +2,49 @@
 //!
 //! Drain order on shutdown: readiness off → stop accepting → finish in-flight
 //! requests → let the forwarder publish what it can until the drain deadline →
-//! persist the cursor → return. What was not forwarded stays in the spool.
+//! persist the cursor → flush producers → return. What was not forwarded stays
+//! in the spool for the next start.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{AckMode, Config};
 use crate::deadletter::DeadLetter;
 use crate::dedup::Dedup;
 use crate::event::Extractor;
-use crate::forward::{Forwarder, Route, Routes};
+use crate::forward::{Forwarder, Routes};
 use crate::metrics::{self, EventLabels, RequestMetrics};
-use crate::server::{self, App, Limits, Source};
-use crate::sink::{FileSink, Sink};
+use crate::server::{self, Ack, App, Limits, Source};
+use crate::sink::{FileSink, KafkaSink, Route, Sink};
 use crate::spool::Spool;
 use crate::verify::Verifier;
 
 /// Builds every source's verifier and extractor; fails on a missing secret.
-pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Source>> {
+/// `sinks` is empty for `hookrelay check`, which builds no producers.
+pub fn build_sources(
+    config: &Config,
+    sinks: &HashMap<&'static str, Route>,
+) -> anyhow::Result<HashMap<String, Source>> {
     let mut sources = HashMap::new();
     for (name, cfg) in &config.sources {
         let secret = cfg.load_secret(name)?;
+        let ack = match cfg.ack {
+            AckMode::Durable => Ack::Durable,
+            AckMode::Broker => match sinks.get(config.sink_of(cfg).as_str()) {
+                Some(route) => Ack::Broker {
+                    route: route.clone(),
+                    timeout: cfg.ack_timeout(),
+                },
+                None => Ack::Durable,
+            },
+        };
         sources.insert(
             name.clone(),
             Source {
@@ -40,12 +55,14 @@ pub fn build_sources(config: &Config) -> anyhow::Result<HashMap<String, Source>>
                     Some(allow) => EventLabels::new(name, allow.iter().map(String::as_str)),
                     None => EventLabels::new(name, cfg.scheme.known_events().iter().copied()),
                 },
+                ack,
             },
         );
     }
     Ok(sources)
 }
 
+/// Opens every configured sink. Must run inside the runtime (producers spawn tasks).
 fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> {
     let mut sinks = HashMap::new();
     if let Some(file) = &config.sinks.file {
@@ -55,7 +72,20 @@ fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> 
         );
         sinks.insert("file", Route::new(sink));
     }
+    if let Some(kafka) = &config.sinks.kafka {
+        let sink: Arc<dyn Sink> = Arc::new(KafkaSink::new(kafka)?);
+        sinks.insert("kafka", Route::new(sink));
+    }
     Ok(sinks)
+}
+
+/// `hookrelay check --connect`: reaches every broker sink, or says why not.
+pub fn check_connections(config: &Config) -> Result<Vec<String>, String> {
+    let mut report = Vec::new();
+    if let Some(kafka) = &config.sinks.kafka {
+        report.push(crate::sink::kafka::check_connection(kafka)?);
+    }
+    Ok(report)
 }
 
 /// Runs hookrelay until `shutdown` resolves, then drains and returns.
@@ -65,49 +95,63 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let sources = build_sources(&config)?;
     let names: Vec<String> = config.sources.keys().cloned().collect();
     metrics::init(&names, &config.sinks.names());
+    let sinks = build_sinks(&config)?;
+    let sources = build_sources(&config, &sinks)?;
 
     let dedup = Arc::new(Dedup::new(
-        std::time::Duration::from_secs(config.dedup.window_secs),
+        Duration::from_secs(config.dedup.window_secs),
         config.dedup.max_ids,
     ));
-    let (spool, reader, recovery) = Spool::open(
-        &config.spool.dir,
-        config.spool.max_bytes,
-        config.spool.segment_bytes,
-        &dedup,
-    )
-    .context("spool.dir")?;
-    tracing::info!(
-        dir = %config.spool.dir.display(),
-        pending = recovery.pending,
-        truncated_bytes = recovery.truncated_bytes,
-        remembered_ids = dedup.len(),
-        "spool opened"
-    );
-
-    let sinks = build_sinks(&config)?;
-    let mut by_source = HashMap::new();
-    for (name, src) in &config.sources {
-        let sink = config.sink_of(src);
-        let route = sinks
-            .get(sink.as_str())
-            .with_context(|| format!("sources.{name}.sink: sink '{sink}' is not configured"))?;
-        by_source.insert(name.clone(), route.clone());
-    }
-    let default = sinks
-        .values()
-        .next()
-        .cloned()
-        .context("sinks: no sink configured")?;
-    let dead_letter = DeadLetter::open(&config.dead_letter.path).with_context(|| {
-        format!(
-            "dead_letter.path: cannot open {}",
-            config.dead_letter.path.display()
+    let durable = config.sources.values().any(|s| s.ack == AckMode::Durable);
+    let (drain_tx, drain_rx) = watch::channel(None);
+    let mut forwarding = None;
+    let mut spool = None;
+    if durable {
+        let (s, reader, recovery) = Spool::open(
+            &config.spool.dir,
+            config.spool.max_bytes,
+            config.spool.segment_bytes,
+            &dedup,
         )
-    })?;
+        .context("spool.dir")?;
+        tracing::info!(
+            dir = %config.spool.dir.display(),
+            pending = recovery.pending,
+            truncated_bytes = recovery.truncated_bytes,
+            remembered_ids = dedup.len(),
+            "spool opened"
+        );
+        let mut by_source = HashMap::new();
+        for (name, src) in &config.sources {
+            let sink = config.sink_of(src);
+            let route = sinks
+                .get(sink.as_str())
+                .with_context(|| format!("sources.{name}.sink: sink '{sink}' is not configured"))?;
+            by_source.insert(name.clone(), route.clone());
+        }
+        let default = sinks
+            .values()
+            .next()
+            .cloned()
+            .context("sinks: no sink configured")?;
+        let dead_letter = DeadLetter::open(&config.dead_letter.path).with_context(|| {
+            format!(
+                "dead_letter.path: cannot open {}",
+                config.dead_letter.path.display()
+            )
+        })?;
+        let forwarder = Forwarder::new(
+            s.clone(),
+            reader,
+            Routes::new(by_source, default),
+            dead_letter,
+            config.forward.clone(),
+        );
+        forwarding = Some(tokio::spawn(forwarder.run(drain_rx)));
+        spool = Some(s);
+    }
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -120,16 +164,6 @@ pub async fn run(
                 config.server.admin_listen
             )
         })?;
-
-    let (drain_tx, drain_rx) = watch::channel(None);
-    let forwarder = Forwarder::new(
-        spool.clone(),
-        reader,
-        Routes::new(by_source, default),
-        dead_letter,
-        config.forward.clone(),
-    );
-    let forwarding = tokio::spawn(forwarder.run(drain_rx));
 
     let app = Arc::new(App::new(
         sources,
@@ -149,6 +183,7 @@ pub async fn run(
         webhooks = %server::local_addr(&listener).map_or_else(String::new, |a| a.to_string()),
         admin = %server::local_addr(&admin).map_or_else(String::new, |a| a.to_string()),
         sources = ?names,
+        sinks = ?config.sinks.names(),
         "listening"
     );
 
@@ -173,14 +208,21 @@ pub async fn run(
     .await;
     let deadline = started.get().unwrap_or_else(Instant::now) + deadline_len;
     let _ = drain_tx.send(Some(deadline));
-    if let Err(e) = forwarding.await {
+    if let Some(f) = forwarding
+        && let Err(e) = f.await
+    {
         tracing::error!(error = %e, "forwarder task failed");
+    }
+    for route in sinks.values() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        route.sink.flush(left.max(Duration::from_millis(100))).await;
     }
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
-    tracing::info!(
-        unconfirmed = app.spool.durable_end().saturating_sub(app.spool.cursor()),
-        "stopped"
-    );
+    let unconfirmed = app
+        .spool
+        .as_ref()
+        .map_or(0, |s| s.durable_end().saturating_sub(s.cursor()));
+    tracing::info!(unconfirmed, "stopped");
     Ok(())
 }

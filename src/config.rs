@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sink::kafka::KafkaSinkConfig;
+
 /// Everything hookrelay needs to run, as written in the TOML file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +181,7 @@ impl Default for DeadLetterConfig {
 #[serde(deny_unknown_fields)]
 pub struct SinksConfig {
     pub file: Option<FileSinkConfig>,
+    pub kafka: Option<KafkaSinkConfig>,
 }
 
 impl SinksConfig {
@@ -188,7 +191,15 @@ impl SinksConfig {
         if self.file.is_some() {
             names.push("file");
         }
+        if self.kafka.is_some() {
+            names.push("kafka");
+        }
         names
+    }
+
+    /// Sinks that confirm from a broker, and so can back `ack = "broker"`.
+    pub fn is_broker(name: &str) -> bool {
+        name == "kafka"
     }
 }
 
@@ -270,6 +281,13 @@ pub struct SourceConfig {
     pub ack: AckMode,
     /// Which sink receives this source's events; defaults to the only configured one.
     pub sink: Option<String>,
+    /// With `ack = "broker"`: how long to wait for the broker's confirmation before 503.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+const fn default_ack_timeout_ms() -> u64 {
+    5000
 }
 
 fn default_topic() -> String {
@@ -407,6 +425,9 @@ impl Config {
                 "configure at least one source, e.g. [sources.quickassist] scheme = \"quickassist\"",
             ));
         }
+        if let Some(k) = &self.sinks.kafka {
+            k.validate().map_err(|(key, why)| invalid(key, why))?;
+        }
         for (name, src) in &self.sources {
             self.validate_source(name, src, &sinks)?;
         }
@@ -488,11 +509,17 @@ impl Config {
                 }
             }
         }
-        if src.ack == AckMode::Broker {
+        if src.ack == AckMode::Broker && !SinksConfig::is_broker(&self.sink_of(src)) {
             return Err(invalid(
                 key("ack"),
-                "ack = \"broker\" needs a broker sink (kafka or rabbitmq); the file sink supports only \"durable\"",
+                format!(
+                    "ack = \"broker\" needs a broker sink (kafka); sink '{}' supports only \"durable\"",
+                    self.sink_of(src)
+                ),
             ));
+        }
+        if src.ack_timeout_ms == 0 {
+            return Err(invalid(key("ack_timeout_ms"), "must be greater than 0"));
         }
         match &src.sink {
             Some(s) if !sinks.contains(&s.as_str()) => {
@@ -535,6 +562,12 @@ impl Config {
     }
     pub fn drain_deadline(&self) -> Duration {
         Duration::from_secs(self.server.drain_deadline_secs)
+    }
+}
+
+impl SourceConfig {
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
     }
 }
 

@@ -8,7 +8,7 @@
 //! event never stalls the stream.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,26 +19,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::ForwardConfig;
 use crate::deadletter::DeadLetter;
-use crate::metrics::{self, SinkMetrics};
-use crate::sink::{Message, Sink, SinkError};
+use crate::metrics;
+use crate::sink::{Message, Route, SinkError};
 use crate::spool::{Reader, Record, Spool};
 
 /// How often the lag gauge and the cursor file are refreshed.
 const TICK: Duration = Duration::from_millis(200);
-
-/// A sink with its metric handles.
-#[derive(Clone)]
-pub struct Route {
-    pub sink: Arc<dyn Sink>,
-    pub metrics: SinkMetrics,
-}
-
-impl Route {
-    pub fn new(sink: Arc<dyn Sink>) -> Self {
-        let metrics = SinkMetrics::new(sink.name());
-        Self { sink, metrics }
-    }
-}
 
 /// Where each source's events go.
 #[derive(Clone)]
@@ -62,6 +48,8 @@ struct Pending {
     msg: Message,
     attempts: u32,
     done: bool,
+    /// When it was last handed to the sink, for the delivery latency histogram.
+    sent_at: Instant,
 }
 
 type Confirmed = std::pin::Pin<Box<dyn Future<Output = (u64, Result<(), SinkError>)> + Send>>;
@@ -79,6 +67,8 @@ pub struct Forwarder {
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
     confirms: FuturesUnordered<Confirmed>,
     last_warn: Option<Instant>,
+    /// Topics whose permanent failures were already logged: once per topic, not per event.
+    refused_topics: HashSet<String>,
 }
 
 /// `None` while running; `Some(deadline)` once shutdown asks for a drain.
@@ -103,6 +93,7 @@ impl Forwarder {
             retries: BinaryHeap::new(),
             confirms: FuturesUnordered::new(),
             last_warn: None,
+            refused_topics: HashSet::new(),
         }
     }
 
@@ -210,12 +201,17 @@ impl Forwarder {
     /// Publishes new or retried messages, grouped by sink, preserving order.
     async fn dispatch(&mut self, msgs: Vec<Message>) {
         let mut groups: Vec<(Route, Vec<Message>)> = Vec::new();
+        let now = Instant::now();
         for m in msgs {
-            self.in_flight.entry(m.seq).or_insert_with(|| Pending {
-                msg: m.clone(),
-                attempts: 0,
-                done: false,
-            });
+            self.in_flight
+                .entry(m.seq)
+                .and_modify(|p| p.sent_at = now)
+                .or_insert_with(|| Pending {
+                    msg: m.clone(),
+                    attempts: 0,
+                    done: false,
+                    sent_at: now,
+                });
             let route = self.routes.for_source(&m.event.source);
             match groups
                 .iter_mut()
@@ -242,7 +238,9 @@ impl Forwarder {
         match result {
             Ok(()) => {
                 p.done = true;
-                route.metrics.published(age(p.msg.event.received_at_ns));
+                route
+                    .metrics
+                    .published(p.sent_at.elapsed(), age(p.msg.event.received_at_ns));
             }
             Err(SinkError::Retriable(reason)) => {
                 route.metrics.retriable_error();
@@ -260,33 +258,58 @@ impl Forwarder {
             }
             Err(SinkError::Permanent(reason)) => {
                 route.metrics.permanent_error();
-                let dl = self.dead_letter.clone();
                 let msg = p.msg.clone();
-                let why = format!("{}: {reason}", route.sink.name());
-                let written = tokio::task::spawn_blocking(move || dl.write(&msg, &why)).await;
-                let Some(p) = self.in_flight.get_mut(&seq) else {
-                    return;
-                };
-                match written {
-                    Ok(Ok(())) => {
-                        tracing::error!(sink = route.sink.name(), topic = %p.msg.event.topic, id = %p.msg.event.id,
-                            reason = %reason, "event refused for good; written to the dead-letter file");
+                if self.refused_topics.insert(msg.event.topic.clone()) {
+                    tracing::error!(sink = route.sink.name(), topic = %msg.event.topic, reason = %reason,
+                        "events for this topic are refused for good; dead-lettering them (logged once per topic)");
+                }
+                match Self::dead_letter(self.dead_letter.clone(), &route, msg, &reason).await {
+                    Ok(()) => {
                         route.metrics.dead_lettered();
-                        p.done = true;
+                        if let Some(p) = self.in_flight.get_mut(&seq) {
+                            p.done = true;
+                        }
                     }
-                    Ok(Err(e)) => {
-                        p.attempts += 1;
-                        let delay = backoff(&self.cfg, p.attempts);
-                        self.retries.push(Reverse((Instant::now() + delay, seq)));
+                    Err(e) => {
+                        // Keep the event; try the whole thing again later.
+                        if let Some(p) = self.in_flight.get_mut(&seq) {
+                            p.attempts += 1;
+                            let delay = backoff(&self.cfg, p.attempts);
+                            self.retries.push(Reverse((Instant::now() + delay, seq)));
+                        }
                         self.warn(&format!(
-                            "cannot write the dead-letter file, keeping the event: {e}"
+                            "cannot dead-letter an event, keeping it in the spool: {e}"
                         ));
                     }
-                    Err(e) => tracing::error!(error = %e, "dead-letter task failed"),
                 }
             }
         }
         self.advance();
+    }
+
+    /// The sink's own dead-letter destination (a DLQ topic) if it has one, else
+    /// the dead-letter file; the file also catches a DLQ that refuses it.
+    async fn dead_letter(
+        file: DeadLetter,
+        route: &Route,
+        msg: Message,
+        reason: &str,
+    ) -> Result<(), String> {
+        let why = format!("{}: {reason}", route.sink.name());
+        if let Some(sent) = route.sink.dead_letter(msg.clone(), why.clone()) {
+            match sent.await {
+                Ok(()) => return Ok(()),
+                Err(SinkError::Retriable(e)) => return Err(e),
+                Err(SinkError::Permanent(e)) => {
+                    tracing::error!(error = %e, "the dead-letter topic refused an event; using the dead-letter file");
+                }
+            }
+        }
+        match tokio::task::spawn_blocking(move || file.write(&msg, &why)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Pops confirmed events off the front and frees the spool behind them.
@@ -388,15 +411,14 @@ mod tests {
         delivered: Mutex<Vec<String>>,
     }
 
-    impl Sink for FlakySink {
+    impl crate::sink::Sink for FlakySink {
         fn name(&self) -> &'static str {
             "flaky"
         }
         fn publish(
             &self,
             batch: Vec<Message>,
-        ) -> std::pin::Pin<Box<dyn Future<Output = Vec<crate::sink::Confirmation>> + Send + '_>>
-        {
+        ) -> crate::sink::BoxFuture<'_, Vec<crate::sink::Confirmation>> {
             Box::pin(async move {
                 batch
                     .into_iter()

@@ -30,6 +30,9 @@ enum Command {
     Check {
         #[arg(long, short, env = "HOOKRELAY_CONFIG")]
         config: PathBuf,
+        /// Also connect to every configured broker and report what it says.
+        #[arg(long)]
+        connect: bool,
     },
     /// Print the signature header(s) a source's sender would attach to a body.
     Sign {
@@ -48,7 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => check(&config),
+        Command::Check { config, connect } => check(&config, connect),
         Command::Sign {
             config,
             source,
@@ -79,9 +82,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
     ))
 }
 
-fn check(path: &Path) -> anyhow::Result<()> {
+fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    hookrelay::app::build_sources(&config)?;
+    hookrelay::app::build_sources(&config, &Default::default())?;
     println!(
         "{}: ok ({} source(s): {}; sink(s): {})",
         path.display(),
@@ -94,6 +97,11 @@ fn check(path: &Path) -> anyhow::Result<()> {
             .join(", "),
         config.sinks.names().join(", ")
     );
+    if connect {
+        for line in hookrelay::app::check_connections(&config).map_err(anyhow::Error::msg)? {
+            println!("{line}");
+        }
+    }
     Ok(())
 }
 

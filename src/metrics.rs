@@ -35,6 +35,9 @@ pub const FORWARD_LAG: &str = "hookrelay_forward_lag_seconds";
 pub const FORWARD_IN_FLIGHT: &str = "hookrelay_forward_in_flight";
 pub const END_TO_END: &str = "hookrelay_end_to_end_seconds";
 pub const READY: &str = "hookrelay_ready";
+pub const SINK_DELIVERY: &str = "hookrelay_sink_delivery_seconds";
+pub const KAFKA_ERRORS: &str = "hookrelay_kafka_errors_total";
+pub const KAFKA_QUEUE: &str = "hookrelay_kafka_queue_messages";
 
 /// Label value for requests whose path names no configured source.
 pub const UNKNOWN_SOURCE: &str = "_unknown";
@@ -44,7 +47,7 @@ pub const OTHER_EVENT: &str = "_other";
 pub const MAX_EVENT_LABELS: usize = 64;
 
 /// Statuses the webhook endpoint answers; each gets a zero series per source.
-pub const STATUSES: &[u16] = &[200, 400, 401, 404, 405, 408, 413, 500, 503];
+pub const STATUSES: &[u16] = &[200, 400, 401, 404, 405, 408, 413, 500, 502, 503];
 /// Outcomes of an event that passed verification.
 pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "filtered"];
 
@@ -110,6 +113,15 @@ fn describe() {
     );
     describe_histogram!(END_TO_END, "From receipt to sink confirmation.");
     describe_gauge!(READY, "1 while /readyz answers 200.");
+    describe_histogram!(
+        SINK_DELIVERY,
+        "From handing an event to the sink to its confirmation."
+    );
+    describe_counter!(KAFKA_ERRORS, "Kafka errors by librdkafka error code.");
+    describe_gauge!(
+        KAFKA_QUEUE,
+        "Messages in librdkafka's queue awaiting delivery reports."
+    );
 }
 
 /// Registers the process-wide series at zero.
@@ -133,7 +145,11 @@ pub fn init(sources: &[String], sinks: &[&str]) {
             counter!(SINK_ERRORS, "sink" => sink.clone(), "kind" => kind).absolute(0);
         }
         counter!(DEAD_LETTERED, "sink" => sink.clone()).absolute(0);
-        let _ = histogram!(END_TO_END, "sink" => sink);
+        let _ = histogram!(SINK_DELIVERY, "sink" => sink.clone());
+        let _ = histogram!(END_TO_END, "sink" => sink.clone());
+        if sink == "kafka" {
+            gauge!(KAFKA_QUEUE).set(0.0);
+        }
     }
     gauge!(SPOOL_BYTES).set(0.0);
     gauge!(SPOOL_EVENTS).set(0.0);
@@ -269,6 +285,7 @@ pub struct SinkMetrics {
     retriable: Counter,
     permanent: Counter,
     dead_lettered: Counter,
+    delivery: Histogram,
     end_to_end: Histogram,
 }
 
@@ -280,12 +297,16 @@ impl SinkMetrics {
             retriable: counter!(SINK_ERRORS, "sink" => sink.clone(), "kind" => "retriable"),
             permanent: counter!(SINK_ERRORS, "sink" => sink.clone(), "kind" => "permanent"),
             dead_lettered: counter!(DEAD_LETTERED, "sink" => sink.clone()),
+            delivery: histogram!(SINK_DELIVERY, "sink" => sink.clone()),
             end_to_end: histogram!(END_TO_END, "sink" => sink),
         }
     }
 
-    pub fn published(&self, end_to_end: Duration) {
+    /// One event confirmed: `delivery` since it was handed to the sink,
+    /// `end_to_end` since it was received.
+    pub fn published(&self, delivery: Duration, end_to_end: Duration) {
         self.published.increment(1);
+        self.delivery.record(delivery.as_secs_f64());
         self.end_to_end.record(end_to_end.as_secs_f64());
     }
     pub fn retriable_error(&self) {
@@ -302,6 +323,15 @@ impl SinkMetrics {
 pub fn forward_state(lag: Duration, in_flight: usize) {
     gauge!(FORWARD_LAG).set(lag.as_secs_f64());
     gauge!(FORWARD_IN_FLIGHT).set(in_flight as f64);
+}
+
+/// Kafka error by librdkafka code name (a fixed enum: bounded labels).
+pub fn kafka_error(code: &str) {
+    counter!(KAFKA_ERRORS, "code" => code.to_string()).increment(1);
+}
+
+pub fn kafka_queue(messages: u64) {
+    gauge!(KAFKA_QUEUE).set(messages as f64);
 }
 
 pub fn ready(ready: bool) {

@@ -27,13 +27,22 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::dedup::{Dedup, Seen};
-use crate::event::{Extracted, Extractor};
+use crate::event::{Event, Extracted, Extractor};
 use crate::metrics::{EventLabels, RequestMetrics, UNKNOWN_SOURCE};
+use crate::sink::{Message, Route, SinkError};
 use crate::spool::{self, Spool};
 use crate::verify::Verifier;
 
 /// Seconds a provider is asked to wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// When a source's events are answered 200.
+pub enum Ack {
+    /// After the spool's fdatasync.
+    Durable,
+    /// After the broker confirms, or 503 past `timeout`.
+    Broker { route: Route, timeout: Duration },
+}
 
 /// One configured source, ready to serve.
 pub struct Source {
@@ -41,6 +50,7 @@ pub struct Source {
     pub extractor: Extractor,
     pub metrics: RequestMetrics,
     pub events: EventLabels,
+    pub ack: Ack,
 }
 
 /// Limits the webhook listener enforces.
@@ -56,7 +66,8 @@ pub struct Limits {
 pub struct App {
     pub sources: HashMap<String, Source>,
     pub dedup: Arc<Dedup>,
-    pub spool: Spool,
+    /// Absent when every source uses `ack = "broker"`: no volume needed.
+    pub spool: Option<Spool>,
     pub limits: Limits,
     /// Cleared when shutdown starts, so /readyz fails before the listener closes.
     pub accepting: AtomicBool,
@@ -69,7 +80,7 @@ impl App {
     pub fn new(
         sources: HashMap<String, Source>,
         dedup: Arc<Dedup>,
-        spool: Spool,
+        spool: Option<Spool>,
         limits: Limits,
     ) -> Self {
         Self {
@@ -84,9 +95,21 @@ impl App {
         }
     }
 
-    /// Ready to accept: not shutting down, and the spool is writable with room.
+    /// Ready to accept: not shutting down, the spool writable with room, and
+    /// every broker that answers requests directly (`ack = "broker"`) reachable.
     pub fn ready(&self) -> bool {
-        self.accepting.load(Ordering::Relaxed) && self.spool.has_room()
+        self.accepting.load(Ordering::Relaxed) && self.spool_has_room() && self.brokers_reachable()
+    }
+
+    pub fn spool_has_room(&self) -> bool {
+        self.spool.as_ref().is_none_or(Spool::has_room)
+    }
+
+    pub fn brokers_reachable(&self) -> bool {
+        self.sources.values().all(|s| match &s.ack {
+            Ack::Durable => true,
+            Ack::Broker { route, .. } => route.sink.ready(),
+        })
     }
 
     fn request_id(&self) -> String {
@@ -247,18 +270,59 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
             return unavailable("the same event is being accepted by another request");
         }
     }
-    match app.spool.append(spool::encode(&event)).await {
-        Ok(_) => {
+    let (id, event_type) = (event.id.clone(), event.event_type.clone());
+    let stored = match (&src.ack, &app.spool) {
+        (Ack::Durable, Some(spool)) => spool
+            .append(spool::encode(&event))
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(&e.to_string())),
+        (Ack::Durable, None) => Err(unavailable("no spool")),
+        (Ack::Broker { route, timeout }, _) => publish_now(route, *timeout, event).await,
+    };
+    match stored {
+        Ok(()) => {
             app.dedup.commit(key);
-            src.events.record(&event.event_type, "accepted");
+            src.events.record(&event_type, "accepted");
             json(
                 StatusCode::OK,
-                serde_json::json!({ "status": "accepted", "id": event.id }),
+                serde_json::json!({ "status": "accepted", "id": id }),
             )
         }
-        Err(e) => {
+        Err(resp) => {
             app.dedup.release(key);
-            unavailable(&e.to_string())
+            resp
+        }
+    }
+}
+
+/// `ack = "broker"`: publish and wait for the broker's confirmation, within `timeout`.
+async fn publish_now(route: &Route, timeout: Duration, event: Event) -> Result<(), Resp> {
+    let sent = Instant::now();
+    let received_at_ns = event.received_at_ns;
+    let result = tokio::time::timeout(timeout, route.publish_one(Message { seq: 0, event })).await;
+    match result {
+        Ok(Ok(())) => {
+            let age = Duration::from_nanos(now_ns().saturating_sub(received_at_ns));
+            route.metrics.published(sent.elapsed(), age);
+            Ok(())
+        }
+        Ok(Err(SinkError::Retriable(e))) => {
+            route.metrics.retriable_error();
+            Err(unavailable(&format!("broker did not confirm: {e}")))
+        }
+        Ok(Err(SinkError::Permanent(e))) => {
+            // The broker will never take this event as it is; the provider's retries
+            // keep failing visibly (502s) instead of the event being dropped.
+            route.metrics.permanent_error();
+            Err(error(
+                StatusCode::BAD_GATEWAY,
+                &format!("broker refused the event: {e}"),
+            ))
+        }
+        Err(_) => {
+            route.metrics.retriable_error();
+            Err(unavailable("broker did not confirm within the ack timeout"))
         }
     }
 }
@@ -343,7 +407,8 @@ pub async fn serve_admin(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 serde_json::json!({ "status": "not ready",
                                     "accepting": app.accepting.load(Ordering::Relaxed),
-                                    "spool_has_room": app.spool.has_room() }),
+                                    "spool_has_room": app.spool_has_room(),
+                                    "brokers_reachable": app.brokers_reachable() }),
                             )
                         }
                     }

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 
 use futures_util::FutureExt;
 use serde_json::json;
@@ -46,7 +45,7 @@ impl Sink for FileSink {
     fn publish(
         &self,
         batch: Vec<Message>,
-    ) -> Pin<Box<dyn Future<Output = Vec<Confirmation>> + Send + '_>> {
+    ) -> crate::sink::BoxFuture<'_, Vec<crate::sink::Confirmation>> {
         Box::pin(async move {
             let n = batch.len();
             let (tx, rx) = oneshot::channel();

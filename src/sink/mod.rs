@@ -6,19 +6,28 @@
 //! forwarder keeps many batches in flight and never awaits them one by one.
 //! Nothing below this module knows about HTTP.
 
+pub mod cloudevents;
 pub(crate) mod file;
+pub mod kafka;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::event::Event;
+use crate::metrics::SinkMetrics;
 
 pub use file::FileSink;
+pub use kafka::KafkaSink;
+
+/// A boxed, sendable future: what trait objects can return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Resolves when the destination confirms one message.
-pub type Confirmation = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+pub type Confirmation = BoxFuture<'static, Result<(), SinkError>>;
 
 /// Header names every sink attaches, so consumers can route and deduplicate
 /// without parsing the body.
@@ -76,8 +85,50 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Hands `batch` to the destination. Resolves once the messages are enqueued
     /// (which may wait for room), with one confirmation per message, in order.
-    fn publish(
+    fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>>;
+
+    /// Sends a permanently refused event to the sink's own dead-letter destination
+    /// (a DLQ topic), if it has one; `None` means the forwarder's dead-letter file.
+    fn dead_letter(
         &self,
-        batch: Vec<Message>,
-    ) -> Pin<Box<dyn Future<Output = Vec<Confirmation>> + Send + '_>>;
+        _message: Message,
+        _reason: String,
+    ) -> Option<BoxFuture<'_, Result<(), SinkError>>> {
+        None
+    }
+
+    /// Whether the destination is reachable now; gates readiness for `ack = "broker"`.
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// Pushes out whatever is buffered, for at most `timeout` (shutdown).
+    fn flush(&self, _timeout: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A sink with its metric handles, shared by the forwarder and broker-mode requests.
+#[derive(Clone)]
+pub struct Route {
+    pub sink: Arc<dyn Sink>,
+    pub metrics: SinkMetrics,
+}
+
+impl Route {
+    pub fn new(sink: Arc<dyn Sink>) -> Self {
+        let metrics = SinkMetrics::new(sink.name());
+        Self { sink, metrics }
+    }
+
+    /// Publishes one event and waits for its confirmation (`ack = "broker"`).
+    pub async fn publish_one(&self, message: Message) -> Result<(), SinkError> {
+        let mut confirmations = self.sink.publish(vec![message]).await;
+        match confirmations.pop() {
+            Some(c) => c.await,
+            None => Err(SinkError::Retriable(
+                "the sink returned no confirmation".into(),
+            )),
+        }
+    }
 }

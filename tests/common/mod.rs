@@ -2,6 +2,8 @@
 //! talks to it over real TCP.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -54,6 +56,26 @@ pub fn event_body(event: &str, message_id: &str) -> String {
 
 /// The config every test starts from; `extra` is appended (more sources, overrides).
 pub fn base_config(data: &Path, server_extra: &str, spool_extra: &str, extra: &str) -> String {
+    config_with_sink(
+        data,
+        server_extra,
+        spool_extra,
+        &format!(
+            "[sinks.file]\ndir = \"{}\"\n",
+            data.join("events").display()
+        ),
+        extra,
+    )
+}
+
+/// Like [`base_config`] with `sink` (one or more `[sinks.*]` sections) instead of the file sink.
+pub fn config_with_sink(
+    data: &Path,
+    server_extra: &str,
+    spool_extra: &str,
+    sink: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -69,8 +91,7 @@ dir = "{spool}"
 format = "json"
 level = "info"
 
-[sinks.file]
-dir = "{events}"
+{sink}
 
 [dead_letter]
 path = "{dead}"
@@ -81,7 +102,6 @@ secret_env = "HOOKRELAY_TEST_SECRET"
 {extra}
 "#,
         spool = data.join("spool").display(),
-        events = data.join("events").display(),
         dead = data.join("dead-letter.jsonl").display(),
     )
 }

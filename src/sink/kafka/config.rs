@@ -1,0 +1,285 @@
+//! `[sinks.kafka]`: typed settings, validation, and their librdkafka properties.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+/// Properties hookrelay sets from typed keys; setting them raw would bypass checks.
+const OWNED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "brokers"),
+    ("linger.ms", "linger_ms"),
+    ("queue.buffering.max.ms", "linger_ms"),
+    ("compression.type", "compression"),
+    ("compression.codec", "compression"),
+    ("message.timeout.ms", "message_timeout_ms"),
+    ("delivery.timeout.ms", "message_timeout_ms"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// A careful producer by default: idempotent, acks=all, small linger.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// `host:port[,host:port...]`: the bootstrap servers.
+    pub brokers: String,
+    /// How long librdkafka waits to fill a batch; 0-2 keeps the 200-to-broker path short.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    #[serde(default)]
+    pub compression: Compression,
+    /// librdkafka retries a message (idempotently, in order) for this long before
+    /// reporting it failed; the forwarder then retries it from the spool with backoff.
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// Create missing topics through the admin API before the first publish to each.
+    #[serde(default)]
+    pub create_topics: bool,
+    /// Partitions of created topics; -1 takes the broker's default.
+    #[serde(default = "broker_default")]
+    pub topic_partitions: i32,
+    /// Replication factor of created topics; -1 takes the broker's default.
+    #[serde(default = "broker_default")]
+    pub topic_replication: i32,
+    /// Topic for events refused for good; without it they go to the dead-letter file.
+    pub dlq_topic: Option<String>,
+    /// Adds CloudEvents binary-mode headers (`ce_specversion`, `ce_id`, ...).
+    #[serde(default)]
+    pub cloudevents: bool,
+    /// Any librdkafka property, passed through (`security.protocol`, `sasl.mechanism`, ...).
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+    /// librdkafka properties whose value is read from an environment variable
+    /// (`"sasl.password" = "KAFKA_PASSWORD"`), so secrets stay out of the file.
+    #[serde(default)]
+    pub librdkafka_from_env: BTreeMap<String, String>,
+    /// librdkafka properties whose value is read from a file (a mounted Secret).
+    #[serde(default)]
+    pub librdkafka_from_file: BTreeMap<String, PathBuf>,
+}
+
+const fn default_linger_ms() -> u64 {
+    1
+}
+const fn default_message_timeout_ms() -> u64 {
+    120_000
+}
+const fn broker_default() -> i32 {
+    -1
+}
+
+/// A `[sinks.kafka]` problem: the key and why.
+pub type Problem = (String, String);
+
+impl KafkaSinkConfig {
+    /// Checks that need no network; secrets are read by [`Self::client_config`].
+    pub fn validate(&self) -> Result<(), Problem> {
+        let p = |k: &str, why: String| Err((format!("sinks.kafka.{k}"), why));
+        if self.brokers.trim().is_empty() {
+            return p("brokers", "must list at least one host:port".into());
+        }
+        if self.linger_ms > 1000 {
+            return p(
+                "linger_ms",
+                "keep it small (0-2 recommended, at most 1000)".into(),
+            );
+        }
+        if self.message_timeout_ms < 1000 {
+            return p("message_timeout_ms", "must be at least 1000".into());
+        }
+        for (k, v) in &self.librdkafka {
+            if let Some((_, typed)) = OWNED.iter().find(|(raw, _)| raw == k) {
+                return p(
+                    &format!("librdkafka.\"{k}\""),
+                    format!("set sinks.kafka.{typed} instead"),
+                );
+            }
+            let v = v.trim().to_ascii_lowercase();
+            if (k == "acks" || k == "request.required.acks") && v != "all" && v != "-1" {
+                return p(
+                    &format!("librdkafka.\"{k}\""),
+                    "a 200 promises the event is safe: only acks=all is allowed".into(),
+                );
+            }
+            if k == "enable.idempotence" && v != "true" {
+                return p(
+                    &format!("librdkafka.\"{k}\""),
+                    "idempotence keeps per-key order across retries; it cannot be turned off"
+                        .into(),
+                );
+            }
+        }
+        for k in self
+            .librdkafka_from_env
+            .keys()
+            .chain(self.librdkafka_from_file.keys())
+        {
+            if self.librdkafka.contains_key(k) {
+                return p(
+                    &format!("librdkafka.\"{k}\""),
+                    "is also set from env or file; set it once".into(),
+                );
+            }
+        }
+        if let Some(t) = &self.dlq_topic
+            && !crate::config::is_topic_safe(t)
+        {
+            return p("dlq_topic", format!("'{t}' is not a legal topic name"));
+        }
+        if self.topic_partitions == 0 || self.topic_partitions < -1 {
+            return p(
+                "topic_partitions",
+                "must be positive, or -1 for the broker's default".into(),
+            );
+        }
+        if self.topic_replication == 0 || self.topic_replication < -1 {
+            return p(
+                "topic_replication",
+                "must be positive, or -1 for the broker's default".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The producer's properties: our safe defaults, then the pass-through ones,
+    /// then secrets from env and files.
+    pub fn client_config(&self) -> Result<ClientConfig, Problem> {
+        let mut c = ClientConfig::new();
+        let host = hostname();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", format!("hookrelay@{host}"))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("compression.type", self.compression.as_str())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            // Thousands in flight: the forwarder keeps up to forward.max_in_flight queued.
+            .set("queue.buffering.max.messages", "1000000")
+            // Fail an unknown topic within seconds rather than holding it for the timeout.
+            .set("topic.metadata.propagation.max.ms", "10000");
+        for (k, v) in &self.librdkafka {
+            c.set(k, v);
+        }
+        for (k, var) in &self.librdkafka_from_env {
+            match std::env::var(var) {
+                Ok(v) if !v.is_empty() => {
+                    c.set(k, v);
+                }
+                _ => {
+                    return Err((
+                        format!("sinks.kafka.librdkafka_from_env.\"{k}\""),
+                        format!("environment variable {var} is not set or empty"),
+                    ));
+                }
+            }
+        }
+        for (k, path) in &self.librdkafka_from_file {
+            match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim_end().is_empty() => {
+                    c.set(k, v.trim_end_matches(['\n', '\r']));
+                }
+                Ok(_) => {
+                    return Err((
+                        format!("sinks.kafka.librdkafka_from_file.\"{k}\""),
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Err(e) => {
+                    return Err((
+                        format!("sinks.kafka.librdkafka_from_file.\"{k}\""),
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> KafkaSinkConfig {
+        toml::from_str(&format!("brokers = \"b:9092\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn careful_defaults() {
+        let k = parse("");
+        k.validate().unwrap();
+        let c = k.client_config().unwrap();
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("linger.ms"), Some("1"));
+        assert_eq!(c.get("compression.type"), Some("none"));
+        assert!(c.get("client.id").unwrap().starts_with("hookrelay@"));
+    }
+
+    #[test]
+    fn weakening_durability_is_refused() {
+        for bad in [
+            "[librdkafka]\nacks = \"1\"",
+            "[librdkafka]\n\"enable.idempotence\" = \"false\"",
+            "[librdkafka]\n\"linger.ms\" = \"5\"",
+        ] {
+            let err = parse(bad).validate().unwrap_err();
+            assert!(err.0.starts_with("sinks.kafka.librdkafka."), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "file-secret\n").unwrap();
+        let k = parse(&format!(
+            "compression = \"zstd\"\n[librdkafka]\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n[librdkafka_from_file]\n\"sasl.password\" = {:?}\n",
+            f.display().to_string()
+        ));
+        k.validate().unwrap();
+        let c = k.client_config().unwrap();
+        assert_eq!(c.get("sasl.password"), Some("file-secret"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("compression.type"), Some("zstd"));
+        let k = parse("[librdkafka_from_env]\n\"sasl.password\" = \"HOOKRELAY_TEST_UNSET_VAR\"\n");
+        let err = k.client_config().unwrap_err();
+        assert!(err.1.contains("HOOKRELAY_TEST_UNSET_VAR"), "{err:?}");
+    }
+}

@@ -1,0 +1,250 @@
+//! The Kafka sink against a real Kafka-compatible broker (tansu), read back with
+//! an rdkafka consumer.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::kafka::{Tansu, consume, sink_section};
+use common::*;
+use hyper::StatusCode;
+
+const CREATE: &str = "create_topics = true\ntopic_partitions = 3\ntopic_replication = 1";
+
+fn topics() -> Vec<String> {
+    EVENT_TYPES
+        .iter()
+        .map(|t| format!("quickassist.{t}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_keys_values_headers_and_per_key_order() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A second source puts all four types on one topic, so per-message order is observable.
+    let config = config_with_sink(
+        dir.path(),
+        "",
+        "",
+        &sink_section(&broker.brokers, CREATE),
+        "\n[sources.ordered]\nscheme = \"quickassist\"\nsecret_env = \"HOOKRELAY_TEST_SECRET\"\ntopic = \"{source}.all\"\n",
+    );
+    let relay = Relay::start_with(dir.path(), &config);
+    let mut c = relay.connect().await;
+
+    let r = c.post_signed(DOC_EXAMPLE).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let mut sent = HashMap::new();
+    for i in 0..10 {
+        for t in EVENT_TYPES {
+            let body = event_body(t, &format!("k{i}"));
+            let r = c.post_signed(&body).await;
+            assert_eq!(r.json()["status"], "accepted");
+            sent.insert(r.json()["id"].as_str().unwrap().to_string(), body);
+        }
+    }
+    let mut ordered = c;
+    for i in 0..10 {
+        for t in EVENT_TYPES {
+            let body = event_body(t, &format!("o{i}"));
+            let sig = sign(body.as_bytes());
+            let r = ordered
+                .request(
+                    "POST",
+                    "/webhooks/ordered",
+                    &[("x-webhook-signature", &sig)],
+                    body.as_bytes(),
+                )
+                .await;
+            assert_eq!(r.json()["status"], "accepted");
+        }
+    }
+
+    let topics = topics();
+    let mut names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    names.push("ordered.all");
+    let records = consume(&broker.brokers, &names, 3, 81, Duration::from_secs(60));
+    assert_eq!(records.len(), 81, "{}", relay.logs());
+
+    // The documentation example: pretty-printed bytes exactly, keyed by messageId.
+    let doc = records
+        .iter()
+        .find(|r| r.header("hookrelay-id") == "message.delivered:msg_123456789")
+        .expect("doc example consumed");
+    assert_eq!(doc.topic, "quickassist.message.delivered");
+    assert_eq!(doc.key, b"msg_123456789");
+    assert_eq!(doc.value, DOC_EXAMPLE.as_bytes());
+
+    for r in records
+        .iter()
+        .filter(|r| r.topic.starts_with("quickassist."))
+    {
+        let id = r.header("hookrelay-id");
+        let event = r.header("hookrelay-event");
+        assert_eq!(r.topic, format!("quickassist.{event}"));
+        assert_eq!(r.header("hookrelay-source"), "quickassist");
+        assert_eq!(r.header("content-type"), "application/json");
+        let received: u64 = r
+            .header("hookrelay-received-at")
+            .parse()
+            .expect("received-at is ns");
+        assert_eq!(r.timestamp_ms, Some((received / 1_000_000) as i64));
+        if let Some(body) = sent.get(&id) {
+            assert_eq!(r.value, body.as_bytes());
+            assert_eq!(id, format!("{event}:{}", String::from_utf8_lossy(&r.key)));
+        }
+    }
+
+    // Per key, the four types arrive in the order they were sent, in one partition.
+    let mut by_key: HashMap<Vec<u8>, Vec<&common::kafka::Record>> = HashMap::new();
+    for r in records.iter().filter(|r| r.topic == "ordered.all") {
+        by_key.entry(r.key.clone()).or_default().push(r);
+    }
+    assert_eq!(by_key.len(), 10);
+    for (key, mut rs) in by_key {
+        assert!(
+            rs.iter().all(|r| r.partition == rs[0].partition),
+            "{key:?} spans partitions"
+        );
+        rs.sort_by_key(|r| r.offset);
+        let types: Vec<String> = rs.iter().map(|r| r.header("hookrelay-event")).collect();
+        assert_eq!(
+            types,
+            EVENT_TYPES.map(String::from).to_vec(),
+            "order for {key:?}"
+        );
+    }
+
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(&m, "hookrelay_sink_published_total{sink=\"kafka\"}"),
+        81.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_binary_mode_headers() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(
+        dir.path(),
+        "",
+        "",
+        &sink_section(&broker.brokers, &format!("{CREATE}\ncloudevents = true")),
+        "",
+    );
+    let relay = Relay::start_with(dir.path(), &config);
+    let (status, _) = relay.post(&event_body("message.read", "ce1")).await;
+    assert_eq!(status, StatusCode::OK);
+    let records = consume(
+        &broker.brokers,
+        &["quickassist.message.read"],
+        3,
+        1,
+        Duration::from_secs(30),
+    );
+    let r = records.first().expect("consumed");
+    assert_eq!(r.header("ce_specversion"), "1.0");
+    assert_eq!(r.header("ce_id"), "message.read:ce1");
+    assert_eq!(r.header("ce_source"), "urn:hookrelay:quickassist");
+    assert_eq!(r.header("ce_type"), "quickassist.message.read");
+    assert!(
+        r.header("ce_time").ends_with('Z') && r.header("ce_time").len() == 27,
+        "{}",
+        r.header("ce_time")
+    );
+    assert_eq!(r.header("content-type"), "application/json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_mode_answers_after_delivery_without_a_spool() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(
+        dir.path(),
+        "",
+        "",
+        &sink_section(&broker.brokers, CREATE),
+        "ack = \"broker\"\nack_timeout_ms = 10000\n",
+    );
+    let relay = Relay::start_with(dir.path(), &config);
+    let mut c = relay.connect().await;
+    for i in 0..5 {
+        let r = c
+            .post_signed(&event_body("message.failed", &format!("b{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+        // Delivered before the 200: readable at once.
+        let records = consume(
+            &broker.brokers,
+            &["quickassist.message.failed"],
+            3,
+            i + 1,
+            Duration::from_secs(10),
+        );
+        assert!(
+            records
+                .iter()
+                .any(|r| r.header("hookrelay-id") == format!("message.failed:b{i}")),
+            "b{i} not in the topic right after its 200"
+        );
+    }
+    assert!(
+        !dir.path().join("spool").exists(),
+        "broker mode needs no spool"
+    );
+}
+
+#[test]
+fn check_connect_reports_metadata_or_the_error() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        config_with_sink(dir.path(), "", "", &sink_section(&broker.brokers, ""), ""),
+    )
+    .unwrap();
+    let o = std::process::Command::new(binary())
+        .args(["check", "--connect", "--config", good.to_str().unwrap()])
+        .env("HOOKRELAY_TEST_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("kafka: connected to 1 broker(s)"), "{out}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        config_with_sink(
+            dir.path(),
+            "",
+            "",
+            &sink_section(&closed.to_string(), ""),
+            "",
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(binary())
+        .args(["check", "--connect", "--config", bad.to_str().unwrap()])
+        .env("HOOKRELAY_TEST_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sinks.kafka: cannot reach") && err.contains(&closed.to_string()),
+        "{err}"
+    );
+}
