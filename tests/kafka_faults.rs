@@ -1,0 +1,291 @@
+//! Kafka faults through librdkafka's mock cluster (fault injection only; the
+//! happy path runs against a real broker in tests/kafka.rs).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::kafka::{consume, sink_section};
+use common::*;
+use hyper::StatusCode;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::RDKafkaRespErr;
+
+const BROKERS: i32 = 3;
+
+fn cluster_with_topics(
+    extra: &[&str],
+) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(BROKERS).expect("mock cluster");
+    for t in EVENT_TYPES {
+        cluster
+            .create_topic(&format!("quickassist.{t}"), 3, 3)
+            .unwrap();
+    }
+    for t in extra {
+        cluster.create_topic(t, 3, 3).unwrap();
+    }
+    cluster
+}
+
+fn all_brokers(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    up: bool,
+) {
+    for id in 1..=BROKERS {
+        if up {
+            cluster.broker_up(id).unwrap();
+        } else {
+            cluster.broker_down(id).unwrap();
+        }
+    }
+}
+
+fn topic_names() -> Vec<String> {
+    EVENT_TYPES
+        .iter()
+        .map(|t| format!("quickassist.{t}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_brokers_down_mid_stream_then_back_loses_nothing() {
+    let cluster = cluster_with_topics(&[]);
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(
+        dir.path(),
+        "",
+        "",
+        &sink_section(&brokers, "message_timeout_ms = 3000"),
+        "",
+    );
+    let relay = Relay::start_with(dir.path(), &config);
+
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..16 {
+        let addr = relay.addr;
+        let acked_count = acked_count.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let mut acked = Vec::new();
+            for i in 0..250 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = client
+                    .post_signed(&event_body(EVENT_TYPES[i % 4], &format!("down-{c}-{i}")))
+                    .await;
+                // Durable mode: the spool absorbs the outage, HTTP keeps answering 200.
+                assert_eq!(r.status, StatusCode::OK);
+                acked.push(r.json()["id"].as_str().unwrap().to_string());
+                acked_count.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            acked
+        }));
+    }
+    while acked_count.load(Ordering::Relaxed) < 1000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    all_brokers(&cluster, false);
+    let down_at = acked_count.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = acked_count.load(Ordering::Relaxed) - down_at;
+    all_brokers(&cluster, true);
+    let mut acked = HashSet::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(acked.len(), 4000);
+    assert!(
+        during > 100,
+        "only {during} events accepted while the brokers were down"
+    );
+
+    let topics = topic_names();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // Read until every acked id is there (duplicates allowed) or time runs out.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    while Instant::now() < deadline {
+        let records = consume(&brokers, &names, 3, acked.len() * 2, Duration::from_secs(5));
+        total = records.len();
+        seen = records.iter().map(|r| r.header("hookrelay-id")).collect();
+        if acked.iter().all(|id| seen.contains(id)) {
+            break;
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|id| !seen.contains(*id)).collect();
+    eprintln!(
+        "acked {} ({} during the outage); consumed {} records, {} unique, lost {}",
+        acked.len(),
+        during,
+        total,
+        seen.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acked events lost, e.g. {:?}\n{}",
+        lost.len(),
+        &lost[..lost.len().min(5)],
+        relay.logs()
+    );
+
+    // The spool drains completely.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = relay.metrics().await;
+        if metric(&m, "hookrelay_spool_events") == 0.0 {
+            // The outage really failed deliveries, and the forwarder retried them.
+            assert!(
+                metric(
+                    &m,
+                    "hookrelay_sink_errors_total{sink=\"kafka\",kind=\"retriable\"}"
+                ) > 0.0
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "spool never drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanently_refused_topic_is_dead_lettered_and_the_rest_flows() {
+    let cluster = cluster_with_topics(&["hookrelay.dlq"]);
+    let brokers = cluster.bootstrap_servers();
+    cluster
+        .topic_error(
+            "quickassist.message.failed",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(
+        dir.path(),
+        "",
+        "",
+        &sink_section(&brokers, "dlq_topic = \"hookrelay.dlq\""),
+        "",
+    );
+    let relay = Relay::start_with(dir.path(), &config);
+    let mut c = relay.connect().await;
+    let mut good = HashSet::new();
+    let mut poison = HashSet::new();
+    for i in 0..40 {
+        let t = EVENT_TYPES[i % 4];
+        let r = c.post_signed(&event_body(t, &format!("p{i}"))).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        if t == "message.failed" {
+            poison.insert(id);
+        } else {
+            good.insert(id);
+        }
+    }
+    let topics = topic_names();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let records = consume(&brokers, &names, 3, good.len(), Duration::from_secs(60));
+    let seen: HashSet<String> = records.iter().map(|r| r.header("hookrelay-id")).collect();
+    assert!(
+        good.iter().all(|id| seen.contains(id)),
+        "good events missing: {}",
+        relay.logs()
+    );
+
+    let dead = consume(
+        &brokers,
+        &["hookrelay.dlq"],
+        3,
+        poison.len(),
+        Duration::from_secs(60),
+    );
+    let dead_ids: HashSet<String> = dead.iter().map(|r| r.header("hookrelay-id")).collect();
+    assert_eq!(dead_ids, poison, "{}", relay.logs());
+    for r in &dead {
+        assert_eq!(r.header("hookrelay-topic"), "quickassist.message.failed");
+        assert!(
+            r.header("hookrelay-dead-letter-reason").contains("uthoriz"),
+            "{}",
+            r.header("hookrelay-dead-letter-reason")
+        );
+    }
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(&m, "hookrelay_dead_lettered_total{sink=\"kafka\"}"),
+        10.0
+    );
+    assert_eq!(metric(&m, "hookrelay_spool_events"), 0.0);
+    // Logged once per topic, not once per event.
+    let logs = relay.logs();
+    assert_eq!(logs.matches("refused for good").count(), 1, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_mode_answers_503_within_the_deadline_when_the_cluster_is_down() {
+    let cluster = cluster_with_topics(&[]);
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(
+        dir.path(),
+        "",
+        "",
+        &sink_section(&brokers, ""),
+        "ack = \"broker\"\nack_timeout_ms = 1000\n",
+    );
+    let relay = Relay::start_with(dir.path(), &config);
+    let mut c = relay.connect().await;
+    let r = c.post_signed(&event_body("message.read", "up")).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let mut admin = Client::connect(relay.admin).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.get("/readyz").await.status != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "never ready while the cluster was up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    all_brokers(&cluster, false);
+    let started = Instant::now();
+    let r = c.post_signed(&event_body("message.read", "down")).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.json());
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    // Readiness follows the cluster in broker mode.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while admin.get("/readyz").await.status != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            Instant::now() < deadline,
+            "still ready with the cluster down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The refused event was not remembered: its retry is accepted once the cluster is back.
+    all_brokers(&cluster, true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.post_signed(&event_body("message.read", "down")).await;
+        if r.status == StatusCode::OK {
+            assert_eq!(r.json()["status"], "accepted");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never accepted after the cluster came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
