@@ -79,6 +79,17 @@ fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> 
     Ok(sinks)
 }
 
+/// `hookrelay check`: everything `run` reads before it starts, without connecting.
+pub fn check_offline(config: &Config) -> anyhow::Result<()> {
+    build_sources(config, &HashMap::new())?;
+    if let Some(kafka) = &config.sinks.kafka {
+        kafka
+            .client_config()
+            .map_err(|(k, why)| anyhow::anyhow!("{k}: {why}"))?;
+    }
+    Ok(())
+}
+
 /// `hookrelay check --connect`: reaches every broker sink, or says why not.
 pub fn check_connections(config: &Config) -> Result<Vec<String>, String> {
     let mut report = Vec::new();

@@ -84,7 +84,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
 
 fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    hookrelay::app::build_sources(&config, &Default::default())?;
+    hookrelay::app::check_offline(&config)?;
     println!(
         "{}: ok ({} source(s): {}; sink(s): {})",
         path.display(),

@@ -168,3 +168,33 @@ fn the_quickstart_config_is_valid() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn the_kafka_example_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/examples/kafka.toml"))
+        .unwrap()
+        .replace(
+            "/etc/hookrelay/quickassist-secret",
+            secret.to_str().unwrap(),
+        );
+    let config = dir.path().join("kafka.toml");
+    std::fs::write(&config, text).unwrap();
+    let o = Command::new(binary())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("KAFKA_PASSWORD", "pw")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The SASL password comes from the environment; without it, check fails and says so.
+    let o = Command::new(binary())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env_remove("KAFKA_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("KAFKA_PASSWORD"), "{}", stderr(&o));
+}

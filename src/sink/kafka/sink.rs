@@ -24,8 +24,17 @@ pub const HEADER_DEAD_LETTER_REASON: &str = "hookrelay-dead-letter-reason";
 /// Header carrying the topic a dead-lettered event was meant for.
 pub const HEADER_ORIGINAL_TOPIC: &str = "hookrelay-topic";
 
+type Shared = Arc<std::sync::RwLock<FutureProducer>>;
+
+fn current(p: &Shared) -> FutureProducer {
+    p.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 pub struct KafkaSink {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (an idempotent producer
+    /// that lost its sequence state cannot be used again).
+    producer: Shared,
+    client: rdkafka::ClientConfig,
     /// Present only with `create_topics = true`.
     admin: Option<AdminClient<DefaultClientContext>>,
     cfg: KafkaSinkConfig,
@@ -55,9 +64,12 @@ impl KafkaSink {
                 None
             };
         let reachable = Arc::new(AtomicBool::new(false));
+        let producer: Shared = Arc::new(std::sync::RwLock::new(producer));
         spawn_health_probe(producer.clone(), reachable.clone());
+        let client = client.clone();
         Ok(KafkaSink {
             producer,
+            client,
             admin,
             cfg: cfg.clone(),
             known_topics: Mutex::new(HashSet::new()),
@@ -128,6 +140,31 @@ impl KafkaSink {
         h
     }
 
+    fn producer(&self) -> FutureProducer {
+        current(&self.producer)
+    }
+
+    /// After a fatal error the producer is dead: build a new one. Messages it held
+    /// fail as retriable and the forwarder sends them again through the new one.
+    fn replace_if_fatal(&self) {
+        if self.producer().client().fatal_error().is_none() {
+            return;
+        }
+        let mut guard = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        let Some((code, reason)) = guard.client().fatal_error() else {
+            return;
+        };
+        match self.client.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::error!(?code, %reason, "kafka producer hit a fatal error; replaced it");
+                *guard = fresh;
+            }
+            Err(e) => {
+                tracing::error!(?code, %reason, error = %e, "kafka producer hit a fatal error and cannot be replaced")
+            }
+        }
+    }
+
     /// Enqueues one message, waiting while librdkafka's queue is full.
     async fn send(&self, topic: &str, m: &Message, extra: &[(&str, &[u8])]) -> Confirmation {
         let timestamp_ms = (m.event.received_at_ns / 1_000_000) as i64;
@@ -137,7 +174,7 @@ impl KafkaSink {
                 .payload(&m.event.body[..])
                 .timestamp(timestamp_ms)
                 .headers(self.headers(m, extra));
-            match self.producer.send_result(record) {
+            match self.producer().send_result(record) {
                 Ok(delivery) => {
                     let create_topics = self.cfg.create_topics;
                     return Box::pin(async move {
@@ -154,6 +191,9 @@ impl KafkaSink {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((e, _)) => {
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                        self.replace_if_fatal();
+                    }
                     let err = self.classify(&e);
                     return Box::pin(std::future::ready(Err(err)));
                 }
@@ -204,6 +244,7 @@ impl Sink for KafkaSink {
         batch: Vec<Message>,
     ) -> crate::sink::BoxFuture<'_, Vec<crate::sink::Confirmation>> {
         Box::pin(async move {
+            self.replace_if_fatal();
             let mut out = Vec::with_capacity(batch.len());
             for m in &batch {
                 if let Err(e) = self.ensure_topic(&m.event.topic).await {
@@ -237,7 +278,7 @@ impl Sink for KafkaSink {
     }
 
     fn flush(&self, timeout: Duration) -> crate::sink::BoxFuture<'_, ()> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         Box::pin(async move {
             let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
             if let Ok(Err(e)) = flushed {
@@ -247,11 +288,11 @@ impl Sink for KafkaSink {
     }
 }
 
-fn spawn_health_probe(producer: FutureProducer, reachable: Arc<AtomicBool>) {
+fn spawn_health_probe(producer: Shared, reachable: Arc<AtomicBool>) {
     tokio::spawn(async move {
         let mut was = None;
         loop {
-            let p = producer.clone();
+            let p = current(&producer);
             let probe = tokio::task::spawn_blocking(move || {
                 let md = p.client().fetch_metadata(None, Duration::from_secs(2));
                 (md.map(|m| m.brokers().len()), p.in_flight_count())

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: accept rate and delivered rate per sink, against the bare
+hyper + HMAC baseline measured in the same run.
+
+Each case starts its servers, runs examples/loadgen (closed loop, distinct signed
+events, N keep-alive connections) for a warm-up plus a fixed window, then waits
+until the sink has confirmed everything accepted. Writes target/bench/report.md
+and report.json. Run through scripts/bench.sh, which builds first.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+SECRET = "bench-secret"
+TYPES = ["message.delivered", "message.read", "message.failed", "template.status_update"]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def scrape(admin, name):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def loadgen(port, seconds, warmup, conns, body):
+    out = subprocess.run(
+        [os.path.join(REL, "examples", "loadgen"), "--url", f"http://127.0.0.1:{port}/webhooks/quickassist",
+         "--secret", SECRET, "--connections", str(conns), "--seconds", str(seconds),
+         "--warmup", str(warmup), "--body-bytes", str(body)],
+        check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def hookrelay(tmp, sink_section, extra=""):
+    port, admin = free_port(), free_port()
+    cfg = os.path.join(tmp, "hookrelay.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+[spool]
+dir = "{tmp}/spool"
+[dead_letter]
+path = "{tmp}/dead.jsonl"
+[log]
+level = "warn"
+{sink_section}
+[sources.quickassist]
+scheme = "quickassist"
+secret_env = "BENCH_SECRET"
+{extra}
+""")
+    env = dict(os.environ, BENCH_SECRET=SECRET)
+    p = subprocess.Popen([os.path.join(REL, "hookrelay"), "run", "--config", cfg], env=env,
+                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "log"), "w"))
+    wait_port(port)
+    wait_port(admin)
+    return p, port, admin
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def case_baseline(a):
+    port = free_port()
+    p = subprocess.Popen([os.path.join(REL, "examples", "baseline"), f"127.0.0.1:{port}", SECRET],
+                         stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"])
+        return {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "non_2xx": r["non_2xx"]}
+    finally:
+        stop(p)
+
+
+def case_hookrelay(a, sink_section, sink, extra=""):
+    with tempfile.TemporaryDirectory() as tmp:
+        p, port, admin = hookrelay(tmp, sink_section(tmp), extra)
+        try:
+            # Sample the sink's confirmations while the load runs: the delivered rate is
+            # what was confirmed between the first and the last confirmation.
+            samples = []
+            done = threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    try:
+                        samples.append((time.time(), scrape(admin, f'hookrelay_sink_published_total{{sink="{sink}"}}')))
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"])
+            accepted = sum(scrape(admin, f'hookrelay_events_total{{source="quickassist",event="{t}",outcome="accepted"}}') for t in TYPES)
+            deadline = time.time() + 300
+            while time.time() < deadline and (not samples or samples[-1][1] < accepted):
+                time.sleep(0.05)
+            done.set()
+            sampler.join()
+            moving = [s for s in samples if s[1] > 0]
+            first = moving[0]
+            last = next(s for s in moving if s[1] >= moving[-1][1])
+            delivered_rps = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
+            return {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "non_2xx": r["non_2xx"],
+                    "accepted": int(accepted), "published": int(samples[-1][1]),
+                    "delivered_rps": round(delivered_rps)}
+        finally:
+            stop(p)
+
+
+def main():
+    a = {"seconds": float(os.environ.get("SECONDS_PER_CASE", "10")), "warmup": float(os.environ.get("WARMUP", "2")),
+         "conns": int(os.environ.get("CONNS", "64")), "body": int(os.environ.get("BODY", "1024"))}
+    cases = os.environ.get("CASES", "baseline,file,kafka-tansu,kafka-mock").split(",")
+    results = {}
+    procs = []
+    try:
+        for c in cases:
+            print(f"== {c}", file=sys.stderr)
+            if c == "baseline":
+                results[c] = case_baseline(a)
+            elif c == "file":
+                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file")
+            elif c == "kafka-tansu":
+                tansu = subprocess.run([os.path.join(ROOT, "scripts", "tansu.sh")], check=True,
+                                       capture_output=True, text=True).stdout.strip()
+                port = free_port()
+                url = f"tcp://127.0.0.1:{port}"
+                t = subprocess.Popen([tansu, "broker", "--storage-engine", "memory://tansu/", "--listener-url", url,
+                                      "--advertised-listener-url", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                procs.append(t)
+                wait_port(port)
+                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "127.0.0.1:{port}"\ncreate_topics = true\ntopic_partitions = 3\ntopic_replication = 1', "kafka")
+                stop(t)
+            elif c == "kafka-mock":
+                m = subprocess.Popen([os.path.join(REL, "examples", "mock_kafka"), "3"] + [f"quickassist.{t}" for t in TYPES],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                procs.append(m)
+                bootstrap = m.stdout.readline().strip()
+                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "{bootstrap}"', "kafka")
+                stop(m)
+            print(json.dumps(results[c]), file=sys.stderr)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    base = results.get("baseline", {}).get("accept_rps")
+    lines = [f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections, "
+             f"{a['body']} B bodies, {a['warmup']:.0f} s warm-up + {a['seconds']:.0f} s per case.", "",
+             "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 |",
+             "|---|---|---|---|---|---|---|"]
+    for c, r in results.items():
+        ratio = f"{r['accept_rps'] / base:.0%}" if base else "-"
+        d = r.get("delivered_rps")
+        dratio = f"{d / base:.0%}" if base and d else "-"
+        lines.append(f"| {c} | {r['accept_rps']:.0f} | {ratio} | {d if d else '-'} | {dratio} | "
+                     f"{r['p50_us'] / 1000:.2f} ms | {r['p99_us'] / 1000:.2f} ms |")
+    report = "\n".join(lines) + "\n"
+    out = os.path.join(ROOT, "target", "bench")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(report)
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump({"params": a, "results": results}, f, indent=2)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
