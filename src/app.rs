@@ -22,7 +22,7 @@ use crate::event::Extractor;
 use crate::forward::{Forwarder, Routes};
 use crate::metrics::{self, EventLabels, RequestMetrics};
 use crate::server::{self, Ack, App, Limits, Source};
-use crate::sink::{FileSink, KafkaSink, Route, Sink};
+use crate::sink::{FileSink, KafkaSink, RabbitmqSink, Route, Sink};
 use crate::spool::Spool;
 use crate::verify::Verifier;
 
@@ -63,7 +63,7 @@ pub fn build_sources(
 }
 
 /// Opens every configured sink. Must run inside the runtime (producers spawn tasks).
-fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> {
+async fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> {
     let mut sinks = HashMap::new();
     if let Some(file) = &config.sinks.file {
         let sink: Arc<dyn Sink> = Arc::new(
@@ -76,6 +76,10 @@ fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> 
         let sink: Arc<dyn Sink> = Arc::new(KafkaSink::new(kafka)?);
         sinks.insert("kafka", Route::new(sink));
     }
+    if let Some(rabbitmq) = &config.sinks.rabbitmq {
+        let sink: Arc<dyn Sink> = Arc::new(RabbitmqSink::new(rabbitmq).await?);
+        sinks.insert("rabbitmq", Route::new(sink));
+    }
     Ok(sinks)
 }
 
@@ -87,14 +91,22 @@ pub fn check_offline(config: &Config) -> anyhow::Result<()> {
             .client_config()
             .map_err(|(k, why)| anyhow::anyhow!("{k}: {why}"))?;
     }
+    if let Some(rabbitmq) = &config.sinks.rabbitmq {
+        rabbitmq
+            .resolved_uri()
+            .map_err(|(k, why)| anyhow::anyhow!("{k}: {why}"))?;
+    }
     Ok(())
 }
 
 /// `hookrelay check --connect`: reaches every broker sink, or says why not.
-pub fn check_connections(config: &Config) -> Result<Vec<String>, String> {
+pub async fn check_connections(config: &Config) -> Result<Vec<String>, String> {
     let mut report = Vec::new();
     if let Some(kafka) = &config.sinks.kafka {
         report.push(crate::sink::kafka::check_connection(kafka)?);
+    }
+    if let Some(rabbitmq) = &config.sinks.rabbitmq {
+        report.push(crate::sink::rabbitmq::check_connection(rabbitmq).await?);
     }
     Ok(report)
 }
@@ -108,7 +120,7 @@ pub async fn run(
     config.validate()?;
     let names: Vec<String> = config.sources.keys().cloned().collect();
     metrics::init(&names, &config.sinks.names());
-    let sinks = build_sinks(&config)?;
+    let sinks = build_sinks(&config).await?;
     let sources = build_sources(&config, &sinks)?;
 
     let dedup = Arc::new(Dedup::new(
@@ -176,6 +188,7 @@ pub async fn run(
             )
         })?;
 
+    let app_spool = spool.clone();
     let app = Arc::new(App::new(
         sources,
         dedup,
@@ -219,10 +232,24 @@ pub async fn run(
     .await;
     let deadline = started.get().unwrap_or_else(Instant::now) + deadline_len;
     let _ = drain_tx.send(Some(deadline));
-    if let Some(f) = forwarding
-        && let Err(e) = f.await
-    {
-        tracing::error!(error = %e, "forwarder task failed");
+    if let Some(mut f) = forwarding {
+        // The forwarder stops itself at the deadline, unless a sink holds it inside a
+        // publish (a blocked broker); then stop it here. The cursor it reached is in
+        // the spool's memory and saved below: at worst, duplicates after restart.
+        let grace = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+        match tokio::time::timeout(grace, &mut f).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "forwarder task failed"),
+            Err(_) => {
+                f.abort();
+                tracing::warn!("forwarder still busy at the drain deadline; stopped it");
+            }
+        }
+        if let Some(s) = &app_spool
+            && let Err(e) = s.persist_cursor()
+        {
+            tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown");
+        }
     }
     for route in sinks.values() {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::rabbitmq::RabbitmqSinkConfig;
 
 /// Everything hookrelay needs to run, as written in the TOML file.
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +183,7 @@ impl Default for DeadLetterConfig {
 pub struct SinksConfig {
     pub file: Option<FileSinkConfig>,
     pub kafka: Option<KafkaSinkConfig>,
+    pub rabbitmq: Option<RabbitmqSinkConfig>,
 }
 
 impl SinksConfig {
@@ -194,12 +196,15 @@ impl SinksConfig {
         if self.kafka.is_some() {
             names.push("kafka");
         }
+        if self.rabbitmq.is_some() {
+            names.push("rabbitmq");
+        }
         names
     }
 
     /// Sinks that confirm from a broker, and so can back `ack = "broker"`.
     pub fn is_broker(name: &str) -> bool {
-        name == "kafka"
+        name == "kafka" || name == "rabbitmq"
     }
 }
 
@@ -428,6 +433,9 @@ impl Config {
         if let Some(k) = &self.sinks.kafka {
             k.validate().map_err(|(key, why)| invalid(key, why))?;
         }
+        if let Some(r) = &self.sinks.rabbitmq {
+            r.validate().map_err(|(key, why)| invalid(key, why))?;
+        }
         for (name, src) in &self.sources {
             self.validate_source(name, src, &sinks)?;
         }
@@ -513,7 +521,7 @@ impl Config {
             return Err(invalid(
                 key("ack"),
                 format!(
-                    "ack = \"broker\" needs a broker sink (kafka); sink '{}' supports only \"durable\"",
+                    "ack = \"broker\" needs a broker sink (kafka, rabbitmq); sink '{}' supports only \"durable\"",
                     self.sink_of(src)
                 ),
             ));

@@ -98,7 +98,12 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
         config.sinks.names().join(", ")
     );
     if connect {
-        for line in hookrelay::app::check_connections(&config).map_err(anyhow::Error::msg)? {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let report = runtime.block_on(hookrelay::app::check_connections(&config));
+        for line in report.map_err(anyhow::Error::msg)? {
             println!("{line}");
         }
     }

@@ -38,6 +38,9 @@ pub const READY: &str = "hookrelay_ready";
 pub const SINK_DELIVERY: &str = "hookrelay_sink_delivery_seconds";
 pub const KAFKA_ERRORS: &str = "hookrelay_kafka_errors_total";
 pub const KAFKA_QUEUE: &str = "hookrelay_kafka_queue_messages";
+pub const RABBITMQ_BLOCKED: &str = "hookrelay_rabbitmq_blocked";
+pub const RABBITMQ_RETURNED: &str = "hookrelay_rabbitmq_returned_total";
+pub const RABBITMQ_CONNECTS: &str = "hookrelay_rabbitmq_connects_total";
 
 /// Label value for requests whose path names no configured source.
 pub const UNKNOWN_SOURCE: &str = "_unknown";
@@ -122,6 +125,18 @@ fn describe() {
         KAFKA_QUEUE,
         "Messages in librdkafka's queue awaiting delivery reports."
     );
+    describe_gauge!(
+        RABBITMQ_BLOCKED,
+        "1 while RabbitMQ blocks publishing (connection.blocked: memory or disk alarm)."
+    );
+    describe_counter!(
+        RABBITMQ_RETURNED,
+        "Events RabbitMQ returned as unroutable (basic.return)."
+    );
+    describe_counter!(
+        RABBITMQ_CONNECTS,
+        "Connections (re)established to RabbitMQ after the first."
+    );
 }
 
 /// Registers the process-wide series at zero.
@@ -149,6 +164,11 @@ pub fn init(sources: &[String], sinks: &[&str]) {
         let _ = histogram!(END_TO_END, "sink" => sink.clone());
         if sink == "kafka" {
             gauge!(KAFKA_QUEUE).set(0.0);
+        }
+        if sink == "rabbitmq" {
+            gauge!(RABBITMQ_BLOCKED).set(0.0);
+            counter!(RABBITMQ_RETURNED).absolute(0);
+            counter!(RABBITMQ_CONNECTS).absolute(0);
         }
     }
     gauge!(SPOOL_BYTES).set(0.0);
@@ -332,6 +352,18 @@ pub fn kafka_error(code: &str) {
 
 pub fn kafka_queue(messages: u64) {
     gauge!(KAFKA_QUEUE).set(messages as f64);
+}
+
+pub fn rabbitmq_blocked(blocked: bool) {
+    gauge!(RABBITMQ_BLOCKED).set(if blocked { 1.0 } else { 0.0 });
+}
+
+pub fn rabbitmq_returned() {
+    counter!(RABBITMQ_RETURNED).increment(1);
+}
+
+pub fn rabbitmq_connect() {
+    counter!(RABBITMQ_CONNECTS).increment(1);
 }
 
 pub fn ready(ready: bool) {

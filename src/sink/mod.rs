@@ -9,6 +9,7 @@
 pub mod cloudevents;
 pub(crate) mod file;
 pub mod kafka;
+pub mod rabbitmq;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ use crate::metrics::SinkMetrics;
 
 pub use file::FileSink;
 pub use kafka::KafkaSink;
+pub use rabbitmq::RabbitmqSink;
 
 /// A boxed, sendable future: what trait objects can return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -106,6 +108,20 @@ pub trait Sink: Send + Sync + 'static {
     fn flush(&self, _timeout: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+}
+
+/// This host's name, for client ids and connection names operators see.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// A sink with its metric handles, shared by the forwarder and broker-mode requests.

@@ -2,6 +2,7 @@
 //! talks to it over real TCP.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod kafka;
 
 use std::collections::HashSet;

@@ -168,7 +168,7 @@ impl KafkaSinkConfig {
     /// then secrets from env and files.
     pub fn client_config(&self) -> Result<ClientConfig, Problem> {
         let mut c = ClientConfig::new();
-        let host = hostname();
+        let host = crate::sink::hostname();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", format!("hookrelay@{host}"))
             .set("enable.idempotence", "true")
@@ -217,19 +217,6 @@ impl KafkaSinkConfig {
         }
         Ok(c)
     }
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

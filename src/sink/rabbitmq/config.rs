@@ -1,0 +1,227 @@
+//! `[sinks.rabbitmq]`: typed settings and the connection URI with its secret.
+
+use std::path::PathBuf;
+
+use lapin::uri::AMQPUri;
+use serde::Deserialize;
+
+/// A `[sinks.rabbitmq]` problem: the key and why.
+pub type Problem = (String, String);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitmqSinkConfig {
+    /// `amqp://host:5672/vhost` or `amqps://...`. Credentials may be in it for a laptop;
+    /// in production put the password in `password_env` or `password_file`.
+    pub uri: String,
+    /// Overrides the URI's user name.
+    pub username: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (a mounted Secret); trailing newline ignored.
+    pub password_file: Option<PathBuf>,
+    /// The durable topic exchange events are published to; routing key = topic.
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// Declare the exchange (and the unroutable queue) on start; `false` only checks
+    /// passively that the exchange exists (for brokers where topology is managed elsewhere).
+    #[serde(default = "yes")]
+    pub declare: bool,
+    /// Declare the exchange with an alternate exchange that routes unroutable events
+    /// into the durable queue `{exchange}.unroutable`, so none vanish on day one.
+    #[serde(default = "yes")]
+    pub unroutable_queue: bool,
+    /// Heartbeat negotiated with the broker; a dead peer is noticed within ~2 of these.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u16,
+    /// Channels publishing in parallel on the one connection.
+    #[serde(default = "default_channels")]
+    pub channels: usize,
+    /// A confirm not received within this is treated as failed and retried.
+    #[serde(default = "default_confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
+    /// Adds CloudEvents AMQP-binding application properties.
+    #[serde(default)]
+    pub cloudevents: bool,
+    /// Prefix of the CloudEvents properties (`cloudEvents:` per the AMQP binding).
+    #[serde(default = "default_ce_prefix")]
+    pub cloudevents_prefix: String,
+}
+
+fn default_exchange() -> String {
+    "hookrelay".into()
+}
+const fn yes() -> bool {
+    true
+}
+const fn default_heartbeat_secs() -> u16 {
+    30
+}
+const fn default_channels() -> usize {
+    4
+}
+const fn default_confirm_timeout_ms() -> u64 {
+    30_000
+}
+fn default_ce_prefix() -> String {
+    "cloudEvents:".into()
+}
+
+impl RabbitmqSinkConfig {
+    pub fn validate(&self) -> Result<(), Problem> {
+        let p = |k: &str, why: String| Err((format!("sinks.rabbitmq.{k}"), why));
+        let uri: AMQPUri = match self.uri.parse() {
+            Ok(u) => u,
+            Err(e) => return p("uri", format!("not an amqp:// or amqps:// URI: {e}")),
+        };
+        let _ = uri;
+        if self.exchange.is_empty()
+            || self.exchange.starts_with("amq.")
+            || self.exchange.len() > 200
+        {
+            return p(
+                "exchange",
+                "must be a non-empty name not starting with 'amq.'".into(),
+            );
+        }
+        if self.password_env.is_some() && self.password_file.is_some() {
+            return p(
+                "password_file",
+                "set only one of password_env and password_file".into(),
+            );
+        }
+        if self.channels == 0 || self.channels > 64 {
+            return p("channels", "must be between 1 and 64".into());
+        }
+        if self.confirm_timeout_ms < 100 {
+            return p("confirm_timeout_ms", "must be at least 100".into());
+        }
+        Ok(())
+    }
+
+    /// The URI with credentials and heartbeat applied.
+    pub fn resolved_uri(&self) -> Result<AMQPUri, Problem> {
+        let mut uri: AMQPUri = self.uri.parse().map_err(|e| {
+            (
+                "sinks.rabbitmq.uri".to_string(),
+                format!("not an AMQP URI: {e}"),
+            )
+        })?;
+        if let Some(u) = &self.username {
+            uri.authority.userinfo.username = u.clone();
+        }
+        if let Some(var) = &self.password_env {
+            match std::env::var(var) {
+                Ok(v) if !v.is_empty() => uri.authority.userinfo.password = v,
+                _ => {
+                    return Err((
+                        "sinks.rabbitmq.password_env".into(),
+                        format!("environment variable {var} is not set or empty"),
+                    ));
+                }
+            }
+        }
+        if let Some(path) = &self.password_file {
+            let v = std::fs::read_to_string(path).map_err(|e| {
+                (
+                    "sinks.rabbitmq.password_file".to_string(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let v = v.trim_end_matches(['\n', '\r']);
+            if v.is_empty() {
+                return Err((
+                    "sinks.rabbitmq.password_file".into(),
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            uri.authority.userinfo.password = v.to_string();
+        }
+        uri.query.heartbeat = Some(self.heartbeat_secs);
+        Ok(uri)
+    }
+
+    /// The alternate exchange and queue that catch unroutable events.
+    pub fn unroutable_name(&self) -> String {
+        format!("{}.unroutable", self.exchange)
+    }
+
+    /// Where to connect, for logs and errors: the URI without credentials.
+    pub fn display_target(&self) -> String {
+        match self.uri.parse::<AMQPUri>() {
+            Ok(u) => format!(
+                "{}://{}:{}/{}",
+                if self.uri.starts_with("amqps") {
+                    "amqps"
+                } else {
+                    "amqp"
+                },
+                u.authority.host,
+                u.authority.port,
+                u.vhost
+            ),
+            Err(_) => "(invalid uri)".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> RabbitmqSinkConfig {
+        toml::from_str(&format!(
+            "uri = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_and_secrets() {
+        let c = parse("");
+        c.validate().unwrap();
+        assert_eq!(c.exchange, "hookrelay");
+        assert_eq!(c.unroutable_name(), "hookrelay.unroutable");
+        let u = c.resolved_uri().unwrap();
+        assert_eq!(u.query.heartbeat, Some(30));
+        assert_eq!(u.authority.userinfo.password, "guest");
+        assert_eq!(c.display_target(), "amqp://127.0.0.1:5672//");
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let c = parse(&format!(
+            "username = \"relay\"\npassword_file = {:?}\n",
+            f.display().to_string()
+        ));
+        let u = c.resolved_uri().unwrap();
+        assert_eq!(
+            (
+                u.authority.userinfo.username.as_str(),
+                u.authority.userinfo.password.as_str()
+            ),
+            ("relay", "s3cret")
+        );
+        let c = parse("password_env = \"HOOKRELAY_TEST_UNSET_VAR\"\n");
+        assert!(
+            c.resolved_uri()
+                .unwrap_err()
+                .1
+                .contains("HOOKRELAY_TEST_UNSET_VAR")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert_eq!(
+            parse("exchange = \"amq.topic\"").validate().unwrap_err().0,
+            "sinks.rabbitmq.exchange"
+        );
+        assert_eq!(
+            parse("channels = 0").validate().unwrap_err().0,
+            "sinks.rabbitmq.channels"
+        );
+        let c: RabbitmqSinkConfig = toml::from_str("uri = \"http://x\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "sinks.rabbitmq.uri");
+    }
+}
