@@ -1,0 +1,294 @@
+//! Broker-wide RabbitMQ faults on the machine's real broker: a restart while
+//! thousands of events flow, and a memory alarm. They change the whole broker, so
+//! they run one at a time and always put the broker back.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::amqp::{self, bind, cleanup, drain, unique};
+use common::*;
+use hyper::StatusCode;
+
+/// One broker-wide fault at a time.
+static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let o = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "rabbitmqctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Restores the broker's memory watermark when dropped, even if the test panics.
+struct Watermark(String);
+
+impl Watermark {
+    fn lower_to_trigger_the_alarm() -> Watermark {
+        let original = rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]);
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.0001"]);
+        Watermark(original)
+    }
+}
+
+impl Drop for Watermark {
+    fn drop(&mut self) {
+        // `0.4` (relative) or `{absolute,N}`.
+        let args: Vec<String> = match self
+            .0
+            .strip_prefix("{absolute,")
+            .and_then(|s| s.strip_suffix('}'))
+        {
+            Some(n) => vec!["absolute".into(), n.into()],
+            None => vec![self.0.clone()],
+        };
+        let mut cmd = vec!["set_vm_memory_high_watermark"];
+        cmd.extend(args.iter().map(String::as_str));
+        let ok = Command::new("rabbitmqctl")
+            .args(&cmd)
+            .status()
+            .map(|s| s.success());
+        if ok.ok() != Some(true) {
+            eprintln!(
+                "WARNING: could not restore RabbitMQ's memory watermark to {}",
+                self.0
+            );
+        }
+    }
+}
+
+/// Starts the broker app again if a restart test dies half way.
+struct AppRunning;
+
+impl Drop for AppRunning {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").status();
+        let _ = Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "60"])
+            .status();
+    }
+}
+
+async fn wait_metric(relay: &Relay, series: &str, want: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if metric(&relay.metrics().await, series) == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {want}\n{}",
+            relay.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads `queue` until every id in `ids` was seen; returns (consumed, duplicates).
+async fn consume_all(queue: &str, ids: &HashSet<String>, within: Duration) -> (usize, usize) {
+    let deadline = Instant::now() + within;
+    let (conn, ch) = amqp::channel().await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    while Instant::now() < deadline && !ids.iter().all(|id| counts.contains_key(id)) {
+        for m in drain(&ch, queue, 10_000, Duration::from_millis(500)).await {
+            *counts.entry(m.header("hookrelay-id")).or_default() += 1;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acked events never consumed, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let consumed: usize = counts.values().sum();
+    (consumed, consumed - counts.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let _one = BROKER.lock().await;
+    let ex = unique("hr-restart");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(dir.path(), "", "", &amqp::sink_section(&ex, ""), "")
+        .replace("[log]", "[forward]\nbackoff_max_ms = 2000\n\n[log]");
+    let relay = Relay::start_with(dir.path(), &config);
+    let q = format!("{ex}.all");
+    {
+        let (conn, ch) = amqp::channel().await;
+        bind(&ch, &q, &ex, "#", true).await;
+        let _ = conn.close(200, "bound".into()).await;
+    }
+
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let restarted = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let addr = relay.addr;
+        let acked_count = acked_count.clone();
+        let restarted = restarted.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let mut acked = Vec::new();
+            let mut i = 0;
+            // Keep sending until the restart is over, and at least 500 per connection.
+            while i < 500 || !restarted.load(Ordering::Relaxed) {
+                let r = client
+                    .post_signed(&event_body(EVENT_TYPES[i % 4], &format!("rs-{c}-{i}")))
+                    .await;
+                assert_eq!(
+                    r.status,
+                    StatusCode::OK,
+                    "durable mode answers 200 through a broker restart"
+                );
+                acked.push(r.json()["id"].as_str().unwrap().to_string());
+                acked_count.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                i += 1;
+            }
+            acked
+        }));
+    }
+    while acked_count.load(Ordering::Relaxed) < 1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    tokio::task::spawn_blocking(|| {
+        let guard = AppRunning;
+        rabbitmqctl(&["stop_app"]);
+        std::thread::sleep(Duration::from_secs(3));
+        drop(guard); // start_app + await_startup
+    })
+    .await
+    .unwrap();
+    restarted.store(true, Ordering::Relaxed);
+    let outage = started.elapsed();
+    let mut acked = HashSet::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let (consumed, duplicates) = consume_all(&q, &acked, Duration::from_secs(120)).await;
+    eprintln!(
+        "broker restart ({outage:?}): acked {}, consumed {consumed}, duplicates {duplicates}, lost 0",
+        acked.len()
+    );
+    let m = relay.metrics().await;
+    assert!(
+        metric(&m, "hookrelay_rabbitmq_connects_total") >= 1.0,
+        "never reconnected"
+    );
+    cleanup(&ex, &[&q]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
+    let _one = BROKER.lock().await;
+    let ex = unique("hr-alarm");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(
+        dir.path(),
+        "",
+        "",
+        &amqp::sink_section(&ex, ""),
+        "\n[sources.brokered]\nscheme = \"quickassist\"\nsecret_env = \"HOOKRELAY_TEST_SECRET\"\nack = \"broker\"\nack_timeout_ms = 1000\n",
+    );
+    let relay = Relay::start_with(dir.path(), &config);
+    let q = format!("{ex}.all");
+    {
+        let (conn, ch) = amqp::channel().await;
+        bind(&ch, &q, &ex, "#", true).await;
+        let _ = conn.close(200, "bound".into()).await;
+    }
+    let mut c = relay.connect().await;
+    let mut acked = HashSet::new();
+    for i in 0..20 {
+        let r = c
+            .post_signed(&event_body("message.read", &format!("before-{i}")))
+            .await;
+        acked.insert(r.json()["id"].as_str().unwrap().to_string());
+    }
+
+    let alarm = Watermark::lower_to_trigger_the_alarm();
+    // RabbitMQ blocks a connection (and says so) at its first publish under the alarm,
+    // and HTTP keeps answering 200 in durable mode: the spool absorbs the alarm.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    while metric(&relay.metrics().await, "hookrelay_rabbitmq_blocked") != 1.0 {
+        assert!(Instant::now() < deadline, "never blocked\n{}", relay.logs());
+        let r = c
+            .post_signed(&event_body("message.delivered", &format!("alarm-{n}")))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        acked.insert(r.json()["id"].as_str().unwrap().to_string());
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..200 {
+        let r = c
+            .post_signed(&event_body("message.delivered", &format!("during-{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        acked.insert(r.json()["id"].as_str().unwrap().to_string());
+    }
+    assert!(
+        metric(&relay.metrics().await, "hookrelay_spool_events") > 0.0,
+        "nothing held back while blocked"
+    );
+    // A broker-mode source cannot confirm: 503 within its deadline, not a hang.
+    let body = event_body("message.failed", "brokered");
+    let sig = sign(body.as_bytes());
+    let started = Instant::now();
+    let r = c
+        .request(
+            "POST",
+            "/webhooks/brokered",
+            &[("x-webhook-signature", &sig)],
+            body.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut admin = Client::connect(relay.admin).await;
+    assert_eq!(
+        admin.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    drop(alarm);
+    wait_metric(
+        &relay,
+        "hookrelay_rabbitmq_blocked",
+        0.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (consumed, duplicates) = consume_all(&q, &acked, Duration::from_secs(60)).await;
+    eprintln!(
+        "memory alarm: acked {}, consumed {consumed}, duplicates {duplicates}, lost 0",
+        acked.len()
+    );
+    wait_metric(
+        &relay,
+        "hookrelay_spool_events",
+        0.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    cleanup(&ex, &[&q]).await;
+}
