@@ -152,7 +152,7 @@ def case_hookrelay(a, sink_section, sink, extra=""):
 def main():
     a = {"seconds": float(os.environ.get("SECONDS_PER_CASE", "10")), "warmup": float(os.environ.get("WARMUP", "2")),
          "conns": int(os.environ.get("CONNS", "64")), "body": int(os.environ.get("BODY", "1024"))}
-    cases = os.environ.get("CASES", "baseline,file,kafka-tansu,kafka-mock").split(",")
+    cases = os.environ.get("CASES", "baseline,file,kafka-tansu,kafka-mock,rabbitmq,rabbitmq-broker-ack").split(",")
     results = {}
     procs = []
     try:
@@ -174,6 +174,13 @@ def main():
                 wait_port(port)
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "127.0.0.1:{port}"\ncreate_topics = true\ntopic_partitions = 3\ntopic_replication = 1', "kafka")
                 stop(t)
+            elif c in ("rabbitmq", "rabbitmq-broker-ack"):
+                ex = f"hookrelay-bench-{os.getpid()}"
+                section = f'[sinks.rabbitmq]\nuri = "amqp://guest:guest@127.0.0.1:5672/%2f"\nexchange = "{ex}"'
+                extra = 'ack = "broker"' if c == "rabbitmq-broker-ack" else ""
+                results[c] = case_hookrelay(a, lambda tmp: section, "rabbitmq", extra)
+                # The events went to the exchange's unroutable queue: drop it (empty exchanges stay).
+                subprocess.run(["rabbitmqctl", "delete_queue", f"{ex}.unroutable"], capture_output=True)
             elif c == "kafka-mock":
                 m = subprocess.Popen([os.path.join(REL, "examples", "mock_kafka"), "3"] + [f"quickassist.{t}" for t in TYPES],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

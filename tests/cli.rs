@@ -198,3 +198,29 @@ fn the_kafka_example_config_is_valid() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("KAFKA_PASSWORD"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_rabbitmq_example_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/examples/rabbitmq.toml"))
+        .unwrap()
+        .replace("/etc/hookrelay/quickassist-secret", secret.to_str().unwrap());
+    let config = dir.path().join("rabbitmq.toml");
+    std::fs::write(&config, text).unwrap();
+    let o = Command::new(binary())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env("RABBITMQ_PASSWORD", "pw")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new(binary())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env_remove("RABBITMQ_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("RABBITMQ_PASSWORD"), "{}", stderr(&o));
+}
