@@ -15,6 +15,21 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "RabbitMQ on 127.0.0.1:5672 (guest/guest) for the integration tests"
+rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if ! rabbit_up; then
+  echo "not answering; starting it"
+  if command -v rabbitmq-server >/dev/null; then
+    rabbitmq-server -detached || true
+  else
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server && (rabbitmq-server -detached || true)
+  fi
+  for _ in $(seq 60); do rabbit_up && break; sleep 1; done
+fi
+rabbit_up || { echo "FAILED: RabbitMQ is not reachable on 127.0.0.1:5672; the RabbitMQ tests cannot run" >&2; exit 1; }
+command -v rabbitmqctl >/dev/null && rabbitmqctl await_startup --timeout 60 >/dev/null
+echo "up"
+
 step "Kafka-compatible broker for the integration tests (tansu)"
 HOOKRELAY_TANSU="$(scripts/tansu.sh)"
 export HOOKRELAY_TANSU

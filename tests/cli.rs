@@ -207,7 +207,10 @@ fn the_rabbitmq_example_config_is_valid() {
     let root = env!("CARGO_MANIFEST_DIR");
     let text = std::fs::read_to_string(format!("{root}/examples/rabbitmq.toml"))
         .unwrap()
-        .replace("/etc/hookrelay/quickassist-secret", secret.to_str().unwrap());
+        .replace(
+            "/etc/hookrelay/quickassist-secret",
+            secret.to_str().unwrap(),
+        );
     let config = dir.path().join("rabbitmq.toml");
     std::fs::write(&config, text).unwrap();
     let o = Command::new(binary())
