@@ -8,8 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hookrelay::config::Scheme;
-use hookrelay::verify::Verifier;
+use hookrelay::verify::{Method, Verifier};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
@@ -21,7 +20,15 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:8181".into());
     let secret = args.next().unwrap_or_else(|| "bench-secret".into());
-    let verifier = Arc::new(Verifier::new(Scheme::Quickassist, secret.into_bytes()));
+    let verifier = Arc::new(
+        Verifier::with_secrets(
+            Method::Quickassist {
+                json_stringify: false,
+            },
+            &[secret.as_bytes()],
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("baseline listening on {}", listener.local_addr()?);
     loop {
@@ -34,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
                 async move {
                     let (parts, body) = req.into_parts();
                     let status = match body.collect().await {
-                        Ok(b) => match verifier.verify(&parts.headers, b.to_bytes()) {
+                        Ok(b) => match verifier.verify(&parts.headers, b.to_bytes(), "/") {
                             Ok(_) => StatusCode::OK,
                             Err(_) => StatusCode::UNAUTHORIZED,
                         },

@@ -24,7 +24,6 @@ use crate::metrics::{self, EventLabels, RequestMetrics};
 use crate::server::{self, Ack, App, Limits, Source};
 use crate::sink::{FileSink, KafkaSink, RabbitmqSink, Route, Sink};
 use crate::spool::Spool;
-use crate::verify::Verifier;
 
 /// Builds every source's verifier and extractor; fails on a missing secret.
 /// `sinks` is empty for `hookrelay check`, which builds no producers.
@@ -34,7 +33,6 @@ pub fn build_sources(
 ) -> anyhow::Result<HashMap<String, Source>> {
     let mut sources = HashMap::new();
     for (name, cfg) in &config.sources {
-        let secret = cfg.load_secret(name)?;
         let ack = match cfg.ack {
             AckMode::Durable => Ack::Durable,
             AckMode::Broker => match sinks.get(config.sink_of(cfg).as_str()) {
@@ -48,8 +46,9 @@ pub fn build_sources(
         sources.insert(
             name.clone(),
             Source {
-                verifier: Verifier::new(cfg.scheme, secret),
-                extractor: Extractor::new(name, cfg),
+                verifier: cfg.verifier(name)?,
+                extractor: Extractor::new(name, cfg)
+                    .map_err(|why| anyhow::anyhow!("sources.{name}: {why}"))?,
                 metrics: RequestMetrics::new(name),
                 events: match &cfg.events {
                     Some(allow) => EventLabels::new(name, allow.iter().map(String::as_str)),

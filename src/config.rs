@@ -215,15 +215,56 @@ pub struct FileSinkConfig {
     pub dir: PathBuf,
 }
 
-/// The signature scheme of a source; the catalogue grows with providers.
+/// The signature scheme of a source: a preset of signature, event type location
+/// and event id location per provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scheme {
     Quickassist,
+    StandardWebhooks,
+    Github,
+    Stripe,
+    Shopify,
+    Slack,
+    Meta,
+    Twilio,
+    Razorpay,
+    Linear,
+    Paddle,
+    Zoom,
+    Hmac,
+    Basic,
+    Bearer,
+    HeaderToken,
+}
+
+/// Where a scheme finds the event type and the event id, and its replay tolerance.
+pub struct Preset {
+    pub event_from: &'static str,
+    /// `None`: the body's digest identifies the event.
+    pub id_from: Option<&'static str>,
+    pub tolerance_secs: u64,
 }
 
 impl Scheme {
-    pub const NAMES: &'static [&'static str] = &["quickassist"];
+    pub const NAMES: &'static [&'static str] = &[
+        "quickassist",
+        "standard-webhooks",
+        "github",
+        "stripe",
+        "shopify",
+        "slack",
+        "meta",
+        "twilio",
+        "razorpay",
+        "linear",
+        "paddle",
+        "zoom",
+        "hmac",
+        "basic",
+        "bearer",
+        "header-token",
+    ];
 
     /// The event types the provider documents; their metric series start at zero.
     pub fn known_events(self) -> &'static [&'static str] {
@@ -234,15 +275,85 @@ impl Scheme {
                 "message.failed",
                 "template.status_update",
             ],
+            _ => &[],
         }
     }
 
-    /// Where this provider puts the id that tells one event from another.
-    fn default_id_pointer(self) -> &'static str {
+    pub fn preset(self) -> Preset {
+        let p = |event_from, id_from, tolerance_secs| Preset {
+            event_from,
+            id_from,
+            tolerance_secs,
+        };
         match self {
-            Scheme::Quickassist => "/data/messageId",
+            Scheme::Quickassist => p("/event", Some("/data/messageId"), 0),
+            Scheme::StandardWebhooks => p("/type", Some("header:webhook-id"), 300),
+            Scheme::Github => p("header:x-github-event", Some("header:x-github-delivery"), 0),
+            Scheme::Stripe => p("/type", Some("/id"), 300),
+            Scheme::Shopify => p(
+                "header:x-shopify-topic",
+                Some("header:x-shopify-event-id|header:x-shopify-webhook-id"),
+                0,
+            ),
+            Scheme::Slack => p(
+                "/event/type|/type|form:command",
+                Some("/event_id|form:trigger_id"),
+                300,
+            ),
+            Scheme::Meta => p("/entry/0/changes/0/field|/object", None, 0),
+            Scheme::Twilio => p(
+                "form:MessageStatus|form:SmsStatus|form:CallStatus|literal:request",
+                Some("form:MessageSid|form:SmsSid|form:CallSid"),
+                0,
+            ),
+            Scheme::Razorpay => p("/event", Some("header:x-razorpay-event-id"), 0),
+            Scheme::Linear => p("/type", Some("header:linear-delivery"), 60),
+            Scheme::Paddle => p("/event_type", Some("/event_id"), 300),
+            Scheme::Zoom => p("/event", None, 300),
+            Scheme::Hmac => p("/type|/event", None, 300),
+            Scheme::Basic | Scheme::Bearer | Scheme::HeaderToken => p("/type|/event", None, 0),
         }
     }
+}
+
+/// A string or a list of strings, for keys where one or several values make sense.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either<T> {
+            One(T),
+            Many(Vec<T>),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::One(v) => OneOrMany(vec![v]),
+            Either::Many(v) => OneOrMany(v),
+        })
+    }
+}
+
+/// What JSON TheQuickAssist-style HMACs cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureBody {
+    /// The bytes received (what every correct sender signs).
+    #[default]
+    Raw,
+    /// Also accept a signature over `JSON.stringify(JSON.parse(body))`.
+    JsonStringify,
+}
+
+/// Token-bucket rate limit for one source.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: u32,
 }
 
 /// When a 200 may be sent.
@@ -261,21 +372,23 @@ pub enum AckMode {
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub scheme: Scheme,
-    /// Name of the environment variable holding the signing secret.
-    pub secret_env: Option<String>,
-    /// File holding the signing secret (a mounted Kubernetes Secret); trailing newline ignored.
-    pub secret_file: Option<PathBuf>,
+    /// Environment variable(s) holding the secret(s); several while rotating.
+    #[serde(default)]
+    pub secret_env: OneOrMany<String>,
+    /// File(s) holding the secret(s) (mounted Kubernetes Secrets), re-read when they change.
+    #[serde(default)]
+    pub secret_file: OneOrMany<PathBuf>,
     /// Topic for each event; placeholders `{source}`, `{event}`.
     #[serde(default = "default_topic")]
     pub topic: String,
     /// Message key (partitioning); placeholders `{source}`, `{event}`, `{id}`.
     #[serde(default = "default_key")]
     pub key: String,
-    /// JSON pointer to the event type in the body.
-    #[serde(default = "default_event_pointer")]
-    pub event_pointer: String,
-    /// JSON pointer to the provider's id of the thing the event is about; scheme default.
-    pub id_pointer: Option<String>,
+    /// Where the event type is: `/json/pointer`, `header:Name`, `form:field` or
+    /// `literal:text`, several separated by `|` (first found wins). Scheme default.
+    pub event_from: Option<String>,
+    /// Where the provider's event id is, same syntax; scheme default, else the body's digest.
+    pub id_from: Option<String>,
     /// The idempotency key; placeholders `{source}`, `{event}`, `{id}`. Includes the event
     /// type by default because `delivered` and `read` of one message share its id.
     #[serde(default = "default_id_template")]
@@ -289,6 +402,25 @@ pub struct SourceConfig {
     /// With `ack = "broker"`: how long to wait for the broker's confirmation before 503.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
+    /// Replay window for timestamped schemes, in seconds (scheme default otherwise).
+    pub tolerance_secs: Option<u64>,
+    /// `quickassist`: also accept signatures over the body's JSON.stringify form.
+    #[serde(default)]
+    pub signature_body: SignatureBody,
+    /// `meta`: the verify token for the GET subscription handshake.
+    pub verify_token_env: Option<String>,
+    pub verify_token_file: Option<PathBuf>,
+    /// `twilio`: the public base URL Twilio calls (`https://hooks.example.com`).
+    pub public_url: Option<String>,
+    /// `hmac`: the generic scheme's settings.
+    pub hmac: Option<crate::verify::GenericHmac>,
+    /// `header-token`: the header carrying the token.
+    pub token_header: Option<String>,
+    /// Requests beyond this rate get 429 + Retry-After. Off by default.
+    pub rate_limit: Option<RateLimit>,
+    /// Only these sender networks (CIDR) may post; others get 403. Empty: anyone.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
 }
 
 const fn default_ack_timeout_ms() -> u64 {
@@ -300,9 +432,6 @@ fn default_topic() -> String {
 }
 fn default_key() -> String {
     "{id}".to_string()
-}
-fn default_event_pointer() -> String {
-    "/event".to_string()
 }
 fn default_id_template() -> String {
     "{event}:{id}".to_string()
@@ -455,21 +584,13 @@ impl Config {
                 "source names use [A-Za-z0-9._-], do not start with '_', and are at most 100 bytes",
             ));
         }
-        match (&src.secret_env, &src.secret_file) {
-            (None, None) => {
-                return Err(invalid(
-                    key("secret_env"),
-                    "set secret_env (an environment variable's name) or secret_file",
-                ));
-            }
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    key("secret_file"),
-                    "set only one of secret_env and secret_file",
-                ));
-            }
-            _ => {}
+        if src.secret_env.0.is_empty() && src.secret_file.0.is_empty() {
+            return Err(invalid(
+                key("secret_env"),
+                "set secret_env (an environment variable's name) or secret_file, or lists of them while rotating",
+            ));
         }
+        self.validate_scheme_options(name, src)?;
         check_template(&key("topic"), &src.topic, &["source", "event"])?;
         // The rendered topic must be a legal Kafka topic for any legal event type.
         let longest = src
@@ -491,18 +612,14 @@ impl Config {
             &src.id_template,
             &["source", "event", "id"],
         )?;
-        for (field, ptr) in [
-            ("event_pointer", Some(&src.event_pointer)),
-            ("id_pointer", src.id_pointer.as_ref()),
+        for (field, loc) in [
+            ("event_from", src.event_from.as_ref()),
+            ("id_from", src.id_from.as_ref()),
         ] {
-            if let Some(p) = ptr
-                && !p.is_empty()
-                && !p.starts_with('/')
+            if let Some(loc) = loc
+                && let Err(why) = crate::event::Locations::parse(loc)
             {
-                return Err(invalid(
-                    key(field),
-                    format!("'{p}' is not a JSON pointer (it must start with '/')"),
-                ));
+                return Err(invalid(key(field), why));
             }
         }
         if let Some(events) = &src.events {
@@ -579,56 +696,215 @@ impl SourceConfig {
     }
 }
 
+impl Config {
+    /// Options that only some schemes take, each checked against the scheme.
+    fn validate_scheme_options(&self, name: &str, src: &SourceConfig) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("sources.{name}.{field}");
+        let only = |field: &str, set: bool, scheme: &str, ok: bool| {
+            if set && !ok {
+                Err(invalid(
+                    key(field),
+                    format!("only applies to scheme = \"{scheme}\""),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let s = src.scheme;
+        only(
+            "signature_body",
+            src.signature_body != SignatureBody::Raw,
+            "quickassist",
+            s == Scheme::Quickassist,
+        )?;
+        only(
+            "verify_token_env",
+            src.verify_token_env.is_some() || src.verify_token_file.is_some(),
+            "meta",
+            s == Scheme::Meta,
+        )?;
+        only(
+            "public_url",
+            src.public_url.is_some(),
+            "twilio",
+            s == Scheme::Twilio,
+        )?;
+        only("hmac", src.hmac.is_some(), "hmac", s == Scheme::Hmac)?;
+        only(
+            "token_header",
+            src.token_header.is_some(),
+            "header-token",
+            s == Scheme::HeaderToken,
+        )?;
+        match s {
+            Scheme::Twilio => match &src.public_url {
+                Some(u) if u.starts_with("https://") || u.starts_with("http://") => {}
+                _ => {
+                    return Err(invalid(
+                        key("public_url"),
+                        "twilio signs the URL it calls: set public_url = \"https://your.host\"",
+                    ));
+                }
+            },
+            Scheme::Hmac if src.hmac.is_none() => {
+                return Err(invalid(
+                    key("hmac"),
+                    "scheme = \"hmac\" needs [sources.NAME.hmac] with at least header = \"...\"",
+                ));
+            }
+            Scheme::HeaderToken if src.token_header.as_deref().is_none_or(str::is_empty) => {
+                return Err(invalid(
+                    key("token_header"),
+                    "scheme = \"header-token\" needs token_header",
+                ));
+            }
+            Scheme::Meta if src.verify_token_env.is_none() && src.verify_token_file.is_none() => {
+                return Err(invalid(
+                    key("verify_token_env"),
+                    "meta's GET subscription check needs verify_token_env or verify_token_file",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(h) = &src.hmac {
+            if hyper::header::HeaderName::from_bytes(h.header.as_bytes()).is_err() {
+                return Err(invalid(
+                    key("hmac.header"),
+                    format!("'{}' is not a header name", h.header),
+                ));
+            }
+            check_template(
+                &key("hmac.content"),
+                &h.content,
+                &["body", "timestamp", "id"],
+            )?;
+            if h.content.contains("{timestamp}") && h.timestamp_header.is_none() {
+                return Err(invalid(
+                    key("hmac.timestamp_header"),
+                    "content uses {timestamp}: name its header",
+                ));
+            }
+            if h.content.contains("{id}") && h.id_header.is_none() {
+                return Err(invalid(
+                    key("hmac.id_header"),
+                    "content uses {id}: name its header",
+                ));
+            }
+        }
+        if let Some(r) = &src.rate_limit
+            && (!(r.per_second > 0.0 && r.per_second.is_finite()) || r.burst == 0)
+        {
+            return Err(invalid(
+                key("rate_limit"),
+                "per_second must be > 0 and burst >= 1",
+            ));
+        }
+        for c in &src.allowed_cidrs {
+            if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    key("allowed_cidrs"),
+                    format!("'{c}' is not a CIDR or IP address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl SourceConfig {
-    /// The id pointer in force: the configured one or the scheme's.
-    pub fn id_pointer(&self) -> &str {
-        self.id_pointer
-            .as_deref()
-            .unwrap_or_else(|| self.scheme.default_id_pointer())
+    /// Where the event type is: configured, else the scheme's preset.
+    pub fn event_from(&self) -> String {
+        self.event_from
+            .clone()
+            .unwrap_or_else(|| self.scheme.preset().event_from.to_string())
     }
 
-    /// Reads the secret from where the config says it is; missing or empty is an error.
-    pub fn load_secret(&self, name: &str) -> Result<Vec<u8>, ConfigError> {
-        let key = |field: &str| format!("sources.{name}.{field}");
-        let secret = match (&self.secret_env, &self.secret_file) {
-            (Some(var), _) => match std::env::var(var) {
-                Ok(v) => v.into_bytes(),
-                Err(_) => {
-                    return Err(invalid(
-                        key("secret_env"),
-                        format!("environment variable {var} is not set"),
-                    ));
-                }
-            },
-            (None, Some(path)) => match std::fs::read(path) {
-                Ok(mut bytes) => {
-                    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        bytes.pop();
-                    }
-                    bytes
-                }
-                Err(e) => {
-                    return Err(invalid(
-                        key("secret_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    ));
-                }
-            },
-            (None, None) => return Err(invalid(key("secret_env"), "no secret configured")),
-        };
-        if secret.is_empty() {
-            return Err(match (&self.secret_env, &self.secret_file) {
-                (Some(var), _) => invalid(
-                    key("secret_env"),
-                    format!("environment variable {var} is empty"),
-                ),
-                (None, Some(path)) => {
-                    invalid(key("secret_file"), format!("{} is empty", path.display()))
-                }
-                (None, None) => invalid(key("secret_env"), "no secret configured"),
-            });
+    /// Where the event id is: configured, else the scheme's preset (or the generic
+    /// scheme's id header); `None` means the body's digest.
+    pub fn id_from(&self) -> Option<String> {
+        if let Some(id) = &self.id_from {
+            return Some(id.clone());
         }
-        Ok(secret)
+        if let Some(h) = self.hmac.as_ref().and_then(|h| h.id_header.as_ref()) {
+            return Some(format!("header:{h}"));
+        }
+        self.scheme.preset().id_from.map(str::to_string)
+    }
+
+    pub fn secret_sources(&self) -> Vec<crate::verify::SecretSource> {
+        use crate::verify::SecretSource;
+        self.secret_env
+            .0
+            .iter()
+            .map(|v| SecretSource::Env(v.clone()))
+            .chain(
+                self.secret_file
+                    .0
+                    .iter()
+                    .map(|p| SecretSource::File(p.clone())),
+            )
+            .collect()
+    }
+
+    /// The source's verifier with its secrets read; an error names the key at fault.
+    pub fn verifier(&self, name: &str) -> Result<crate::verify::Verifier, ConfigError> {
+        use crate::verify::{Handshakes, Method, SecretSource, Verifier};
+        let key = |field: &str| format!("sources.{name}.{field}");
+        let tolerance = self
+            .tolerance_secs
+            .unwrap_or(self.scheme.preset().tolerance_secs);
+        let method = match self.scheme {
+            Scheme::Quickassist => Method::Quickassist {
+                json_stringify: self.signature_body == SignatureBody::JsonStringify,
+            },
+            Scheme::StandardWebhooks => Method::StandardWebhooks { tolerance },
+            Scheme::Github | Scheme::Meta => Method::HubSignature,
+            Scheme::Stripe => Method::Stripe { tolerance },
+            Scheme::Shopify => Method::Shopify,
+            Scheme::Slack => Method::Slack { tolerance },
+            Scheme::Twilio => Method::Twilio {
+                public_url: self.public_url.clone().unwrap_or_default(),
+            },
+            Scheme::Razorpay => Method::Razorpay,
+            Scheme::Linear => Method::Linear { tolerance },
+            Scheme::Paddle => Method::Paddle { tolerance },
+            Scheme::Zoom => Method::Zoom { tolerance },
+            Scheme::Hmac => Method::Hmac {
+                spec: self
+                    .hmac
+                    .clone()
+                    .ok_or_else(|| invalid(key("hmac"), "missing"))?,
+                tolerance,
+            },
+            Scheme::Basic => Method::Basic,
+            Scheme::Bearer => Method::Bearer,
+            Scheme::HeaderToken => Method::HeaderToken {
+                header: self.token_header.clone().unwrap_or_default(),
+            },
+        };
+        let handshakes = Handshakes {
+            github_ping: self.scheme == Scheme::Github,
+            slack_url_verification: self.scheme == Scheme::Slack,
+            zoom_url_validation: self.scheme == Scheme::Zoom,
+            meta_get: self.scheme == Scheme::Meta,
+        };
+        let verify_token = match (&self.verify_token_env, &self.verify_token_file) {
+            (Some(v), _) => Some(SecretSource::Env(v.clone())),
+            (None, Some(p)) => Some(SecretSource::File(p.clone())),
+            (None, None) => None,
+        }
+        .map(|s| {
+            s.read()
+                .map_err(|why| invalid(key("verify_token_env"), why))
+        })
+        .transpose()?;
+        let field = if self.secret_env.0.is_empty() {
+            "secret_file"
+        } else {
+            "secret_env"
+        };
+        Verifier::new(method, self.secret_sources(), verify_token, handshakes)
+            .map_err(|why| invalid(key(field), why))
     }
 }
 
@@ -683,7 +959,8 @@ secret_env = "HOOKRELAY_TEST_NEVER_SET"
         c.validate().unwrap();
         let q = &c.sources["quickassist"];
         assert_eq!(q.topic, "{source}.{event}");
-        assert_eq!(q.id_pointer(), "/data/messageId");
+        assert_eq!(q.id_from().as_deref(), Some("/data/messageId"));
+        assert_eq!(q.event_from(), "/event");
         assert_eq!(q.ack, AckMode::Durable);
         assert_eq!(c.server.max_body_bytes, 1 << 20);
         assert_eq!(c.spool.max_bytes, 1 << 30);
@@ -726,7 +1003,7 @@ secret_env = "HOOKRELAY_TEST_NEVER_SET"
     fn missing_secret_is_a_named_error() {
         let c = Config::parse(MINIMAL).unwrap();
         let err = c.sources["quickassist"]
-            .load_secret("quickassist")
+            .verifier("quickassist")
             .unwrap_err()
             .to_string();
         assert!(err.contains("sources.quickassist.secret_env"), "{err}");
@@ -744,14 +1021,72 @@ secret_env = "HOOKRELAY_TEST_NEVER_SET"
         let c = Config::parse(&text).unwrap();
         let src = &c.sources["quickassist"];
         std::fs::write(&path, "\n").unwrap();
+        let err = src.verifier("quickassist").unwrap_err().to_string();
         assert!(
-            src.load_secret("q")
-                .unwrap_err()
-                .to_string()
-                .contains("empty")
+            err.starts_with("sources.quickassist.secret_file") && err.contains("empty"),
+            "{err}"
         );
         std::fs::write(&path, "s3cret\n").unwrap();
-        assert_eq!(src.load_secret("q").unwrap(), b"s3cret");
+        let v = src.verifier("quickassist").unwrap();
+        let mut h = hyper::HeaderMap::new();
+        let sig = crate::verify::quickassist_sign(b"s3cret", b"{}");
+        h.insert("x-webhook-signature", sig.parse().unwrap());
+        assert!(v.verify(&h, bytes::Bytes::from_static(b"{}"), "/").is_ok());
+    }
+
+    #[test]
+    fn scheme_options_are_checked_against_the_scheme() {
+        for (extra, key) in [
+            (
+                "public_url = \"https://x\"\n",
+                "sources.quickassist.public_url",
+            ),
+            (
+                "token_header = \"x-token\"\n",
+                "sources.quickassist.token_header",
+            ),
+            (
+                "event_from = \"nowhere\"\n",
+                "sources.quickassist.event_from",
+            ),
+            (
+                "rate_limit = { per_second = 0.0, burst = 1 }\n",
+                "sources.quickassist.rate_limit",
+            ),
+            (
+                "allowed_cidrs = [\"10.0.0.0/33\"]\n",
+                "sources.quickassist.allowed_cidrs",
+            ),
+        ] {
+            let c = Config::parse(&format!("{MINIMAL}{extra}")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{extra}: {err}");
+        }
+        let twilio = MINIMAL.replace("\"quickassist\"\nsecret", "\"twilio\"\nsecret");
+        let err = Config::parse(&twilio)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sources.quickassist.public_url"), "{err}");
+        let meta = MINIMAL.replace("\"quickassist\"\nsecret", "\"meta\"\nsecret");
+        let err = Config::parse(&meta)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("sources.quickassist.verify_token_env"),
+            "{err}"
+        );
+        // Several secrets while rotating.
+        let c = Config::parse(&MINIMAL.replace(
+            "secret_env = \"HOOKRELAY_TEST_NEVER_SET\"",
+            "secret_env = [\"A\", \"B\"]\nsecret_file = \"/x\"",
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sources["quickassist"].secret_sources().len(), 3);
     }
 
     #[test]

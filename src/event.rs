@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use hyper::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::{MAX_EVENT_TYPE_LEN, SourceConfig, is_topic_safe};
@@ -34,7 +35,7 @@ pub struct Event {
 /// Why a verified body is still refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ExtractError {
-    #[error("body is not valid JSON")]
+    #[error("body is neither JSON nor form-encoded")]
     NotJson,
     #[error("event type is missing or not a string")]
     MissingEventType,
@@ -106,12 +107,131 @@ impl Template {
     }
 }
 
+/// One place an event's type or id may be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    /// A JSON pointer into the body (or into a form body's `payload` field).
+    Pointer(String),
+    Header(String),
+    /// A field of a form-encoded body.
+    Form(String),
+    Literal(String),
+}
+
+/// Places tried in order (`/event/type|/type|form:command`); the first found wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locations(Vec<Location>);
+
+impl Locations {
+    pub fn parse(spec: &str) -> Result<Locations, String> {
+        let mut out = Vec::new();
+        for part in spec.split('|').map(str::trim) {
+            out.push(if part.starts_with('/') {
+                Location::Pointer(part.to_string())
+            } else if let Some(h) = part.strip_prefix("header:") {
+                if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(format!("'{h}' is not a header name"));
+                }
+                Location::Header(h.to_ascii_lowercase())
+            } else if let Some(f) = part.strip_prefix("form:") {
+                Location::Form(f.to_string())
+            } else if let Some(l) = part.strip_prefix("literal:") {
+                Location::Literal(l.to_string())
+            } else {
+                return Err(format!(
+                    "'{part}' is not a location: use /json/pointer, header:Name, form:field or literal:text"
+                ));
+            });
+        }
+        if out.is_empty() {
+            return Err("empty location".into());
+        }
+        Ok(Locations(out))
+    }
+
+    fn find(&self, doc: &Doc, headers: &HeaderMap) -> Option<Found> {
+        self.0.iter().find_map(|loc| match loc {
+            Location::Pointer(p) => match doc.json()?.pointer(p)? {
+                serde_json::Value::String(s) => Some(Found::Text(s.clone())),
+                serde_json::Value::Number(n) => Some(Found::Number(n.to_string())),
+                serde_json::Value::Null => None,
+                _ => Some(Found::NotText),
+            },
+            Location::Header(h) => headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| Found::Text(v.to_string())),
+            Location::Form(f) => doc.form_field(f).map(Found::Text),
+            Location::Literal(l) => Some(Found::Text(l.clone())),
+        })
+    }
+}
+
+enum Found {
+    Text(String),
+    /// A JSON number: fine as an id, not as an event type.
+    Number(String),
+    /// Present but an object, array or boolean.
+    NotText,
+}
+
+/// A parsed body: JSON, or form fields (whose `payload` field may carry JSON,
+/// as Slack's interactivity and GitHub's form deliveries do).
+enum Doc {
+    Json(serde_json::Value),
+    Form(Vec<(String, String)>, Option<serde_json::Value>),
+}
+
+impl Doc {
+    fn parse(body: &[u8], content_type: &str) -> Option<Doc> {
+        if let Ok(v) = serde_json::from_slice(body) {
+            return Some(Doc::Json(v));
+        }
+        let is_form = content_type.split(';').next().is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+        if !is_form || std::str::from_utf8(body).is_err() {
+            return None;
+        }
+        let fields: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+        let payload = fields
+            .iter()
+            .find(|(k, _)| k == "payload")
+            .and_then(|(_, v)| serde_json::from_str(v).ok());
+        Some(Doc::Form(fields, payload))
+    }
+
+    fn json(&self) -> Option<&serde_json::Value> {
+        match self {
+            Doc::Json(v) => Some(v),
+            Doc::Form(_, payload) => payload.as_ref(),
+        }
+    }
+
+    fn form_field(&self, name: &str) -> Option<String> {
+        match self {
+            Doc::Form(fields, _) => fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
+            Doc::Json(_) => None,
+        }
+    }
+}
+
+/// Provider event names may use `/` (`orders/create`, `/deploy`): it becomes `.`.
+fn normalize_event_type(raw: &str) -> String {
+    raw.replace('/', ".").trim_matches('.').to_string()
+}
+
 /// A source's extraction rules, compiled from its config.
 #[derive(Debug, Clone)]
 pub struct Extractor {
     source: Arc<str>,
-    event_pointer: String,
-    id_pointer: String,
+    event_from: Locations,
+    /// `None`: the body's digest is the id.
+    id_from: Option<Locations>,
     topic: Template,
     key: Template,
     id: Template,
@@ -119,48 +239,46 @@ pub struct Extractor {
 }
 
 impl Extractor {
-    pub fn new(source: &str, cfg: &SourceConfig) -> Self {
-        Self {
+    /// Locations were validated by `config`.
+    pub fn new(source: &str, cfg: &SourceConfig) -> Result<Self, String> {
+        Ok(Self {
             source: Arc::from(source),
-            event_pointer: cfg.event_pointer.clone(),
-            id_pointer: cfg.id_pointer().to_string(),
+            event_from: Locations::parse(&cfg.event_from())?,
+            id_from: cfg.id_from().map(|l| Locations::parse(&l)).transpose()?,
             topic: Template::compile(&cfg.topic),
             key: Template::compile(&cfg.key),
             id: Template::compile(&cfg.id_template),
             allow: cfg.events.as_ref().map(|e| e.iter().cloned().collect()),
-        }
+        })
     }
 
     pub fn extract(
         &self,
         verified: Verified,
+        headers: &HeaderMap,
         content_type: &str,
         received_at_ns: u64,
     ) -> Result<Extracted, ExtractError> {
         let body = verified.body();
-        let json: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| ExtractError::NotJson)?;
-        let event_type = json
-            .pointer(&self.event_pointer)
-            .and_then(|v| v.as_str())
-            .ok_or(ExtractError::MissingEventType)?;
-        if event_type.len() > MAX_EVENT_TYPE_LEN || !is_topic_safe(event_type) {
+        let doc = Doc::parse(body, content_type).ok_or(ExtractError::NotJson)?;
+        let event_type = match self.event_from.find(&doc, headers) {
+            Some(Found::Text(t)) => normalize_event_type(&t),
+            _ => return Err(ExtractError::MissingEventType),
+        };
+        if event_type.len() > MAX_EVENT_TYPE_LEN || !is_topic_safe(&event_type) {
             return Err(ExtractError::InvalidEventType);
         }
         if let Some(allow) = &self.allow
-            && !allow.contains(event_type)
+            && !allow.contains(&event_type)
         {
-            return Ok(Extracted::Filtered {
-                event_type: event_type.to_string(),
-            });
+            return Ok(Extracted::Filtered { event_type });
         }
-        let raw_id = match json.pointer(&self.id_pointer) {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
+        let raw_id = match self.id_from.as_ref().and_then(|l| l.find(&doc, headers)) {
+            Some(Found::Text(s) | Found::Number(s)) => s,
+            Some(Found::NotText) => return Err(ExtractError::InvalidId),
             // No provider id (e.g. an event about a template, not a message): the body's
             // digest still recognises the provider's retries, which resend the same bytes.
-            None | Some(serde_json::Value::Null) => body_digest(body),
-            Some(_) => return Err(ExtractError::InvalidId),
+            None => body_digest(body),
         };
         if raw_id.is_empty() || raw_id.len() > MAX_ID_LEN || raw_id.chars().any(|c| c.is_control())
         {
@@ -169,13 +287,13 @@ impl Extractor {
         let source = &*self.source;
         Ok(Extracted::Publish(Event {
             source: self.source.clone(),
-            id: self.id.render(source, event_type, &raw_id),
-            topic: self.topic.render(source, event_type, &raw_id),
-            key: self.key.render(source, event_type, &raw_id),
-            event_type: event_type.to_string(),
+            id: self.id.render(source, &event_type, &raw_id),
+            topic: self.topic.render(source, &event_type, &raw_id),
+            key: self.key.render(source, &event_type, &raw_id),
             content_type: content_type.to_string(),
             received_at_ns,
             body: body.clone(),
+            event_type,
         }))
     }
 }
@@ -198,20 +316,29 @@ mod tests {
         );
         let c = Config::parse(&text).unwrap();
         c.validate().unwrap();
-        Extractor::new("quickassist", &c.sources["quickassist"])
+        Extractor::new("quickassist", &c.sources["quickassist"]).unwrap()
     }
 
     fn verified(body: &str) -> Verified {
-        let v = Verifier::new(crate::config::Scheme::Quickassist, b"k".to_vec());
+        let v = Verifier::with_secrets(
+            crate::verify::Method::Quickassist {
+                json_stringify: false,
+            },
+            &[b"k"],
+        )
+        .unwrap();
         let mut h = hyper::HeaderMap::new();
-        for (name, value) in v.sign(body.as_bytes()) {
-            h.insert(name, value.parse().unwrap());
+        for (name, value) in v.sign(body.as_bytes(), "/").unwrap() {
+            h.insert(
+                hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
         }
-        v.verify(&h, Bytes::from(body.to_string())).unwrap()
+        v.verify(&h, Bytes::from(body.to_string()), "/").unwrap()
     }
 
     fn publish(x: &Extractor, body: &str) -> Result<Event, ExtractError> {
-        match x.extract(verified(body), "application/json", 7)? {
+        match x.extract(verified(body), &HeaderMap::new(), "application/json", 7)? {
             Extracted::Publish(e) => Ok(e),
             Extracted::Filtered { .. } => panic!("filtered"),
         }
@@ -258,8 +385,15 @@ mod tests {
             Err(ExtractError::MissingEventType)
         );
         assert_eq!(
-            publish(&x, r#"{"event":"a/b"}"#),
+            publish(&x, r#"{"event":"a b"}"#),
             Err(ExtractError::InvalidEventType)
+        );
+        // Slashes (Shopify topics, Slack commands) become dots.
+        assert_eq!(
+            publish(&x, r#"{"event":"orders/create"}"#)
+                .unwrap()
+                .event_type,
+            "orders.create"
         );
         let long = format!(r#"{{"event":"{}"}}"#, "a".repeat(201));
         assert_eq!(publish(&x, &long), Err(ExtractError::InvalidEventType));
@@ -276,6 +410,62 @@ mod tests {
     }
 
     #[test]
+    fn headers_forms_and_fallbacks() {
+        let x = extractor(
+            "event_from = \"header:x-kind|/kind|form:command\"\nid_from = \"form:trigger_id|header:x-id\"\n",
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-id", "h-1".parse().unwrap());
+        let json = |b: &str, h: &HeaderMap| match x
+            .extract(verified(b), h, "application/json", 0)
+            .unwrap()
+        {
+            Extracted::Publish(e) => e,
+            Extracted::Filtered { .. } => panic!(),
+        };
+        let e = json(r#"{"kind":"push"}"#, &h);
+        assert_eq!((e.event_type.as_str(), e.id.as_str()), ("push", "push:h-1"));
+        let form = "command=%2Fdeploy&trigger_id=t.1";
+        match x
+            .extract(
+                verified(form),
+                &HeaderMap::new(),
+                "application/x-www-form-urlencoded",
+                0,
+            )
+            .unwrap()
+        {
+            Extracted::Publish(e) => assert_eq!(
+                (e.event_type.as_str(), e.id.as_str()),
+                ("deploy", "deploy:t.1")
+            ),
+            Extracted::Filtered { .. } => panic!(),
+        }
+        // Form bodies are only read as forms when they say so.
+        assert_eq!(
+            x.extract(verified(form), &HeaderMap::new(), "text/plain", 0)
+                .unwrap_err(),
+            ExtractError::NotJson
+        );
+        // A form whose payload field is JSON: pointers look inside it.
+        let y = extractor("event_from = \"/type\"\nid_from = \"/id\"\n");
+        let payload = "payload=%7B%22type%22%3A%22block_actions%22%2C%22id%22%3A%229%22%7D";
+        match y
+            .extract(
+                verified(payload),
+                &HeaderMap::new(),
+                "application/x-www-form-urlencoded",
+                0,
+            )
+            .unwrap()
+        {
+            Extracted::Publish(e) => assert_eq!(e.id, "block_actions:9"),
+            Extracted::Filtered { .. } => panic!(),
+        }
+        assert!(Locations::parse("nope").is_err());
+    }
+
+    #[test]
     fn templates_and_allow_list() {
         let x = extractor(
             "topic = \"wa-{event}\"\nkey = \"{source}/{id}\"\nevents = [\"message.read\"]\n",
@@ -284,7 +474,12 @@ mod tests {
         assert_eq!(e.topic, "wa-message.read");
         assert_eq!(e.key, "quickassist/42");
         let f = x
-            .extract(verified(r#"{"event":"message.failed"}"#), "", 0)
+            .extract(
+                verified(r#"{"event":"message.failed"}"#),
+                &HeaderMap::new(),
+                "",
+                0,
+            )
             .unwrap();
         assert_eq!(
             f,

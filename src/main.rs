@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
-use hookrelay::verify::Verifier;
 
 #[derive(Parser)]
 #[command(
@@ -130,8 +129,9 @@ fn sign(path: &Path, source: &str, body: &Path) -> anyhow::Result<()> {
     } else {
         std::fs::read(body).with_context(|| format!("cannot read {}", body.display()))?
     };
-    let verifier = Verifier::new(src.scheme, src.load_secret(source)?);
-    for (name, value) in verifier.sign(&bytes) {
+    let verifier = src.verifier(source)?;
+    let path = format!("/webhooks/{source}");
+    for (name, value) in verifier.sign(&bytes, &path).map_err(anyhow::Error::msg)? {
         println!("{name}: {value}");
     }
     Ok(())

@@ -195,7 +195,22 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
     resp
 }
 
+fn reply(r: crate::verify::Reply) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(r.content_type),
+    );
+    resp
+}
+
 async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> Resp {
+    if req.method() == Method::GET
+        && let Some(r) = src.verifier.handshake_get(req.uri().query().unwrap_or(""))
+    {
+        return reply(r);
+    }
     if req.method() != Method::POST {
         let mut r = error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -231,7 +246,8 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
         Ok(Ok(collected)) => collected.to_bytes(),
     };
 
-    let verified = match src.verifier.verify(&parts.headers, body) {
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let verified = match src.verifier.verify(&parts.headers, body, path_and_query) {
         Ok(v) => v,
         Err(reason) => {
             src.metrics.signature_failure(reason);
@@ -239,6 +255,9 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
             return error(StatusCode::UNAUTHORIZED, "invalid signature");
         }
     };
+    if let Some(r) = src.verifier.handshake(&verified, &parts.headers) {
+        return reply(r);
+    }
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -246,7 +265,7 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
         .unwrap_or("application/json");
     let event = match src
         .extractor
-        .extract(verified, content_type, received_at_ns)
+        .extract(verified, &parts.headers, content_type, received_at_ns)
     {
         Ok(Extracted::Publish(e)) => e,
         Ok(Extracted::Filtered { event_type }) => {

@@ -1,0 +1,176 @@
+//! Secrets, MAC algorithms and signature encodings shared by every scheme.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use hmac::{Hmac, KeyInit, Mac};
+use subtle::ConstantTimeEq;
+
+/// Where one secret comes from; re-read on rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// The raw secret; missing or empty is an error naming the source (never the value).
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        let bytes = match self {
+            SecretSource::Env(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable {var} is not set"))?
+                .into_bytes(),
+            SecretSource::File(path) => {
+                let mut b = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                    b.pop();
+                }
+                b
+            }
+        };
+        if bytes.is_empty() {
+            return Err(match self {
+                SecretSource::Env(var) => format!("environment variable {var} is empty"),
+                SecretSource::File(path) => format!("{} is empty", path.display()),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// A usable secret.
+#[derive(Clone)]
+pub enum Key {
+    /// Shared secret for HMAC schemes, or the expected token for token schemes.
+    Shared(Vec<u8>),
+    /// Standard Webhooks `v1a`: the sender's Ed25519 public key.
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+/// HMAC hash functions providers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Alg {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl Alg {
+    pub fn output_len(self) -> usize {
+        match self {
+            Alg::Sha1 => 20,
+            Alg::Sha256 => 32,
+            Alg::Sha512 => 64,
+        }
+    }
+
+    /// HMAC over the concatenation of `parts`, without copying them together.
+    pub fn mac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        fn run<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+            // HMAC takes keys of any length: this cannot fail.
+            let mut m = <M as KeyInit>::new_from_slice(key).expect("any key length");
+            for p in parts {
+                m.update(p);
+            }
+            m.finalize().into_bytes().to_vec()
+        }
+        match self {
+            Alg::Sha1 => run::<Hmac<sha1::Sha1>>(key, parts),
+            Alg::Sha256 => run::<Hmac<sha2::Sha256>>(key, parts),
+            Alg::Sha512 => run::<Hmac<sha2::Sha512>>(key, parts),
+        }
+    }
+}
+
+/// How a signature is written in its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Hex,
+    Base64,
+}
+
+impl Encoding {
+    /// Decodes a signature of exactly `len` bytes; `None` for anything else.
+    pub fn decode(self, text: &[u8], len: usize) -> Option<Vec<u8>> {
+        match self {
+            Encoding::Hex => {
+                let mut out = vec![0u8; len];
+                decode_hex(text, &mut out).then_some(out)
+            }
+            Encoding::Base64 => {
+                let v = STANDARD
+                    .decode(text)
+                    .or_else(|_| STANDARD_NO_PAD.decode(text))
+                    .ok()?;
+                (v.len() == len).then_some(v)
+            }
+        }
+    }
+
+    pub fn encode(self, bytes: &[u8]) -> String {
+        match self {
+            Encoding::Hex => hex::encode(bytes),
+            Encoding::Base64 => STANDARD.encode(bytes),
+        }
+    }
+}
+
+/// Hex of either case into `out`; false on a non-hex digit or a wrong length.
+pub fn decode_hex(hex: &[u8], out: &mut [u8]) -> bool {
+    if hex.len() != out.len() * 2 {
+        return false;
+    }
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(h), Some(l)) => out[i] = (h << 4) | l,
+            _ => return false,
+        }
+    }
+    true
+}
+
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    STANDARD
+        .decode(text)
+        .or_else(|_| STANDARD_NO_PAD.decode(text))
+        .ok()
+}
+
+/// True when any shared key's MAC over `parts` equals any candidate, each compared
+/// in constant time (candidates were length-checked when decoded).
+pub fn any_mac_matches(keys: &[Key], alg: Alg, parts: &[&[u8]], candidates: &[Vec<u8>]) -> bool {
+    let mut ok = false;
+    for k in keys {
+        if let Key::Shared(secret) = k {
+            let mac = alg.mac(secret, parts);
+            for c in candidates {
+                ok |= bool::from(mac.ct_eq(c));
+            }
+        }
+    }
+    ok
+}
+
+/// Constant-time equality of a presented token with any configured one.
+pub fn any_token_matches(keys: &[Key], presented: &[u8]) -> bool {
+    let mut ok = false;
+    for k in keys {
+        if let Key::Shared(t) = k {
+            // Length is not secret for tokens of a known format; the bytes are.
+            ok |= t.len() == presented.len() && bool::from(t.ct_eq(presented));
+        }
+    }
+    ok
+}
