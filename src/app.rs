@@ -15,9 +15,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{AckMode, Config};
+use crate::config::{AckMode, Config, DedupBackend, OnRedisError};
 use crate::deadletter::DeadLetter;
-use crate::dedup::Dedup;
+use crate::dedup::{Dedup, RedisWindow, Window};
 use crate::event::Extractor;
 use crate::forward::{Forwarder, Routes};
 use crate::metrics::{self, EventLabels, RequestMetrics};
@@ -55,6 +55,14 @@ pub fn build_sources(
                     None => EventLabels::new(name, cfg.scheme.known_events().iter().copied()),
                 },
                 ack,
+                allowed_nets: cfg
+                    .allowed_cidrs
+                    .iter()
+                    .filter_map(|c| crate::guard::parse_net(c))
+                    .collect(),
+                rate_limit: cfg
+                    .rate_limit
+                    .map(|r| crate::guard::RateLimiter::new(r.per_second, r.burst)),
             },
         );
     }
@@ -122,10 +130,25 @@ pub async fn run(
     let sinks = build_sinks(&config).await?;
     let sources = build_sources(&config, &sinks)?;
 
-    let dedup = Arc::new(Dedup::new(
-        Duration::from_secs(config.dedup.window_secs),
-        config.dedup.max_ids,
-    ));
+    let window = Duration::from_secs(config.dedup.window_secs);
+    let dedup = match config.dedup.backend {
+        DedupBackend::Memory => Window::memory(window, config.dedup.max_ids),
+        DedupBackend::Redis => Window::Redis(
+            RedisWindow::new(
+                &config.dedup.redis_url()?,
+                window,
+                Duration::from_millis(config.dedup.redis_timeout_ms),
+                config.dedup.on_redis_error == OnRedisError::Accept,
+            )
+            .map_err(|e| anyhow::anyhow!("dedup.redis_url: {e}"))?,
+        ),
+    };
+    // Spool replay remembers ids in the memory window; Redis remembers by itself.
+    let scratch = Dedup::new(window, 1);
+    let replay_into = match &dedup {
+        Window::Memory(d) => d,
+        Window::Redis(_) => &scratch,
+    };
     let durable = config.sources.values().any(|s| s.ack == AckMode::Durable);
     let (drain_tx, drain_rx) = watch::channel(None);
     let mut forwarding = None;
@@ -135,14 +158,14 @@ pub async fn run(
             &config.spool.dir,
             config.spool.max_bytes,
             config.spool.segment_bytes,
-            &dedup,
+            replay_into,
         )
         .context("spool.dir")?;
         tracing::info!(
             dir = %config.spool.dir.display(),
             pending = recovery.pending,
             truncated_bytes = recovery.truncated_bytes,
-            remembered_ids = dedup.len(),
+            remembered_ids = dedup.remembered(),
             "spool opened"
         );
         let mut by_source = HashMap::new();
@@ -197,9 +220,16 @@ pub async fn run(
             header_read_timeout: config.header_read_timeout(),
             body_read_timeout: config.body_read_timeout(),
             max_connections: config.server.max_connections,
+            trusted_proxies: config
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| crate::guard::parse_net(p))
+                .collect(),
         },
     ));
     metrics::spawn_upkeep(prometheus.clone());
+    crate::rotation::spawn(app.clone());
     metrics::ready(true);
 
     tracing::info!(

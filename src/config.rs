@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// On SIGTERM, how long in-flight requests and the forwarder get before exit.
     pub drain_deadline_secs: u64,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed for `allowed_cidrs`.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +71,7 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,
             drain_deadline_secs: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -102,6 +105,55 @@ pub struct DedupConfig {
     pub window_secs: u64,
     /// Memory bound: past this many ids, the oldest are forgotten first.
     pub max_ids: usize,
+    /// `memory` (per process) or `redis` (shared by replicas).
+    pub backend: DedupBackend,
+    /// `redis://host:6379/0` (or `rediss://`), for `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// Environment variable holding the Redis URL (when it carries a password).
+    pub redis_url_env: Option<String>,
+    /// When Redis cannot answer: `accept` (fail open: maybe a duplicate, counted)
+    /// or `reject` (fail closed: 503 + Retry-After).
+    pub on_redis_error: OnRedisError,
+    /// Per Redis call; past it the failure mode applies.
+    pub redis_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    #[default]
+    Accept,
+    Reject,
+}
+
+impl DedupConfig {
+    /// The Redis URL from the file or the environment.
+    pub fn redis_url(&self) -> Result<String, ConfigError> {
+        match (&self.redis_url, &self.redis_url_env) {
+            (Some(u), _) => Ok(u.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "dedup.redis_url_env",
+                        format!("environment variable {var} is not set or empty"),
+                    )
+                }),
+            (None, None) => Err(invalid(
+                "dedup.redis_url",
+                "backend = \"redis\" needs redis_url or redis_url_env",
+            )),
+        }
+    }
 }
 
 impl Default for DedupConfig {
@@ -109,6 +161,11 @@ impl Default for DedupConfig {
         Self {
             window_secs: 24 * 3600,
             max_ids: 1_000_000,
+            backend: DedupBackend::Memory,
+            redis_url: None,
+            redis_url_env: None,
+            on_redis_error: OnRedisError::Accept,
+            redis_timeout_ms: 500,
         }
     }
 }
@@ -508,6 +565,14 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
+        for p in &s.trusted_proxies {
+            if crate::guard::parse_net(p).is_none() {
+                return Err(invalid(
+                    "server.trusted_proxies",
+                    format!("'{p}' is not a CIDR or IP address"),
+                ));
+            }
+        }
         if s.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be greater than 0"));
         }
@@ -526,6 +591,25 @@ impl Config {
         }
         if self.dedup.max_ids == 0 {
             return Err(invalid("dedup.max_ids", "must be greater than 0"));
+        }
+        if self.dedup.backend == DedupBackend::Redis {
+            if self.dedup.redis_url.is_none() && self.dedup.redis_url_env.is_none() {
+                return Err(invalid(
+                    "dedup.redis_url",
+                    "backend = \"redis\" needs redis_url or redis_url_env",
+                ));
+            }
+            if let Some(u) = &self.dedup.redis_url
+                && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+            {
+                return Err(invalid(
+                    "dedup.redis_url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            if self.dedup.redis_timeout_ms == 0 {
+                return Err(invalid("dedup.redis_timeout_ms", "must be greater than 0"));
+            }
         }
         let f = &self.forward;
         if f.max_in_flight == 0 || f.batch_max == 0 {
@@ -800,7 +884,7 @@ impl Config {
             ));
         }
         for c in &src.allowed_cidrs {
-            if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
+            if crate::guard::parse_net(c).is_none() {
                 return Err(invalid(
                     key("allowed_cidrs"),
                     format!("'{c}' is not a CIDR or IP address"),

@@ -19,7 +19,9 @@
 //! - [`spool`]: the segmented log, group commit, replay, cursor.
 //! - [`forward`]: spool to sink with many in flight, retry, dead-letter.
 //! - [`sink`]: destinations behind one trait; [`deadletter`] for refusals.
+//! - [`guard`]: per-source sender allow-lists and rate limits.
 //! - [`metrics`]: every metric name, defined once.
+//! - [`rotation`]: secret files re-read on change and on SIGHUP.
 //! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
 
 pub mod app;
@@ -28,7 +30,9 @@ pub mod deadletter;
 pub mod dedup;
 pub mod event;
 pub mod forward;
+pub mod guard;
 pub mod metrics;
+pub mod rotation;
 pub mod server;
 pub mod shutdown;
 pub mod sink;

@@ -35,6 +35,8 @@ pub const FORWARD_LAG: &str = "hookrelay_forward_lag_seconds";
 pub const FORWARD_IN_FLIGHT: &str = "hookrelay_forward_in_flight";
 pub const END_TO_END: &str = "hookrelay_end_to_end_seconds";
 pub const READY: &str = "hookrelay_ready";
+pub const SECRET_RELOADS: &str = "hookrelay_secret_reloads_total";
+pub const DEDUP_ERRORS: &str = "hookrelay_dedup_errors_total";
 pub const SINK_DELIVERY: &str = "hookrelay_sink_delivery_seconds";
 pub const KAFKA_ERRORS: &str = "hookrelay_kafka_errors_total";
 pub const KAFKA_QUEUE: &str = "hookrelay_kafka_queue_messages";
@@ -50,7 +52,7 @@ pub const OTHER_EVENT: &str = "_other";
 pub const MAX_EVENT_LABELS: usize = 64;
 
 /// Statuses the webhook endpoint answers; each gets a zero series per source.
-pub const STATUSES: &[u16] = &[200, 400, 401, 404, 405, 408, 413, 500, 502, 503];
+pub const STATUSES: &[u16] = &[200, 400, 401, 403, 404, 405, 408, 413, 429, 500, 502, 503];
 /// Outcomes of an event that passed verification.
 pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "filtered"];
 
@@ -116,6 +118,14 @@ fn describe() {
     );
     describe_histogram!(END_TO_END, "From receipt to sink confirmation.");
     describe_gauge!(READY, "1 while /readyz answers 200.");
+    describe_counter!(
+        SECRET_RELOADS,
+        "Secret reloads by source and outcome (ok, error)."
+    );
+    describe_counter!(
+        DEDUP_ERRORS,
+        "Shared dedup store errors, by what was done about them (accepted, rejected)."
+    );
     describe_histogram!(
         SINK_DELIVERY,
         "From handing an event to the sink to its confirmation."
@@ -149,6 +159,9 @@ pub fn init(sources: &[String], sinks: &[&str]) {
         let _ = histogram!(HTTP_REQUEST_DURATION, "source" => s.to_string());
     }
     for s in sources {
+        for outcome in ["ok", "error"] {
+            counter!(SECRET_RELOADS, "source" => s.clone(), "outcome" => outcome).absolute(0);
+        }
         for f in Failure::ALL {
             counter!(SIGNATURE_FAILURES, "source" => s.clone(), "reason" => f.as_str()).absolute(0);
         }
@@ -179,6 +192,9 @@ pub fn init(sources: &[String], sinks: &[&str]) {
     gauge!(FORWARD_LAG).set(0.0);
     gauge!(FORWARD_IN_FLIGHT).set(0.0);
     gauge!(READY).set(0.0);
+    for action in ["accepted", "rejected"] {
+        counter!(DEDUP_ERRORS, "action" => action).absolute(0);
+    }
 }
 
 /// A source's request counters, resolved once so the hot path does no lookups.
@@ -364,6 +380,15 @@ pub fn rabbitmq_returned() {
 
 pub fn rabbitmq_connect() {
     counter!(RABBITMQ_CONNECTS).increment(1);
+}
+
+pub fn secret_reload(source: &str, ok: bool) {
+    counter!(SECRET_RELOADS, "source" => source.to_string(), "outcome" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// The shared dedup store failed; `accepted` says whether the event went through anyway.
+pub fn dedup_error(accepted: bool) {
+    counter!(DEDUP_ERRORS, "action" => if accepted { "accepted" } else { "rejected" }).increment(1);
 }
 
 pub fn ready(ready: bool) {

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::dedup::{Dedup, Seen};
+use crate::dedup::{Seen, Window};
 use crate::event::{Event, Extracted, Extractor};
 use crate::metrics::{EventLabels, RequestMetrics, UNKNOWN_SOURCE};
 use crate::sink::{Message, Route, SinkError};
@@ -51,6 +51,9 @@ pub struct Source {
     pub metrics: RequestMetrics,
     pub events: EventLabels,
     pub ack: Ack,
+    /// Sender networks allowed to post; empty: anyone.
+    pub allowed_nets: Vec<ipnet::IpNet>,
+    pub rate_limit: Option<crate::guard::RateLimiter>,
 }
 
 /// Limits the webhook listener enforces.
@@ -60,12 +63,14 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
+    /// Proxies whose `X-Forwarded-For` is believed for allow-lists.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Everything a request needs; shared by all connections.
 pub struct App {
     pub sources: HashMap<String, Source>,
-    pub dedup: Arc<Dedup>,
+    pub dedup: Window,
     /// Absent when every source uses `ack = "broker"`: no volume needed.
     pub spool: Option<Spool>,
     pub limits: Limits,
@@ -79,7 +84,7 @@ pub struct App {
 impl App {
     pub fn new(
         sources: HashMap<String, Source>,
-        dedup: Arc<Dedup>,
+        dedup: Window,
         spool: Option<Spool>,
         limits: Limits,
     ) -> Self {
@@ -157,7 +162,7 @@ fn now_ns() -> u64 {
 }
 
 /// Routes one request on the webhook listener.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     let started = Instant::now();
     let request_id = app.request_id();
     let source_name = req
@@ -177,7 +182,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             tracing::debug!(status = 404, "unknown source");
             return r;
         };
-        let r = accept(&app, name, src, req).await;
+        let r = accept(&app, name, src, req, peer).await;
         let status = r.status().as_u16();
         src.metrics.answered(status, started.elapsed());
         if status >= 500 {
@@ -205,7 +210,30 @@ fn reply(r: crate::verify::Reply) -> Resp {
     resp
 }
 
-async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> Resp {
+async fn accept(
+    app: &App,
+    name: &str,
+    src: &Source,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Resp {
+    if !src.allowed_nets.is_empty() {
+        let ip = crate::guard::client_ip(peer.ip(), req.headers(), &app.limits.trusted_proxies);
+        if !crate::guard::allowed(ip, &src.allowed_nets) {
+            tracing::debug!(%ip, "sender not in allowed_cidrs");
+            return error(StatusCode::FORBIDDEN, "sender not allowed");
+        }
+    }
+    if let Some(limiter) = &src.rate_limit
+        && let Err(wait) = limiter.take()
+    {
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+        return r;
+    }
     if req.method() == Method::GET
         && let Some(r) = src.verifier.handshake_get(req.uri().query().unwrap_or(""))
     {
@@ -275,8 +303,11 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
 
-    let key = app.dedup.key(name, &event.id);
-    match app.dedup.check(key) {
+    let (seen, ticket) = match app.dedup.check(name, &event.id).await {
+        Ok(found) => found,
+        Err(_) => return unavailable("the shared dedup store is unavailable"),
+    };
+    match seen {
         Seen::New => {}
         Seen::Duplicate => {
             src.events.record(&event.event_type, "duplicate");
@@ -301,7 +332,7 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
     };
     match stored {
         Ok(()) => {
-            app.dedup.commit(key);
+            app.dedup.commit(&ticket).await;
             src.events.record(&event_type, "accepted");
             json(
                 StatusCode::OK,
@@ -309,7 +340,7 @@ async fn accept(app: &App, name: &str, src: &Source, req: Request<Incoming>) -> 
             )
         }
         Err(resp) => {
-            app.dedup.release(key);
+            app.dedup.release(&ticket).await;
             resp
         }
     }
@@ -371,9 +402,9 @@ pub async fn serve(
         listener,
         builder,
         limits.max_connections,
-        move |req| {
+        move |req, peer| {
             let app = service_app.clone();
-            async move { Ok::<_, Infallible>(handle(app, req).await) }
+            async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
         },
         async {
             shutdown.await;
@@ -400,7 +431,7 @@ pub async fn serve_admin(
         listener,
         builder,
         64,
-        move |req: Request<Incoming>| {
+        move |req: Request<Incoming>, _peer| {
             let app = app.clone();
             let prometheus = prometheus.clone();
             async move {
@@ -450,7 +481,7 @@ async fn accept_loop<S, F>(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) where
-    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    S: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Resp, Infallible>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -476,6 +507,7 @@ async fn accept_loop<S, F>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
+        let service = move |req| service(req, peer);
         let conn = builder
             .serve_connection(TokioIo::new(stream), service_fn(service))
             .into_owned();

@@ -1,0 +1,124 @@
+//! The shared dedup window in Redis: one round trip per new event.
+//!
+//! A Lua script does `SET key pending NX PX <pending>` and, when the key exists,
+//! returns its state, so "new", "in flight" and "duplicate" are told apart in one
+//! call (concurrent calls on one multiplexed connection are pipelined). The
+//! commit turns `pending` into `done` for the whole window. A pending key left by
+//! a replica that died expires after `pending_ttl`, so the provider's retry is
+//! then accepted (a possible duplicate, never a loss).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Client, Script};
+
+use super::{Seen, Ticket, Unavailable};
+use crate::metrics;
+
+/// How long a reservation lives without a commit.
+const PENDING_TTL: Duration = Duration::from_secs(30);
+
+const CHECK: &str = r"
+if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then
+  return 'new'
+end
+return redis.call('GET', KEYS[1]) or 'new-after-expiry'
+";
+
+pub struct RedisWindow {
+    conn: ConnectionManager,
+    check: Script,
+    window: Duration,
+    timeout: Duration,
+    /// When Redis cannot answer: accept (and maybe publish a duplicate) or 503.
+    fail_open: bool,
+    prefix: String,
+}
+
+impl RedisWindow {
+    /// Connects lazily: a Redis that is down at start is handled like one that
+    /// goes down later, by the configured failure mode.
+    pub fn new(
+        url: &str,
+        window: Duration,
+        timeout: Duration,
+        fail_open: bool,
+    ) -> Result<RedisWindow, String> {
+        let client = Client::open(url).map_err(|e| format!("not a redis URL: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        Ok(RedisWindow {
+            conn,
+            check: Script::new(CHECK),
+            window,
+            timeout,
+            fail_open,
+            prefix: "hookrelay:dedup:".into(),
+        })
+    }
+
+    fn key(&self, source: &str, id: &str) -> String {
+        format!("{}{source}:{id}", self.prefix)
+    }
+
+    fn failed(&self, op: &str, e: &dyn std::fmt::Display) -> Result<(Seen, Ticket), Unavailable> {
+        tracing::warn!(operation = op, error = %e, fail_open = self.fail_open, "redis dedup unavailable");
+        metrics::dedup_error(self.fail_open);
+        if self.fail_open {
+            Ok((Seen::New, Ticket::None))
+        } else {
+            Err(Unavailable)
+        }
+    }
+
+    pub async fn check(&self, source: &str, id: &str) -> Result<(Seen, Ticket), Unavailable> {
+        let key = self.key(source, id);
+        let mut conn = self.conn.clone();
+        let mut call = self.check.key(&key);
+        call.arg(PENDING_TTL.as_millis() as u64);
+        let answer: Result<Result<String, redis::RedisError>, _> =
+            tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
+        match answer {
+            Ok(Ok(state)) => Ok((
+                match state.as_str() {
+                    "new" | "new-after-expiry" => Seen::New,
+                    "pending" => Seen::InFlight,
+                    _ => Seen::Duplicate,
+                },
+                Ticket::Redis(key),
+            )),
+            Ok(Err(e)) => self.failed("check", &e),
+            Err(e) => self.failed("check", &e),
+        }
+    }
+
+    pub async fn commit(&self, key: &str) {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg("done")
+            .arg("PX")
+            .arg(self.window.as_millis() as u64);
+        let set = cmd.query_async::<()>(&mut conn);
+        match tokio::time::timeout(self.timeout, set).await {
+            Ok(Ok(())) => {}
+            // The event is durable already; a lost commit only lets a retry through
+            // after the pending key expires (a duplicate, never a loss).
+            Ok(Err(e)) => tracing::warn!(error = %e, "redis dedup commit failed"),
+            Err(e) => tracing::warn!(error = %e, "redis dedup commit timed out"),
+        }
+    }
+
+    pub async fn release(&self, key: &str) {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(key);
+        let del = cmd.query_async::<()>(&mut conn);
+        let _ = tokio::time::timeout(self.timeout, del).await;
+    }
+}
