@@ -30,6 +30,19 @@ rabbit_up || { echo "FAILED: RabbitMQ is not reachable on 127.0.0.1:5672; the Ra
 command -v rabbitmqctl >/dev/null && rabbitmqctl await_startup --timeout 60 >/dev/null
 echo "up"
 
+step "Redis on 127.0.0.1:6379 (shared dedup tests; they also start a private redis-server)"
+redis_up() { (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; }
+if ! command -v redis-server >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+fi
+if ! redis_up; then
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+  for _ in $(seq 30); do redis_up && break; sleep 1; done
+fi
+redis_up || { echo "FAILED: Redis is not reachable on 127.0.0.1:6379; the Redis dedup tests cannot run" >&2; exit 1; }
+echo "up"
+
 step "Kafka-compatible broker for the integration tests (tansu)"
 HOOKRELAY_TANSU="$(scripts/tansu.sh)"
 export HOOKRELAY_TANSU
