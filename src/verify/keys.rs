@@ -40,11 +40,62 @@ impl SecretSource {
     }
 }
 
+/// A shared secret with its HMAC states prepared: keying HMAC hashes two blocks,
+/// which at a 1 KiB body is a fifth of the work; it is done once per secret.
+#[derive(Clone)]
+pub struct Shared {
+    raw: Vec<u8>,
+    sha1: Hmac<sha1::Sha1>,
+    sha256: Hmac<sha2::Sha256>,
+    sha512: Hmac<sha2::Sha512>,
+}
+
+impl Shared {
+    pub fn new(raw: Vec<u8>) -> Shared {
+        // HMAC takes keys of any length: these cannot fail.
+        Shared {
+            sha1: <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&raw).expect("any key length"),
+            sha256: <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&raw).expect("any key length"),
+            sha512: <Hmac<sha2::Sha512> as KeyInit>::new_from_slice(&raw).expect("any key length"),
+            raw,
+        }
+    }
+
+    /// HMAC over the concatenation of `parts`, from the prepared state.
+    pub fn mac(&self, alg: Alg, parts: &[&[u8]]) -> Vec<u8> {
+        fn run<M: Mac + Clone>(m: &M, parts: &[&[u8]]) -> Vec<u8> {
+            let mut m = m.clone();
+            for p in parts {
+                m.update(p);
+            }
+            m.finalize().into_bytes().to_vec()
+        }
+        match alg {
+            Alg::Sha1 => run(&self.sha1, parts),
+            Alg::Sha256 => run(&self.sha256, parts),
+            Alg::Sha512 => run(&self.sha512, parts),
+        }
+    }
+}
+
+impl std::ops::Deref for Shared {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+impl Key {
+    pub fn shared(raw: Vec<u8>) -> Key {
+        Key::Shared(Shared::new(raw))
+    }
+}
+
 /// A usable secret.
 #[derive(Clone)]
 pub enum Key {
     /// Shared secret for HMAC schemes, or the expected token for token schemes.
-    Shared(Vec<u8>),
+    Shared(Shared),
     /// Standard Webhooks `v1a`: the sender's Ed25519 public key.
     Ed25519(ed25519_dalek::VerifyingKey),
 }
@@ -154,7 +205,7 @@ pub fn any_mac_matches(keys: &[Key], alg: Alg, parts: &[&[u8]], candidates: &[Ve
     let mut ok = false;
     for k in keys {
         if let Key::Shared(secret) = k {
-            let mac = alg.mac(secret, parts);
+            let mac = secret.mac(alg, parts);
             for c in candidates {
                 ok |= bool::from(mac.ct_eq(c));
             }

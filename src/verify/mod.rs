@@ -316,7 +316,7 @@ impl Verifier {
 fn decode_key(method: &Method, raw: Vec<u8>) -> Result<Key, String> {
     match method {
         Method::StandardWebhooks { .. } => timestamped::standard_key(&raw),
-        _ => Ok(Key::Shared(raw)),
+        _ => Ok(Key::shared(raw)),
     }
 }
 
@@ -339,7 +339,7 @@ pub fn sign(
     now: u64,
 ) -> Result<Vec<(String, String)>, String> {
     let shared = |k: &Key| match k {
-        Key::Shared(s) => Ok(s.clone()),
+        Key::Shared(s) => Ok(s.to_vec()),
         Key::Ed25519(_) => Err(
             "this key only verifies (a public key); sign with the sender's private key".to_string(),
         ),

@@ -49,7 +49,7 @@ fn signed(
 ) -> Vec<(String, String)> {
     let key = match method {
         Method::StandardWebhooks { .. } => timestamped::standard_key(secret).unwrap(),
-        _ => Key::Shared(secret.to_vec()),
+        _ => Key::shared(secret.to_vec()),
     };
     super::sign(method, &key, body, path, now).unwrap()
 }
@@ -672,7 +672,7 @@ fn handshakes() {
         zoom_url_validation: true,
         meta_get: true,
     };
-    let keys = [Key::Shared(b"zoom-secret".to_vec())];
+    let keys = [Key::shared(b"zoom-secret".to_vec())];
     let ping =
         handshake::post(kinds, b"{}", &headers(&[("x-github-event", "ping")]), &keys).unwrap();
     assert_eq!(ping.status, 200);

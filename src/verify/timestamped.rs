@@ -23,7 +23,7 @@ pub fn standard_key(raw: &[u8]) -> Result<Key, String> {
     let b64 = text.strip_prefix("whsec_").unwrap_or(text);
     base64_decode(b64)
         .filter(|b| !b.is_empty())
-        .map(Key::Shared)
+        .map(Key::shared)
         .ok_or_else(|| {
             "a Standard Webhooks secret is whsec_<base64> (or whpk_<base64>)".to_string()
         })
