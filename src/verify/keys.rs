@@ -87,7 +87,7 @@ impl std::ops::Deref for Shared {
 
 impl Key {
     pub fn shared(raw: Vec<u8>) -> Key {
-        Key::Shared(Shared::new(raw))
+        Key::Shared(Box::new(Shared::new(raw)))
     }
 }
 
@@ -95,7 +95,7 @@ impl Key {
 #[derive(Clone)]
 pub enum Key {
     /// Shared secret for HMAC schemes, or the expected token for token schemes.
-    Shared(Shared),
+    Shared(Box<Shared>),
     /// Standard Webhooks `v1a`: the sender's Ed25519 public key.
     Ed25519(ed25519_dalek::VerifyingKey),
 }
