@@ -236,12 +236,26 @@ fn the_providers_example_config_is_valid() {
     let mut cmd = Command::new(binary());
     cmd.args(["check", "--config", &path]);
     for line in text.lines() {
-        if let Some(var) = line.split('"').nth(1).filter(|_| line.trim_start().starts_with("secret_env") || line.trim_start().starts_with("verify_token_env")) {
+        if let Some(var) = line.split('"').nth(1).filter(|_| {
+            line.trim_start().starts_with("secret_env")
+                || line.trim_start().starts_with("verify_token_env")
+        }) {
             // Standard Webhooks secrets are base64 keys.
-            cmd.env(var, if var == "SVIX_SECRET" { "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" } else { "s3cret" });
+            cmd.env(
+                var,
+                if var == "SVIX_SECRET" {
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+                } else {
+                    "s3cret"
+                },
+            );
         }
     }
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("16 source(s)"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("16 source(s)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
