@@ -169,63 +169,46 @@ fn the_quickstart_config_is_valid() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-#[test]
-fn the_kafka_example_config_is_valid() {
+/// An example config with a broker password from `password_var`: valid with the
+/// variable set, refused (naming the variable) without it.
+fn check_broker_example(file: &str, password_var: &str) {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s").unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
-    let text = std::fs::read_to_string(format!("{root}/examples/kafka.toml"))
+    let text = std::fs::read_to_string(format!("{root}/examples/{file}"))
         .unwrap()
         .replace(
             "/etc/hookrelay/quickassist-secret",
             secret.to_str().unwrap(),
         );
-    let config = dir.path().join("kafka.toml");
+    let config = dir.path().join(file);
     std::fs::write(&config, text).unwrap();
-    let o = Command::new(binary())
-        .args(["check", "--config", config.to_str().unwrap()])
-        .env("KAFKA_PASSWORD", "pw")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    // The SASL password comes from the environment; without it, check fails and says so.
-    let o = Command::new(binary())
-        .args(["check", "--config", config.to_str().unwrap()])
-        .env_remove("KAFKA_PASSWORD")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("KAFKA_PASSWORD"), "{}", stderr(&o));
+    let check = |with_password: bool| {
+        let mut cmd = Command::new(binary());
+        cmd.args(["check", "--config", config.to_str().unwrap()]);
+        if with_password {
+            cmd.env(password_var, "pw");
+        } else {
+            cmd.env_remove(password_var);
+        }
+        cmd.output().unwrap()
+    };
+    let o = check(true);
+    assert!(o.status.success(), "{file}: {}", stderr(&o));
+    let o = check(false);
+    assert!(!o.status.success(), "{file} passed without {password_var}");
+    assert!(stderr(&o).contains(password_var), "{}", stderr(&o));
+}
+
+#[test]
+fn the_kafka_example_config_is_valid() {
+    check_broker_example("kafka.toml", "KAFKA_PASSWORD");
 }
 
 #[test]
 fn the_rabbitmq_example_config_is_valid() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "s").unwrap();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let text = std::fs::read_to_string(format!("{root}/examples/rabbitmq.toml"))
-        .unwrap()
-        .replace(
-            "/etc/hookrelay/quickassist-secret",
-            secret.to_str().unwrap(),
-        );
-    let config = dir.path().join("rabbitmq.toml");
-    std::fs::write(&config, text).unwrap();
-    let o = Command::new(binary())
-        .args(["check", "--config", config.to_str().unwrap()])
-        .env("RABBITMQ_PASSWORD", "pw")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = Command::new(binary())
-        .args(["check", "--config", config.to_str().unwrap()])
-        .env_remove("RABBITMQ_PASSWORD")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("RABBITMQ_PASSWORD"), "{}", stderr(&o));
+    check_broker_example("rabbitmq.toml", "RABBITMQ_PASSWORD");
 }
 
 #[test]

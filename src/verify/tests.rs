@@ -85,6 +85,48 @@ fn common_negatives(method: Method, body: &[u8], path: &str, now: u64) {
         Err(Failure::Missing),
         "{method:?}: no headers"
     );
+    // Every signature-carrying header cut in half is refused.
+    for (i, (name, value)) in good.iter().enumerate() {
+        let carries_sig = ["signature", "hmac", "authorization", "token"]
+            .iter()
+            .any(|s| name.contains(s));
+        if !carries_sig {
+            continue;
+        }
+        let mut cut = good.clone();
+        cut[i].1 = value[..value.len() / 2].to_string();
+        assert!(
+            check(&v, &as_refs(&cut), body, path, now).is_err(),
+            "{method:?}: truncated {name}"
+        );
+    }
+    // Timestamped schemes: a signature from the past or the future beyond the tolerance.
+    let tolerance = match &method {
+        Method::StandardWebhooks { tolerance }
+        | Method::Stripe { tolerance }
+        | Method::Slack { tolerance }
+        | Method::Paddle { tolerance }
+        | Method::Zoom { tolerance } => Some(*tolerance),
+        Method::Hmac { spec, tolerance } if spec.timestamp_header.is_some() => Some(*tolerance),
+        _ => None,
+    };
+    if let Some(t) = tolerance {
+        assert_eq!(
+            check(&v, &as_refs(&good), body, path, now + t + 1),
+            Err(Failure::Stale),
+            "{method:?}: stale"
+        );
+        assert_eq!(
+            check(&v, &as_refs(&good), body, path, now - t - 1),
+            Err(Failure::Stale),
+            "{method:?}: future"
+        );
+        assert_eq!(
+            check(&v, &as_refs(&good), body, path, now + t),
+            Ok(()),
+            "{method:?}: at the edge"
+        );
+    }
 }
 
 const BODY: &[u8] = br#"{"type":"invoice.paid","id":"evt_1","event":"x"}"#;
