@@ -98,6 +98,10 @@ pub fn check_offline(config: &Config) -> anyhow::Result<()> {
             .client_config()
             .map_err(|(k, why)| anyhow::anyhow!("{k}: {why}"))?;
     }
+    if let Some(t) = &config.server.tls {
+        crate::tls::load(&t.cert_file, &t.key_file)
+            .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+    }
     if let Some(rabbitmq) = &config.sinks.rabbitmq {
         rabbitmq
             .resolved_uri()
@@ -198,6 +202,13 @@ pub async fn run(
         spool = Some(s);
     }
 
+    let tls = match &config.server.tls {
+        Some(t) => Some(
+            crate::tls::acceptor(t.cert_file.clone(), t.key_file.clone())
+                .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
@@ -237,6 +248,7 @@ pub async fn run(
         admin = %server::local_addr(&admin).map_or_else(String::new, |a| a.to_string()),
         sources = ?names,
         sinks = ?config.sinks.names(),
+        tls = config.server.tls.is_some(),
         "listening"
     );
 
@@ -257,6 +269,7 @@ pub async fn run(
             tracing::info!(deadline = ?deadline_len, "shutting down: not ready, no new connections, draining");
         },
         deadline_len,
+        tls,
     )
     .await;
     let deadline = started.get().unwrap_or_else(Instant::now) + deadline_len;

@@ -59,6 +59,18 @@ pub struct ServerConfig {
     pub drain_deadline_secs: u64,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed for `allowed_cidrs`.
     pub trusted_proxies: Vec<String>,
+    /// Serve the webhook listener over HTTPS (for senders that require it, without an ingress).
+    pub tls: Option<TlsConfig>,
+}
+
+/// PEM files for the native TLS listener; re-read when they change on disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first (cert-manager's `tls.crt`).
+    pub cert_file: PathBuf,
+    /// Private key, PKCS#8, PKCS#1 or SEC1 (cert-manager's `tls.key`).
+    pub key_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +84,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             drain_deadline_secs: 30,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }

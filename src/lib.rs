@@ -20,6 +20,7 @@
 //! - [`forward`]: spool to sink with many in flight, retry, dead-letter.
 //! - [`sink`]: destinations behind one trait; [`deadletter`] for refusals.
 //! - [`guard`]: per-source sender allow-lists and rate limits.
+//! - [`tls`]: the optional HTTPS listener with certificate reload.
 //! - [`metrics`]: every metric name, defined once.
 //! - [`rotation`]: secret files re-read on change and on SIGHUP.
 //! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
@@ -37,4 +38,5 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod tls;
 pub mod verify;

@@ -36,6 +36,7 @@ pub const FORWARD_IN_FLIGHT: &str = "hookrelay_forward_in_flight";
 pub const END_TO_END: &str = "hookrelay_end_to_end_seconds";
 pub const READY: &str = "hookrelay_ready";
 pub const SECRET_RELOADS: &str = "hookrelay_secret_reloads_total";
+pub const TLS_RELOADS: &str = "hookrelay_tls_reloads_total";
 pub const DEDUP_ERRORS: &str = "hookrelay_dedup_errors_total";
 pub const SINK_DELIVERY: &str = "hookrelay_sink_delivery_seconds";
 pub const KAFKA_ERRORS: &str = "hookrelay_kafka_errors_total";
@@ -119,6 +120,10 @@ fn describe() {
     describe_histogram!(END_TO_END, "From receipt to sink confirmation.");
     describe_gauge!(READY, "1 while /readyz answers 200.");
     describe_counter!(
+        TLS_RELOADS,
+        "TLS certificate reloads by outcome (ok, error)."
+    );
+    describe_counter!(
         SECRET_RELOADS,
         "Secret reloads by source and outcome (ok, error)."
     );
@@ -192,6 +197,9 @@ pub fn init(sources: &[String], sinks: &[&str]) {
     gauge!(FORWARD_LAG).set(0.0);
     gauge!(FORWARD_IN_FLIGHT).set(0.0);
     gauge!(READY).set(0.0);
+    for outcome in ["ok", "error"] {
+        counter!(TLS_RELOADS, "outcome" => outcome).absolute(0);
+    }
     for action in ["accepted", "rejected"] {
         counter!(DEDUP_ERRORS, "action" => action).absolute(0);
     }
@@ -380,6 +388,10 @@ pub fn rabbitmq_returned() {
 
 pub fn rabbitmq_connect() {
     counter!(RABBITMQ_CONNECTS).increment(1);
+}
+
+pub fn tls_reload(ok: bool) {
+    counter!(TLS_RELOADS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 pub fn secret_reload(source: &str, ok: bool) {

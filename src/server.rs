@@ -33,6 +33,9 @@ use crate::sink::{Message, Route, SinkError};
 use crate::spool::{self, Spool};
 use crate::verify::Verifier;
 
+/// Time a client gets to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Seconds a provider is asked to wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -384,6 +387,7 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let limits = app.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -411,6 +415,7 @@ pub async fn serve(
             app.accepting.store(false, Ordering::Relaxed);
         },
         drain,
+        tls,
     )
     .await;
 }
@@ -469,6 +474,7 @@ pub async fn serve_admin(
         },
         shutdown,
         Duration::from_secs(1),
+        None,
     )
     .await;
 }
@@ -480,6 +486,7 @@ async fn accept_loop<S, F>(
     service: S,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) where
     S: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Resp, Infallible>> + Send + 'static,
@@ -508,12 +515,31 @@ async fn accept_loop<S, F>(
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let service = move |req| service(req, peer);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service_fn(service))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(service));
+                    watcher.watch(conn.into_owned()).await
+                }
+                // The handshake runs here, not in the accept loop, so a slow client
+                // holds only its own connection slot, and only until the timeout.
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder
+                                .serve_connection(TokioIo::new(tls_stream), service_fn(service));
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
