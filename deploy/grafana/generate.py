@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Writes hookrelay.json, the Grafana dashboard, from the panel list below.
+Run after changing a panel: python3 deploy/grafana/generate.py"""
+import json, os
+
+PANELS = [
+    ("Accepted webhooks by source and status", "reqps",
+     ['sum by (source, status) (rate(hookrelay_http_requests_total{instance=~"$instance"}[$__rate_interval]))']),
+    ("Ack latency (p50, p99): the provider's wait", "s",
+     ['histogram_quantile(0.5, sum by (le) (rate(hookrelay_http_request_duration_seconds_bucket{instance=~"$instance"}[$__rate_interval])))',
+      'histogram_quantile(0.99, sum by (le) (rate(hookrelay_http_request_duration_seconds_bucket{instance=~"$instance"}[$__rate_interval])))']),
+    ("End-to-end latency (p50, p99): receipt to broker confirm", "s",
+     ['histogram_quantile(0.5, sum by (le, sink) (rate(hookrelay_end_to_end_seconds_bucket{instance=~"$instance"}[$__rate_interval])))',
+      'histogram_quantile(0.99, sum by (le, sink) (rate(hookrelay_end_to_end_seconds_bucket{instance=~"$instance"}[$__rate_interval])))']),
+    ("Spool backlog (events not yet confirmed)", "short",
+     ['sum by (instance) (hookrelay_spool_events{instance=~"$instance"})']),
+    ("Spool fill and oldest unconfirmed event", "s",
+     ['max by (instance) (hookrelay_forward_lag_seconds{instance=~"$instance"})',
+      'max by (instance) (hookrelay_spool_bytes{instance=~"$instance"} / hookrelay_spool_max_bytes{instance=~"$instance"})']),
+    ("Published and errors by sink", "ops",
+     ['sum by (sink) (rate(hookrelay_sink_published_total{instance=~"$instance"}[$__rate_interval]))',
+      'sum by (sink, kind) (rate(hookrelay_sink_errors_total{instance=~"$instance"}[$__rate_interval]))',
+      'sum by (sink) (rate(hookrelay_dead_lettered_total{instance=~"$instance"}[$__rate_interval]))']),
+    ("Events by topic (event type) and outcome", "ops",
+     ['sum by (source, event, outcome) (rate(hookrelay_events_total{instance=~"$instance"}[$__rate_interval]))']),
+    ("Signature failures by source and reason", "ops",
+     ['sum by (source, reason) (rate(hookrelay_signature_failures_total{instance=~"$instance"}[$__rate_interval]))']),
+    ("Spool fdatasync p99", "s",
+     ['histogram_quantile(0.99, sum by (le, instance) (rate(hookrelay_spool_fsync_duration_seconds_bucket{instance=~"$instance"}[$__rate_interval])))']),
+]
+
+panels = []
+for i, (title, unit, exprs) in enumerate(PANELS):
+    panels.append({
+        "id": i + 1,
+        "type": "timeseries",
+        "title": title,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [{"refId": chr(65 + j), "expr": e, "datasource": {"type": "prometheus", "uid": "${datasource}"}} for j, e in enumerate(exprs)],
+    })
+
+dashboard = {
+    "uid": "hookrelay",
+    "title": "hookrelay",
+    "tags": ["hookrelay", "webhooks"],
+    "schemaVersion": 39,
+    "version": 1,
+    "time": {"from": "now-6h", "to": "now"},
+    "refresh": "30s",
+    "templating": {"list": [
+        {"name": "datasource", "type": "datasource", "query": "prometheus", "current": {}},
+        {"name": "instance", "type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+         "query": "label_values(hookrelay_ready, instance)", "includeAll": True, "multi": True, "allValue": ".*",
+         "current": {"text": "All", "value": "$__all"}},
+    ]},
+    "panels": panels,
+}
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "hookrelay.json"), "w") as f:
+    json.dump(dashboard, f, indent=2)
+    f.write("\n")

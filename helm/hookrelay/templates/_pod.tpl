@@ -1,0 +1,114 @@
+{{- define "hookrelay.podTemplate" -}}
+metadata:
+  labels:
+    {{- include "hookrelay.selectorLabels" . | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    # A config or secret change rolls the pods.
+    checksum/config: {{ include "hookrelay.config" . | sha256sum }}
+    checksum/secret: {{ toJson .Values.secrets | sha256sum }}
+    {{- with .Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "hookrelay.serviceAccountName" . }}
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: hookrelay
+      image: "{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}"
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args: ["run", "--config", "/etc/hookrelay/config/hookrelay.toml"]
+      ports:
+        - name: webhooks
+          containerPort: 8080
+          protocol: TCP
+        - name: admin
+          containerPort: 9090
+          protocol: TCP
+      {{- with .Values.env }}
+      env:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      startupProbe:
+        httpGet: {path: /healthz, port: admin}
+        periodSeconds: 2
+        failureThreshold: 60
+      livenessProbe:
+        httpGet: {path: /healthz, port: admin}
+        periodSeconds: 10
+        failureThreshold: 3
+      readinessProbe:
+        httpGet: {path: /readyz, port: admin}
+        periodSeconds: 5
+        failureThreshold: 2
+      lifecycle:
+        preStop:
+          # Keep serving while the endpoint is removed from Services and load
+          # balancers; SIGTERM (readiness off, drain) follows.
+          sleep:
+            seconds: {{ .Values.preStopSleepSeconds }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.resources | nindent 8 }}
+      volumeMounts:
+        - name: config
+          mountPath: /etc/hookrelay/config
+          readOnly: true
+        - name: secrets
+          mountPath: /etc/hookrelay/secrets
+          readOnly: true
+        - name: data
+          mountPath: /var/lib/hookrelay
+        {{- if .Values.tls.enabled }}
+        - name: tls
+          mountPath: /etc/hookrelay/tls
+          readOnly: true
+        {{- end }}
+  volumes:
+    - name: config
+      configMap:
+        name: {{ include "hookrelay.fullname" . }}
+    - name: secrets
+      secret:
+        secretName: {{ include "hookrelay.secretName" . }}
+    {{- if .Values.tls.enabled }}
+    - name: tls
+      secret:
+        secretName: {{ required "tls.secretName is required when tls.enabled" .Values.tls.secretName }}
+    {{- end }}
+    {{- if eq (include "hookrelay.workload" .) "Deployment" }}
+    - name: data
+      emptyDir: {}
+    {{- end }}
+  {{- with .Values.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- range . }}
+    - {{ toYaml . | nindent 6 | trim }}
+      labelSelector:
+        matchLabels:
+          {{- include "hookrelay.selectorLabels" $ | nindent 10 }}
+    {{- end }}
+  {{- end }}
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Offline checks of the deploy artifacts (no cluster, no Docker engine here):
+# helm lint/template for three values files with every manifest validated against
+# the Kubernetes schemas, the chart's rendered hookrelay.toml checked by hookrelay
+# itself, the kustomize base, Prometheus rules and the Grafana dashboard's queries
+# through promtool, and docker-compose.yml against the compose spec.
+# Usage: scripts/validate-deploy.sh [path/to/hookrelay binary]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+eval "$(scripts/deploy-tools.sh)"
+bin="${1:-target/debug/hookrelay}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+say() { printf -- '-- %s\n' "$*"; }
+
+# Kinds from the Prometheus Operator have no Kubernetes schema; promtool checks their rules.
+k8s_only() { "$VENV_PYTHON" - "$1" "$2" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+keep = [d for d in docs if d.get("kind") not in ("ServiceMonitor", "PrometheusRule")]
+yaml.safe_dump_all(keep, open(sys.argv[2], "w"))
+PY
+}
+
+check_rendered_config() { # $1 rendered manifests
+  "$VENV_PYTHON" - "$1" "$work" <<'PY'
+import sys, yaml, re, os
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d.get("kind") == "ConfigMap" and "hookrelay.toml" in d.get("data", {}):
+        toml = d["data"]["hookrelay.toml"]
+        work = sys.argv[2]
+        # Point secret and TLS files at stand-ins so that `check` can read them.
+        for path in set(re.findall(r'"(/etc/hookrelay/[^"]+)"', toml)):
+            local = os.path.join(work, path.strip("/").replace("/", "_"))
+            open(local, "w").write("s3cret\n")
+            toml = toml.replace(path, local)
+        open(os.path.join(work, "hookrelay.toml"), "w").write(toml)
+PY
+  if grep -q "tls.crt" "$work/hookrelay.toml"; then
+    # A real certificate for the TLS settings.
+    python3 - "$work" <<'PY'
+import subprocess, sys, glob
+w = sys.argv[1]
+crt = [p for p in glob.glob(w + "/*tls.crt")][0]; key = [p for p in glob.glob(w + "/*tls.key")][0]
+subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", key, "-out", crt, "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+PY
+  fi
+  KAFKA_PASSWORD=x RABBITMQ_PASSWORD=x "$bin" check --config "$work/hookrelay.toml"
+}
+
+for values in "" helm/hookrelay/ci/broker-values.yaml helm/hookrelay/ci/kafka-rabbitmq-values.yaml; do
+  name="${values:-default values}"
+  say "helm: $name"
+  args=()
+  [ -n "$values" ] && args=(-f "$values")
+  "$HELM" lint --strict helm/hookrelay "${args[@]}" >/dev/null
+  "$HELM" template hookrelay helm/hookrelay --namespace hookrelay "${args[@]}" >"$work/rendered.yaml"
+  k8s_only "$work/rendered.yaml" "$work/k8s.yaml"
+  "$KUBERNETES_VALIDATE" --strict --quiet "$work/k8s.yaml"
+  check_rendered_config "$work/rendered.yaml"
+done
+
+say "kustomize base"
+"$KUBECTL" kustomize deploy/kubernetes >"$work/kustomized.yaml"
+"$KUBERNETES_VALIDATE" --strict --quiet "$work/kustomized.yaml"
+
+say "prometheus rules"
+"$PROMTOOL" check rules deploy/prometheus/recording.yaml deploy/prometheus/alerts.yaml
+cmp deploy/prometheus/alerts.yaml helm/hookrelay/files/alerts.yaml
+cmp deploy/prometheus/recording.yaml helm/hookrelay/files/recording.yaml
+
+say "grafana dashboard queries"
+"$VENV_PYTHON" - deploy/grafana/hookrelay.json "$work/dashboard-rules.yaml" <<'PY'
+import json, sys, yaml
+d = json.load(open(sys.argv[1]))
+rules = []
+for p in d["panels"]:
+    for t in p["targets"]:
+        expr = t["expr"].replace("$__rate_interval", "5m").replace("$instance", ".*")
+        rules.append({"record": f"dashboard:panel{p['id']}:{t['refId'].lower()}", "expr": expr})
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"))
+PY
+"$PROMTOOL" check rules "$work/dashboard-rules.yaml"
+
+say "docker-compose.yml"
+"$CHECK_JSONSCHEMA" --builtin-schema vendor.compose-spec docker-compose.yml
+
+say "all deploy artifacts valid"
