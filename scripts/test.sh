@@ -49,7 +49,13 @@ export HOOKRELAY_TANSU
 echo "$HOOKRELAY_TANSU"
 
 step "cargo test"
-cargo test --locked --all-targets
+results="$(mktemp)"
+cargo test --locked --all-targets 2>&1 | tee "$results"
+summary="$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { printf "%d passed, %d failed", p, f }' "$results")"
+rm -f "$results"
 
 step "deploy artifacts (helm, kubernetes schemas, kustomize, promtool, compose spec)"
 scripts/validate-deploy.sh target/debug/hookrelay
+
+step "summary"
+echo "tests: $summary"
