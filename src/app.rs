@@ -133,6 +133,20 @@ pub async fn run(
     metrics::init(&names, &config.sinks.names());
     let sinks = build_sinks(&config).await?;
     let sources = build_sources(&config, &sinks)?;
+    // Per-topic series exist from the start for the event types the config knows.
+    for (name, cfg) in &config.sources {
+        if let Some(route) = sinks.get(config.sink_of(cfg).as_str()) {
+            let known: Vec<&str> = match &cfg.events {
+                Some(allow) => allow.iter().map(String::as_str).collect(),
+                None => cfg.scheme.known_events().to_vec(),
+            };
+            for event in known {
+                route
+                    .metrics
+                    .register_topic(&sources[name].extractor.topic_for(event));
+            }
+        }
+    }
 
     let window = Duration::from_secs(config.dedup.window_secs);
     let dedup = match config.dedup.backend {

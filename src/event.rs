@@ -252,6 +252,11 @@ impl Extractor {
         })
     }
 
+    /// The topic events of `event_type` go to (for registering metrics up front).
+    pub fn topic_for(&self, event_type: &str) -> String {
+        self.topic.render(&self.source, event_type, "")
+    }
+
     pub fn extract(
         &self,
         verified: Verified,

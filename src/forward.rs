@@ -238,12 +238,14 @@ impl Forwarder {
         match result {
             Ok(()) => {
                 p.done = true;
-                route
-                    .metrics
-                    .published(p.sent_at.elapsed(), age(p.msg.event.received_at_ns));
+                route.metrics.published(
+                    &p.msg.event.topic,
+                    p.sent_at.elapsed(),
+                    age(p.msg.event.received_at_ns),
+                );
             }
             Err(SinkError::Retriable(reason)) => {
-                route.metrics.retriable_error();
+                route.metrics.retriable_error(&p.msg.event.topic);
                 p.attempts += 1;
                 let delay = backoff(&self.cfg, p.attempts);
                 self.retries.push(Reverse((Instant::now() + delay, seq)));
@@ -257,7 +259,7 @@ impl Forwarder {
                 self.warn(&msg);
             }
             Err(SinkError::Permanent(reason)) => {
-                route.metrics.permanent_error();
+                route.metrics.permanent_error(&p.msg.event.topic);
                 let msg = p.msg.clone();
                 if self.refused_topics.insert(msg.event.topic.clone()) {
                     tracing::error!(sink = route.sink.name(), topic = %msg.event.topic, reason = %reason,

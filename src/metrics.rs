@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+use metrics::Label;
 use std::time::Duration;
 
 use metrics::{
@@ -40,6 +42,7 @@ pub const SECRET_RELOADS: &str = "hookrelay_secret_reloads_total";
 pub const TLS_RELOADS: &str = "hookrelay_tls_reloads_total";
 pub const DEDUP_ERRORS: &str = "hookrelay_dedup_errors_total";
 pub const SINK_DELIVERY: &str = "hookrelay_sink_delivery_seconds";
+pub const SINK_TOPIC_EVENTS: &str = "hookrelay_sink_topic_events_total";
 pub const KAFKA_ERRORS: &str = "hookrelay_kafka_errors_total";
 pub const KAFKA_QUEUE: &str = "hookrelay_kafka_queue_messages";
 pub const RABBITMQ_BLOCKED: &str = "hookrelay_rabbitmq_blocked";
@@ -57,6 +60,8 @@ pub const MAX_EVENT_LABELS: usize = 64;
 pub const STATUSES: &[u16] = &[200, 400, 401, 403, 404, 405, 408, 413, 429, 500, 502, 503];
 /// Outcomes of an event that passed verification.
 pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "filtered"];
+/// Results per topic at a sink.
+pub const TOPIC_RESULTS: [&str; 3] = ["published", "retriable", "permanent"];
 
 /// Latency buckets from 100 µs (a group-committed 200) to a minute (a backlog).
 const BUCKETS: &[f64] = &[
@@ -119,6 +124,10 @@ fn describe() {
         "Events handed to a sink and awaiting confirmation."
     );
     describe_histogram!(END_TO_END, "From receipt to sink confirmation.");
+    describe_counter!(
+        SINK_TOPIC_EVENTS,
+        "Events per sink and topic by result: published, retriable, permanent (topic labels capped)."
+    );
     describe_gauge!(READY, "1 while /readyz answers 200.");
     describe_counter!(
         TLS_RELOADS,
@@ -245,48 +254,65 @@ impl RequestMetrics {
     }
 }
 
-/// Per-source event outcome counters with a cap on distinct event-type labels:
-/// a sender with a valid secret must not be able to grow our memory or the
-/// Prometheus server's without bound.
-pub struct EventLabels {
-    source: Arc<str>,
-    known: RwLock<HashMap<String, [Counter; 3]>>,
+/// A counter family whose one open-ended label (event type, topic) is capped per
+/// owner: a sender with a valid secret must not be able to grow our memory or the
+/// Prometheus server's without bound. Past the cap, values fold into [`OTHER_EVENT`].
+pub struct CappedCounters {
+    metric: &'static str,
+    /// Labels every series carries (`source`, or `sink`).
+    fixed: Vec<Label>,
+    /// The open-ended label.
+    label: &'static str,
+    /// The closed label and its values (`outcome`, or `result`).
+    variant: &'static str,
+    variants: &'static [&'static str],
+    known: RwLock<HashMap<String, Arc<[Counter]>>>,
 }
 
-impl EventLabels {
-    /// `initial` are the event types registered at zero: the allow-list, or the
-    /// scheme's documented types.
-    pub fn new<'a>(source: &str, initial: impl IntoIterator<Item = &'a str>) -> Self {
-        let labels = Self {
-            source: Arc::from(source),
+impl CappedCounters {
+    fn new(
+        metric: &'static str,
+        fixed: Vec<Label>,
+        label: &'static str,
+        variant: &'static str,
+        variants: &'static [&'static str],
+    ) -> Self {
+        Self {
+            metric,
+            fixed,
+            label,
+            variant,
+            variants,
             known: RwLock::new(HashMap::new()),
-        };
-        for e in initial {
-            let _ = labels.counters(e);
         }
-        labels
     }
 
-    fn make(&self, event: &str) -> [Counter; 3] {
-        OUTCOMES.map(|o| {
-            let c = counter!(EVENTS, "source" => self.source.to_string(), "event" => event.to_string(), "outcome" => o);
-            c.absolute(0);
-            c
-        })
+    fn make(&self, value: &str) -> Arc<[Counter]> {
+        self.variants
+            .iter()
+            .map(|v| {
+                let mut labels = self.fixed.clone();
+                labels.push(Label::new(self.label, value.to_string()));
+                labels.push(Label::new(self.variant, *v));
+                let c = counter!(self.metric, labels);
+                c.absolute(0);
+                c
+            })
+            .collect()
     }
 
-    fn counters(&self, event: &str) -> [Counter; 3] {
+    fn counters(&self, value: &str) -> Arc<[Counter]> {
         if let Some(c) = self
             .known
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(event)
+            .get(value)
         {
             return c.clone();
         }
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
         let label = if known.len() < MAX_EVENT_LABELS {
-            event
+            value
         } else {
             OTHER_EVENT
         };
@@ -298,11 +324,37 @@ impl EventLabels {
         c
     }
 
+    /// Counts one; `variant` is one of the family's variants.
+    pub fn record(&self, value: &str, variant: &str) {
+        if let Some(i) = self.variants.iter().position(|v| *v == variant) {
+            self.counters(value)[i].increment(1);
+        }
+    }
+}
+
+/// Per-source event outcomes (`hookrelay_events_total{source, event, outcome}`).
+pub struct EventLabels(CappedCounters);
+
+impl EventLabels {
+    /// `initial` are the event types registered at zero: the allow-list, or the
+    /// scheme's documented types.
+    pub fn new<'a>(source: &str, initial: impl IntoIterator<Item = &'a str>) -> Self {
+        let family = CappedCounters::new(
+            EVENTS,
+            vec![Label::new("source", source.to_string())],
+            "event",
+            "outcome",
+            &OUTCOMES,
+        );
+        for e in initial {
+            let _ = family.counters(e);
+        }
+        Self(family)
+    }
+
     /// Counts one event; `outcome` is one of [`OUTCOMES`].
     pub fn record(&self, event: &str, outcome: &str) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.counters(event)[i].increment(1);
-        }
+        self.0.record(event, outcome);
     }
 }
 
@@ -341,6 +393,8 @@ pub struct SinkMetrics {
     dead_lettered: Counter,
     delivery: Histogram,
     end_to_end: Histogram,
+    /// Published and failed per topic (capped labels).
+    topics: Arc<CappedCounters>,
 }
 
 impl SinkMetrics {
@@ -352,22 +406,37 @@ impl SinkMetrics {
             permanent: counter!(SINK_ERRORS, "sink" => sink.clone(), "kind" => "permanent"),
             dead_lettered: counter!(DEAD_LETTERED, "sink" => sink.clone()),
             delivery: histogram!(SINK_DELIVERY, "sink" => sink.clone()),
-            end_to_end: histogram!(END_TO_END, "sink" => sink),
+            end_to_end: histogram!(END_TO_END, "sink" => sink.clone()),
+            topics: Arc::new(CappedCounters::new(
+                SINK_TOPIC_EVENTS,
+                vec![Label::new("sink", sink)],
+                "topic",
+                "result",
+                &TOPIC_RESULTS,
+            )),
         }
     }
 
     /// One event confirmed: `delivery` since it was handed to the sink,
     /// `end_to_end` since it was received.
-    pub fn published(&self, delivery: Duration, end_to_end: Duration) {
+    pub fn published(&self, topic: &str, delivery: Duration, end_to_end: Duration) {
         self.published.increment(1);
+        self.topics.record(topic, "published");
         self.delivery.record(delivery.as_secs_f64());
         self.end_to_end.record(end_to_end.as_secs_f64());
     }
-    pub fn retriable_error(&self) {
-        self.retriable.increment(1);
+    /// Registers a topic's series at zero (topics known from the config).
+    pub fn register_topic(&self, topic: &str) {
+        let _ = self.topics.counters(topic);
     }
-    pub fn permanent_error(&self) {
+
+    pub fn retriable_error(&self, topic: &str) {
+        self.retriable.increment(1);
+        self.topics.record(topic, "retriable");
+    }
+    pub fn permanent_error(&self, topic: &str) {
         self.permanent.increment(1);
+        self.topics.record(topic, "permanent");
     }
     pub fn dead_lettered(&self) {
         self.dead_lettered.increment(1);
@@ -438,7 +507,7 @@ mod tests {
         for i in 0..1000 {
             labels.record(&format!("type.{i}"), "accepted");
         }
-        let known = labels.known.read().unwrap();
+        let known = labels.0.known.read().unwrap();
         assert_eq!(known.len(), MAX_EVENT_LABELS + 1);
         assert!(known.contains_key("a") && known.contains_key(OTHER_EVENT));
     }

@@ -353,28 +353,29 @@ async fn accept(
 async fn publish_now(route: &Route, timeout: Duration, event: Event) -> Result<(), Resp> {
     let sent = Instant::now();
     let received_at_ns = event.received_at_ns;
+    let topic = event.topic.clone();
     let result = tokio::time::timeout(timeout, route.publish_one(Message { seq: 0, event })).await;
     match result {
         Ok(Ok(())) => {
             let age = Duration::from_nanos(now_ns().saturating_sub(received_at_ns));
-            route.metrics.published(sent.elapsed(), age);
+            route.metrics.published(&topic, sent.elapsed(), age);
             Ok(())
         }
         Ok(Err(SinkError::Retriable(e))) => {
-            route.metrics.retriable_error();
+            route.metrics.retriable_error(&topic);
             Err(unavailable(&format!("broker did not confirm: {e}")))
         }
         Ok(Err(SinkError::Permanent(e))) => {
             // The broker will never take this event as it is; the provider's retries
             // keep failing visibly (502s) instead of the event being dropped.
-            route.metrics.permanent_error();
+            route.metrics.permanent_error(&topic);
             Err(error(
                 StatusCode::BAD_GATEWAY,
                 &format!("broker refused the event: {e}"),
             ))
         }
         Err(_) => {
-            route.metrics.retriable_error();
+            route.metrics.retriable_error(&topic);
             Err(unavailable("broker did not confirm within the ack timeout"))
         }
     }

@@ -21,6 +21,8 @@ PANELS = [
      ['sum by (sink) (rate(hookrelay_sink_published_total{instance=~"$instance"}[$__rate_interval]))',
       'sum by (sink, kind) (rate(hookrelay_sink_errors_total{instance=~"$instance"}[$__rate_interval]))',
       'sum by (sink) (rate(hookrelay_dead_lettered_total{instance=~"$instance"}[$__rate_interval]))']),
+    ("Published and failed by sink and topic", "ops",
+     ['sum by (sink, topic, result) (rate(hookrelay_sink_topic_events_total{instance=~"$instance"}[$__rate_interval]))']),
     ("Events by topic (event type) and outcome", "ops",
      ['sum by (source, event, outcome) (rate(hookrelay_events_total{instance=~"$instance"}[$__rate_interval]))']),
     ("Signature failures by source and reason", "ops",
