@@ -365,11 +365,16 @@ async fn sixty_four_connections_each_event_exactly_once() {
     let events_after = relay.events();
     assert_eq!(events_after.len(), events.len());
     assert_eq!(events_after.len(), ids.len(), "every event exactly once");
+    let m = relay.metrics().await;
     for t in EVENT_TYPES {
         let topic = format!("quickassist.{t}");
         assert!(
             events_after.iter().any(|e| e["topic"] == topic.as_str()),
             "{topic}"
         );
+        let series = format!(
+            "hookrelay_sink_topic_events_total{{sink=\"file\",topic=\"{topic}\",result=\"published\"}}"
+        );
+        assert!(metric(&m, &series) >= 1.0, "{series}");
     }
 }
