@@ -80,14 +80,23 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some((batch, reply)) = rx.blocking_recv() {
+        while let Some((mut batch, reply)) = rx.blocking_recv() {
+            // Group commit: everything queued meanwhile shares one write and one
+            // fdatasync per file.
+            let mut replies = vec![reply];
+            while let Ok((more, reply)) = rx.try_recv() {
+                batch.extend(more);
+                replies.push(reply);
+            }
             let result = self.write(&batch).map_err(|e| e.to_string());
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "file sink write failed; the forwarder will retry");
                 // Reopen on the next write rather than trusting a file in an unknown state.
                 self.files.clear();
             }
-            let _ = reply.send(result);
+            for reply in replies {
+                let _ = reply.send(result.clone());
+            }
         }
     }
 
