@@ -4,6 +4,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+/// mimalloc: the request path allocates small, short-lived buffers on every
+/// worker thread, which glibc's allocator serves with lock contention.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
 
