@@ -1,6 +1,12 @@
-//! Closed-loop load generator: N keep-alive connections, each sending distinct,
-//! correctly signed TheQuickAssist events back to back (signed before the clock
-//! starts, so signing costs the generator nothing during the run).
+//! Load generator: N keep-alive connections, each sending distinct, correctly
+//! signed TheQuickAssist events (signed before the clock starts, so signing costs
+//! the generator nothing during the run).
+//!
+//! Closed loop (default): each connection sends its next request as soon as the
+//! previous one is answered: maximum throughput. Open loop (`--rate R`): requests
+//! are scheduled at R per second in total, and latency is measured from each
+//! request's intended send time, so a stall is charged to every request it delays
+//! (no coordinated omission).
 //!
 //! `cargo run --release --example loadgen -- --url http://127.0.0.1:8080/webhooks/quickassist \
 //!     --secret dev-secret --connections 64 --seconds 10 --body-bytes 1024`
@@ -20,6 +26,8 @@ struct Args {
     seconds: f64,
     warmup: f64,
     body_bytes: usize,
+    /// Open loop at this many requests per second in total; 0 = closed loop.
+    rate: f64,
 }
 
 fn parse() -> Args {
@@ -30,6 +38,7 @@ fn parse() -> Args {
         seconds: 10.0,
         warmup: 2.0,
         body_bytes: 1024,
+        rate: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,6 +50,7 @@ fn parse() -> Args {
             "--seconds" => a.seconds = v.parse().expect("--seconds"),
             "--warmup" => a.warmup = v.parse().expect("--warmup"),
             "--body-bytes" => a.body_bytes = v.parse().expect("--body-bytes"),
+            "--rate" => a.rate = v.parse().expect("--rate"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -80,7 +90,12 @@ async fn main() {
     );
     // Enough distinct events for 150k requests/s (the bare baseline here is ~100k);
     // each connection gets its own slice and says so if it runs out.
-    let total = ((a.seconds + a.warmup) * 150_000.0) as usize;
+    let per_second = if a.rate > 0.0 {
+        a.rate * 1.05
+    } else {
+        150_000.0
+    };
+    let total = ((a.seconds + a.warmup) * per_second) as usize;
     let per_conn = total / a.connections;
     eprintln!(
         "signing {total} distinct events of ~{} bytes...",
@@ -100,8 +115,11 @@ async fn main() {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(a.warmup);
     let end = measure_from + Duration::from_secs_f64(a.seconds);
+    // Open loop: each connection owns every N-th slot of the global schedule.
+    let interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.connections as f64 / a.rate));
     let mut tasks = Vec::new();
-    for events in slices {
+    for (conn_index, events) in slices.into_iter().enumerate() {
+        let offset = interval.map(|i| i.mul_f64(conn_index as f64 / a.connections as f64));
         let authority = authority.clone();
         let path = path.clone();
         tasks.push(tokio::spawn(async move {
@@ -115,9 +133,17 @@ async fn main() {
             tokio::spawn(conn);
             let (mut ok, mut other, mut lat) = (0u64, 0u64, Vec::new());
             let mut finished = false;
-            for (b, sig) in events {
-                let now = Instant::now();
-                if now >= end {
+            for (n, (b, sig)) in events.into_iter().enumerate() {
+                let intended = match (interval, offset) {
+                    (Some(i), Some(o)) => {
+                        let at = start + o + i.mul_f64(n as f64);
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    _ => Instant::now(),
+                };
+                let now = intended;
+                if Instant::now() >= end {
                     finished = true;
                     break;
                 }
@@ -164,7 +190,8 @@ async fn main() {
             .unwrap_or(0)
     };
     println!(
-        "{{\"requests\":{},\"ok\":{ok},\"non_2xx\":{other},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+        "{{\"mode\":\"{}\",\"requests\":{},\"ok\":{ok},\"non_2xx\":{other},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+        if a.rate > 0.0 { "open" } else { "closed" },
         ok + other,
         (ok + other) as f64 / a.seconds,
         pct(0.5),

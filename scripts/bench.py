@@ -21,7 +21,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+# BENCH_PROFILE=debug runs the smoke mode on debug builds (scripts/test.sh).
+REL = os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"))
 SECRET = "bench-secret"
 TYPES = ["message.delivered", "message.read", "message.failed", "template.status_update"]
 
@@ -54,13 +55,30 @@ def scrape(admin, name):
     return total
 
 
-def loadgen(port, seconds, warmup, conns, body):
-    out = subprocess.run(
-        [os.path.join(REL, "examples", "loadgen"), "--url", f"http://127.0.0.1:{port}/webhooks/quickassist",
-         "--secret", SECRET, "--connections", str(conns), "--seconds", str(seconds),
-         "--warmup", str(warmup), "--body-bytes", str(body)],
-        check=True, capture_output=True, text=True)
+def loadgen(port, seconds, warmup, conns, body, rate=0):
+    args = [os.path.join(REL, "examples", "loadgen"), "--url", f"http://127.0.0.1:{port}/webhooks/quickassist",
+            "--secret", SECRET, "--connections", str(conns), "--seconds", str(seconds),
+            "--warmup", str(warmup), "--body-bytes", str(body)]
+    if rate:
+        args += ["--rate", str(rate)]
+    out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def proc_stats(pid):
+    """(cpu seconds so far, current RSS MiB, peak RSS MiB) of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = hwm = 0.0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    return cpu, rss, hwm
 
 
 def hookrelay(tmp, sink_section, extra=""):
@@ -107,15 +125,19 @@ def case_baseline(a):
     try:
         wait_port(port)
         r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"])
-        return {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "non_2xx": r["non_2xx"]}
+        return {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
+                "non_2xx": r["non_2xx"]}
     finally:
         stop(p)
 
 
-def case_hookrelay(a, sink_section, sink, extra=""):
-    with tempfile.TemporaryDirectory() as tmp:
+def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every=0):
+    body = body or a["body"]
+    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "target", "bench")) as tmp:
         p, port, admin = hookrelay(tmp, sink_section(tmp), extra)
         try:
+            time.sleep(0.5)
+            cpu0, idle_rss, _ = proc_stats(p.pid)
             # Sample the sink's confirmations while the load runs: the delivered rate is
             # what was confirmed between the first and the last confirmation.
             samples = []
@@ -129,22 +151,40 @@ def case_hookrelay(a, sink_section, sink, extra=""):
                         pass
                     time.sleep(0.05)
 
+            rss_trace = []
+
+            def rss_sampler():
+                while not done.is_set() and rss_every:
+                    rss_trace.append(round(proc_stats(p.pid)[1], 1))
+                    done.wait(rss_every)
+
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"])
+            tracer = threading.Thread(target=rss_sampler, daemon=True)
+            tracer.start()
+            r = loadgen(port, a["seconds"], a["warmup"], a["conns"], body, rate)
             accepted = sum(scrape(admin, f'hookrelay_events_total{{source="quickassist",event="{t}",outcome="accepted"}}') for t in TYPES)
             deadline = time.time() + 300
             while time.time() < deadline and (not samples or samples[-1][1] < accepted):
                 time.sleep(0.05)
             done.set()
             sampler.join()
+            tracer.join()
+            cpu1, rss, peak = proc_stats(p.pid)
             moving = [s for s in samples if s[1] > 0]
             first = moving[0]
             last = next(s for s in moving if s[1] >= moving[-1][1])
             delivered_rps = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
-            return {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "non_2xx": r["non_2xx"],
-                    "accepted": int(accepted), "published": int(samples[-1][1]),
-                    "delivered_rps": round(delivered_rps)}
+            out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
+                   "non_2xx": r["non_2xx"], "accepted": int(accepted), "published": int(samples[-1][1]),
+                   "delivered_rps": round(delivered_rps), "body_bytes": body,
+                   "cpu_s_per_10k": round((cpu1 - cpu0) / max(accepted, 1) * 10_000, 3),
+                   "idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(peak, 1), "end_rss_mib": round(rss, 1)}
+            if rate:
+                out["open_loop_rate"] = rate
+            if rss_trace:
+                out["rss_trace_mib"] = rss_trace
+            return out
         finally:
             stop(p)
 
@@ -152,9 +192,13 @@ def case_hookrelay(a, sink_section, sink, extra=""):
 def main():
     a = {"seconds": float(os.environ.get("SECONDS_PER_CASE", "10")), "warmup": float(os.environ.get("WARMUP", "2")),
          "conns": int(os.environ.get("CONNS", "64")), "body": int(os.environ.get("BODY", "1024"))}
-    cases = os.environ.get("CASES", "baseline,file,kafka-tansu,kafka-mock,rabbitmq,rabbitmq-broker-ack").split(",")
+    cases = os.environ.get(
+        "CASES",
+        "baseline,file,file-open-loop,file-256B,file-16KiB,spool,rabbitmq,rabbitmq-broker-ack,kafka-tansu,kafka-mock",
+    ).split(",")
     if cases == ["none"]:
         return
+    os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
     results = {}
     procs = []
     try:
@@ -164,6 +208,24 @@ def main():
                 results[c] = case_baseline(a)
             elif c == "file":
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file")
+            elif c in ("file-256B", "file-16KiB"):
+                size = 256 if c == "file-256B" else 16384
+                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file", body=size)
+            elif c == "file-open-loop":
+                # Half of the closed-loop maximum, latency from the intended send time.
+                rate = int(results.get("file", {}).get("accept_rps", 20000) / 2)
+                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file", rate=rate)
+            elif c == "file-soak":
+                soak = float(os.environ.get("SOAK_SECONDS", "300"))
+                rate = int(results.get("file", {}).get("accept_rps", 20000) / 2)
+                results[c] = case_hookrelay(dict(a, seconds=soak), lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"',
+                                            "file", rate=rate, rss_every=30)
+            elif c == "spool":
+                out = subprocess.run([os.path.join(REL, "examples", "bench_spool"), str(a["seconds"] / 3)],
+                                     check=True, capture_output=True, text=True, cwd=ROOT).stdout
+                results[c] = {"spool": json.loads(out.split("json: ", 1)[1])}
+                print(out, file=sys.stderr)
+                continue
             elif c == "kafka-tansu":
                 tansu = subprocess.run([os.path.join(ROOT, "scripts", "tansu.sh")], check=True,
                                        capture_output=True, text=True).stdout.strip()
@@ -197,15 +259,26 @@ def main():
                 p.kill()
     base = results.get("baseline", {}).get("accept_rps")
     lines = [f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections, "
-             f"{a['body']} B bodies, {a['warmup']:.0f} s warm-up + {a['seconds']:.0f} s per case.", "",
-             "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 |",
-             "|---|---|---|---|---|---|---|"]
+             f"{a['body']} B bodies unless noted, {a['warmup']:.0f} s warm-up + {a['seconds']:.0f} s per case.", "",
+             "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | CPU s / 10k | RSS idle / peak / end |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c, r in results.items():
+        if "spool" in r:
+            continue
         ratio = f"{r['accept_rps'] / base:.0%}" if base else "-"
         d = r.get("delivered_rps")
         dratio = f"{d / base:.0%}" if base and d else "-"
-        lines.append(f"| {c} | {r['accept_rps']:.0f} | {ratio} | {d if d else '-'} | {dratio} | "
-                     f"{r['p50_us'] / 1000:.2f} ms | {r['p99_us'] / 1000:.2f} ms |")
+        rss = f"{r.get('idle_rss_mib', '-')} / {r.get('peak_rss_mib', '-')} / {r.get('end_rss_mib', '-')} MiB" if "peak_rss_mib" in r else "-"
+        label = c + (f" (open loop {r['open_loop_rate']}/s)" if "open_loop_rate" in r else "")
+        lines.append(f"| {label} | {r['accept_rps']:.0f} | {ratio} | {d if d else '-'} | {dratio} | "
+                     f"{r['p50_us'] / 1000:.2f} ms | {r['p99_us'] / 1000:.2f} ms | {r.get('p999_us', 0) / 1000:.2f} ms | "
+                     f"{r.get('cpu_s_per_10k', '-')} | {rss} |")
+        if "rss_trace_mib" in r:
+            lines.append(f"|  RSS every 30 s (MiB) | {' '.join(str(x) for x in r['rss_trace_mib'])} | | | | | | | | |")
+    if "spool" in results:
+        lines += ["", "Spool alone (1 KiB records):", "", "| writers | appends/s | fdatasyncs/s | p50 | p99 |", "|---|---|---|---|---|"]
+        for row in results["spool"]["spool"]:
+            lines.append(f"| {row['writers']} | {row['appends_per_s']} | {row['syncs_per_s']} | {row['p50_us']} us | {row['p99_us']} us |")
     report = "\n".join(lines) + "\n"
     out = os.path.join(ROOT, "target", "bench")
     os.makedirs(out, exist_ok=True)

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Benchmarks hookrelay against a bare hyper + HMAC baseline in one run.
-#   scripts/bench.sh                      # all cases, 10 s each after a 2 s warm-up
+#   scripts/bench.sh                      # every case, 10 s each after a 2 s warm-up
 #   CASES=baseline,file SECONDS_PER_CASE=5 scripts/bench.sh
+#   CASES=baseline,file,file-soak SOAK_SECONDS=300 scripts/bench.sh   # RSS over 5 minutes
+#   scripts/bench.sh --smoke              # a few seconds on debug builds (scripts/test.sh)
 # Report: target/bench/report.md, report.json and verify.md.
 # CASES=none skips the HTTP cases (verification only).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-cargo build --release --locked --bins --examples
 mkdir -p target/bench
+if [ "${1:-}" = "--smoke" ]; then
+  cargo build --locked --bins --examples
+  export BENCH_PROFILE=debug SECONDS_PER_CASE=1 WARMUP=0.5 CONNS=16 CASES="${CASES:-baseline,file,file-open-loop,spool}"
+  python3 scripts/bench.py
+  exit 0
+fi
+cargo build --release --locked --bins --examples
 # Signature verification per scheme, per KiB, against a bare HMAC in the same run.
 target/release/examples/bench_verify | tee target/bench/verify.md
 python3 scripts/bench.py

@@ -57,5 +57,9 @@ rm -f "$results"
 step "deploy artifacts (helm, kubernetes schemas, kustomize, promtool, compose spec)"
 scripts/validate-deploy.sh target/debug/hookrelay
 
+step "benchmark harness smoke run (a few seconds, debug builds: the numbers mean nothing)"
+scripts/bench.sh --smoke >/dev/null 2>&1 || { echo "FAILED: scripts/bench.sh --smoke" >&2; scripts/bench.sh --smoke; exit 1; }
+echo "ok: target/bench/report.md"
+
 step "summary"
 echo "tests: $summary"

@@ -89,6 +89,8 @@ struct Shared {
     write_failed: AtomicBool,
     /// Set when an append was refused for room; cleared when segments are freed.
     full: AtomicBool,
+    /// Group commits (fdatasyncs) so far: appends per sync is the batching achieved.
+    syncs: AtomicU64,
 }
 
 impl Shared {
@@ -231,6 +233,7 @@ impl Spool {
             segments: Mutex::new(segments),
             write_failed: AtomicBool::new(false),
             full: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
         });
         let lock = Arc::new(lock);
         metrics::spool_size(total, next_seq - cursor);
@@ -279,6 +282,11 @@ impl Spool {
         !self.shared.write_failed.load(Ordering::Relaxed)
             && !self.shared.full.load(Ordering::Relaxed)
             && self.shared.bytes.load(Ordering::Relaxed) < self.shared.max_bytes
+    }
+
+    /// Group commits (fdatasyncs) since the spool was opened.
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
     }
 
     pub fn bytes(&self) -> u64 {
@@ -481,6 +489,7 @@ impl Writer {
             fatal(&format!("spool fdatasync failed: {e}"));
         }
         metrics::spool_fsync(started.elapsed());
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.shared.write_failed.store(false, Ordering::Relaxed);
 
         let n = accepted.len() as u64;

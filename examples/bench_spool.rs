@@ -1,0 +1,86 @@
+//! The spool alone: appends/s, group commits (fdatasyncs)/s and append latency at
+//! 1, 16 and 256 concurrent writers, 1 KiB events, on the disk under `target/`.
+//! One writer measures a bare fdatasync per append: the floor of any durable 200.
+//!
+//! `cargo run --release --example bench_spool -- [seconds per case]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hookrelay::dedup::Dedup;
+use hookrelay::event::Event;
+use hookrelay::spool::{Spool, encode};
+
+#[tokio::main]
+async fn main() {
+    let seconds: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    std::fs::create_dir_all("target/bench").unwrap();
+    let dir = tempfile::tempdir_in("target/bench").unwrap();
+    let dedup = Dedup::new(Duration::from_secs(60), 1);
+    let (spool, mut reader, _) = Spool::open(dir.path(), 64 << 30, 256 << 20, &dedup).unwrap();
+    let body = Bytes::from(vec![b'x'; 1024]);
+    println!("| writers | appends/s | fdatasyncs/s | appends per sync | append p50 | append p99 |");
+    println!("|---|---|---|---|---|---|");
+    let mut json = Vec::new();
+    for writers in [1usize, 16, 256] {
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let syncs_before = spool.syncs();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let spool = spool.clone();
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    let e = Event {
+                        source: Arc::from("bench"),
+                        event_type: "message.read".into(),
+                        id: format!("{w}-{n}"),
+                        topic: "bench.message.read".into(),
+                        key: format!("{n}"),
+                        content_type: "application/json".into(),
+                        received_at_ns: 0,
+                        body: body.clone(),
+                    };
+                    let t = Instant::now();
+                    spool.append(encode(&e)).await.expect("append");
+                    lat.push(t.elapsed().as_micros() as u32);
+                    n += 1;
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let syncs = spool.syncs() - syncs_before;
+        lat.sort_unstable();
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        let rate = lat.len() as f64 / elapsed;
+        println!(
+            "| {writers} | {rate:.0} | {:.0} | {:.1} | {} us | {} us |",
+            syncs as f64 / elapsed,
+            lat.len() as f64 / syncs.max(1) as f64,
+            pct(0.5),
+            pct(0.99)
+        );
+        json.push(format!(
+            "{{\"writers\":{writers},\"appends_per_s\":{rate:.0},\"syncs_per_s\":{:.0},\"p50_us\":{},\"p99_us\":{}}}",
+            syncs as f64 / elapsed,
+            pct(0.5),
+            pct(0.99)
+        ));
+        // Keep the spool small between cases.
+        while !reader.read_batch(100_000).unwrap().is_empty() {}
+        spool.confirm_until(reader.position());
+    }
+    println!("\njson: [{}]", json.join(","));
+}
