@@ -3,11 +3,12 @@
 //! The event type becomes part of a topic name, so it is held to Kafka's topic
 //! alphabet here, at the edge, rather than failing later at the broker.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::HeaderMap;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::config::{MAX_EVENT_TYPE_LEN, SourceConfig, is_topic_safe};
@@ -151,12 +152,7 @@ impl Locations {
 
     fn find(&self, doc: &Doc, headers: &HeaderMap) -> Option<Found> {
         self.0.iter().find_map(|loc| match loc {
-            Location::Pointer(p) => match doc.json()?.pointer(p)? {
-                serde_json::Value::String(s) => Some(Found::Text(s.clone())),
-                serde_json::Value::Number(n) => Some(Found::Number(n.to_string())),
-                serde_json::Value::Null => None,
-                _ => Some(Found::NotText),
-            },
+            Location::Pointer(p) => classify(raw_pointer(doc.json()?, p)?),
             Location::Header(h) => headers
                 .get(h)
                 .and_then(|v| v.to_str().ok())
@@ -177,14 +173,18 @@ enum Found {
 
 /// A parsed body: JSON, or form fields (whose `payload` field may carry JSON,
 /// as Slack's interactivity and GitHub's form deliveries do).
-enum Doc {
-    Json(serde_json::Value),
-    Form(Vec<(String, String)>, Option<serde_json::Value>),
+///
+/// JSON stays unparsed (`RawValue`, validated once): only the objects a pointer
+/// walks through are split into fields, so the fields that matter cost a scan,
+/// not a tree of allocations.
+enum Doc<'a> {
+    Json(&'a RawValue),
+    Form(Vec<(String, String)>, Option<Box<RawValue>>),
 }
 
-impl Doc {
-    fn parse(body: &[u8], content_type: &str) -> Option<Doc> {
-        if let Ok(v) = serde_json::from_slice(body) {
+impl<'a> Doc<'a> {
+    fn parse(body: &'a [u8], content_type: &str) -> Option<Doc<'a>> {
+        if let Ok(v) = serde_json::from_slice::<&RawValue>(body) {
             return Some(Doc::Json(v));
         }
         let is_form = content_type.split(';').next().is_some_and(|t| {
@@ -202,10 +202,10 @@ impl Doc {
         Some(Doc::Form(fields, payload))
     }
 
-    fn json(&self) -> Option<&serde_json::Value> {
+    fn json(&self) -> Option<&RawValue> {
         match self {
             Doc::Json(v) => Some(v),
-            Doc::Form(_, payload) => payload.as_ref(),
+            Doc::Form(_, payload) => payload.as_deref(),
         }
     }
 
@@ -217,6 +217,42 @@ impl Doc {
                 .map(|(_, v)| v.clone()),
             Doc::Json(_) => None,
         }
+    }
+}
+
+/// Follows an RFC 6901 JSON pointer through raw JSON.
+fn raw_pointer<'a>(root: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
+    if pointer.is_empty() {
+        return Some(root);
+    }
+    let mut current = root;
+    for segment in pointer.strip_prefix('/')?.split('/') {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        let text = current.get().trim_start();
+        current = if text.starts_with('{') {
+            let fields: HashMap<std::borrow::Cow<'a, str>, &'a RawValue> =
+                serde_json::from_str(current.get()).ok()?;
+            *fields.get(segment.as_str())?
+        } else if text.starts_with('[') {
+            let items: Vec<&'a RawValue> = serde_json::from_str(current.get()).ok()?;
+            *items.get(segment.parse::<usize>().ok()?)?
+        } else {
+            return None;
+        };
+    }
+    Some(current)
+}
+
+/// What a pointer found: text, a number, nothing (null), or something else.
+fn classify(raw: &RawValue) -> Option<Found> {
+    let text = raw.get().trim();
+    match text.as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(text).ok().map(Found::Text),
+        b'n' => None,
+        b'-' | b'0'..=b'9' => serde_json::from_str::<serde_json::Number>(text)
+            .ok()
+            .map(|n| Found::Number(n.to_string())),
+        _ => Some(Found::NotText),
     }
 }
 
@@ -468,6 +504,32 @@ mod tests {
             Extracted::Filtered { .. } => panic!(),
         }
         assert!(Locations::parse("nope").is_err());
+    }
+
+    #[test]
+    fn raw_json_pointers() {
+        let doc: &RawValue = serde_json::from_str(
+            r#"{"a/b":{"c~d":[10,{"e":"x"}]},"n":null,"f":1.5,"s":"t\u00e9","o":{}}"#,
+        )
+        .unwrap();
+        let at = |p: &str| raw_pointer(doc, p).map(|r| r.get().to_string());
+        assert_eq!(at("/a~1b/c~0d/0").as_deref(), Some("10"));
+        assert_eq!(at("/a~1b/c~0d/1/e").as_deref(), Some("\"x\""));
+        assert_eq!(at("/a~1b/c~0d/2"), None);
+        assert_eq!(at("/missing"), None);
+        assert_eq!(at("/f/deeper"), None);
+        assert!(
+            matches!(classify(raw_pointer(doc, "/s").unwrap()), Some(Found::Text(t)) if t == "té")
+        );
+        assert!(
+            matches!(classify(raw_pointer(doc, "/f").unwrap()), Some(Found::Number(n)) if n == "1.5")
+        );
+        assert!(classify(raw_pointer(doc, "/n").unwrap()).is_none());
+        assert!(matches!(
+            classify(raw_pointer(doc, "/o").unwrap()),
+            Some(Found::NotText)
+        ));
+        assert_eq!(at("").map(|s| s.len()), Some(doc.get().len()));
     }
 
     #[test]
