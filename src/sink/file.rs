@@ -10,7 +10,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use futures_util::FutureExt;
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Confirmation, Message, Sink, SinkError};
@@ -127,31 +126,49 @@ impl Writer {
 }
 
 /// One JSON line for a message; with a `reason` for the dead-letter file.
+/// Serialized from borrowed fields: no intermediate JSON tree per event.
 pub fn json_line(m: &Message, reason: Option<&str>) -> Vec<u8> {
+    use serde::Serialize;
+    use serde::ser::SerializeMap;
+
+    struct Headers<'a>(&'a Message);
+    impl Serialize for Headers<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let headers = self.0.headers();
+            let mut map = s.serialize_map(Some(headers.len()))?;
+            for (k, v) in &headers {
+                map.serialize_entry(k, &String::from_utf8_lossy(v))?;
+            }
+            map.end()
+        }
+    }
+
+    #[derive(Serialize)]
+    struct Line<'a> {
+        topic: &'a str,
+        key: &'a str,
+        headers: Headers<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body_hex: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    }
+
     let e = &m.event;
-    let headers: serde_json::Map<String, serde_json::Value> = m
-        .headers()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(&v).into_owned().into(),
-            )
-        })
-        .collect();
-    let mut line = json!({
-        "topic": e.topic,
-        "key": e.key,
-        "headers": headers,
-    });
-    match std::str::from_utf8(&e.body) {
-        Ok(s) => line["body"] = s.into(),
-        Err(_) => line["body_hex"] = hex::encode(&e.body).into(),
-    }
-    if let Some(r) = reason {
-        line["reason"] = r.into();
-    }
-    let mut out = serde_json::to_vec(&line).unwrap_or_default();
+    let text = std::str::from_utf8(&e.body).ok();
+    let line = Line {
+        topic: &e.topic,
+        key: &e.key,
+        headers: Headers(m),
+        body: text,
+        body_hex: text.is_none().then(|| hex::encode(&e.body)),
+        reason,
+    };
+    let mut out = Vec::with_capacity(e.body.len() + 256);
+    // Serializing borrowed strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &line);
     out.push(b'\n');
     out
 }
