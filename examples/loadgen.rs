@@ -95,7 +95,10 @@ async fn main() {
     } else {
         150_000.0
     };
-    let total = ((a.seconds + a.warmup) * per_second) as usize;
+    // At most ~3 GiB of pre-signed bodies (16 KiB bodies would need 29 GiB at
+    // 150k/s): a connection that runs out says so, and the figure is then a floor.
+    let budget = (3usize << 30) / (a.body_bytes + 160);
+    let total = (((a.seconds + a.warmup) * per_second) as usize).min(budget);
     let per_conn = total / a.connections;
     eprintln!(
         "signing {total} distinct events of ~{} bytes...",
