@@ -24,14 +24,11 @@ async fn topics_keys_values_headers_and_per_key_order() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     // A second source puts all four types on one topic, so per-message order is observable.
-    let config = config_with_sink(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        "",
-        "",
         &sink_section(&broker.brokers, CREATE),
         "\n[sources.ordered]\nscheme = \"quickassist\"\nsecret_env = \"HOOKRELAY_TEST_SECRET\"\ntopic = \"{source}.all\"\n",
     );
-    let relay = Relay::start_with(dir.path(), &config);
     let mut c = relay.connect().await;
 
     let r = c.post_signed(DOC_EXAMPLE).await;
@@ -128,14 +125,11 @@ async fn topics_keys_values_headers_and_per_key_order() {
 async fn cloudevents_binary_mode_headers() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_sink(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        "",
-        "",
         &sink_section(&broker.brokers, &format!("{CREATE}\ncloudevents = true")),
         "",
     );
-    let relay = Relay::start_with(dir.path(), &config);
     let (status, _) = relay.post(&event_body("message.read", "ce1")).await;
     assert_eq!(status, StatusCode::OK);
     let records = consume(
@@ -162,14 +156,11 @@ async fn cloudevents_binary_mode_headers() {
 async fn broker_mode_answers_after_delivery_without_a_spool() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_sink(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        "",
-        "",
         &sink_section(&broker.brokers, CREATE),
         "ack = \"broker\"\nack_timeout_ms = 10000\n",
     );
-    let relay = Relay::start_with(dir.path(), &config);
     let mut c = relay.connect().await;
     for i in 0..5 {
         let r = c

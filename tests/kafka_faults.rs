@@ -56,14 +56,11 @@ async fn all_brokers_down_mid_stream_then_back_loses_nothing() {
     let cluster = cluster_with_topics(&[]);
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_sink(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        "",
-        "",
         &sink_section(&brokers, "message_timeout_ms = 3000"),
         "",
     );
-    let relay = Relay::start_with(dir.path(), &config);
 
     let acked_count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -171,14 +168,11 @@ async fn a_permanently_refused_topic_is_dead_lettered_and_the_rest_flows() {
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_sink(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        "",
-        "",
         &sink_section(&brokers, "dlq_topic = \"hookrelay.dlq\""),
         "",
     );
-    let relay = Relay::start_with(dir.path(), &config);
     let mut c = relay.connect().await;
     let mut good = HashSet::new();
     let mut poison = HashSet::new();
@@ -236,14 +230,11 @@ async fn broker_mode_answers_503_within_the_deadline_when_the_cluster_is_down() 
     let cluster = cluster_with_topics(&[]);
     let brokers = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_sink(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        "",
-        "",
         &sink_section(&brokers, ""),
         "ack = \"broker\"\nack_timeout_ms = 1000\n",
     );
-    let relay = Relay::start_with(dir.path(), &config);
     let mut c = relay.connect().await;
     let r = c.post_signed(&event_body("message.read", "up")).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());

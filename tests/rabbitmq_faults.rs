@@ -197,14 +197,11 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     let _one = BROKER.lock().await;
     let ex = unique("hr-alarm");
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_sink(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        "",
-        "",
         &amqp::sink_section(&ex, ""),
         "\n[sources.brokered]\nscheme = \"quickassist\"\nsecret_env = \"HOOKRELAY_TEST_SECRET\"\nack = \"broker\"\nack_timeout_ms = 1000\n",
     );
-    let relay = Relay::start_with(dir.path(), &config);
     let q = format!("{ex}.all");
     {
         let (conn, ch) = amqp::channel().await;

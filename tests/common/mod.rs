@@ -129,6 +129,12 @@ impl Relay {
         Self::spawn(data, &config)
     }
 
+    /// Starts with `sink` (`[sinks.*]` sections) instead of the file sink and
+    /// `source_extra` appended to the quickassist source.
+    pub fn start_with_sink(data: &Path, sink: &str, source_extra: &str) -> Relay {
+        Self::start_with(data, &config_with_sink(data, "", "", sink, source_extra))
+    }
+
     pub fn start(data: &Path) -> Relay {
         Self::start_with(data, &base_config(data, "", "", ""))
     }
