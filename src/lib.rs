@@ -6,16 +6,17 @@
 //! Data flows one way:
 //!
 //! ```text
-//! server (limits, routing) -> verify (scheme) -> event (type, id, topic, key)
-//!   -> dedup -> spool (group commit) -> 200
-//! spool -> forward (retry, cursor) -> sink (file | ...) -> confirm
+//! server (guards, limits, routing) -> verify (scheme) -> event (type, id, topic, key)
+//!   -> dedup (memory | redis) -> spool (group commit) -> 200
+//!                             \-> sink directly when ack = "broker" -> 200
+//! spool -> forward (retry, cursor) -> sink (kafka | rabbitmq | file) -> confirm
 //! ```
 //!
 //! - [`config`]: the TOML file, typed and validated.
 //! - [`server`]: hyper listeners, limits, the accept path, the admin endpoints.
 //! - [`verify`]: signature schemes; [`verify::Verified`] is the only way onward.
 //! - [`event`]: event type, id, topic and key from a verified body.
-//! - [`dedup`]: the bounded window of ids already accepted.
+//! - [`dedup`]: the window of ids already accepted, per process or shared in Redis.
 //! - [`spool`]: the segmented log, group commit, replay, cursor.
 //! - [`forward`]: spool to sink with many in flight, retry, dead-letter.
 //! - [`sink`]: destinations behind one trait; [`deadletter`] for refusals.
