@@ -65,6 +65,30 @@ def loadgen(port, seconds, warmup, conns, body, rate=0):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def server_quantiles(admin, qs=(0.5, 0.99)):
+    """Quantiles of hookrelay's own request-duration histogram (seconds), by linear
+    interpolation inside buckets: latency without the load generator's lateness."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith('hookrelay_http_request_duration_seconds_bucket{source="quickassist"'):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    out = []
+    for q in qs:
+        target, prev_le, prev_n = q * total, 0.0, 0.0
+        value = None
+        for le, n in buckets:
+            if n >= target and total:
+                value = prev_le if le == float("inf") else prev_le + (le - prev_le) * ((target - prev_n) / max(n - prev_n, 1e-9))
+                break
+            prev_le, prev_n = le, n
+        out.append(value)
+    return out
+
+
 def proc_stats(pid):
     """(cpu seconds so far, current RSS MiB, peak RSS MiB) of a process."""
     with open(f"/proc/{pid}/stat") as f:
@@ -171,6 +195,7 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             sampler.join()
             tracer.join()
             cpu1, rss, peak = proc_stats(p.pid)
+            server_p50, server_p99 = server_quantiles(admin)
             moving = [s for s in samples if s[1] > 0]
             first = moving[0]
             last = next(s for s in moving if s[1] >= moving[-1][1])
@@ -178,6 +203,7 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
                    "non_2xx": r["non_2xx"], "accepted": int(accepted), "published": int(samples[-1][1]),
                    "delivered_rps": round(delivered_rps), "body_bytes": body,
+                   "server_p50_us": round((server_p50 or 0) * 1e6), "server_p99_us": round((server_p99 or 0) * 1e6),
                    "cpu_s_per_10k": round((cpu1 - cpu0) / max(accepted, 1) * 10_000, 3),
                    "idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(peak, 1), "end_rss_mib": round(rss, 1)}
             if rate:
@@ -260,8 +286,8 @@ def main():
     base = results.get("baseline", {}).get("accept_rps")
     lines = [f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections, "
              f"{a['body']} B bodies unless noted, {a['warmup']:.0f} s warm-up + {a['seconds']:.0f} s per case.", "",
-             "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | CPU s / 10k | RSS idle / peak / end |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | server p50 / p99 | CPU s / 10k | RSS idle / peak / end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c, r in results.items():
         if "spool" in r:
             continue
@@ -270,11 +296,13 @@ def main():
         dratio = f"{d / base:.0%}" if base and d else "-"
         rss = f"{r.get('idle_rss_mib', '-')} / {r.get('peak_rss_mib', '-')} / {r.get('end_rss_mib', '-')} MiB" if "peak_rss_mib" in r else "-"
         label = c + (f" (open loop {r['open_loop_rate']}/s)" if "open_loop_rate" in r else "")
+        server = (f"{r['server_p50_us'] / 1000:.2f} / {r['server_p99_us'] / 1000:.2f} ms"
+                  if r.get("server_p99_us") else "-")
         lines.append(f"| {label} | {r['accept_rps']:.0f} | {ratio} | {d if d else '-'} | {dratio} | "
                      f"{r['p50_us'] / 1000:.2f} ms | {r['p99_us'] / 1000:.2f} ms | {r.get('p999_us', 0) / 1000:.2f} ms | "
-                     f"{r.get('cpu_s_per_10k', '-')} | {rss} |")
+                     f"{server} | {r.get('cpu_s_per_10k', '-')} | {rss} |")
         if "rss_trace_mib" in r:
-            lines.append(f"|  RSS every 30 s (MiB) | {' '.join(str(x) for x in r['rss_trace_mib'])} | | | | | | | | |")
+            lines.append(f"|  RSS every 30 s (MiB) | {' '.join(str(x) for x in r['rss_trace_mib'])} | | | | | | | | | |")
     if "spool" in results:
         lines += ["", "Spool alone (1 KiB records):", "", "| writers | appends/s | fdatasyncs/s | p50 | p99 |", "|---|---|---|---|---|"]
         for row in results["spool"]["spool"]:
