@@ -136,15 +136,10 @@ async fn unroutable_events_land_in_the_unroutable_queue() {
 async fn cloudevents_amqp_binding() {
     let ex = unique("hr-ce");
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start_with(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        &config_with_sink(
-            dir.path(),
-            "",
-            "",
-            &amqp::sink_section(&ex, "cloudevents = true"),
-            "",
-        ),
+        &amqp::sink_section(&ex, "cloudevents = true"),
+        "",
     );
     let (conn, ch) = amqp::channel().await;
     let q = format!("{ex}.q");
@@ -166,15 +161,10 @@ async fn cloudevents_amqp_binding() {
 async fn broker_mode_answers_after_the_confirm() {
     let ex = unique("hr-ack");
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start_with(
+    let relay = Relay::start_with_sink(
         dir.path(),
-        &config_with_sink(
-            dir.path(),
-            "",
-            "",
-            &amqp::sink_section(&ex, ""),
-            "ack = \"broker\"\n",
-        ),
+        &amqp::sink_section(&ex, ""),
+        "ack = \"broker\"\n",
     );
     let (conn, ch) = amqp::channel().await;
     let q = format!("{ex}.q");

@@ -102,36 +102,58 @@ fn parse_pairs<'a>(
     }
 }
 
-/// `Stripe-Signature: t=<ts>,v1=<hex>[,v1=<hex>...]` over `{t}.{body}`.
-pub fn stripe(req: &Request<'_>, keys: &[Key], tolerance: u64) -> Result<(), Failure> {
+/// A header of `key=value` pairs carrying the timestamp and hex HMAC-SHA256
+/// signatures over `{ts}{joiner}{body}` (Stripe and Paddle differ only in spelling).
+struct PairsScheme {
+    header: &'static str,
+    separator: u8,
+    ts_key: &'static [u8],
+    sig_key: &'static [u8],
+    joiner: &'static [u8],
+}
+
+fn pairs_scheme(
+    req: &Request<'_>,
+    keys: &[Key],
+    tolerance: u64,
+    s: &PairsScheme,
+) -> Result<(), Failure> {
     let (ts, sigs) = parse_pairs(
-        single_header(req.headers, "stripe-signature")?,
-        b',',
-        b"t",
-        b"v1",
+        single_header(req.headers, s.header)?,
+        s.separator,
+        s.ts_key,
+        s.sig_key,
     )?;
     check_timestamp(ts, req.now, tolerance)?;
-    if any_mac_matches(keys, Alg::Sha256, &[ts, b".", req.body], &sigs) {
+    if any_mac_matches(keys, Alg::Sha256, &[ts, s.joiner, req.body], &sigs) {
         Ok(())
     } else {
         Err(Failure::Mismatch)
     }
 }
 
+/// `Stripe-Signature: t=<ts>,v1=<hex>[,v1=<hex>...]` over `{t}.{body}`.
+pub fn stripe(req: &Request<'_>, keys: &[Key], tolerance: u64) -> Result<(), Failure> {
+    const STRIPE: PairsScheme = PairsScheme {
+        header: "stripe-signature",
+        separator: b',',
+        ts_key: b"t",
+        sig_key: b"v1",
+        joiner: b".",
+    };
+    pairs_scheme(req, keys, tolerance, &STRIPE)
+}
+
 /// `Paddle-Signature: ts=<ts>;h1=<hex>[;h1=<hex>]` over `{ts}:{body}`.
 pub fn paddle(req: &Request<'_>, keys: &[Key], tolerance: u64) -> Result<(), Failure> {
-    let (ts, sigs) = parse_pairs(
-        single_header(req.headers, "paddle-signature")?,
-        b';',
-        b"ts",
-        b"h1",
-    )?;
-    check_timestamp(ts, req.now, tolerance)?;
-    if any_mac_matches(keys, Alg::Sha256, &[ts, b":", req.body], &sigs) {
-        Ok(())
-    } else {
-        Err(Failure::Mismatch)
-    }
+    const PADDLE: PairsScheme = PairsScheme {
+        header: "paddle-signature",
+        separator: b';',
+        ts_key: b"ts",
+        sig_key: b"h1",
+        joiner: b":",
+    };
+    pairs_scheme(req, keys, tolerance, &PADDLE)
 }
 
 /// `v0=<hex>` over `v0:{ts}:{body}`, with the timestamp in its own header.
