@@ -317,25 +317,6 @@ pub struct Preset {
 }
 
 impl Scheme {
-    pub const NAMES: &'static [&'static str] = &[
-        "quickassist",
-        "standard-webhooks",
-        "github",
-        "stripe",
-        "shopify",
-        "slack",
-        "meta",
-        "twilio",
-        "razorpay",
-        "linear",
-        "paddle",
-        "zoom",
-        "hmac",
-        "basic",
-        "bearer",
-        "header-token",
-    ];
-
     /// The event types the provider documents; their metric series start at zero.
     pub fn known_events(self) -> &'static [&'static str] {
         match self {

@@ -21,7 +21,6 @@ use bytes::Bytes;
 use hyper::HeaderMap;
 
 pub use handshake::Reply;
-pub use jsstringify::stringify as js_stringify;
 pub use keys::{Alg, Encoding, Key, SecretSource};
 
 /// Why a request was refused; the label of `hookrelay_signature_failures_total`.
@@ -202,20 +201,6 @@ impl Verifier {
             verify_token: None,
             handshakes: handshake::Kinds::default(),
         })
-    }
-
-    pub fn with_handshakes(
-        mut self,
-        handshakes: handshake::Kinds,
-        verify_token: Option<Vec<u8>>,
-    ) -> Self {
-        self.handshakes = handshakes;
-        self.verify_token = verify_token;
-        self
-    }
-
-    pub fn method(&self) -> &Method {
-        &self.method
     }
 
     /// Re-reads every secret source. On any error the secrets in force are kept.
