@@ -6,7 +6,9 @@
 //! previous one is answered: maximum throughput. Open loop (`--rate R`): requests
 //! are scheduled at R per second in total, and latency is measured from each
 //! request's intended send time, so a stall is charged to every request it delays
-//! (no coordinated omission).
+//! (no coordinated omission). The schedule is kept by a pacer thread with
+//! sub-millisecond sleeps: tokio's 1 ms timer would make every request up to a
+//! millisecond late and charge that to the server.
 //!
 //! `cargo run --release --example loadgen -- --url http://127.0.0.1:8080/webhooks/quickassist \
 //!     --secret dev-secret --connections 64 --seconds 10 --body-bytes 1024`
@@ -118,11 +120,38 @@ async fn main() {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(a.warmup);
     let end = measure_from + Duration::from_secs_f64(a.seconds);
-    // Open loop: each connection owns every N-th slot of the global schedule.
-    let interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.connections as f64 / a.rate));
+    // Open loop: connection k owns every N-th slot of the global schedule; the pacer
+    // hands each connection its slots' intended send times as they come due.
+    let mut slots = Vec::new();
+    let mut pacer = Vec::new();
+    for _ in 0..a.connections {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        pacer.push(tx);
+        slots.push(rx);
+    }
+    if a.rate > 0.0 {
+        let period = Duration::from_secs_f64(1.0 / a.rate);
+        std::thread::spawn(move || {
+            let mut k: u32 = 0;
+            loop {
+                let at = start + period * k;
+                if at >= end {
+                    break;
+                }
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                let _ = pacer[k as usize % pacer.len()].send(at);
+                k += 1;
+            }
+        });
+    } else {
+        drop(pacer);
+    }
     let mut tasks = Vec::new();
-    for (conn_index, events) in slices.into_iter().enumerate() {
-        let offset = interval.map(|i| i.mul_f64(conn_index as f64 / a.connections as f64));
+    for (events, mut slots) in slices.into_iter().zip(slots) {
+        let open_loop = a.rate > 0.0;
         let authority = authority.clone();
         let path = path.clone();
         tasks.push(tokio::spawn(async move {
@@ -136,16 +165,18 @@ async fn main() {
             tokio::spawn(conn);
             let (mut ok, mut other, mut lat) = (0u64, 0u64, Vec::new());
             let mut finished = false;
-            for (n, (b, sig)) in events.into_iter().enumerate() {
-                let intended = match (interval, offset) {
-                    (Some(i), Some(o)) => {
-                        let at = start + o + i.mul_f64(n as f64);
-                        tokio::time::sleep_until(at.into()).await;
-                        at
+            for (b, sig) in events {
+                let now = if open_loop {
+                    match slots.recv().await {
+                        Some(at) => at,
+                        None => {
+                            finished = true;
+                            break;
+                        }
                     }
-                    _ => Instant::now(),
+                } else {
+                    Instant::now()
                 };
-                let now = intended;
                 if Instant::now() >= end {
                     finished = true;
                     break;

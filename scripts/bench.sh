@@ -2,7 +2,7 @@
 # Benchmarks hookrelay against a bare hyper + HMAC baseline in one run.
 #   scripts/bench.sh                      # every case, 10 s each after a 2 s warm-up
 #   CASES=baseline,file SECONDS_PER_CASE=5 scripts/bench.sh
-#   CASES=baseline,file,file-soak SOAK_SECONDS=300 scripts/bench.sh   # RSS over 5 minutes
+#   CASES=baseline,file,file-soak SOAK_SECONDS=60 scripts/bench.sh    # shorter soak (default 300 s)
 #   scripts/bench.sh --smoke              # a few seconds on debug builds (scripts/test.sh)
 # Report: target/bench/report.md, report.json and verify.md.
 # CASES=none skips the HTTP cases (verification only).

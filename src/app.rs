@@ -302,7 +302,7 @@ pub async fn run(
             }
         }
         if let Some(s) = &app_spool
-            && let Err(e) = s.persist_cursor()
+            && let Err(e) = s.checkpoint()
         {
             tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown");
         }

@@ -107,6 +107,8 @@ impl Forwarder {
         let mut reading: Option<JoinHandle<(Reader, io::Result<Vec<Record>>)>> = None;
         let mut tick = tokio::time::interval(TICK);
         let mut persisted = self.spool.cursor();
+        // At most one checkpoint (cursor fsync + segment unlinks) at a time, off the workers.
+        let mut checkpoint: Option<JoinHandle<io::Result<()>>> = None;
         loop {
             if reading.is_none()
                 && let Some(reader) = self.reader.take()
@@ -175,17 +177,33 @@ impl Forwarder {
                 _ = tick.tick() => {
                     self.report();
                     let cursor = self.cursor();
-                    if cursor != persisted {
-                        match self.spool.persist_cursor() {
-                            Ok(()) => persisted = cursor,
-                            Err(e) => self.warn(&format!("cannot persist the spool cursor: {e}")),
+                    if let Some(done) = checkpoint.take_if(|c| c.is_finished()) {
+                        let failed = match done.await {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(format!("cannot persist the spool cursor: {e}")),
+                            Err(e) => Some(format!("spool checkpoint task failed: {e}")),
+                        };
+                        if let Some(msg) = failed {
+                            self.warn(&msg);
+                            persisted = u64::MAX; // retry on the next tick
                         }
+                    }
+                    if cursor != persisted && checkpoint.is_none() {
+                        let spool = self.spool.clone();
+                        persisted = cursor;
+                        checkpoint = Some(tokio::task::spawn_blocking(move || spool.checkpoint()));
                     }
                 }
             }
         }
-        if let Err(e) = self.spool.persist_cursor() {
-            tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown");
+        if let Some(c) = checkpoint {
+            let _ = c.await;
+        }
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.checkpoint()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "spool checkpoint task failed at shutdown"),
         }
         self.report();
     }

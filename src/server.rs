@@ -443,7 +443,12 @@ pub async fn serve_admin(
             async move {
                 let r = match (req.method(), req.uri().path()) {
                     (&Method::GET, "/metrics") => {
-                        let mut r = Response::new(Full::new(Bytes::from(prometheus.render())));
+                        // Rendering takes a millisecond or more with per-topic series:
+                        // off the workers, where it would delay webhooks queued behind it.
+                        let text = tokio::task::spawn_blocking(move || prometheus.render())
+                            .await
+                            .unwrap_or_default();
+                        let mut r = Response::new(Full::new(Bytes::from(text)));
                         r.headers_mut().insert(
                             header::CONTENT_TYPE,
                             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -303,37 +303,59 @@ impl Spool {
         self.shared.cursor.load(Ordering::Acquire)
     }
 
-    /// Everything before `cursor` is confirmed: frees whole segments behind it.
-    /// The cursor file is written separately, by [`Spool::persist_cursor`].
+    /// Everything before `cursor` is confirmed. Cheap (an atomic), so the forwarder
+    /// calls it on every confirmation; the disk catches up in [`Spool::checkpoint`].
     pub fn confirm_until(&self, cursor: u64) {
         let s = &self.shared;
         s.cursor.fetch_max(cursor, Ordering::AcqRel);
         let cursor = s.cursor.load(Ordering::Acquire);
-        let mut freed = 0;
-        {
+        metrics::spool_size(
+            s.bytes.load(Ordering::Acquire),
+            self.durable_end().saturating_sub(cursor),
+        );
+    }
+
+    /// Persists the cursor, then deletes the segments wholly behind it. Blocking
+    /// (an fsync, a rename, unlinks): run it off the async workers, where it would
+    /// stall every connection scheduled on the same worker.
+    pub fn checkpoint(&self) -> io::Result<()> {
+        let cursor = self.persist_cursor()?;
+        let s = &self.shared;
+        // Unlinked outside the lock: the writer takes it on every batch.
+        let behind: Vec<Segment> = {
             let mut segs = s.segments();
-            while segs.len() > 1 && segs[1].base <= cursor {
-                let seg = segs.remove(0);
-                let path = segment_path(&s.dir, seg.base);
-                match fs::remove_file(&path) {
-                    Ok(()) => freed += seg.bytes,
-                    Err(e) => {
-                        tracing::warn!(segment = %path.display(), error = %e, "cannot delete confirmed spool segment");
-                        segs.insert(0, seg);
-                        break;
-                    }
+            let n = segs
+                .iter()
+                .skip(1)
+                .take_while(|next| next.base <= cursor)
+                .count();
+            segs.drain(..n).collect()
+        };
+        let mut freed = 0;
+        for (i, seg) in behind.iter().enumerate() {
+            let path = segment_path(&s.dir, seg.base);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), error = %e, "cannot delete confirmed spool segment");
+                // Keep it (and the rest) listed so its bytes stay counted; retried next time.
+                let mut segs = s.segments();
+                for (j, seg) in behind[i..].iter().enumerate() {
+                    segs.insert(j, *seg);
                 }
+                break;
             }
+            freed += seg.bytes;
         }
         if freed > 0 {
             s.full.store(false, Ordering::Relaxed);
         }
         let total = s.bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
-        metrics::spool_size(total, self.durable_end().saturating_sub(cursor));
+        metrics::spool_size(total, self.durable_end().saturating_sub(self.cursor()));
+        Ok(())
     }
 
-    /// Writes the cursor file (atomically, via rename). Losing it only causes duplicates.
-    pub fn persist_cursor(&self) -> io::Result<()> {
+    /// Writes the cursor file (atomically, via rename) and returns the cursor written.
+    /// Losing it only causes duplicates.
+    fn persist_cursor(&self) -> io::Result<u64> {
         let dir = &self.shared.dir;
         let cursor = self.cursor();
         let mut buf = cursor.to_le_bytes().to_vec();
@@ -342,7 +364,8 @@ impl Spool {
         let mut f = File::create(&tmp)?;
         f.write_all(&buf)?;
         f.sync_data()?;
-        fs::rename(&tmp, dir.join("cursor"))
+        fs::rename(&tmp, dir.join("cursor"))?;
+        Ok(cursor)
     }
 }
 
@@ -720,7 +743,7 @@ mod tests {
                 "4 KiB segments must roll"
             );
             spool.confirm_until(60);
-            spool.persist_cursor().unwrap();
+            spool.checkpoint().unwrap();
             assert!(spool.shared.segments()[0].base <= 60);
         }
         let d = dedup();
@@ -780,6 +803,7 @@ mod tests {
         assert!(!spool.has_room() || spool.bytes() > 16384 - 200);
         let got = read_all(&mut reader);
         spool.confirm_until(got.last().unwrap().seq + 1);
+        spool.checkpoint().unwrap();
         assert!(spool.bytes() < 8192, "{}", spool.bytes());
         spool.append(encode(&event(i))).await.unwrap();
     }
