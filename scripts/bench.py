@@ -312,7 +312,7 @@ def main():
                 subprocess.run(["rabbitmqctl", "delete_queue", f"{ex}.unroutable"], capture_output=True)
             elif c == "kafka-mock":
                 m = subprocess.Popen([os.path.join(REL, "examples", "mock_kafka"), "3"] + [f"quickassist.{t}" for t in TYPES],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 procs.append(m)
                 bootstrap = m.stdout.readline().strip()
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "{bootstrap}"', "kafka")

@@ -1,9 +1,10 @@
 //! Drops repeats of an event inside a time window, with bounded memory.
 //!
-//! Ids are stored as 128-bit keyed hashes (about 40 bytes an entry with the
-//! map's overhead, so the default million ids cost ~40 MiB), sharded to keep
-//! the lock off the hot path. A 64-bit hash would not do: a collision answers
-//! "duplicate" for a new event, which is a loss.
+//! Ids are stored as 128-bit keyed hashes, sharded to keep the lock off the hot
+//! path. A 64-bit hash would not do: a collision answers "duplicate" for a new
+//! event, which is a loss. An id costs 24 bytes in the map and 24 in the expiry
+//! queue; with the map's load factor the default million ids take about 80 MiB,
+//! reached once that many distinct ids arrived within the window, and flat after.
 //!
 //! An id is first *reserved* (the request is being made durable) and then
 //! *committed*, or *released* when the spool refused it. A second request for a
@@ -34,19 +35,31 @@ enum State {
     Committed,
 }
 
+/// A 128-bit id as two words: 8-byte alignment keeps map buckets at 24 bytes.
+type Id = [u64; 2];
+
 #[derive(Debug)]
 struct Entry {
     state: State,
     /// Identifies this insertion, so an expiry queued for an older one is ignored.
-    generation: u64,
+    /// Wrapping is harmless: the queue never holds 2^32 insertions of one shard.
+    generation: u32,
+}
+
+/// One insertion in expiry order.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Whole seconds since the window's epoch: the window is counted in seconds.
+    at: u32,
+    generation: u32,
+    id: Id,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<u128, Entry>,
-    /// Insertion order for expiry and the size bound: (inserted at, id, generation).
-    order: VecDeque<(Instant, u128, u64)>,
-    next_generation: u64,
+    map: HashMap<Id, Entry>,
+    order: VecDeque<Slot>,
+    next_generation: u32,
 }
 
 /// Opaque handle on a reserved id; pass it back to commit or release.
@@ -59,6 +72,8 @@ pub struct Dedup {
     hashers: (RandomState, RandomState),
     window: Duration,
     max_per_shard: usize,
+    /// Time zero for [`Slot::at`].
+    epoch: Instant,
 }
 
 impl Dedup {
@@ -68,7 +83,16 @@ impl Dedup {
             hashers: (RandomState::new(), RandomState::new()),
             window,
             max_per_shard: max_ids.div_ceil(SHARDS).max(1),
+            epoch: Instant::now(),
         }
+    }
+
+    fn id(key: Key) -> Id {
+        [(key.0 >> 64) as u64, key.0 as u64]
+    }
+
+    fn seconds(&self, at: Instant) -> u32 {
+        u32::try_from(at.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
     pub fn key(&self, source: &str, id: &str) -> Key {
@@ -97,7 +121,7 @@ impl Dedup {
     fn check_at(&self, key: Key, now: Instant) -> Seen {
         let mut shard = self.shard(key);
         self.expire(&mut shard, now);
-        if let Some(entry) = shard.map.get(&key.0) {
+        if let Some(entry) = shard.map.get(&Self::id(key)) {
             return match entry.state {
                 State::Committed => Seen::Duplicate,
                 State::Reserved => Seen::InFlight,
@@ -109,14 +133,14 @@ impl Dedup {
 
     /// The event is durable: from now on repeats are duplicates.
     pub fn commit(&self, key: Key) {
-        if let Some(e) = self.shard(key).map.get_mut(&key.0) {
+        if let Some(e) = self.shard(key).map.get_mut(&Self::id(key)) {
             e.state = State::Committed;
         }
     }
 
     /// The event was not accepted: let the provider's retry through.
     pub fn release(&self, key: Key) {
-        self.shard(key).map.remove(&key.0);
+        self.shard(key).map.remove(&Self::id(key));
     }
 
     /// Remembers an id already durable (spool replay after a restart).
@@ -127,7 +151,7 @@ impl Dedup {
         }
         let at = now.checked_sub(age).unwrap_or(now);
         let mut shard = self.shard(key);
-        if !shard.map.contains_key(&key.0) {
+        if !shard.map.contains_key(&Self::id(key)) {
             self.insert(&mut shard, key, State::Committed, at);
         }
     }
@@ -145,36 +169,40 @@ impl Dedup {
 
     fn insert(&self, shard: &mut Shard, key: Key, state: State, at: Instant) {
         while shard.order.len() >= self.max_per_shard {
-            let Some((_, id, generation)) = shard.order.pop_front() else {
+            let Some(slot) = shard.order.pop_front() else {
                 break;
             };
-            Self::forget(shard, id, generation);
+            Self::forget(shard, slot);
         }
-        shard.next_generation += 1;
+        shard.next_generation = shard.next_generation.wrapping_add(1);
         let generation = shard.next_generation;
-        shard.map.insert(key.0, Entry { state, generation });
-        shard.order.push_back((at, key.0, generation));
+        let id = Self::id(key);
+        shard.map.insert(id, Entry { state, generation });
+        let at = self.seconds(at);
+        shard.order.push_back(Slot { at, generation, id });
     }
 
     fn expire(&self, shard: &mut Shard, now: Instant) {
-        while let Some(&(at, id, generation)) = shard.order.front() {
-            if now.duration_since(at) < self.window {
+        let now = self.seconds(now) as u64;
+        let window = self.window.as_secs();
+        while let Some(&slot) = shard.order.front() {
+            if now.saturating_sub(slot.at as u64) < window {
                 break;
             }
             shard.order.pop_front();
-            Self::forget(shard, id, generation);
+            Self::forget(shard, slot);
         }
     }
 
-    fn forget(shard: &mut Shard, id: u128, generation: u64) {
+    fn forget(shard: &mut Shard, slot: Slot) {
         // Evicting a reserved id at the size bound can only cause a duplicate
         // publish later (allowed), never a loss.
         if shard
             .map
-            .get(&id)
-            .is_some_and(|e| e.generation == generation)
+            .get(&slot.id)
+            .is_some_and(|e| e.generation == slot.generation)
         {
-            shard.map.remove(&id);
+            shard.map.remove(&slot.id);
         }
     }
 }
