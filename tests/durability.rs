@@ -257,3 +257,162 @@ async fn sigterm_under_load_drains_and_exits_zero() {
     );
     assert!(relay.logs().contains("shutting down"));
 }
+
+/// A tmpfs of `bytes` mounted on `dir`, unmounted on drop: a disk that really fills.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, bytes: u64) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a {bytes}-byte tmpfs failed (the disk-full test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_answers_503_then_accepts_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let _disk = SmallDisk::mount(&spool, 1 << 20);
+    // Leave ~160 KiB free: the spool's own size limit (1 GiB) is not what stops it.
+    let filler = spool.join("filler");
+    std::fs::write(&filler, vec![0u8; (1 << 20) - (160 << 10)]).unwrap();
+    let config = base_config(dir.path(), "", "segment_bytes = 65536", "");
+    let mut relay = Relay::start_with(dir.path(), &config);
+
+    // Block the sink so nothing is confirmed and freed while the disk fills.
+    let blocker = dir.path().join("events/quickassist.message.read.jsonl");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let mut c = relay.connect().await;
+    let mut acked = HashSet::new();
+    let mut refused = None;
+    for i in 0..2000 {
+        let r = c
+            .post_signed(&event_body("message.read", &format!("disk-{i}")))
+            .await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some((i, r));
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK);
+        acked.insert(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let (refused_at, r) = refused.expect("the disk never filled");
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    assert!(acked.len() > 20, "{}", acked.len());
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "hookrelay exited"
+    );
+    let mut admin = Client::connect(relay.admin).await;
+    assert_eq!(
+        admin.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "hookrelay_http_requests_total{source=\"quickassist\",status=\"503\"}"
+        ),
+        1.0
+    );
+    assert!(relay.logs().contains("spool write failed"));
+
+    // Space returns: the refused event's retry is accepted, readiness recovers.
+    std::fs::remove_file(&filler).unwrap();
+    let retry = event_body("message.read", &format!("disk-{refused_at}"));
+    let r = c.post_signed(&retry).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(r.json()["status"], "accepted");
+    acked.insert(r.json()["id"].as_str().unwrap().to_string());
+    assert_eq!(admin.get("/readyz").await.status, StatusCode::OK);
+
+    // No corrupt segment: a restart finds nothing to truncate, and everything acked
+    // is delivered once the sink works again.
+    drop(c);
+    drop(admin);
+    relay.restart();
+    let m = relay.metrics().await;
+    assert_eq!(metric(&m, "hookrelay_spool_truncated_bytes_total"), 0.0);
+    assert_eq!(metric(&m, "hookrelay_spool_corrupt_records_total"), 0.0);
+    std::fs::remove_dir(&blocker).unwrap();
+    relay.wait_for_ids(&acked, Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_failure_stops_the_process_before_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_text = base_config(dir.path(), "", "", "");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let config = dir.path().join("hookrelay.toml");
+    std::fs::write(&config, config_text).unwrap();
+    let mut relay = Relay::spawn_env(
+        dir.path(),
+        &config,
+        &[(hookrelay::spool::FSYNC_AFTER_ENV, "5")],
+    );
+    let mut c = relay.connect().await;
+    let mut acked = HashSet::new();
+    // One request at a time: each is its own group commit.
+    for i in 0..5 {
+        let r = c
+            .post_signed(&event_body("message.read", &format!("fsync-{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        acked.insert(r.json()["id"].as_str().unwrap().to_string());
+    }
+    // The sixth batch's fdatasync fails: no answer at all, and the process stops.
+    let sixth = c
+        .try_post_signed(&event_body("message.read", "fsync-5"))
+        .await;
+    assert!(
+        sixth.as_ref().map_or(true, |r| !r.status.is_success()),
+        "answered {:?} for an unsynced event",
+        sixth.map(|r| r.status)
+    );
+    let status = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = relay.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(
+        status.code(),
+        Some(hookrelay::spool::EXIT_FSYNC_FAILED),
+        "{}",
+        relay.logs()
+    );
+    assert!(
+        relay.logs().contains("fdatasync failed"),
+        "{}",
+        relay.logs()
+    );
+
+    // Restarted on a healthy disk: everything answered 200 is delivered.
+    drop(c);
+    relay = Relay::spawn(dir.path(), &config);
+    relay.wait_for_ids(&acked, Duration::from_secs(30));
+}

@@ -13,6 +13,9 @@
 //! - `cursor`: the first sequence not yet confirmed (8 bytes LE + CRC32C). It may
 //!   lag the truth; replaying from an older cursor only causes duplicates.
 
+mod faults;
+#[cfg(test)]
+mod proptests;
 mod record;
 
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::dedup::Dedup;
 use crate::metrics;
 
+pub use faults::FSYNC_AFTER_ENV;
 pub use record::{DecodeError, ReadError, Record, decode, encode, read_frame};
 
 /// Process exit status when the disk fails a sync: nothing is answered 200 after it.
@@ -247,6 +251,7 @@ impl Spool {
             next_seq,
             segment_bytes,
             durable: durable_tx,
+            faults: faults::Faults::from_env(),
         };
         std::thread::Builder::new()
             .name("spool-writer".into())
@@ -441,6 +446,7 @@ struct Writer {
     next_seq: u64,
     segment_bytes: u64,
     durable: watch::Sender<u64>,
+    faults: faults::Faults,
 }
 
 impl Writer {
@@ -506,7 +512,7 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = self.faults.sync_data(&self.file) {
             // After a failed fsync the kernel may have dropped the dirty pages: the data's
             // fate is unknown, and retrying could report success for lost writes.
             fatal(&format!("spool fdatasync failed: {e}"));

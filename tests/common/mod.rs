@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const SECRET: &str = "test-secret";
@@ -140,9 +141,15 @@ impl Relay {
     }
 
     pub fn spawn(data: &Path, config: &Path) -> Relay {
+        Self::spawn_env(data, config, &[])
+    }
+
+    /// Starts with extra environment variables (fault injection).
+    pub fn spawn_env(data: &Path, config: &Path, env: &[(&str, &str)]) -> Relay {
         let mut child = Command::new(binary())
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("HOOKRELAY_TEST_SECRET", SECRET)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -405,4 +412,21 @@ impl Client {
     pub async fn get(&mut self, path: &str) -> Reply {
         self.request("GET", path, &[], b"").await
     }
+}
+
+/// Sends raw bytes, then reads the answer's status line.
+pub async fn raw(addr: SocketAddr, parts: &[(&[u8], Duration)]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for (bytes, pause) in parts {
+        if s.write_all(bytes).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(*pause).await;
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
