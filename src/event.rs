@@ -38,6 +38,8 @@ pub struct Event {
 pub enum ExtractError {
     #[error("body is neither JSON nor form-encoded")]
     NotJson,
+    #[error("JSON nested deeper than 128 levels")]
+    TooDeep,
     #[error("event type is missing or not a string")]
     MissingEventType,
     #[error("event type must match [A-Za-z0-9._-] and be at most 200 bytes")]
@@ -220,6 +222,43 @@ impl<'a> Doc<'a> {
     }
 }
 
+/// Deepest nesting passed on: serde_json's default recursion limit, so every
+/// consumer parsing with it (or anything as strict) can read what we publish.
+const MAX_DEPTH: usize = 128;
+
+/// Whether brackets outside strings nest deeper than `limit`. One pass, no
+/// allocation; the raw-JSON validation does not bound depth by itself.
+fn nested_deeper_than(body: &[u8], limit: usize) -> bool {
+    if body.len() <= 2 * limit {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Follows an RFC 6901 JSON pointer through raw JSON.
 fn raw_pointer<'a>(root: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
     if pointer.is_empty() {
@@ -301,6 +340,9 @@ impl Extractor {
         received_at_ns: u64,
     ) -> Result<Extracted, ExtractError> {
         let body = verified.body();
+        if nested_deeper_than(body, MAX_DEPTH) {
+            return Err(ExtractError::TooDeep);
+        }
         let doc = Doc::parse(body, content_type).ok_or(ExtractError::NotJson)?;
         let event_type = match self.event_from.find(&doc, headers) {
             Some(Found::Text(t)) => normalize_event_type(&t),
@@ -383,6 +425,18 @@ mod tests {
             Extracted::Publish(e) => Ok(e),
             Extracted::Filtered { .. } => panic!("filtered"),
         }
+    }
+
+    #[test]
+    fn nesting_is_bounded_outside_strings_only() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nested_deeper_than(deep(128).as_bytes(), 128));
+        assert!(nested_deeper_than(deep(129).as_bytes(), 128));
+        // Brackets inside strings, escaped quotes included, are text.
+        let in_string = format!(r#"{{"a":"\"{}"}}"#, "[".repeat(500));
+        assert!(!nested_deeper_than(in_string.as_bytes(), 128));
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert!(nested_deeper_than(objects.as_bytes(), 128));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::verify::Failure;
 
 pub const HTTP_REQUESTS: &str = "hookrelay_http_requests_total";
+pub const HTTP_CONNECTION_ERRORS: &str = "hookrelay_http_connection_errors_total";
 pub const HTTP_REQUEST_DURATION: &str = "hookrelay_http_request_duration_seconds";
 pub const EVENTS: &str = "hookrelay_events_total";
 pub const SIGNATURE_FAILURES: &str = "hookrelay_signature_failures_total";
@@ -62,6 +63,15 @@ pub const STATUSES: &[u16] = &[200, 400, 401, 403, 404, 405, 408, 413, 429, 500,
 pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "filtered"];
 /// Results per topic at a sink.
 pub const TOPIC_RESULTS: [&str; 3] = ["published", "retriable", "permanent"];
+/// Why a connection ended badly before (or instead of) a request reaching a handler.
+pub const CONNECTION_ERRORS: [&str; 6] = [
+    "header_timeout",
+    "malformed",
+    "too_large",
+    "incomplete",
+    "tls",
+    "io",
+];
 
 /// Latency buckets from 100 µs to five minutes, dense between 0.5 and 5 ms where a
 /// group-committed 200 lands, so quantiles there are read to a fraction of a ms.
@@ -83,6 +93,10 @@ fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
         "Webhook requests answered, by source and HTTP status."
+    );
+    describe_counter!(
+        HTTP_CONNECTION_ERRORS,
+        "Connections cut off or refused before a handler: header timeout, malformed, too large, incomplete, TLS, I/O."
     );
     describe_histogram!(
         HTTP_REQUEST_DURATION,
@@ -199,6 +213,9 @@ pub fn init(sources: &[String], sinks: &[&str]) {
             counter!(RABBITMQ_RETURNED).absolute(0);
             counter!(RABBITMQ_CONNECTS).absolute(0);
         }
+    }
+    for reason in CONNECTION_ERRORS {
+        counter!(HTTP_CONNECTION_ERRORS, "reason" => reason).absolute(0);
     }
     gauge!(SPOOL_BYTES).set(0.0);
     gauge!(SPOOL_EVENTS).set(0.0);
@@ -375,6 +392,12 @@ pub fn spool_limit(bytes: u64) {
         "spool.max_bytes: at this size new events get 503."
     );
     gauge!(SPOOL_MAX_BYTES).set(bytes as f64);
+}
+
+/// One of [`CONNECTION_ERRORS`]: slow, malformed or oversized clients that hyper
+/// answered (400, 431) or cut off itself, which request counters never see.
+pub fn connection_error(reason: &'static str) {
+    counter!(HTTP_CONNECTION_ERRORS, "reason" => reason).increment(1);
 }
 
 pub fn spool_truncated(bytes: u64) {

@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use crate::dedup::{Seen, Window};
 use crate::event::{Event, Extracted, Extractor};
-use crate::metrics::{EventLabels, RequestMetrics, UNKNOWN_SOURCE};
+use crate::metrics::{self, EventLabels, RequestMetrics, UNKNOWN_SOURCE};
 use crate::sink::{Message, Route, SinkError};
 use crate::spool::{self, Spool};
 use crate::verify::Verifier;
@@ -540,12 +540,21 @@ async fn accept_loop<S, F>(
                                 .serve_connection(TokioIo::new(tls_stream), service_fn(service));
                             watcher.watch(conn.into_owned()).await
                         }
-                        Ok(Err(e)) => Err(e.into()),
-                        Err(_) => Err("TLS handshake timed out".into()),
+                        Ok(Err(e)) => {
+                            metrics::connection_error("tls");
+                            Err(e.into())
+                        }
+                        Err(_) => {
+                            metrics::connection_error("tls");
+                            Err("TLS handshake timed out".into())
+                        }
                     }
                 }
             };
             if let Err(e) = served {
+                if let Some(reason) = connection_error_reason(e.as_ref()) {
+                    metrics::connection_error(reason);
+                }
                 tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -558,6 +567,34 @@ async fn accept_loop<S, F>(
     {
         tracing::warn!("drain deadline reached with HTTP requests still in flight");
     }
+}
+
+/// Which [`metrics::CONNECTION_ERRORS`] reason a failed connection counts under;
+/// `None` for TLS (counted where it happens) and for clients that just went away.
+fn connection_error_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return Some(if h.is_timeout() {
+                "header_timeout"
+            } else if h.is_parse_too_large() {
+                "too_large"
+            } else if h.is_parse() {
+                "malformed"
+            } else if h.is_incomplete_message() {
+                "incomplete"
+            } else if h.is_canceled() || h.is_closed() {
+                return None;
+            } else {
+                "io"
+            });
+        }
+        if err.downcast_ref::<std::io::Error>().is_some() {
+            return Some("io");
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The address a listener is bound to (for logs when port 0 was asked for).

@@ -6,27 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use hyper::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const SIG: &str = "x-webhook-signature";
-
-/// Sends raw bytes, then reads the answer's status line.
-async fn raw(addr: std::net::SocketAddr, parts: &[(&[u8], Duration)]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    for (bytes, pause) in parts {
-        if s.write_all(bytes).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(*pause).await;
-    }
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .expect("no answer")
-        .unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
 
 #[tokio::test]
 async fn documentation_example_is_accepted_then_duplicate() {
@@ -284,7 +265,7 @@ async fn every_rejection_has_its_status_and_metric() {
 async fn http2_prior_knowledge_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path());
-    let stream = TcpStream::connect(relay.addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
