@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""Chaos runs: hookrelay under broker restarts, broker outages and SIGKILLs, checked
+Jepsen-style. Run through scripts/chaos.sh (which builds first).
+
+A sender (examples/chaos_client.rs) behaves like a provider: it retries every event
+until it gets a 200 and records the ids that did. A consumer records every id that
+reached the broker. Faults are spread over the run by progress (fault i of F fires
+once i/(F+1) of the events are acked), in a shuffled order from --seed. At the end
+the checker prints
+
+  acked       ids that got a 200
+  consumed    distinct ids read from the broker
+  lost        acked but never consumed          (must be 0)
+  unexpected  consumed but never sent           (must be 0)
+  duplicates  deliveries beyond the first       (allowed: at-least-once)
+
+and exits 1 unless lost = 0 and unexpected = 0.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", os.environ.get("CHAOS_PROFILE", "release"))
+SECRET = "chaos-secret"
+TYPES = ["message.delivered", "message.read", "message.failed", "template.status_update"]
+AMQP = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+
+def log(msg):
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url, timeout=2):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+class Relay:
+    """One hookrelay process; killed and restarted on the same spool."""
+
+    def __init__(self, work, name, sink_section, extra=""):
+        self.name = name
+        self.port, self.admin = free_port(), free_port()
+        self.dir = os.path.join(work, name)
+        os.makedirs(self.dir)
+        self.cfg = os.path.join(self.dir, "hookrelay.toml")
+        self.log = open(os.path.join(self.dir, "log"), "a")
+        with open(self.cfg, "w") as f:
+            f.write(f"""
+[server]
+listen = "127.0.0.1:{self.port}"
+admin_listen = "127.0.0.1:{self.admin}"
+[spool]
+dir = "{self.dir}/spool"
+segment_bytes = 4194304
+[dead_letter]
+path = "{self.dir}/dead.jsonl"
+[log]
+level = "warn"
+{extra}
+{sink_section}
+[sources.quickassist]
+scheme = "quickassist"
+secret_env = "CHAOS_SECRET"
+""")
+        self.proc = None
+        self.url = f"http://127.0.0.1:{self.port}/webhooks/quickassist"
+
+    def start(self):
+        env = dict(os.environ, CHAOS_SECRET=SECRET)
+        self.proc = subprocess.Popen([os.path.join(BIN, "hookrelay"), "run", "--config", self.cfg],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.dir}/log")
+            try:
+                if http_get(f"http://127.0.0.1:{self.admin}/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not come up; see {self.dir}/log")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return "timeout"
+
+    def metric(self, name):
+        _, text = http_get(f"http://127.0.0.1:{self.admin}/metrics", timeout=5)
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and line[len(name)] in " {":
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def dead_letters(self):
+        path = os.path.join(self.dir, "dead.jsonl")
+        return sum(1 for _ in open(path)) if os.path.exists(path) else 0
+
+
+class Sender:
+    """The provider: examples/chaos_client send, with its progress followed."""
+
+    def __init__(self, work, targets, events, connections, tag):
+        self.acked_file = os.path.join(work, "acked.txt")
+        self.progress = 0
+        self.summary = None
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "examples", "chaos_client"), "send", "--targets", ",".join(targets),
+             "--secret", SECRET, "--tag", tag, "--events", str(events), "--connections", str(connections),
+             "--acked", self.acked_file], stdout=subprocess.PIPE, text=True)
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self):
+        for line in self.proc.stdout:
+            if line.startswith("acked "):
+                self.progress = int(line.split()[1])
+            elif line.startswith("done "):
+                self.summary = json.loads(line[5:])
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def wait(self):
+        self.proc.wait()
+        time.sleep(0.2)
+        if self.proc.returncode != 0 or self.summary is None:
+            raise RuntimeError(f"sender failed ({self.proc.returncode})")
+        return self.summary
+
+
+class Consumer:
+    def __init__(self, work, args):
+        self.out = os.path.join(work, "consumed.txt")
+        self.stop_file = os.path.join(work, "stop-consuming")
+        self.proc = subprocess.Popen([os.path.join(BIN, "examples", "chaos_client")] + args +
+                                     ["--out", self.out, "--stop-file", self.stop_file],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"consumer did not start: {line!r}")
+
+    def finish(self):
+        open(self.stop_file, "w").close()
+        self.proc.wait(timeout=600)
+        return [line.rstrip("\n") for line in open(self.out)]
+
+
+def run_faults(sender, events, plan, act):
+    """Fires plan[i] once (i+1)/(len(plan)+1) of the events are acked. Faults still
+    due when the sender is done fire anyway: the spool is then still draining into
+    the broker, which is worth breaking too."""
+    done = []
+    for i, fault in enumerate(plan):
+        threshold = (i + 1) * events // (len(plan) + 1)
+        while sender.running() and sender.progress < threshold:
+            time.sleep(0.05)
+        # A random moment inside the next stretch, not exactly on the threshold.
+        time.sleep(random.uniform(0, 0.3))
+        when = f"acked so far {sender.progress}" if sender.running() else "after sending, while draining"
+        log(f"fault {i + 1}/{len(plan)}: {fault} ({when})")
+        act(fault)
+        done.append(fault)
+    return done
+
+
+def drain(relays, timeout=600):
+    """Waits until every relay's spool has nothing unconfirmed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        left = sum(r.metric("hookrelay_spool_events") for r in relays)
+        if left == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("spools did not drain")
+
+
+def check(name, tag, events, acked_file, consumed, extra):
+    acked = set(line.strip() for line in open(acked_file) if line.strip())
+    sent = {f"{TYPES[n % 4]}:{tag}-{n}" for n in range(events)}
+    cset = set(consumed)
+    report = dict(profile=name, sent=events, acked=len(acked), consumed=len(cset),
+                  lost=len(acked - cset), unexpected=len(cset - sent),
+                  duplicates=len(consumed) - len(cset), **extra)
+    for what, ids in (("lost", acked - cset), ("unexpected", cset - sent)):
+        if ids:
+            log(f"{what}, first few: {sorted(ids)[:10]}")
+    return report
+
+
+def rmq(*args):
+    return subprocess.run(["rabbitmqctl", "-q"] + list(args), capture_output=True, text=True)
+
+
+def profile_rabbitmq(a, work, tag):
+    exchange, queue = f"chaos-{tag}", f"chaos-{tag}-all"
+    relay = Relay(work, "relay", f'[sinks.rabbitmq]\nuri = "{AMQP}"\nexchange = "{exchange}"')
+    relay.start()
+    consumer = Consumer(work, ["consume-amqp", "--uri", AMQP, "--exchange", exchange, "--queue", queue])
+    stopped = [False]
+
+    def act(fault):
+        if fault == "restart":
+            stopped[0] = True
+            r = rmq("stop_app")
+            if r.returncode != 0:
+                raise RuntimeError(f"rabbitmqctl stop_app: {r.stderr}")
+            time.sleep(random.uniform(0.5, 3))
+            rmq("start_app")
+            rmq("await_startup")
+            stopped[0] = False
+        else:
+            relay.kill()
+            time.sleep(random.uniform(0, 1))
+            relay.start()
+
+    plan = ["restart"] * a.restarts + ["kill"] * a.kills
+    random.shuffle(plan)
+    started = time.time()
+    try:
+        sender = Sender(work, [relay.url], a.events, a.connections, tag)
+        faults = run_faults(sender, a.events, plan, act)
+        summary = sender.wait()
+        drain([relay])
+        consumed = consumer.finish()
+        code = relay.stop()
+    finally:
+        if stopped[0]:
+            rmq("start_app")
+    rmq("delete_queue", queue)
+    rmq("delete_queue", f"{exchange}.unroutable")
+    return check("rabbitmq", tag, a.events, sender.acked_file, consumed, dict(
+        seconds=round(time.time() - started, 1), broker_restarts=faults.count("restart"),
+        sigkills=faults.count("kill"), retries=summary["retries"], abandoned=summary["abandoned"],
+        dead_lettered=relay.dead_letters(), exit_code=code))
+
+
+def profile_kafka(a, work, tag):
+    topics = [f"quickassist.{t}" for t in TYPES]
+    mock = subprocess.Popen([os.path.join(BIN, "examples", "mock_kafka"), "3"] + topics,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        bootstrap = mock.stdout.readline().strip()
+        relay = Relay(work, "relay", f'[sinks.kafka]\nbrokers = "{bootstrap}"')
+        relay.start()
+        consumer = Consumer(work, ["consume-kafka", "--brokers", bootstrap, "--topics", ",".join(topics)])
+
+        def act(fault):
+            if fault == "down":
+                ids = [1, 2, 3] if random.random() < 0.3 else [random.randint(1, 3)]
+                for i in ids:
+                    mock.stdin.write(f"down {i}\n")
+                mock.stdin.flush()
+                time.sleep(random.uniform(1, 4))
+                for i in ids:
+                    mock.stdin.write(f"up {i}\n")
+                mock.stdin.flush()
+            else:
+                relay.kill()
+                time.sleep(random.uniform(0, 1))
+                relay.start()
+
+        plan = ["down"] * a.restarts + ["kill"] * a.kills
+        random.shuffle(plan)
+        started = time.time()
+        sender = Sender(work, [relay.url], a.events, a.connections, tag)
+        faults = run_faults(sender, a.events, plan, act)
+        summary = sender.wait()
+        drain([relay])
+        consumed = consumer.finish()
+        code = relay.stop()
+        return check("kafka-mock", tag, a.events, sender.acked_file, consumed, dict(
+            seconds=round(time.time() - started, 1), broker_outages=faults.count("down"),
+            sigkills=faults.count("kill"), retries=summary["retries"], abandoned=summary["abandoned"],
+            dead_lettered=relay.dead_letters(), exit_code=code))
+    finally:
+        mock.kill()
+
+
+def profile_redis(a, work, tag):
+    exchange, queue = f"chaos-{tag}", f"chaos-{tag}-all"
+    dedup = '[dedup]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379/0"\non_redis_error = "reject"'
+    relays = [Relay(work, f"relay{i}", f'[sinks.rabbitmq]\nuri = "{AMQP}"\nexchange = "{exchange}"', dedup)
+              for i in range(3)]
+    for r in relays:
+        r.start()
+    consumer = Consumer(work, ["consume-amqp", "--uri", AMQP, "--exchange", exchange, "--queue", queue])
+    turn = [0]
+
+    def act(_):
+        # One at a time, in turn: the others keep serving (and deduplicating) meanwhile.
+        r = relays[turn[0] % len(relays)]
+        turn[0] += 1
+        r.kill()
+        time.sleep(random.uniform(0.5, 2))
+        r.start()
+
+    started = time.time()
+    sender = Sender(work, [r.url for r in relays], a.events, a.connections, tag)
+    faults = run_faults(sender, a.events, ["kill"] * a.kills, act)
+    summary = sender.wait()
+    drain(relays)
+    consumed = consumer.finish()
+    codes = [r.stop() for r in relays]
+    rmq("delete_queue", queue)
+    rmq("delete_queue", f"{exchange}.unroutable")
+    return check("redis-3-relays", tag, a.events, sender.acked_file, consumed, dict(
+        seconds=round(time.time() - started, 1), sigkills=len(faults), retries=summary["retries"],
+        abandoned=summary["abandoned"], dead_lettered=sum(r.dead_letters() for r in relays),
+        exit_codes=codes))
+
+
+PROFILES = {"rabbitmq": profile_rabbitmq, "kafka": profile_kafka, "redis": profile_redis}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("profile", choices=sorted(PROFILES))
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--restarts", type=int, default=5, help="broker restarts (RabbitMQ) or outages (Kafka mock)")
+    p.add_argument("--kills", type=int, default=2, help="SIGKILLs of hookrelay")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--seed", type=int, default=None)
+    a = p.parse_args()
+    seed = a.seed if a.seed is not None else random.randrange(1 << 32)
+    random.seed(seed)
+    tag = f"{a.profile}{seed:x}{os.getpid():x}"
+    out = os.path.join(ROOT, "target", "chaos")
+    os.makedirs(out, exist_ok=True)
+    log(f"profile {a.profile}: {a.events} events, seed {seed}")
+    with tempfile.TemporaryDirectory(dir=out) as work:
+        try:
+            report = PROFILES[a.profile](a, work, tag)
+        except Exception:
+            log(f"failed; logs kept in {out}/failed-{tag}")
+            subprocess.run(["cp", "-r", work, os.path.join(out, f"failed-{tag}")])
+            raise
+    report["seed"] = seed
+    print(json.dumps(report))
+    with open(os.path.join(out, f"{a.profile}.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    ok = report["lost"] == 0 and report["unexpected"] == 0
+    log(f"{'PASS' if ok else 'FAIL'}: acked {report['acked']}, consumed {report['consumed']}, lost {report['lost']}, "
+        f"unexpected {report['unexpected']}, duplicates {report['duplicates']}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Chaos runs with a Jepsen-style checker (see scripts/chaos.py for what is checked).
+#   scripts/chaos.sh             full profiles, release build: RabbitMQ 1,000,000 events with
+#                                20 broker restarts and 5 SIGKILLs; Kafka (librdkafka mock
+#                                cluster) with broker outages; three relays sharing Redis dedup
+#   scripts/chaos.sh --short     the short profiles scripts/test.sh runs (debug build)
+#   scripts/chaos.sh rabbitmq --events 50000 --restarts 4 --kills 2 --seed 7   # one profile
+# Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) with rabbitmqctl, and Redis on 6379.
+# Reports: target/chaos/<profile>.json. Exits non-zero unless lost = 0 and unexpected = 0.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ "${1:-}" = "--short" ]; then
+  cargo build --locked --bins --examples
+  export CHAOS_PROFILE=debug
+  python3 scripts/chaos.py rabbitmq --events 20000 --restarts 3 --kills 2
+  python3 scripts/chaos.py kafka --events 10000 --restarts 3 --kills 1
+  python3 scripts/chaos.py redis --events 10000 --kills 3
+  exit 0
+fi
+cargo build --release --locked --bins --examples
+if [ $# -gt 0 ]; then
+  exec python3 scripts/chaos.py "$@"
+fi
+python3 scripts/chaos.py rabbitmq --events 1000000 --restarts 20 --kills 5 --connections 64
+python3 scripts/chaos.py kafka --events 200000 --restarts 10 --kills 3 --connections 64
+python3 scripts/chaos.py redis --events 200000 --kills 6 --connections 64
