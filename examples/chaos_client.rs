@@ -82,6 +82,10 @@ struct Sender {
     retries: AtomicU64,
     turn: AtomicUsize,
     give_up: Duration,
+    /// Events per second in total (0: as fast as the relay answers), so that a run
+    /// lasts long enough for its faults to land while events are still arriving.
+    rate: f64,
+    started: Instant,
 }
 
 async fn send(args: &[String]) -> Result<()> {
@@ -102,6 +106,8 @@ async fn send(args: &[String]) -> Result<()> {
         retries: AtomicU64::new(0),
         turn: AtomicUsize::new(0),
         give_up: Duration::from_secs(flag(args, "--give-up-secs").map_or(Ok(180), |v| v.parse())?),
+        rate: flag(args, "--rate").map_or(Ok(0.0), |v| v.parse())?,
+        started: Instant::now(),
     });
     let connections: usize = flag(args, "--connections").map_or(Ok(32), |v| v.parse())?;
     let out = PathBuf::from(need(args, "--acked")?);
@@ -156,6 +162,10 @@ impl Sender {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             if n >= self.total {
                 return (acked, abandoned);
+            }
+            if self.rate > 0.0 {
+                let due = self.started + Duration::from_secs_f64(n as f64 / self.rate);
+                tokio::time::sleep_until(due.into()).await;
             }
             let b = body(&self.tag, n, self.body_bytes);
             let sig = hookrelay::verify::quickassist_sign(self.secret.as_bytes(), &b);
@@ -305,7 +315,7 @@ async fn consume_amqp(args: &[String]) -> Result<()> {
                 .await?;
             Ok::<_, lapin::Error>((conn, ch, consumer))
         };
-        let (_conn, ch, mut consumer) = match session.await {
+        let (conn, ch, mut consumer) = match session.await {
             Ok(s) => s,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -316,7 +326,20 @@ async fn consume_amqp(args: &[String]) -> Result<()> {
             println!("ready");
             ready_said = true;
         }
+        // Acked in groups (`multiple`): one ack per message would make the consumer,
+        // not the relay, the bottleneck of the run.
+        let mut unacked: Option<u64> = None;
+        let mut pending = 0;
+        let multiple = BasicAckOptions { multiple: true };
         loop {
+            if pending >= 256
+                && let Some(a) = unacked.take()
+            {
+                pending = 0;
+                if ch.basic_ack(a, multiple).await.is_err() {
+                    continue 'connect;
+                }
+            }
             match tokio::time::timeout(Duration::from_millis(500), consumer.next()).await {
                 Ok(Some(Ok(d))) => {
                     let id = d
@@ -329,28 +352,38 @@ async fn consume_amqp(args: &[String]) -> Result<()> {
                         })
                         .unwrap_or_else(|| b"?no-id".to_vec());
                     rec.record(&id)?;
-                    if d.acker.ack(BasicAckOptions::default()).await.is_err() {
-                        continue 'connect;
-                    }
+                    unacked = Some(d.delivery_tag);
+                    pending += 1;
                 }
                 Ok(_) => {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     continue 'connect;
                 }
                 Err(_) => {
+                    if !conn.status().connected() {
+                        continue 'connect;
+                    }
+                    if let Some(a) = unacked.take() {
+                        pending = 0;
+                        if ch.basic_ack(a, multiple).await.is_err() {
+                            continue 'connect;
+                        }
+                    }
                     // Idle is not enough: the queue must be empty too.
                     if rec.finished()? {
                         let passive = QueueDeclareOptions {
                             passive: true,
                             ..Default::default()
                         };
-                        match ch
-                            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                            .await
-                        {
-                            Ok(q) if q.message_count() == 0 => break 'connect,
-                            Ok(_) => {}
-                            Err(_) => continue 'connect,
+                        let declared = ch.queue_declare(
+                            queue.as_str().into(),
+                            passive,
+                            FieldTable::default(),
+                        );
+                        match tokio::time::timeout(Duration::from_secs(5), declared).await {
+                            Ok(Ok(q)) if q.message_count() == 0 => break 'connect,
+                            Ok(Ok(_)) => {}
+                            _ => continue 'connect,
                         }
                     }
                 }

@@ -126,14 +126,14 @@ secret_env = "CHAOS_SECRET"
 class Sender:
     """The provider: examples/chaos_client send, with its progress followed."""
 
-    def __init__(self, work, targets, events, connections, tag):
+    def __init__(self, work, targets, events, connections, tag, rate=0):
         self.acked_file = os.path.join(work, "acked.txt")
         self.progress = 0
         self.summary = None
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "examples", "chaos_client"), "send", "--targets", ",".join(targets),
              "--secret", SECRET, "--tag", tag, "--events", str(events), "--connections", str(connections),
-             "--acked", self.acked_file], stdout=subprocess.PIPE, text=True)
+             "--acked", self.acked_file, "--rate", str(rate)], stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._follow, daemon=True).start()
 
     def _follow(self):
@@ -243,7 +243,7 @@ def profile_rabbitmq(a, work, tag):
     random.shuffle(plan)
     started = time.time()
     try:
-        sender = Sender(work, [relay.url], a.events, a.connections, tag)
+        sender = Sender(work, [relay.url], a.events, a.connections, tag, a.rate)
         faults = run_faults(sender, a.events, plan, act)
         summary = sender.wait()
         drain([relay])
@@ -288,7 +288,7 @@ def profile_kafka(a, work, tag):
         plan = ["down"] * a.restarts + ["kill"] * a.kills
         random.shuffle(plan)
         started = time.time()
-        sender = Sender(work, [relay.url], a.events, a.connections, tag)
+        sender = Sender(work, [relay.url], a.events, a.connections, tag, a.rate)
         faults = run_faults(sender, a.events, plan, act)
         summary = sender.wait()
         drain([relay])
@@ -321,7 +321,7 @@ def profile_redis(a, work, tag):
         r.start()
 
     started = time.time()
-    sender = Sender(work, [r.url for r in relays], a.events, a.connections, tag)
+    sender = Sender(work, [r.url for r in relays], a.events, a.connections, tag, a.rate)
     faults = run_faults(sender, a.events, ["kill"] * a.kills, act)
     summary = sender.wait()
     drain(relays)
@@ -346,6 +346,8 @@ def main():
     p.add_argument("--kills", type=int, default=2, help="SIGKILLs of hookrelay")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--rate", type=float, default=0,
+                   help="events/s in total; 0 = as fast as answered. Set it so the run outlasts its faults")
     a = p.parse_args()
     seed = a.seed if a.seed is not None else random.randrange(1 << 32)
     random.seed(seed)

@@ -12,15 +12,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${1:-}" = "--short" ]; then
   cargo build --locked --bins --examples
   export CHAOS_PROFILE=debug
-  python3 scripts/chaos.py rabbitmq --events 20000 --restarts 3 --kills 2
-  python3 scripts/chaos.py kafka --events 10000 --restarts 3 --kills 1
-  python3 scripts/chaos.py redis --events 10000 --kills 3
+  python3 scripts/chaos.py rabbitmq --events 20000 --restarts 3 --kills 2 --rate 1000
+  python3 scripts/chaos.py kafka --events 10000 --restarts 3 --kills 1 --rate 700
+  python3 scripts/chaos.py redis --events 10000 --kills 3 --rate 500
   exit 0
 fi
 cargo build --release --locked --bins --examples
 if [ $# -gt 0 ]; then
   exec python3 scripts/chaos.py "$@"
 fi
-python3 scripts/chaos.py rabbitmq --events 1000000 --restarts 20 --kills 5 --connections 64
-python3 scripts/chaos.py kafka --events 200000 --restarts 10 --kills 3 --connections 64
-python3 scripts/chaos.py redis --events 200000 --kills 6 --connections 64
+# Rates chosen so every fault lands while events are still arriving (a broker
+# restart takes ~5 s here).
+python3 scripts/chaos.py rabbitmq --events 1000000 --restarts 20 --kills 5 --connections 64 --rate 4500
+python3 scripts/chaos.py kafka --events 200000 --restarts 10 --kills 3 --connections 64 --rate 2000
+python3 scripts/chaos.py redis --events 200000 --kills 6 --connections 64 --rate 2000
