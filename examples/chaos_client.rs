@@ -375,11 +375,8 @@ async fn consume_amqp(args: &[String]) -> Result<()> {
                             passive: true,
                             ..Default::default()
                         };
-                        let declared = ch.queue_declare(
-                            queue.as_str().into(),
-                            passive,
-                            FieldTable::default(),
-                        );
+                        let declared =
+                            ch.queue_declare(queue.as_str().into(), passive, FieldTable::default());
                         match tokio::time::timeout(Duration::from_secs(5), declared).await {
                             Ok(Ok(q)) if q.message_count() == 0 => break 'connect,
                             Ok(Ok(_)) => {}

@@ -331,7 +331,11 @@ def main():
             if p.poll() is None:
                 p.kill()
     base = results.get("baseline", {}).get("accept_rps")
-    lines = [f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections, "
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `scripts/bench.sh` "
+             f"(CASES={','.join(cases)}); {cpu}, {mem} GiB, kernel {os.uname().release}.", "",
+             f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections, "
              f"{a['body']} B bodies unless noted, {a['warmup']:.0f} s warm-up + {a['seconds']:.0f} s per case.", "",
              "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | server p50 / p99 | fdatasync p50 / p99 | CPU s / 10k | RSS idle / peak / end |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -102,6 +102,12 @@ secret_env = "CHAOS_SECRET"
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
+    def crash_and_restart(self, down=None):
+        """SIGKILL, a moment down, then a restart on the same spool."""
+        self.kill()
+        time.sleep(random.uniform(0, 1) if down is None else down)
+        self.start()
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -171,6 +177,11 @@ class Consumer:
         return [line.rstrip("\n") for line in open(self.out)]
 
 
+def shuffled(plan):
+    random.shuffle(plan)
+    return plan
+
+
 def run_faults(sender, events, plan, act):
     """Fires plan[i] once (i+1)/(len(plan)+1) of the events are acked. Faults still
     due when the sender is done fire anyway: the spool is then still draining into
@@ -235,12 +246,9 @@ def profile_rabbitmq(a, work, tag):
             rmq("await_startup")
             stopped[0] = False
         else:
-            relay.kill()
-            time.sleep(random.uniform(0, 1))
-            relay.start()
+            relay.crash_and_restart()
 
-    plan = ["restart"] * a.restarts + ["kill"] * a.kills
-    random.shuffle(plan)
+    plan = shuffled(["restart"] * a.restarts + ["kill"] * a.kills)
     started = time.time()
     try:
         sender = Sender(work, [relay.url], a.events, a.connections, tag, a.rate)
@@ -281,12 +289,9 @@ def profile_kafka(a, work, tag):
                     mock.stdin.write(f"up {i}\n")
                 mock.stdin.flush()
             else:
-                relay.kill()
-                time.sleep(random.uniform(0, 1))
-                relay.start()
+                relay.crash_and_restart()
 
-        plan = ["down"] * a.restarts + ["kill"] * a.kills
-        random.shuffle(plan)
+        plan = shuffled(["down"] * a.restarts + ["kill"] * a.kills)
         started = time.time()
         sender = Sender(work, [relay.url], a.events, a.connections, tag, a.rate)
         faults = run_faults(sender, a.events, plan, act)
@@ -314,11 +319,8 @@ def profile_redis(a, work, tag):
 
     def act(_):
         # One at a time, in turn: the others keep serving (and deduplicating) meanwhile.
-        r = relays[turn[0] % len(relays)]
+        relays[turn[0] % len(relays)].crash_and_restart(down=random.uniform(0.5, 2))
         turn[0] += 1
-        r.kill()
-        time.sleep(random.uniform(0.5, 2))
-        r.start()
 
     started = time.time()
     sender = Sender(work, [r.url for r in relays], a.events, a.connections, tag, a.rate)

@@ -32,6 +32,8 @@ pub mod deadletter;
 pub mod dedup;
 pub mod event;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod metrics;
 pub mod rotation;
