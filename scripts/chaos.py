@@ -224,6 +224,21 @@ def check(name, tag, events, acked_file, consumed, extra):
     return report
 
 
+def drive(name, a, work, tag, relays, consumer, plan, act, **extra):
+    """Sends while the faults fire, drains, stops everything, and checks."""
+    started = time.time()
+    sender = Sender(work, [r.url for r in relays], a.events, a.connections, tag, a.rate)
+    faults = run_faults(sender, a.events, plan, act)
+    summary = sender.wait()
+    drain(relays)
+    consumed = consumer.finish()
+    codes = [r.stop() for r in relays]
+    return check(name, tag, a.events, sender.acked_file, consumed, dict(
+        seconds=round(time.time() - started, 1), **{f: faults.count(k) for k, f in extra.items()},
+        retries=summary["retries"], abandoned=summary["abandoned"],
+        dead_lettered=sum(r.dead_letters() for r in relays), exit_codes=codes))
+
+
 def rmq(*args):
     return subprocess.run(["rabbitmqctl", "-q"] + list(args), capture_output=True, text=True)
 
@@ -249,23 +264,14 @@ def profile_rabbitmq(a, work, tag):
             relay.crash_and_restart()
 
     plan = shuffled(["restart"] * a.restarts + ["kill"] * a.kills)
-    started = time.time()
     try:
-        sender = Sender(work, [relay.url], a.events, a.connections, tag, a.rate)
-        faults = run_faults(sender, a.events, plan, act)
-        summary = sender.wait()
-        drain([relay])
-        consumed = consumer.finish()
-        code = relay.stop()
+        return drive("rabbitmq", a, work, tag, [relay], consumer, plan, act,
+                     restart="broker_restarts", kill="sigkills")
     finally:
         if stopped[0]:
             rmq("start_app")
-    rmq("delete_queue", queue)
-    rmq("delete_queue", f"{exchange}.unroutable")
-    return check("rabbitmq", tag, a.events, sender.acked_file, consumed, dict(
-        seconds=round(time.time() - started, 1), broker_restarts=faults.count("restart"),
-        sigkills=faults.count("kill"), retries=summary["retries"], abandoned=summary["abandoned"],
-        dead_lettered=relay.dead_letters(), exit_code=code))
+        rmq("delete_queue", queue)
+        rmq("delete_queue", f"{exchange}.unroutable")
 
 
 def profile_kafka(a, work, tag):
@@ -292,17 +298,8 @@ def profile_kafka(a, work, tag):
                 relay.crash_and_restart()
 
         plan = shuffled(["down"] * a.restarts + ["kill"] * a.kills)
-        started = time.time()
-        sender = Sender(work, [relay.url], a.events, a.connections, tag, a.rate)
-        faults = run_faults(sender, a.events, plan, act)
-        summary = sender.wait()
-        drain([relay])
-        consumed = consumer.finish()
-        code = relay.stop()
-        return check("kafka-mock", tag, a.events, sender.acked_file, consumed, dict(
-            seconds=round(time.time() - started, 1), broker_outages=faults.count("down"),
-            sigkills=faults.count("kill"), retries=summary["retries"], abandoned=summary["abandoned"],
-            dead_lettered=relay.dead_letters(), exit_code=code))
+        return drive("kafka-mock", a, work, tag, [relay], consumer, plan, act,
+                     down="broker_outages", kill="sigkills")
     finally:
         mock.kill()
 
@@ -322,19 +319,12 @@ def profile_redis(a, work, tag):
         relays[turn[0] % len(relays)].crash_and_restart(down=random.uniform(0.5, 2))
         turn[0] += 1
 
-    started = time.time()
-    sender = Sender(work, [r.url for r in relays], a.events, a.connections, tag, a.rate)
-    faults = run_faults(sender, a.events, ["kill"] * a.kills, act)
-    summary = sender.wait()
-    drain(relays)
-    consumed = consumer.finish()
-    codes = [r.stop() for r in relays]
-    rmq("delete_queue", queue)
-    rmq("delete_queue", f"{exchange}.unroutable")
-    return check("redis-3-relays", tag, a.events, sender.acked_file, consumed, dict(
-        seconds=round(time.time() - started, 1), sigkills=len(faults), retries=summary["retries"],
-        abandoned=summary["abandoned"], dead_lettered=sum(r.dead_letters() for r in relays),
-        exit_codes=codes))
+    try:
+        return drive("redis-3-relays", a, work, tag, relays, consumer, ["kill"] * a.kills, act,
+                     kill="sigkills")
+    finally:
+        rmq("delete_queue", queue)
+        rmq("delete_queue", f"{exchange}.unroutable")
 
 
 PROFILES = {"rabbitmq": profile_rabbitmq, "kafka": profile_kafka, "redis": profile_redis}
