@@ -540,13 +540,17 @@ async fn accept_loop<S, F>(
                                 .serve_connection(TokioIo::new(tls_stream), service_fn(service));
                             watcher.watch(conn.into_owned()).await
                         }
+                        // Counted here, once: the handshake's io::Error must not
+                        // also count as "io" below.
                         Ok(Err(e)) => {
                             metrics::connection_error("tls");
-                            Err(e.into())
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            return;
                         }
                         Err(_) => {
                             metrics::connection_error("tls");
-                            Err("TLS handshake timed out".into())
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
+                            return;
                         }
                     }
                 }
@@ -570,7 +574,7 @@ async fn accept_loop<S, F>(
 }
 
 /// Which [`metrics::CONNECTION_ERRORS`] reason a failed connection counts under;
-/// `None` for TLS (counted where it happens) and for clients that just went away.
+/// `None` for clients that just went away. TLS handshakes are counted where they fail.
 fn connection_error_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut cur = Some(e);
     while let Some(err) = cur {

@@ -86,7 +86,9 @@ async fn https_with_certificate_renewal() {
             .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(presented, first.der.to_vec());
-    // Plain HTTP on the TLS port gets no answer it could mistake for a 200.
+    // Plain HTTP on the TLS port gets no answer it could mistake for a 200, and counts
+    // once, as a TLS failure.
+    let before = relay.metrics().await;
     let mut plain = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     plain
@@ -102,6 +104,15 @@ async fn https_with_certificate_renewal() {
         !String::from_utf8_lossy(&buf[..n]).contains("200"),
         "plain HTTP was served on the TLS port"
     );
+    let after = relay.metrics().await;
+    let count = |m: &str, reason: &str| {
+        metric(
+            m,
+            &format!("hookrelay_http_connection_errors_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(count(&after, "tls") - count(&before, "tls"), 1.0);
+    assert_eq!(count(&after, "io"), count(&before, "io"));
 
     // Renewal in place (as cert-manager does): new connections get the new certificate.
     let second = self_signed();
