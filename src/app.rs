@@ -289,19 +289,24 @@ pub async fn run(
     let deadline = started.get().unwrap_or_else(Instant::now) + deadline_len;
     let _ = drain_tx.send(Some(deadline));
     if let Some(mut f) = forwarding {
-        // The forwarder stops itself at the deadline, unless a sink holds it inside a
-        // publish (a blocked broker); then stop it here. The cursor it reached is in
-        // the spool's memory and saved below: at worst, duplicates after restart.
+        // The forwarder stops itself at the deadline, saving the cursor, unless a sink
+        // holds it inside a publish (a blocked broker); then stop it here and save the
+        // cursor it reached from the spool's memory: at worst, duplicates after restart.
         let grace = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-        match tokio::time::timeout(grace, &mut f).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "forwarder task failed"),
+        let stopped_early = match tokio::time::timeout(grace, &mut f).await {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "forwarder task failed");
+                true
+            }
             Err(_) => {
                 f.abort();
                 tracing::warn!("forwarder still busy at the drain deadline; stopped it");
+                true
             }
-        }
-        if let Some(s) = &app_spool
+        };
+        if stopped_early
+            && let Some(s) = &app_spool
             && let Err(e) = s.checkpoint()
         {
             tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown");

@@ -108,7 +108,7 @@ impl Forwarder {
         let mut tick = tokio::time::interval(TICK);
         let mut persisted = self.spool.cursor();
         // At most one checkpoint (cursor fsync + segment unlinks) at a time, off the workers.
-        let mut checkpoint: Option<JoinHandle<io::Result<()>>> = None;
+        let mut checkpoint: Option<JoinHandle<io::Result<u64>>> = None;
         loop {
             if reading.is_none()
                 && let Some(reader) = self.reader.take()
@@ -177,20 +177,16 @@ impl Forwarder {
                 _ = tick.tick() => {
                     self.report();
                     let cursor = self.cursor();
+                    // A failed checkpoint leaves `persisted` behind, so the next tick retries.
                     if let Some(done) = checkpoint.take_if(|c| c.is_finished()) {
-                        let failed = match done.await {
-                            Ok(Ok(())) => None,
-                            Ok(Err(e)) => Some(format!("cannot persist the spool cursor: {e}")),
-                            Err(e) => Some(format!("spool checkpoint task failed: {e}")),
-                        };
-                        if let Some(msg) = failed {
-                            self.warn(&msg);
-                            persisted = u64::MAX; // retry on the next tick
+                        match done.await {
+                            Ok(Ok(written)) => persisted = written,
+                            Ok(Err(e)) => self.warn(&format!("cannot persist the spool cursor: {e}")),
+                            Err(e) => self.warn(&format!("spool checkpoint task failed: {e}")),
                         }
                     }
                     if cursor != persisted && checkpoint.is_none() {
                         let spool = self.spool.clone();
-                        persisted = cursor;
                         checkpoint = Some(tokio::task::spawn_blocking(move || spool.checkpoint()));
                     }
                 }
@@ -201,7 +197,7 @@ impl Forwarder {
         }
         let spool = self.spool.clone();
         match tokio::task::spawn_blocking(move || spool.checkpoint()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown"),
             Err(e) => tracing::warn!(error = %e, "spool checkpoint task failed at shutdown"),
         }

@@ -320,10 +320,10 @@ impl Spool {
         );
     }
 
-    /// Persists the cursor, then deletes the segments wholly behind it. Blocking
-    /// (an fsync, a rename, unlinks): run it off the async workers, where it would
-    /// stall every connection scheduled on the same worker.
-    pub fn checkpoint(&self) -> io::Result<()> {
+    /// Persists the cursor, then deletes the segments wholly behind it; returns the
+    /// cursor persisted. Blocking (an fsync, a rename, unlinks): run it off the async
+    /// workers, where it would stall every connection scheduled on the same worker.
+    pub fn checkpoint(&self) -> io::Result<u64> {
         let cursor = self.persist_cursor()?;
         let s = &self.shared;
         // Unlinked outside the lock: the writer takes it on every batch.
@@ -342,10 +342,7 @@ impl Spool {
             if let Err(e) = fs::remove_file(&path) {
                 tracing::warn!(segment = %path.display(), error = %e, "cannot delete confirmed spool segment");
                 // Keep it (and the rest) listed so its bytes stay counted; retried next time.
-                let mut segs = s.segments();
-                for (j, seg) in behind[i..].iter().enumerate() {
-                    segs.insert(j, *seg);
-                }
+                s.segments().splice(0..0, behind[i..].iter().copied());
                 break;
             }
             freed += seg.bytes;
@@ -355,7 +352,7 @@ impl Spool {
         }
         let total = s.bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
         metrics::spool_size(total, self.durable_end().saturating_sub(self.cursor()));
-        Ok(())
+        Ok(cursor)
     }
 
     /// Writes the cursor file (atomically, via rename) and returns the cursor written.
