@@ -109,6 +109,10 @@ fn describe() {
     describe_counter!(SIGNATURE_FAILURES, "Requests refused with 401, by reason.");
     describe_gauge!(SPOOL_BYTES, "Bytes of spool segments on disk.");
     describe_gauge!(
+        SPOOL_MAX_BYTES,
+        "spool.max_bytes: at this size new events get 503."
+    );
+    describe_gauge!(
         SPOOL_EVENTS,
         "Events in the spool not yet confirmed by the sink."
     );
@@ -387,10 +391,6 @@ pub fn spool_size(bytes: u64, events: u64) {
 
 /// The configured limit, so dashboards and alerts can show how full the spool is.
 pub fn spool_limit(bytes: u64) {
-    describe_gauge!(
-        SPOOL_MAX_BYTES,
-        "spool.max_bytes: at this size new events get 503."
-    );
     gauge!(SPOOL_MAX_BYTES).set(bytes as f64);
 }
 
