@@ -19,7 +19,7 @@ use crate::config::{AckMode, Config, DedupBackend, OnRedisError};
 use crate::deadletter::DeadLetter;
 use crate::dedup::{Dedup, RedisWindow, Window};
 use crate::event::Extractor;
-use crate::forward::{Forwarder, Routes};
+use crate::forward::{self, Forwarder, Routes};
 use crate::metrics::{self, EventLabels, RequestMetrics};
 use crate::server::{self, Ack, App, Limits, Source};
 use crate::sink::{FileSink, KafkaSink, RabbitmqSink, Route, Sink};
@@ -305,11 +305,23 @@ pub async fn run(
                 true
             }
         };
-        if stopped_early
-            && let Some(s) = &app_spool
-            && let Err(e) = s.checkpoint()
-        {
-            tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown");
+        if stopped_early && let Some(s) = &app_spool {
+            let sinks = sinks.values().map(|r| r.sink.clone()).collect();
+            // A sink wedged inside a publish may never sync: then keep the old cursor.
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                forward::checkpoint(s.clone(), sinks),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown")
+                }
+                Err(_) => tracing::warn!(
+                    "sinks did not sync at shutdown; the spool replays from its last checkpoint"
+                ),
+            }
         }
     }
     for route in sinks.values() {

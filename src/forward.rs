@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::config::ForwardConfig;
 use crate::deadletter::DeadLetter;
 use crate::metrics;
-use crate::sink::{Message, Route, SinkError};
+use crate::sink::{Message, Route, Sink, SinkError};
 use crate::spool::{Reader, Record, Spool};
 
 /// How often the lag gauge and the cursor file are refreshed.
@@ -42,6 +42,32 @@ impl Routes {
     fn for_source(&self, source: &str) -> &Route {
         self.by_source.get(source).unwrap_or(&self.default)
     }
+
+    /// Every distinct sink, each once.
+    fn sinks(&self) -> Vec<Arc<dyn Sink>> {
+        let mut all: Vec<Arc<dyn Sink>> = Vec::new();
+        for route in self.by_source.values().chain([&self.default]) {
+            if !all.iter().any(|s| Arc::ptr_eq(s, &route.sink)) {
+                all.push(route.sink.clone());
+            }
+        }
+        all
+    }
+}
+
+/// Saves how far delivery got: takes the confirmed cursor, has every sink make what
+/// it confirmed durable ([`Sink::sync`]), then persists that cursor and frees the
+/// spool behind it (off the async workers). Returns the cursor persisted.
+pub async fn checkpoint(spool: Spool, sinks: Vec<Arc<dyn Sink>>) -> io::Result<u64> {
+    let cursor = spool.cursor();
+    for sink in &sinks {
+        sink.sync()
+            .await
+            .map_err(|e| io::Error::other(format!("{} sink cannot sync: {e}", sink.name())))?;
+    }
+    tokio::task::spawn_blocking(move || spool.checkpoint(cursor))
+        .await
+        .map_err(io::Error::other)?
 }
 
 struct Pending {
@@ -58,6 +84,8 @@ pub struct Forwarder {
     spool: Spool,
     reader: Option<Reader>,
     routes: Routes,
+    /// The distinct sinks behind `routes`, synced at every checkpoint.
+    sinks: Vec<Arc<dyn Sink>>,
     dead_letter: DeadLetter,
     cfg: ForwardConfig,
     /// Unconfirmed events by sequence; the first key is the cursor.
@@ -86,6 +114,7 @@ impl Forwarder {
             next_read: reader.position(),
             spool,
             reader: Some(reader),
+            sinks: routes.sinks(),
             routes,
             dead_letter,
             cfg,
@@ -107,8 +136,8 @@ impl Forwarder {
         let mut reading: Option<JoinHandle<(Reader, io::Result<Vec<Record>>)>> = None;
         let mut tick = tokio::time::interval(TICK);
         let mut persisted = self.spool.cursor();
-        // At most one checkpoint (cursor fsync + segment unlinks) at a time, off the workers.
-        let mut checkpoint: Option<JoinHandle<io::Result<u64>>> = None;
+        // At most one checkpoint (sink syncs, cursor fsync, segment unlinks) at a time.
+        let mut saving: Option<JoinHandle<io::Result<u64>>> = None;
         loop {
             if reading.is_none()
                 && let Some(reader) = self.reader.take()
@@ -178,28 +207,24 @@ impl Forwarder {
                     self.report();
                     let cursor = self.cursor();
                     // A failed checkpoint leaves `persisted` behind, so the next tick retries.
-                    if let Some(done) = checkpoint.take_if(|c| c.is_finished()) {
+                    if let Some(done) = saving.take_if(|c| c.is_finished()) {
                         match done.await {
                             Ok(Ok(written)) => persisted = written,
                             Ok(Err(e)) => self.warn(&format!("cannot persist the spool cursor: {e}")),
                             Err(e) => self.warn(&format!("spool checkpoint task failed: {e}")),
                         }
                     }
-                    if cursor != persisted && checkpoint.is_none() {
-                        let spool = self.spool.clone();
-                        checkpoint = Some(tokio::task::spawn_blocking(move || spool.checkpoint()));
+                    if cursor != persisted && saving.is_none() {
+                        saving = Some(tokio::spawn(checkpoint(self.spool.clone(), self.sinks.clone())));
                     }
                 }
             }
         }
-        if let Some(c) = checkpoint {
+        if let Some(c) = saving {
             let _ = c.await;
         }
-        let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.checkpoint()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown"),
-            Err(e) => tracing::warn!(error = %e, "spool checkpoint task failed at shutdown"),
+        if let Err(e) = checkpoint(self.spool.clone(), self.sinks.clone()).await {
+            tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown");
         }
         self.report();
     }
@@ -524,6 +549,81 @@ mod tests {
         drop(spool);
         let (_s, _r, rec) =
             Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, &dedup).unwrap();
+        assert_eq!(rec.pending, 0);
+    }
+
+    /// Confirms everything at once; its sync fails until `durable` is set.
+    struct WriteBackSink {
+        durable: std::sync::atomic::AtomicBool,
+        syncs: AtomicUsize,
+    }
+
+    impl crate::sink::Sink for WriteBackSink {
+        fn name(&self) -> &'static str {
+            "write-back"
+        }
+        fn publish(
+            &self,
+            batch: Vec<Message>,
+        ) -> crate::sink::BoxFuture<'_, Vec<crate::sink::Confirmation>> {
+            let n = batch.len();
+            Box::pin(async move {
+                (0..n)
+                    .map(|_| Box::pin(std::future::ready(Ok(()))) as crate::sink::Confirmation)
+                    .collect()
+            })
+        }
+        fn sync(&self) -> crate::sink::BoxFuture<'_, Result<(), SinkError>> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            let ok = self.durable.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(SinkError::Retriable("disk gone".into()))
+                }
+            })
+        }
+    }
+
+    /// The spool forgets an event only after the sink has synced it: a confirmation
+    /// from a write-back sink is not enough to move the persisted cursor.
+    #[tokio::test]
+    async fn the_persisted_cursor_waits_for_the_sinks_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let dedup = Dedup::new(Duration::from_secs(60), 1000);
+        for durable in [false, true] {
+            let (spool, reader, rec) = Spool::open(&path, 1 << 24, 1 << 16, &dedup).unwrap();
+            assert_eq!(rec.pending, if durable { 50 } else { 0 });
+            if !durable {
+                for i in 0..50 {
+                    spool
+                        .append(crate::spool::encode(&event(i, "q.ok")))
+                        .await
+                        .unwrap();
+                }
+            }
+            let sink = Arc::new(WriteBackSink {
+                durable: durable.into(),
+                syncs: AtomicUsize::new(0),
+            });
+            let fwd = Forwarder::new(
+                spool.clone(),
+                reader,
+                Routes::new(HashMap::new(), Route::new(sink.clone())),
+                DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
+                ForwardConfig::default(),
+            );
+            let (_tx, rx) = watch::channel(Some(Instant::now() + Duration::from_secs(5)));
+            tokio::time::timeout(Duration::from_secs(10), fwd.run(rx))
+                .await
+                .unwrap();
+            assert_eq!(spool.cursor(), 50, "all confirmed in memory");
+            assert!(sink.syncs.load(Ordering::SeqCst) >= 1);
+        }
+        // The second run's sync succeeded: nothing is pending any more.
+        let (_s, _r, rec) = Spool::open(&path, 1 << 24, 1 << 16, &dedup).unwrap();
         assert_eq!(rec.pending, 0);
     }
 

@@ -1,9 +1,11 @@
 //! Destinations behind one small trait.
 //!
 //! A sink takes a batch and hands back one [`Confirmation`] per message, which
-//! resolves when the destination has the message for good (a Kafka delivery
-//! report with acks=all, a RabbitMQ publisher confirm, an fdatasync). The
-//! forwarder keeps many batches in flight and never awaits them one by one.
+//! resolves when the destination has the message (a Kafka delivery report with
+//! acks=all, a RabbitMQ publisher confirm, a line written to a file). A broker's
+//! confirmation already survives a crash; the file sink's survives one only after
+//! [`Sink::sync`], which the forwarder awaits before the spool may forget anything.
+//! The forwarder keeps many batches in flight and never awaits them one by one.
 //! Nothing below this module knows about HTTP.
 
 pub mod cloudevents;
@@ -107,6 +109,14 @@ pub trait Sink: Send + Sync + 'static {
     /// Pushes out whatever is buffered, for at most `timeout` (shutdown).
     fn flush(&self, _timeout: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    /// Makes every message confirmed so far survive a power loss. Brokers' confirmations
+    /// already do (the default does nothing); the file sink confirms once a line is
+    /// written and fsyncs here, once per spool checkpoint instead of once per batch.
+    /// The spool's persisted cursor only moves past events this has covered.
+    fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 

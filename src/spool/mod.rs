@@ -320,11 +320,13 @@ impl Spool {
         );
     }
 
-    /// Persists the cursor, then deletes the segments wholly behind it; returns the
-    /// cursor persisted. Blocking (an fsync, a rename, unlinks): run it off the async
+    /// Persists `upto` (at most the confirmed cursor) as the restart point, then
+    /// deletes the segments wholly behind it; returns the cursor persisted. The caller
+    /// passes a cursor its sinks have made durable (see `Sink::sync`), which may trail
+    /// the one in memory. Blocking (an fsync, a rename, unlinks): run it off the async
     /// workers, where it would stall every connection scheduled on the same worker.
-    pub fn checkpoint(&self) -> io::Result<u64> {
-        let cursor = self.persist_cursor()?;
+    pub fn checkpoint(&self, upto: u64) -> io::Result<u64> {
+        let cursor = self.persist_cursor(upto.min(self.cursor()))?;
         let s = &self.shared;
         // Unlinked outside the lock: the writer takes it on every batch.
         let behind: Vec<Segment> = {
@@ -357,9 +359,8 @@ impl Spool {
 
     /// Writes the cursor file (atomically, via rename) and returns the cursor written.
     /// Losing it only causes duplicates.
-    fn persist_cursor(&self) -> io::Result<u64> {
+    fn persist_cursor(&self, cursor: u64) -> io::Result<u64> {
         let dir = &self.shared.dir;
-        let cursor = self.cursor();
         let mut buf = cursor.to_le_bytes().to_vec();
         buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
         let tmp = dir.join("cursor.tmp");
@@ -746,7 +747,7 @@ mod tests {
                 "4 KiB segments must roll"
             );
             spool.confirm_until(60);
-            spool.checkpoint().unwrap();
+            spool.checkpoint(spool.cursor()).unwrap();
             assert!(spool.shared.segments()[0].base <= 60);
         }
         let d = dedup();
@@ -806,7 +807,7 @@ mod tests {
         assert!(!spool.has_room() || spool.bytes() > 16384 - 200);
         let got = read_all(&mut reader);
         spool.confirm_until(got.last().unwrap().seq + 1);
-        spool.checkpoint().unwrap();
+        spool.checkpoint(spool.cursor()).unwrap();
         assert!(spool.bytes() < 8192, "{}", spool.bytes());
         spool.append(encode(&event(i))).await.unwrap();
     }

@@ -136,12 +136,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Deliver(n) => deliver(&mut o, &mut m, n as usize)?,
             Op::Checkpoint => {
-                o.spool.checkpoint().unwrap();
+                o.spool.checkpoint(o.spool.cursor()).unwrap();
                 m.persisted = m.delivered;
             }
             Op::Restart => {
                 // A clean stop checkpoints, as the forwarder does at shutdown.
-                o.spool.checkpoint().unwrap();
+                o.spool.checkpoint(o.spool.cursor()).unwrap();
                 m.persisted = m.delivered;
                 drop(o);
                 let (reopened, rec) = open(dir.path());
