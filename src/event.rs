@@ -3,12 +3,14 @@
 //! The event type becomes part of a topic name, so it is held to Kafka's topic
 //! alphabet here, at the edge, rather than failing later at the broker.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::HeaderMap;
-use serde_json::value::RawValue;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::config::{MAX_EVENT_TYPE_LEN, SourceConfig, is_topic_safe};
@@ -38,7 +40,7 @@ pub struct Event {
 pub enum ExtractError {
     #[error("body is neither JSON nor form-encoded")]
     NotJson,
-    #[error("JSON nested deeper than 128 levels")]
+    #[error("JSON nested deeper than 127 levels")]
     TooDeep,
     #[error("event type is missing or not a string")]
     MissingEventType,
@@ -152,9 +154,16 @@ impl Locations {
         Ok(Locations(out))
     }
 
+    fn pointers(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|loc| match loc {
+            Location::Pointer(p) => Some(p.as_str()),
+            _ => None,
+        })
+    }
+
     fn find(&self, doc: &Doc, headers: &HeaderMap) -> Option<Found> {
         self.0.iter().find_map(|loc| match loc {
-            Location::Pointer(p) => classify(raw_pointer(doc.json()?, p)?),
+            Location::Pointer(p) => doc.pointer(p),
             Location::Header(h) => headers
                 .get(h)
                 .and_then(|v| v.to_str().ok())
@@ -165,6 +174,7 @@ impl Locations {
     }
 }
 
+#[derive(Debug, Clone)]
 enum Found {
     Text(String),
     /// A JSON number: fine as an id, not as an event type.
@@ -173,125 +183,292 @@ enum Found {
     NotText,
 }
 
-/// A parsed body: JSON, or form fields (whose `payload` field may carry JSON,
-/// as Slack's interactivity and GitHub's form deliveries do).
-///
-/// JSON stays unparsed (`RawValue`, validated once): only the objects a pointer
-/// walks through are split into fields, so the fields that matter cost a scan,
-/// not a tree of allocations.
-enum Doc<'a> {
-    Json(&'a RawValue),
-    Form(Vec<(String, String)>, Option<Box<RawValue>>),
+/// A body as far as extraction cares: what each JSON pointer the source asks
+/// about found, and the fields of a form body.
+struct Doc<'p> {
+    pointers: &'p [Pointer],
+    /// Per pointer: `None` when absent or null.
+    found: Vec<Option<Found>>,
+    form: Option<Vec<(String, String)>>,
 }
 
-impl<'a> Doc<'a> {
-    fn parse(body: &'a [u8], content_type: &str) -> Option<Doc<'a>> {
-        if let Ok(v) = serde_json::from_slice::<&RawValue>(body) {
-            return Some(Doc::Json(v));
+impl<'p> Doc<'p> {
+    /// JSON, or a form (whose `payload` field may carry JSON, as Slack's
+    /// interactivity and GitHub's form deliveries do: pointers look inside it).
+    fn parse(
+        body: &[u8],
+        content_type: &str,
+        pointers: &'p [Pointer],
+    ) -> Result<Doc<'p>, ExtractError> {
+        match walk(body, pointers) {
+            Ok(found) => {
+                return Ok(Doc {
+                    pointers,
+                    found,
+                    form: None,
+                });
+            }
+            Err(ExtractError::NotJson) => {}
+            Err(e) => return Err(e),
         }
         let is_form = content_type.split(';').next().is_some_and(|t| {
             t.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
         if !is_form || std::str::from_utf8(body).is_err() {
-            return None;
+            return Err(ExtractError::NotJson);
         }
         let fields: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
-        let payload = fields
+        let found = fields
             .iter()
             .find(|(k, _)| k == "payload")
-            .and_then(|(_, v)| serde_json::from_str(v).ok());
-        Some(Doc::Form(fields, payload))
+            .and_then(|(_, v)| walk(v.as_bytes(), pointers).ok())
+            .unwrap_or_else(|| vec![None; pointers.len()]);
+        Ok(Doc {
+            pointers,
+            found,
+            form: Some(fields),
+        })
     }
 
-    fn json(&self) -> Option<&RawValue> {
-        match self {
-            Doc::Json(v) => Some(v),
-            Doc::Form(_, payload) => payload.as_deref(),
-        }
+    fn pointer(&self, text: &str) -> Option<Found> {
+        let i = self.pointers.iter().position(|p| p.text == text)?;
+        self.found.get(i)?.clone()
     }
 
     fn form_field(&self, name: &str) -> Option<String> {
-        match self {
-            Doc::Form(fields, _) => fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone()),
-            Doc::Json(_) => None,
-        }
+        self.form
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 }
 
-/// Deepest nesting passed on: serde_json's default recursion limit, so every
-/// consumer parsing with it (or anything as strict) can read what we publish.
-const MAX_DEPTH: usize = 128;
-
-/// Whether brackets outside strings nest deeper than `limit`. One pass, no
-/// allocation; the raw-JSON validation does not bound depth by itself.
-fn nested_deeper_than(body: &[u8], limit: usize) -> bool {
-    if body.len() <= 2 * limit {
-        return false;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
+/// An RFC 6901 JSON pointer, split and unescaped once at startup.
+#[derive(Debug, Clone)]
+struct Pointer {
+    text: String,
+    /// Each segment as an object key, and as an array index when it is one.
+    segments: Vec<(String, Option<usize>)>,
 }
 
-/// Follows an RFC 6901 JSON pointer through raw JSON.
-fn raw_pointer<'a>(root: &'a RawValue, pointer: &str) -> Option<&'a RawValue> {
-    if pointer.is_empty() {
-        return Some(root);
-    }
-    let mut current = root;
-    for segment in pointer.strip_prefix('/')?.split('/') {
-        let segment = segment.replace("~1", "/").replace("~0", "~");
-        let text = current.get().trim_start();
-        current = if text.starts_with('{') {
-            let fields: HashMap<std::borrow::Cow<'a, str>, &'a RawValue> =
-                serde_json::from_str(current.get()).ok()?;
-            *fields.get(segment.as_str())?
-        } else if text.starts_with('[') {
-            let items: Vec<&'a RawValue> = serde_json::from_str(current.get()).ok()?;
-            *items.get(segment.parse::<usize>().ok()?)?
-        } else {
-            return None;
+impl Pointer {
+    fn parse(text: &str) -> Pointer {
+        let segments = match text.strip_prefix('/') {
+            Some(rest) => rest
+                .split('/')
+                .map(|s| {
+                    let key = s.replace("~1", "/").replace("~0", "~");
+                    let index = key.parse().ok();
+                    (key, index)
+                })
+                .collect(),
+            None => Vec::new(),
         };
+        Pointer {
+            text: text.to_string(),
+            segments,
+        }
     }
-    Some(current)
 }
 
-/// What a pointer found: text, a number, nothing (null), or something else.
-fn classify(raw: &RawValue) -> Option<Found> {
-    let text = raw.get().trim();
-    match text.as_bytes().first()? {
-        b'"' => serde_json::from_str::<String>(text).ok().map(Found::Text),
-        b'n' => None,
-        b'-' | b'0'..=b'9' => serde_json::from_str::<serde_json::Number>(text)
-            .ok()
-            .map(|n| Found::Number(n.to_string())),
-        _ => Some(Found::NotText),
+/// Validates a JSON body and finds what each pointer points at, in one pass that
+/// builds no tree: only the values pointers reach are copied out. Nesting is
+/// bounded by serde_json's recursion limit (127 levels), so every consumer
+/// parsing with its defaults, or anything as strict, can read what we publish.
+fn walk(body: &[u8], pointers: &[Pointer]) -> Result<Vec<Option<Found>>, ExtractError> {
+    let mut found = vec![None; pointers.len()];
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let walker = Walk {
+        pointers,
+        active: (0..pointers.len()).collect(),
+        depth: 0,
+        found: &mut found,
+    };
+    walker
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| {
+            if e.to_string().starts_with("recursion limit exceeded") {
+                ExtractError::TooDeep
+            } else {
+                ExtractError::NotJson
+            }
+        })?;
+    Ok(found)
+}
+
+/// One value of the document, reached by the pointers in `active` through their
+/// first `depth` segments.
+struct Walk<'a> {
+    pointers: &'a [Pointer],
+    active: Vec<usize>,
+    depth: usize,
+    found: &'a mut Vec<Option<Found>>,
+}
+
+impl Walk<'_> {
+    /// Records this value for the pointers that end here.
+    fn settle(&mut self, value: impl Fn() -> Option<Found>) {
+        for &i in &self.active {
+            if self.pointers[i].segments.len() == self.depth {
+                self.found[i] = value();
+            }
+        }
+    }
+
+    /// The walk into a child, if any pointer goes on through it.
+    fn child(&mut self, matches: impl Fn(&(String, Option<usize>)) -> bool) -> Option<Walk<'_>> {
+        let active: Vec<usize> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.pointers[i]
+                    .segments
+                    .get(self.depth)
+                    .is_some_and(&matches)
+            })
+            .collect();
+        (!active.is_empty()).then(|| Walk {
+            pointers: self.pointers,
+            active,
+            depth: self.depth + 1,
+            found: &mut *self.found,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(mut self, _: bool) -> Result<(), E> {
+        self.settle(|| Some(Found::NotText));
+        Ok(())
+    }
+    fn visit_i64<E>(mut self, v: i64) -> Result<(), E> {
+        self.settle(|| Some(Found::Number(v.to_string())));
+        Ok(())
+    }
+    fn visit_u64<E>(mut self, v: u64) -> Result<(), E> {
+        self.settle(|| Some(Found::Number(v.to_string())));
+        Ok(())
+    }
+    fn visit_f64<E>(mut self, v: f64) -> Result<(), E> {
+        self.settle(|| serde_json::Number::from_f64(v).map(|n| Found::Number(n.to_string())));
+        Ok(())
+    }
+    fn visit_str<E>(mut self, v: &str) -> Result<(), E> {
+        self.settle(|| Some(Found::Text(v.to_string())));
+        Ok(())
+    }
+    fn visit_unit<E>(mut self) -> Result<(), E> {
+        self.settle(|| None);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.settle(|| Some(Found::NotText));
+        for i in 0usize.. {
+            let more = match self.child(|(_, index)| *index == Some(i)) {
+                Some(w) => seq.next_element_seed(w)?,
+                None => seq.next_element_seed(Skip)?,
+            };
+            if more.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.settle(|| Some(Found::NotText));
+        // Repeated keys: the last one wins, as when parsing into a map.
+        while let Some(key) = map.next_key_seed(Key)? {
+            match self.child(|(k, _)| *k == *key) {
+                Some(w) => map.next_value_seed(w)?,
+                None => map.next_value_seed(Skip)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the body unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+}
+
+/// A value no pointer reaches: validated and depth-counted (through
+/// `deserialize_any`, which serde_json bounds), then dropped.
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
     }
 }
 
@@ -311,19 +488,33 @@ pub struct Extractor {
     key: Template,
     id: Template,
     allow: Option<HashSet<String>>,
+    /// Every JSON pointer of `event_from` and `id_from`, looked up in one pass.
+    pointers: Vec<Pointer>,
 }
 
 impl Extractor {
     /// Locations were validated by `config`.
     pub fn new(source: &str, cfg: &SourceConfig) -> Result<Self, String> {
+        let event_from = Locations::parse(&cfg.event_from())?;
+        let id_from = cfg.id_from().map(|l| Locations::parse(&l)).transpose()?;
+        let mut pointers: Vec<Pointer> = Vec::new();
+        for p in event_from
+            .pointers()
+            .chain(id_from.iter().flat_map(|l| l.pointers()))
+        {
+            if !pointers.iter().any(|q| q.text == p) {
+                pointers.push(Pointer::parse(p));
+            }
+        }
         Ok(Self {
             source: Arc::from(source),
-            event_from: Locations::parse(&cfg.event_from())?,
-            id_from: cfg.id_from().map(|l| Locations::parse(&l)).transpose()?,
+            event_from,
+            id_from,
             topic: Template::compile(&cfg.topic),
             key: Template::compile(&cfg.key),
             id: Template::compile(&cfg.id_template),
             allow: cfg.events.as_ref().map(|e| e.iter().cloned().collect()),
+            pointers,
         })
     }
 
@@ -340,10 +531,7 @@ impl Extractor {
         received_at_ns: u64,
     ) -> Result<Extracted, ExtractError> {
         let body = verified.body();
-        if nested_deeper_than(body, MAX_DEPTH) {
-            return Err(ExtractError::TooDeep);
-        }
-        let doc = Doc::parse(body, content_type).ok_or(ExtractError::NotJson)?;
+        let doc = Doc::parse(body, content_type, &self.pointers)?;
         let event_type = match self.event_from.find(&doc, headers) {
             Some(Found::Text(t)) => normalize_event_type(&t),
             _ => return Err(ExtractError::MissingEventType),
@@ -427,16 +615,33 @@ mod tests {
         }
     }
 
+    /// Exactly what serde_json with its default limit can read, and nothing deeper.
     #[test]
-    fn nesting_is_bounded_outside_strings_only() {
-        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        assert!(!nested_deeper_than(deep(128).as_bytes(), 128));
-        assert!(nested_deeper_than(deep(129).as_bytes(), 128));
+    fn nesting_is_bounded_like_serde_json() {
+        let arrays = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let objects = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+        for n in [1, 100, 126, 127, 128, 129, 500] {
+            for body in [arrays(n), objects(n)] {
+                let readable = serde_json::from_str::<serde_json::Value>(&body).is_ok();
+                let ours = walk(body.as_bytes(), &[]);
+                assert_eq!(ours.is_ok(), readable, "depth {n}");
+                if !readable {
+                    assert_eq!(ours.err(), Some(ExtractError::TooDeep));
+                }
+            }
+        }
+        assert!(walk(arrays(127).as_bytes(), &[]).is_ok());
         // Brackets inside strings, escaped quotes included, are text.
         let in_string = format!(r#"{{"a":"\"{}"}}"#, "[".repeat(500));
-        assert!(!nested_deeper_than(in_string.as_bytes(), 128));
-        let objects = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
-        assert!(nested_deeper_than(objects.as_bytes(), 128));
+        assert!(walk(in_string.as_bytes(), &[]).is_ok());
+        // Still JSON's grammar, not a bracket count.
+        for bad in ["[1,]", "{\"a\" 1}", "[1] x", "\"\\x\"", "{\"a\":01}", ""] {
+            assert_eq!(
+                walk(bad.as_bytes(), &[]).err(),
+                Some(ExtractError::NotJson),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -561,29 +766,47 @@ mod tests {
     }
 
     #[test]
-    fn raw_json_pointers() {
-        let doc: &RawValue = serde_json::from_str(
-            r#"{"a/b":{"c~d":[10,{"e":"x"}]},"n":null,"f":1.5,"s":"t\u00e9","o":{}}"#,
-        )
-        .unwrap();
-        let at = |p: &str| raw_pointer(doc, p).map(|r| r.get().to_string());
-        assert_eq!(at("/a~1b/c~0d/0").as_deref(), Some("10"));
-        assert_eq!(at("/a~1b/c~0d/1/e").as_deref(), Some("\"x\""));
-        assert_eq!(at("/a~1b/c~0d/2"), None);
-        assert_eq!(at("/missing"), None);
-        assert_eq!(at("/f/deeper"), None);
-        assert!(
-            matches!(classify(raw_pointer(doc, "/s").unwrap()), Some(Found::Text(t)) if t == "té")
-        );
-        assert!(
-            matches!(classify(raw_pointer(doc, "/f").unwrap()), Some(Found::Number(n)) if n == "1.5")
-        );
-        assert!(classify(raw_pointer(doc, "/n").unwrap()).is_none());
-        assert!(matches!(
-            classify(raw_pointer(doc, "/o").unwrap()),
-            Some(Found::NotText)
-        ));
-        assert_eq!(at("").map(|s| s.len()), Some(doc.get().len()));
+    fn json_pointers_in_one_pass() {
+        let texts = [
+            "/a~1b/c~0d/0",
+            "/a~1b/c~0d/1/e",
+            "/a~1b/c~0d/2",
+            "/missing",
+            "/f/deeper",
+            "/s",
+            "/f",
+            "/n",
+            "/o",
+            "",
+            "/dup",
+            "/a~1b",
+        ];
+        let pointers: Vec<Pointer> = texts.iter().map(|t| Pointer::parse(t)).collect();
+        let body = r#"{"a/b":{"c~d":[10,{"e":"x"}]},"n":null,"f":1.5,"s":"t\u00e9","o":{},"dup":1,"dup":"last"}"#;
+        let found = walk(body.as_bytes(), &pointers).unwrap();
+        let at = |t: &str| found[texts.iter().position(|x| *x == t).unwrap()].clone();
+        let text = |f: Option<Found>| match f {
+            Some(Found::Text(t)) => format!("text {t}"),
+            Some(Found::Number(n)) => format!("number {n}"),
+            Some(Found::NotText) => "not text".into(),
+            None => "none".into(),
+        };
+        assert_eq!(text(at("/a~1b/c~0d/0")), "number 10");
+        assert_eq!(text(at("/a~1b/c~0d/1/e")), "text x");
+        assert_eq!(text(at("/a~1b/c~0d/2")), "none");
+        assert_eq!(text(at("/missing")), "none");
+        assert_eq!(text(at("/f/deeper")), "none");
+        assert_eq!(text(at("/s")), "text té");
+        assert_eq!(text(at("/f")), "number 1.5");
+        assert_eq!(text(at("/n")), "none");
+        assert_eq!(text(at("/o")), "not text");
+        assert_eq!(text(at("")), "not text");
+        assert_eq!(text(at("/dup")), "text last", "the last repeated key wins");
+        assert_eq!(text(at("/a~1b")), "not text");
+        // Escaped keys match their unescaped pointer segment.
+        let p = [Pointer::parse("/k")];
+        let found = walk(br#"{"\u006b":"v"}"#, &p).unwrap();
+        assert!(matches!(&found[0], Some(Found::Text(t)) if t == "v"));
     }
 
     #[test]
