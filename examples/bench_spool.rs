@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hookrelay::dedup::Dedup;
 use hookrelay::event::Event;
-use hookrelay::spool::{Spool, encode};
+use hookrelay::spool::Spool;
 
 #[tokio::main]
 async fn main() {
@@ -49,7 +49,7 @@ async fn main() {
                         body: body.clone(),
                     };
                     let t = Instant::now();
-                    spool.append(encode(&e)).await.expect("append");
+                    spool.append(e).await.expect("append");
                     lat.push(t.elapsed().as_micros() as u32);
                     n += 1;
                 }

@@ -3,9 +3,11 @@
 //! A 200 is sent only after the event's record is fdatasync'd here. One writer
 //! thread takes appends from every request, writes whatever has queued up as one
 //! batch, syncs once, and only then answers them all (group commit: one fsync per
-//! batch, not per request). The forwarder reads records back from disk up to the
-//! synced end, publishes them, and moves a persisted cursor forward as the sink
-//! confirms; segments wholly behind the cursor are deleted.
+//! batch, not per request). The forwarder takes synced records from memory while it
+//! keeps up (the writer hands them over with their place on disk) and reads them
+//! back from disk when it falls behind or after a restart; it publishes them and
+//! moves a persisted cursor forward as the sink confirms; segments wholly behind
+//! the cursor are deleted.
 //!
 //! Layout of the directory:
 //! - `LOCK`: held with an exclusive file lock so two processes never share a spool.
@@ -18,6 +20,7 @@ mod faults;
 mod proptests;
 mod record;
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -29,6 +32,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dedup::Dedup;
+use crate::event::Event;
 use crate::metrics;
 
 pub use faults::FSYNC_AFTER_ENV;
@@ -41,6 +45,9 @@ pub const EXIT_FSYNC_FAILED: i32 = 74;
 const QUEUE_DEPTH: usize = 16 * 1024;
 /// Upper bound on one group-commit batch, to keep latency of the first request bounded.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Synced records kept in memory for the forwarder, at most (frame bytes). Beyond it,
+/// while the sink is slow or down, the forwarder reads them back from disk.
+const TAIL_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why an append was not made durable; every variant is answered 503.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -70,7 +77,26 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
 
 struct Append {
     frame: Bytes,
+    event: Event,
     reply: oneshot::Sender<Result<u64, AppendError>>,
+}
+
+/// A synced record handed from the writer to the reader, with where it lies on disk
+/// so the reader can carry on from there.
+struct Synced {
+    record: Record,
+    segment: u64,
+    /// Offset just past its frame in that segment.
+    end: u64,
+    frame_len: usize,
+}
+
+/// Synced records the reader has not taken yet: consecutive sequences, ending at the
+/// durable end unless the size bound cut it short (or empty).
+struct Tail {
+    records: VecDeque<Synced>,
+    bytes: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,11 +121,50 @@ struct Shared {
     full: AtomicBool,
     /// Group commits (fdatasyncs) so far: appends per sync is the batching achieved.
     syncs: AtomicU64,
+    tail: Mutex<Tail>,
+}
+
+impl Tail {
+    fn new(max_bytes: usize) -> Tail {
+        Tail {
+            records: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Keeps the tail consecutive: past its size bound records are left to the disk,
+    /// and the first one kept after such a gap starts the tail afresh.
+    fn push(&mut self, s: Synced) {
+        if self
+            .records
+            .back()
+            .is_some_and(|b| b.record.seq + 1 != s.record.seq)
+        {
+            self.records.clear();
+            self.bytes = 0;
+        }
+        if self.bytes + s.frame_len > self.max_bytes {
+            return;
+        }
+        self.bytes += s.frame_len;
+        self.records.push_back(s);
+    }
+
+    fn pop(&mut self) -> Option<Synced> {
+        let s = self.records.pop_front()?;
+        self.bytes -= s.frame_len;
+        Some(s)
+    }
 }
 
 impl Shared {
     fn segments(&self) -> std::sync::MutexGuard<'_, Vec<Segment>> {
         self.segments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -238,6 +303,7 @@ impl Spool {
             write_failed: AtomicBool::new(false),
             full: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
+            tail: Mutex::new(Tail::new(TAIL_MAX_BYTES)),
         });
         let lock = Arc::new(lock);
         metrics::spool_size(total, next_seq - cursor);
@@ -248,6 +314,7 @@ impl Spool {
         let writer = Writer {
             shared: shared.clone(),
             file: active,
+            segment: shared.segments().last().map_or(next_seq, |s| s.base),
             next_seq,
             segment_bytes,
             durable: durable_tx,
@@ -272,11 +339,17 @@ impl Spool {
         ))
     }
 
-    /// Makes one framed record durable; resolves after the fdatasync covering it.
-    pub async fn append(&self, frame: Bytes) -> Result<u64, AppendError> {
+    /// Makes one event durable; resolves after the fdatasync covering it. The record
+    /// is framed here, on the caller's task, not on the writer thread.
+    pub async fn append(&self, event: Event) -> Result<u64, AppendError> {
+        let frame = encode(&event);
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Append { frame, reply })
+            .send(Append {
+                frame,
+                event,
+                reply,
+            })
             .await
             .map_err(|_| AppendError::Closed)?;
         rx.await.map_err(|_| AppendError::Closed)?
@@ -441,6 +514,8 @@ fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Re
 struct Writer {
     shared: Arc<Shared>,
     file: File,
+    /// Base sequence of the segment `file` is.
+    segment: u64,
     next_seq: u64,
     segment_bytes: u64,
     durable: watch::Sender<u64>,
@@ -481,7 +556,7 @@ impl Writer {
                 let _ = a.reply.send(Err(AppendError::Full));
             } else {
                 buf.extend_from_slice(&a.frame);
-                accepted.push(a.reply);
+                accepted.push((a.reply, a.event, a.frame.len()));
             }
         }
         if accepted.is_empty() {
@@ -489,7 +564,7 @@ impl Writer {
         }
         if let Err(e) = self.roll_if_needed(buf.len() as u64) {
             tracing::error!(error = %e, "cannot start a new spool segment");
-            self.fail(accepted, e);
+            self.fail(accepted.into_iter().map(|(r, ..)| r), e);
             return;
         }
         let before = self.segment_len();
@@ -506,7 +581,7 @@ impl Writer {
                     "spool write failed ({e}) and the partial write cannot be undone ({e2})"
                 ));
             }
-            self.fail(accepted, e);
+            self.fail(accepted.into_iter().map(|(r, ..)| r), e);
             return;
         }
         let started = Instant::now();
@@ -533,13 +608,33 @@ impl Writer {
             .bytes
             .fetch_add(buf.len() as u64, Ordering::AcqRel)
             + buf.len() as u64;
+        let mut replies = Vec::with_capacity(accepted.len());
+        {
+            // Before `durable` moves: the reader must find them here once it does.
+            let mut tail = self.shared.tail();
+            let mut end = before;
+            for (i, (reply, event, frame_len)) in accepted.into_iter().enumerate() {
+                end += frame_len as u64;
+                let synced = Synced {
+                    record: Record {
+                        seq: first + i as u64,
+                        event,
+                    },
+                    segment: self.segment,
+                    end,
+                    frame_len,
+                };
+                tail.push(synced);
+                replies.push(reply);
+            }
+        }
         self.durable.send_replace(self.next_seq);
         metrics::spool_size(
             total,
             self.next_seq
                 .saturating_sub(self.shared.cursor.load(Ordering::Acquire)),
         );
-        for (i, reply) in accepted.into_iter().enumerate() {
+        for (i, reply) in replies.into_iter().enumerate() {
             let _ = reply.send(Ok(first + i as u64));
         }
     }
@@ -554,6 +649,7 @@ impl Writer {
             return Ok(());
         }
         self.file = create_segment(&self.shared.dir, self.next_seq)?;
+        self.segment = self.next_seq;
         self.shared.segments().push(Segment {
             base: self.next_seq,
             bytes: 0,
@@ -561,7 +657,11 @@ impl Writer {
         Ok(())
     }
 
-    fn fail(&self, replies: Vec<oneshot::Sender<Result<u64, AppendError>>>, e: io::Error) {
+    fn fail(
+        &self,
+        replies: impl Iterator<Item = oneshot::Sender<Result<u64, AppendError>>>,
+        e: io::Error,
+    ) {
         self.shared.write_failed.store(true, Ordering::Relaxed);
         for r in replies {
             let _ = r.send(Err(AppendError::Io(e.to_string())));
@@ -583,6 +683,8 @@ pub struct Reader {
     file: BufReader<File>,
     segment_base: u64,
     next_seq: u64,
+    /// Where the next record lies on disk after some were taken from memory.
+    resume_at: Option<(u64, u64)>,
     _lock: Arc<File>,
 }
 
@@ -609,6 +711,7 @@ impl Reader {
             file,
             segment_base: base,
             next_seq: base,
+            resume_at: None,
             _lock: lock,
         };
         // Skip what was confirmed before the restart.
@@ -633,8 +736,48 @@ impl Reader {
         self.durable.clone()
     }
 
-    /// Up to `max` durable records from the current position; empty when caught up.
+    /// Up to `max` synced records from the current position, handed over in memory by
+    /// the writer: no read, no decode, no thread hop. Empty when the next record has to
+    /// come from disk ([`Reader::read_batch`]): after a restart, or once the forwarder
+    /// fell further behind than the writer keeps in memory.
+    pub fn take_synced(&mut self, max: usize) -> Vec<Record> {
+        let mut tail = self.shared.tail();
+        while tail
+            .records
+            .front()
+            .is_some_and(|s| s.record.seq < self.next_seq)
+        {
+            tail.pop();
+        }
+        let mut out = Vec::new();
+        while out.len() < max
+            && tail
+                .records
+                .front()
+                .is_some_and(|s| s.record.seq == self.next_seq)
+            && let Some(s) = tail.pop()
+        {
+            self.next_seq += 1;
+            self.resume_at = Some((s.segment, s.end));
+            out.push(s.record);
+        }
+        out
+    }
+
+    /// Up to `max` durable records from the current position, read from disk; empty
+    /// when caught up. Blocking.
     pub fn read_batch(&mut self, max: usize) -> io::Result<Vec<Record>> {
+        if let Some((segment, offset)) = self.resume_at {
+            if segment != self.segment_base {
+                self.file = BufReader::with_capacity(
+                    256 * 1024,
+                    File::open(segment_path(&self.shared.dir, segment))?,
+                );
+                self.segment_base = segment;
+            }
+            self.file.seek(SeekFrom::Start(offset))?;
+            self.resume_at = None;
+        }
         let end = *self.durable.borrow();
         let mut out = Vec::new();
         while out.len() < max && self.next_seq < end {
@@ -715,7 +858,7 @@ mod tests {
     async fn append_n(spool: &Spool, range: std::ops::Range<u64>) -> Vec<u64> {
         let mut seqs = Vec::new();
         for i in range {
-            seqs.push(spool.append(encode(&event(i))).await.unwrap());
+            seqs.push(spool.append(event(i)).await.unwrap());
         }
         seqs
     }
@@ -765,6 +908,58 @@ mod tests {
         assert_eq!(append_n(&spool, 100..101).await, vec![100]);
     }
 
+    /// Records taken from memory and read from disk join up exactly, across
+    /// segment rolls and whenever the memory bound leaves a gap.
+    #[tokio::test]
+    async fn memory_and_disk_reads_join_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, mut reader, _) = Spool::open(dir.path(), 1 << 20, 1024, &dedup()).unwrap();
+        append_n(&spool, 0..10).await;
+        let first = reader.take_synced(4);
+        assert_eq!(
+            first.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(first[3].event.id, "message.read:3");
+        // The rest of the first batch, now from disk, from where memory left off.
+        let rest = reader.read_batch(100).unwrap();
+        assert_eq!(
+            rest.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (4..10).collect::<Vec<_>>()
+        );
+        assert_eq!(rest[0].event.id, "message.read:4");
+
+        // Room for ~3 records: most come from disk, the newest from memory.
+        spool.shared.tail().max_bytes = 300;
+        let mut seen = Vec::new();
+        let (mut from_memory, mut from_disk) = (0, 0);
+        for round in 0..20u64 {
+            append_n(&spool, 10 + round * 7..10 + (round + 1) * 7).await;
+            loop {
+                let mut got = reader.take_synced(5);
+                if got.is_empty() {
+                    got = reader.read_batch(5).unwrap();
+                    from_disk += got.len();
+                } else {
+                    from_memory += got.len();
+                }
+                if got.is_empty() {
+                    break;
+                }
+                seen.extend(got.into_iter().map(|r| (r.seq, r.event.id)));
+            }
+        }
+        let want: Vec<(u64, String)> = (10..150)
+            .map(|i| (i, format!("message.read:{i}")))
+            .collect();
+        assert_eq!(seen, want);
+        assert!(
+            from_memory > 0 && from_disk > 0,
+            "{from_memory} / {from_disk}"
+        );
+        assert!(spool.shared.segments().len() > 2, "1 KiB segments roll");
+    }
+
     #[tokio::test]
     async fn torn_tail_is_truncated_and_counted() {
         let dir = tempfile::tempdir().unwrap();
@@ -796,7 +991,7 @@ mod tests {
         let mut accepted = 0;
         let mut i = 0;
         loop {
-            match spool.append(encode(&event(i))).await {
+            match spool.append(event(i)).await {
                 Ok(_) => accepted += 1,
                 Err(AppendError::Full) => break,
                 Err(e) => panic!("{e}"),
@@ -809,7 +1004,7 @@ mod tests {
         spool.confirm_until(got.last().unwrap().seq + 1);
         spool.checkpoint(spool.cursor()).unwrap();
         assert!(spool.bytes() < 8192, "{}", spool.bytes());
-        spool.append(encode(&event(i))).await.unwrap();
+        spool.append(event(i)).await.unwrap();
     }
 
     #[test]
