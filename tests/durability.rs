@@ -131,20 +131,22 @@ async fn torn_spool_tail_is_truncated_and_nothing_acked_is_lost() {
         .collect();
     segs.sort();
     let last = segs.last().unwrap();
-    let before = std::fs::metadata(last).unwrap().len();
+    // Where the next write would have gone: after the last record (a JSON body ends
+    // in a non-zero byte), before any zero-filled preallocated space.
+    let bytes = std::fs::read(last).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(last).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(last).unwrap();
         // A plausible length header followed by too few bytes, as a torn write leaves.
-        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+        let torn = [200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7];
+        std::os::unix::fs::FileExt::write_all_at(&f, &torn, end as u64).unwrap();
     }
 
     relay.restart();
     relay.wait_for_ids(&acked, Duration::from_secs(60));
-    assert_eq!(
-        std::fs::metadata(last).map(|m| m.len()).unwrap_or(before),
-        before
-    );
+    // The torn bytes are gone (truncated, or zeroed inside preallocated space).
+    let after = std::fs::read(last).unwrap_or_default();
+    assert!(after.iter().skip(end).all(|&b| b == 0));
     let m = relay.metrics().await;
     assert_eq!(metric(&m, "hookrelay_spool_truncated_bytes_total"), 11.0);
     assert!(relay.logs().contains("truncating"), "{}", relay.logs());

@@ -16,13 +16,14 @@
 //!   lag the truth; replaying from an older cursor only causes duplicates.
 
 mod faults;
+mod prealloc;
 #[cfg(test)]
 mod proptests;
 mod record;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -122,6 +123,9 @@ struct Shared {
     /// Group commits (fdatasyncs) so far: appends per sync is the batching achieved.
     syncs: AtomicU64,
     tail: Mutex<Tail>,
+    /// Bumped when the writer replaces its still-empty segment file by a zero-filled
+    /// one under the same name: a reader holding the old file reopens it.
+    swaps: AtomicU64,
 }
 
 impl Tail {
@@ -246,15 +250,22 @@ impl Spool {
             })
             .map_err(io_err(&path))?;
             if let Some((err, at)) = &scan.bad_tail {
-                let cut = scan.file_len - at;
+                // Preallocated zeros after the bad bytes are not counted as cut.
+                let cut = scan.data_end - at;
                 if last {
                     tracing::warn!(segment = %path.display(), offset = at, bytes = cut, error = %err,
                         "spool tail is torn or corrupt; truncating it (no request was answered 200 for it)");
-                    let f = OpenOptions::new()
+                    let mut f = OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .map_err(io_err(&path))?;
-                    f.set_len(*at).map_err(io_err(&path))?;
+                    if scan.data_end < scan.file_len {
+                        // Zero the bad bytes, keeping the preallocated space after them.
+                        f.seek(SeekFrom::Start(*at)).map_err(io_err(&path))?;
+                        f.write_all(&vec![0; cut as usize]).map_err(io_err(&path))?;
+                    } else {
+                        f.set_len(*at).map_err(io_err(&path))?;
+                    }
                     f.sync_all().map_err(io_err(&path))?;
                 } else {
                     tracing::error!(segment = %path.display(), offset = at, bytes = cut, error = %err,
@@ -274,15 +285,17 @@ impl Spool {
             .clamp(first_base, next_seq);
         recovery.pending = next_seq - cursor;
 
-        let active = match segments.last() {
+        let (active, preallocated) = match segments.last() {
             Some(seg) => {
                 let path = segment_path(dir, seg.base);
                 let mut f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(io_err(&path))?;
-                f.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
-                f
+                // Records go after the last good one, over any preallocated zeros.
+                f.seek(SeekFrom::Start(seg.bytes)).map_err(io_err(&path))?;
+                let len = f.metadata().map_err(io_err(&path))?.len();
+                (f, len > seg.bytes)
             }
             None => {
                 let f = create_segment(dir, next_seq).map_err(io_err(dir))?;
@@ -290,7 +303,7 @@ impl Spool {
                     base: next_seq,
                     bytes: 0,
                 });
-                f
+                (f, false)
             }
         };
         let total: u64 = segments.iter().map(|s| s.bytes).sum();
@@ -304,6 +317,7 @@ impl Spool {
             full: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
             tail: Mutex::new(Tail::new(TAIL_MAX_BYTES)),
+            swaps: AtomicU64::new(0),
         });
         let lock = Arc::new(lock);
         metrics::spool_size(total, next_seq - cursor);
@@ -315,6 +329,8 @@ impl Spool {
             shared: shared.clone(),
             file: active,
             segment: shared.segments().last().map_or(next_seq, |s| s.base),
+            preallocated,
+            prealloc: prealloc::Prealloc::new(dir, segment_bytes),
             next_seq,
             segment_bytes,
             durable: durable_tx,
@@ -472,6 +488,8 @@ struct Scan {
     records: u64,
     good_len: u64,
     file_len: u64,
+    /// Just past the last non-zero byte: preallocated zeros may follow.
+    data_end: u64,
     bad_tail: Option<(ReadError, u64)>,
 }
 
@@ -484,12 +502,24 @@ fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Re
         records: 0,
         good_len: 0,
         file_len,
+        data_end: 0,
         bad_tail: None,
     };
     loop {
         let frame = match read_frame(&mut r) {
             Ok(Some(f)) => f,
-            Ok(None) => break,
+            Ok(None) => {
+                // Preallocated zeros may follow the records; anything else there is
+                // the remains of a write that never completed.
+                if scan.good_len < file_len {
+                    scan.data_end = data_end(&mut r, scan.good_len)?;
+                    if scan.data_end > scan.good_len {
+                        let e = DecodeError::Malformed("bytes after the end of the records");
+                        scan.bad_tail = Some((e.into(), scan.good_len));
+                    }
+                }
+                break;
+            }
             Err(ReadError::Io(e)) => return Err(e),
             Err(e) => {
                 scan.bad_tail = Some((e, scan.good_len));
@@ -507,7 +537,28 @@ fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Re
         scan.records += 1;
         scan.good_len += record::HEADER_LEN as u64 + len;
     }
+    if scan.bad_tail.is_some() && scan.data_end == 0 {
+        scan.data_end = data_end(&mut r, scan.good_len)?;
+    }
+    scan.data_end = scan.data_end.max(scan.good_len);
     Ok(scan)
+}
+
+/// Offset just past the last non-zero byte at or after `from` (`from` if none).
+fn data_end(r: &mut BufReader<File>, from: u64) -> io::Result<u64> {
+    r.seek(SeekFrom::Start(from))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut pos, mut end) = (from, from);
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(end);
+        }
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            end = pos + i as u64 + 1;
+        }
+        pos += n as u64;
+    }
 }
 
 /// The single thread that writes and syncs.
@@ -516,6 +567,9 @@ struct Writer {
     file: File,
     /// Base sequence of the segment `file` is.
     segment: u64,
+    /// Whether `file` was zero-filled ahead (its syncs then only flush data).
+    preallocated: bool,
+    prealloc: prealloc::Prealloc,
     next_seq: u64,
     segment_bytes: u64,
     durable: watch::Sender<u64>,
@@ -645,10 +699,40 @@ impl Writer {
 
     fn roll_if_needed(&mut self, incoming: u64) -> io::Result<()> {
         let len = self.segment_len();
-        if len == 0 || len + incoming <= self.segment_bytes {
+        let dir = &self.shared.dir;
+        if len == 0 {
+            // Still empty (a fresh spool, or just after a start): swap in a zero-filled
+            // file as soon as one is ready, under the same name.
+            if !self.preallocated
+                && let Some(f) = self.prealloc.take(&segment_path(dir, self.segment))
+            {
+                File::open(dir)?.sync_all()?;
+                self.file = f;
+                self.preallocated = true;
+                self.shared.swaps.fetch_add(1, Ordering::Release);
+            }
             return Ok(());
         }
-        self.file = create_segment(&self.shared.dir, self.next_seq)?;
+        if len + incoming <= self.segment_bytes {
+            return Ok(());
+        }
+        let path = segment_path(dir, self.next_seq);
+        let (file, preallocated) = match self.prealloc.take(&path) {
+            Some(f) => {
+                File::open(dir)?.sync_all()?;
+                (f, true)
+            }
+            None => (create_segment(dir, self.next_seq)?, false),
+        };
+        // The sealed segment's unused zeros go back to the filesystem. Not synced: if
+        // the crash comes first, zeros after the records read as their end anyway.
+        if self.preallocated
+            && let Err(e) = self.file.set_len(len)
+        {
+            tracing::debug!(error = %e, "cannot trim a sealed spool segment");
+        }
+        self.file = file;
+        self.preallocated = preallocated;
         self.segment = self.next_seq;
         self.shared.segments().push(Segment {
             base: self.next_seq,
@@ -675,16 +759,36 @@ fn fatal(message: &str) -> ! {
     std::process::exit(EXIT_FSYNC_FAILED);
 }
 
+/// Reads a segment from a position with `pread`, buffering nothing: past the synced
+/// end of the segment being written the bytes may still be preallocated zeros, and
+/// a read-ahead buffer would keep serving them after the writer put records there.
+struct At<'a> {
+    file: &'a File,
+    pos: &'a mut u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, *self.pos)?;
+        *self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Reads durable records in order for the forwarder. Blocking: call it from
 /// `spawn_blocking`. It never reads past the synced end.
 pub struct Reader {
     shared: Arc<Shared>,
     durable: watch::Receiver<u64>,
-    file: BufReader<File>,
+    file: File,
+    /// Offset of the next record in `file`.
+    pos: u64,
     segment_base: u64,
     next_seq: u64,
     /// Where the next record lies on disk after some were taken from memory.
     resume_at: Option<(u64, u64)>,
+    /// `Shared::swaps` as of opening `file`.
+    swaps: u64,
     _lock: Arc<File>,
 }
 
@@ -703,12 +807,14 @@ impl Reader {
                 .or(segs.first())
                 .map_or(from, |s| s.base)
         };
-        let file =
-            BufReader::with_capacity(256 * 1024, File::open(segment_path(&shared.dir, base))?);
+        let swaps = shared.swaps.load(Ordering::Acquire);
+        let file = File::open(segment_path(&shared.dir, base))?;
         let mut reader = Reader {
+            swaps,
             shared,
             durable,
             file,
+            pos: 0,
             segment_base: base,
             next_seq: base,
             resume_at: None,
@@ -769,19 +875,25 @@ impl Reader {
     pub fn read_batch(&mut self, max: usize) -> io::Result<Vec<Record>> {
         if let Some((segment, offset)) = self.resume_at {
             if segment != self.segment_base {
-                self.file = BufReader::with_capacity(
-                    256 * 1024,
-                    File::open(segment_path(&self.shared.dir, segment))?,
-                );
+                self.file = File::open(segment_path(&self.shared.dir, segment))?;
                 self.segment_base = segment;
             }
-            self.file.seek(SeekFrom::Start(offset))?;
+            self.pos = offset;
             self.resume_at = None;
+        }
+        let swaps = self.shared.swaps.load(Ordering::Acquire);
+        if swaps != self.swaps {
+            self.file = File::open(segment_path(&self.shared.dir, self.segment_base))?;
+            self.swaps = swaps;
         }
         let end = *self.durable.borrow();
         let mut out = Vec::new();
         while out.len() < max && self.next_seq < end {
-            match read_frame(&mut self.file) {
+            let mut at = At {
+                file: &self.file,
+                pos: &mut self.pos,
+            };
+            match read_frame(&mut at) {
                 Ok(Some(frame)) => match decode(self.next_seq, frame) {
                     Ok(rec) => {
                         self.next_seq += 1;
@@ -823,10 +935,8 @@ impl Reader {
         let Some(base) = next else {
             return Ok(false);
         };
-        self.file = BufReader::with_capacity(
-            256 * 1024,
-            File::open(segment_path(&self.shared.dir, base))?,
-        );
+        self.file = File::open(segment_path(&self.shared.dir, base))?;
+        self.pos = 0;
         self.segment_base = base;
         self.next_seq = base;
         Ok(true)
@@ -963,21 +1073,29 @@ mod tests {
     #[tokio::test]
     async fn torn_tail_is_truncated_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let seg;
+        let seg = segment_path(dir.path(), 0);
+        let good;
         {
             let (spool, _r, _) = Spool::open(dir.path(), 1 << 20, 1 << 16, &dedup()).unwrap();
+            // Either kind of segment file: plain, or zero-filled ahead.
+            std::thread::sleep(Duration::from_millis(fastrand::u64(0..20)));
             append_n(&spool, 0..10).await;
-            seg = segment_path(dir.path(), 0);
+            good = spool.shared.segments()[0].bytes;
         }
-        let good = fs::metadata(&seg).unwrap().len();
+        // Half a record where the next write would have gone.
         let partial = encode(&event(10));
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&partial[..partial.len() / 2]).unwrap();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &partial[..partial.len() / 2], good).unwrap();
         drop(f);
         let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 1 << 16, &dedup()).unwrap();
         assert_eq!(rec.truncated_bytes, (partial.len() / 2) as u64);
         assert_eq!(rec.pending, 10);
-        assert_eq!(fs::metadata(&seg).unwrap().len(), good);
+        let bytes = fs::read(&seg).unwrap();
+        assert!(bytes.len() as u64 >= good);
+        assert!(
+            bytes[good as usize..].iter().all(|&b| b == 0),
+            "the torn bytes are gone"
+        );
         assert_eq!(append_n(&spool, 10..11).await, vec![10]);
         let got = read_all(&mut reader);
         assert_eq!(got.len(), 11);

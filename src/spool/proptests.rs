@@ -10,7 +10,6 @@
 //! torn batch; a corrupt or torn record is never delivered.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -170,6 +169,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 m.delivered = m.persisted;
             }
             Op::Crash { torn, cut, flip } => {
+                // The torn batch lands where the writer would have put it: after the
+                // last record, over preallocated zeros if the segment has them.
+                let end = o.spool.shared.segments().last().map_or(0, |s| s.bytes);
                 drop(o);
                 // The batch in flight at the crash: never acknowledged.
                 let ids: Vec<u64> = (0..torn as u64).map(|i| m.next_id + i).collect();
@@ -194,8 +196,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
                 let seg = last_segment(dir.path());
-                let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-                f.write_all(&bytes).unwrap();
+                let f = OpenOptions::new().write(true).open(&seg).unwrap();
+                std::os::unix::fs::FileExt::write_all_at(&f, &bytes, end).unwrap();
                 drop(f);
                 // Whole frames written before the cut and before the flipped one.
                 let mut complete = 0;

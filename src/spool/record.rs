@@ -3,6 +3,9 @@
 //! The payload holds the event's metadata and its raw body. The CRC covers the
 //! payload, so a torn write (crash mid-append) or a flipped bit is recognised on
 //! replay and the tail is cut there instead of being published.
+//!
+//! Segments are zero-filled ahead of the writer (see `prealloc`), so an all-zero
+//! header marks the end of the records: no frame has one, its length is never 0.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -68,11 +71,13 @@ pub fn encode(e: &Event) -> Bytes {
     buf.freeze()
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of file.
+/// Reads one frame; `Ok(None)` at a clean end: the end of the file, or the zeros
+/// of preallocated space.
 pub fn read_frame(r: &mut impl Read) -> Result<Option<Bytes>, ReadError> {
     let mut header = [0u8; HEADER_LEN];
     match read_full(r, &mut header)? {
         0 => return Ok(None),
+        _ if header == [0; HEADER_LEN] => return Ok(None),
         n if n < HEADER_LEN => return Err(DecodeError::Truncated.into()),
         _ => {}
     }

@@ -1,0 +1,105 @@
+//! Zero-filled segment files, made ahead of the writer on their own thread.
+//!
+//! An fdatasync after appending to a file must also commit the file's new size and
+//! extents to the filesystem journal; after overwriting blocks that already hold
+//! zeros it only flushes the data. Measured on this project's virtual disks: about
+//! 40% less time and a third less CPU per sync, and the writer syncs hundreds to
+//! thousands of times a second. Filling a segment takes a while (64 MiB by
+//! default), so the next one is prepared in the background while the current one
+//! fills; when none is ready in time the writer creates a plain file, which the
+//! record format reads the same way (zeros after the records mean "no more").
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, TryRecvError, sync_channel};
+
+/// The file being prepared; never a segment name, so a crash leaves nothing to replay.
+const NAME: &str = "next.prealloc";
+
+pub(super) struct Prealloc {
+    path: PathBuf,
+    bytes: u64,
+    pending: Option<Receiver<io::Result<File>>>,
+    /// A failure is logged once until a preparation succeeds again.
+    warned: bool,
+}
+
+impl Prealloc {
+    /// Starts preparing the first file; a leftover from an earlier run is replaced.
+    pub(super) fn new(dir: &Path, bytes: u64) -> Prealloc {
+        let mut p = Prealloc {
+            path: dir.join(NAME),
+            bytes,
+            pending: None,
+            warned: false,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let (tx, rx) = sync_channel(1);
+        let (path, bytes) = (self.path.clone(), self.bytes);
+        let spawned = std::thread::Builder::new()
+            .name("spool-prealloc".into())
+            .spawn(move || {
+                let _ = tx.send(fill(&path, bytes));
+            });
+        self.pending = spawned.is_ok().then_some(rx);
+    }
+
+    /// The prepared file renamed to `target`, positioned at its start, if one is
+    /// ready; `None` means the caller creates a plain file. The caller syncs the
+    /// directory so the new name survives a crash. Starts preparing the next one.
+    pub(super) fn take(&mut self, target: &Path) -> Option<File> {
+        let result = match self.pending.as_ref()?.try_recv() {
+            Ok(result) => result,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Err(io::Error::other("preallocation thread died")),
+        };
+        self.pending = None;
+        let file = result.and_then(|f| fs::rename(&self.path, target).map(|()| f));
+        self.start();
+        match file {
+            Ok(f) => {
+                self.warned = false;
+                Some(f)
+            }
+            Err(e) => {
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(error = %e, "cannot preallocate a spool segment; appending to a plain file (slower syncs)");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Writes `bytes` zeros (not `fallocate`: unwritten extents would still be converted,
+/// through the journal, at the first sync after each write) and syncs them.
+fn fill(path: &Path, bytes: u64) -> io::Result<File> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    let written = (|| {
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()?;
+        f.seek(SeekFrom::Start(0)).map(|_| ())
+    })();
+    if let Err(e) = written {
+        // Typically ENOSPC: give the space back to the records.
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(f)
+}
