@@ -357,8 +357,12 @@ impl Spool {
 
     /// Makes one event durable; resolves after the fdatasync covering it. The record
     /// is framed here, on the caller's task, not on the writer thread.
-    pub async fn append(&self, event: Event) -> Result<u64, AppendError> {
+    pub async fn append(&self, mut event: Event) -> Result<u64, AppendError> {
         let frame = encode(&event);
+        // The body ends the frame. Kept as a slice of it, the event handed to the
+        // forwarder holds one exact allocation instead of pinning the connection's
+        // read buffer (which a small body may share with much more) until confirmed.
+        event.body = frame.slice(frame.len() - event.body.len()..);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Append {
