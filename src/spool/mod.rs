@@ -512,18 +512,7 @@ fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Re
     loop {
         let frame = match read_frame(&mut r) {
             Ok(Some(f)) => f,
-            Ok(None) => {
-                // Preallocated zeros may follow the records; anything else there is
-                // the remains of a write that never completed.
-                if scan.good_len < file_len {
-                    scan.data_end = data_end(&mut r, scan.good_len)?;
-                    if scan.data_end > scan.good_len {
-                        let e = DecodeError::Malformed("bytes after the end of the records");
-                        scan.bad_tail = Some((e.into(), scan.good_len));
-                    }
-                }
-                break;
-            }
+            Ok(None) => break,
             Err(ReadError::Io(e)) => return Err(e),
             Err(e) => {
                 scan.bad_tail = Some((e, scan.good_len));
@@ -541,10 +530,17 @@ fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Re
         scan.records += 1;
         scan.good_len += record::HEADER_LEN as u64 + len;
     }
-    if scan.bad_tail.is_some() && scan.data_end == 0 {
-        scan.data_end = data_end(&mut r, scan.good_len)?;
+    scan.data_end = if scan.good_len < file_len {
+        data_end(&mut r, scan.good_len)?
+    } else {
+        scan.good_len
+    };
+    // Preallocated zeros may follow the records; anything else there is the remains
+    // of a write that never completed.
+    if scan.bad_tail.is_none() && scan.data_end > scan.good_len {
+        let e = DecodeError::Malformed("bytes after the end of the records");
+        scan.bad_tail = Some((e.into(), scan.good_len));
     }
-    scan.data_end = scan.data_end.max(scan.good_len);
     Ok(scan)
 }
 
