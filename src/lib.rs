@@ -18,6 +18,7 @@
 //! - [`event`]: event type, id, topic and key from a verified body.
 //! - [`dedup`]: the window of ids already accepted, per process or shared in Redis.
 //! - [`spool`]: the segmented log, group commit, replay, cursor.
+//! - [`disk`]: writeback in small steps and free space, for the spool's neighbours.
 //! - [`forward`]: spool to sink with many in flight, retry, dead-letter.
 //! - [`sink`]: destinations behind one trait; [`deadletter`] for refusals.
 //! - [`guard`]: per-source sender allow-lists and rate limits.
@@ -30,6 +31,7 @@ pub mod app;
 pub mod config;
 pub mod deadletter;
 pub mod dedup;
+pub mod disk;
 pub mod event;
 pub mod forward;
 #[doc(hidden)]

@@ -8,6 +8,13 @@
 //! default), so the next one is prepared in the background while the current one
 //! fills; when none is ready in time the writer creates a plain file, which the
 //! record format reads the same way (zeros after the records mean "no more").
+//!
+//! The fill must not slow the writer's own syncs down: written in one go, 64 MiB of
+//! dirty pages would reach the disk at once, with every fdatasync of the writer
+//! queued behind them (see [`crate::disk`]). So the zeros go out a chunk at a time,
+//! each written back before the next is dirtied. And it never takes the last free
+//! space: a segment is only prepared while the filesystem keeps another one free
+//! besides.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -16,6 +23,9 @@ use std::sync::mpsc::{Receiver, TryRecvError, sync_channel};
 
 /// The file being prepared; never a segment name, so a crash leaves nothing to replay.
 const NAME: &str = "next.prealloc";
+
+/// Zeros dirtied, then written back, at a time: the most a spool sync waits behind.
+const CHUNK: usize = crate::disk::WRITEBACK_STEP as usize;
 
 pub(super) struct Prealloc {
     path: PathBuf,
@@ -80,17 +90,28 @@ impl Prealloc {
 /// Writes `bytes` zeros (not `fallocate`: unwritten extents would still be converted,
 /// through the journal, at the first sync after each write) and syncs them.
 fn fill(path: &Path, bytes: u64) -> io::Result<File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let free = crate::disk::free_bytes(dir)?;
+    if free < bytes.saturating_mul(2) {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{free} bytes free: too few to keep a segment's worth spare"),
+        ));
+    }
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(path)?;
-    let zeros = vec![0u8; 1 << 20];
+    let zeros = vec![0u8; CHUNK];
     let mut left = bytes;
+    let mut offset = 0u64;
     let written = (|| {
         while left > 0 {
             let n = left.min(zeros.len() as u64) as usize;
             f.write_all(&zeros[..n])?;
+            crate::disk::write_back(&f, offset, n as u64)?;
+            offset += n as u64;
             left -= n as u64;
         }
         f.sync_all()?;
@@ -102,4 +123,31 @@ fn fill(path: &Path, bytes: u64) -> io::Result<File> {
         return Err(e);
     }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_with_zeros_in_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(NAME);
+        let bytes = 3 * CHUNK as u64 + 100;
+        fill(&path, bytes).unwrap();
+        let all = fs::read(&path).unwrap();
+        assert_eq!(all.len() as u64, bytes);
+        assert!(all.iter().all(|&b| b == 0));
+    }
+
+    /// The last free space stays for records: no file is left behind either.
+    #[test]
+    fn refuses_when_the_disk_could_not_spare_another_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(NAME);
+        let free = crate::disk::free_bytes(dir.path()).unwrap();
+        let err = fill(&path, free / 2 + 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert!(!path.exists());
+    }
 }
