@@ -8,7 +8,9 @@
 //! request's intended send time, so a stall is charged to every request it delays
 //! (no coordinated omission). The schedule is kept by a pacer thread with
 //! sub-millisecond sleeps: tokio's 1 ms timer would make every request up to a
-//! millisecond late and charge that to the server.
+//! millisecond late and charge that to the server. Each due request goes to the
+//! first idle connection (a fixed round robin would queue it behind one slow
+//! answer while others sit idle).
 //!
 //! `cargo run --release --example loadgen -- --url http://127.0.0.1:8080/webhooks/quickassist \
 //!     --secret dev-secret --connections 64 --seconds 10 --body-bytes 1024`
@@ -117,13 +119,15 @@ async fn main() {
     }
     for c in 0..a.connections {
         let (tag, secret, size) = (tag.clone(), a.secret.clone(), a.body_bytes);
+        let conns = a.connections;
         let make = move |i: usize| {
-            let b = body(&tag, c * per_conn + i, size);
+            let b = body(&tag, i * conns + c, size);
             let sig = hookrelay::verify::quickassist_sign(secret.as_bytes(), &b);
             (b, sig)
         };
         if a.rate > 0.0 {
-            slices.push(Box::new((0..per_conn).map(make)));
+            // Any connection may take any share of the schedule: never runs out.
+            slices.push(Box::new((0..).map(make)));
         } else {
             let v: Vec<_> = (0..per_conn).map(make).collect();
             slices.push(Box::new(v.into_iter()));
@@ -132,15 +136,10 @@ async fn main() {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(a.warmup);
     let end = measure_from + Duration::from_secs_f64(a.seconds);
-    // Open loop: connection k owns every N-th slot of the global schedule; the pacer
-    // hands each connection its slots' intended send times as they come due.
-    let mut slots = Vec::new();
-    let mut pacer = Vec::new();
-    for _ in 0..a.connections {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        pacer.push(tx);
-        slots.push(rx);
-    }
+    // Open loop: the pacer hands out the intended send times as they come due; the
+    // idle connections queue (fairly) for the next one.
+    let (pacer, slots) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let slots = std::sync::Arc::new(tokio::sync::Mutex::new(slots));
     if a.rate > 0.0 {
         let period = Duration::from_secs_f64(1.0 / a.rate);
         std::thread::spawn(move || {
@@ -154,7 +153,7 @@ async fn main() {
                 if at > now {
                     std::thread::sleep(at - now);
                 }
-                let _ = pacer[k as usize % pacer.len()].send(at);
+                let _ = pacer.send(at);
                 k += 1;
             }
         });
@@ -162,7 +161,8 @@ async fn main() {
         drop(pacer);
     }
     let mut tasks = Vec::new();
-    for (events, mut slots) in slices.into_iter().zip(slots) {
+    for events in slices {
+        let slots = slots.clone();
         let open_loop = a.rate > 0.0;
         let authority = authority.clone();
         let path = path.clone();
@@ -179,7 +179,8 @@ async fn main() {
             let mut finished = false;
             for (b, sig) in events {
                 let now = if open_loop {
-                    match slots.recv().await {
+                    let next = slots.lock().await.recv().await;
+                    match next {
                         Some(at) => at,
                         None => {
                             finished = true;
