@@ -179,6 +179,7 @@ pub async fn run(
             replay_into,
         )
         .context("spool.dir")?;
+        s.pace_syncs(Duration::from_micros(config.spool.min_sync_interval_us));
         tracing::info!(
             dir = %config.spool.dir.display(),
             pending = recovery.pending,

@@ -98,6 +98,10 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Segments are deleted whole once every record in them is confirmed.
     pub segment_bytes: u64,
+    /// While requests arrive concurrently, at least this long between the starts of
+    /// two group commits: fewer, larger fdatasyncs for at most this much latency.
+    /// 0 syncs as soon as the previous sync ends.
+    pub min_sync_interval_us: u64,
 }
 
 impl Default for SpoolConfig {
@@ -106,6 +110,7 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("./data/spool"),
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
+            min_sync_interval_us: 1000,
         }
     }
 }
@@ -581,6 +586,12 @@ impl Config {
                     "must be at least 4 x spool.segment_bytes ({}), so that confirmed segments can be freed",
                     sp.segment_bytes.saturating_mul(4)
                 ),
+            ));
+        }
+        if sp.min_sync_interval_us > 100_000 {
+            return Err(invalid(
+                "spool.min_sync_interval_us",
+                "must be at most 100000 (100 ms): every 200 may wait this long",
             ));
         }
         if self.dedup.max_ids == 0 {
@@ -1195,5 +1206,18 @@ secret_env = "HOOKRELAY_TEST_NEVER_SET"
                 .to_string()
                 .starts_with("spool.max_bytes")
         );
+        let c = Config::parse(&format!(
+            "{MINIMAL}[spool]\nmin_sync_interval_us = 100001\n"
+        ))
+        .unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("spool.min_sync_interval_us")
+        );
+        let c = Config::parse(&format!("{MINIMAL}[spool]\nmin_sync_interval_us = 0\n")).unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(SpoolConfig::default().min_sync_interval_us, 1000);
     }
 }

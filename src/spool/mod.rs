@@ -122,6 +122,9 @@ struct Shared {
     full: AtomicBool,
     /// Group commits (fdatasyncs) so far: appends per sync is the batching achieved.
     syncs: AtomicU64,
+    /// Least time between the starts of two syncs while appends come concurrently,
+    /// in microseconds (see [`Spool::pace_syncs`]).
+    sync_interval_us: AtomicU64,
     tail: Mutex<Tail>,
     /// Bumped when the writer replaces its still-empty segment file by a zero-filled
     /// one under the same name: a reader holding the old file reopens it.
@@ -318,6 +321,7 @@ impl Spool {
             syncs: AtomicU64::new(0),
             tail: Mutex::new(Tail::new(TAIL_MAX_BYTES)),
             swaps: AtomicU64::new(0),
+            sync_interval_us: AtomicU64::new(0),
         });
         let lock = Arc::new(lock);
         metrics::spool_size(total, next_seq - cursor);
@@ -373,6 +377,20 @@ impl Spool {
             .await
             .map_err(|_| AppendError::Closed)?;
         rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Lets the writer wait until `interval` has passed since its previous sync began
+    /// before starting the next one, collecting the appends that arrive meanwhile into
+    /// the same group commit. Only while appends come concurrently (the previous
+    /// group held more than one): a lone sender never waits.
+    ///
+    /// Why: on a virtual disk each fdatasync costs 90-170 us of CPU. At moderate load
+    /// groups are small and syncs many (open loop at 8,500/s: 2,300-3,300 syncs/s);
+    /// with 1 ms, closed loop here went from 0.49-0.61 to 0.40-0.53 CPU s per 10k
+    /// events and 10-15% more requests/s, at up to `interval` more per 200.
+    pub fn pace_syncs(&self, interval: Duration) {
+        let us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        self.shared.sync_interval_us.store(us, Ordering::Relaxed);
     }
 
     /// Ready to accept: the writer is healthy and the spool has room.
@@ -580,7 +598,16 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Append>) {
         let mut batch: Vec<Append> = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        // When the previous group commit began, and whether it was shared.
+        let mut last_start = Instant::now();
+        let mut last_shared = false;
         while let Some(first) = rx.blocking_recv() {
+            let interval =
+                Duration::from_micros(self.shared.sync_interval_us.load(Ordering::Relaxed));
+            if last_shared && let Some(wait) = interval.checked_sub(last_start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            last_start = Instant::now();
             batch.push(first);
             let mut size = batch[0].frame.len();
             while size < MAX_BATCH_BYTES {
@@ -592,6 +619,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            last_shared = batch.len() > 1;
             self.commit(&mut batch, &mut buf);
         }
     }
@@ -1100,6 +1128,50 @@ mod tests {
         let got = read_all(&mut reader);
         assert_eq!(got.len(), 11);
         assert_eq!(got[10].event.id, "message.read:10");
+    }
+
+    /// Concurrent appenders share paced syncs: rounds of 40 take the interval each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_paced_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _r, _) = Spool::open(dir.path(), 1 << 24, 1 << 20, &dedup()).unwrap();
+        spool.pace_syncs(Duration::from_millis(50));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..40u64)
+            .map(|c| {
+                let spool = spool.clone();
+                tokio::spawn(async move { append_n(&spool, c * 5..c * 5 + 5).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().len(), 5);
+        }
+        // Five appends per task, one group per round: at least 4 paced waits.
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            spool.syncs() <= 12,
+            "{} syncs for 200 appends",
+            spool.syncs()
+        );
+    }
+
+    /// A lone sender is not held back by the pacing: it would gain nothing.
+    #[tokio::test]
+    async fn a_lone_sender_never_waits_for_the_pacing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _r, _) = Spool::open(dir.path(), 1 << 24, 1 << 20, &dedup()).unwrap();
+        spool.pace_syncs(Duration::from_millis(300));
+        let started = Instant::now();
+        append_n(&spool, 0..10).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
