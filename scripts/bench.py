@@ -35,7 +35,7 @@ def free_port():
     return port
 
 
-def wait_port(port, timeout=30):
+def wait_port(port, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -326,6 +326,10 @@ def main():
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "{bootstrap}"', "kafka")
                 stop(m)
             print(json.dumps(results[c]), file=sys.stderr)
+            # Each case starts on a quiet disk: the soak leaves gigabytes of deleted
+            # files whose freeing and writeback would otherwise land on the next case
+            # (once enough to delay the next relay's start past 30 s).
+            os.sync()
     finally:
         for p in procs:
             if p.poll() is None:
