@@ -727,14 +727,12 @@ impl Writer {
 
     fn roll_if_needed(&mut self, incoming: u64) -> io::Result<()> {
         let len = self.segment_len();
-        let dir = &self.shared.dir;
         if len == 0 {
             // Still empty (a fresh spool, or just after a start): swap in a zero-filled
             // file as soon as one is ready, under the same name.
             if !self.preallocated
-                && let Some(f) = self.prealloc.take(&segment_path(dir, self.segment))
+                && let Some(f) = self.take_prepared(self.segment)?
             {
-                File::open(dir)?.sync_all()?;
                 self.file = f;
                 self.preallocated = true;
                 self.shared.swaps.fetch_add(1, Ordering::Release);
@@ -744,13 +742,9 @@ impl Writer {
         if len + incoming <= self.segment_bytes {
             return Ok(());
         }
-        let path = segment_path(dir, self.next_seq);
-        let (file, preallocated) = match self.prealloc.take(&path) {
-            Some(f) => {
-                File::open(dir)?.sync_all()?;
-                (f, true)
-            }
-            None => (create_segment(dir, self.next_seq)?, false),
+        let (file, preallocated) = match self.take_prepared(self.next_seq)? {
+            Some(f) => (f, true),
+            None => (create_segment(&self.shared.dir, self.next_seq)?, false),
         };
         // The sealed segment's unused zeros go back to the filesystem. Not synced: if
         // the crash comes first, zeros after the records read as their end anyway.
@@ -767,6 +761,17 @@ impl Writer {
             bytes: 0,
         });
         Ok(())
+    }
+
+    /// A zero-filled file renamed to segment `base`, if one is ready, with the
+    /// directory synced so the new name survives a crash.
+    fn take_prepared(&mut self, base: u64) -> io::Result<Option<File>> {
+        let dir = &self.shared.dir;
+        let Some(f) = self.prealloc.take(&segment_path(dir, base)) else {
+            return Ok(None);
+        };
+        File::open(dir)?.sync_all()?;
+        Ok(Some(f))
     }
 
     fn fail(
@@ -903,16 +908,13 @@ impl Reader {
     pub fn read_batch(&mut self, max: usize) -> io::Result<Vec<Record>> {
         if let Some((segment, offset)) = self.resume_at {
             if segment != self.segment_base {
-                self.file = File::open(segment_path(&self.shared.dir, segment))?;
-                self.segment_base = segment;
+                self.open(segment)?;
             }
             self.pos = offset;
             self.resume_at = None;
         }
-        let swaps = self.shared.swaps.load(Ordering::Acquire);
-        if swaps != self.swaps {
-            self.file = File::open(segment_path(&self.shared.dir, self.segment_base))?;
-            self.swaps = swaps;
+        if self.shared.swaps.load(Ordering::Acquire) != self.swaps {
+            self.open(self.segment_base)?;
         }
         let end = *self.durable.borrow();
         let mut out = Vec::new();
@@ -963,11 +965,19 @@ impl Reader {
         let Some(base) = next else {
             return Ok(false);
         };
-        self.file = File::open(segment_path(&self.shared.dir, base))?;
+        self.open(base)?;
         self.pos = 0;
-        self.segment_base = base;
         self.next_seq = base;
         Ok(true)
+    }
+
+    /// (Re)opens segment `base`, noting the swaps seen before opening it: one that
+    /// happens after is caught by the next read.
+    fn open(&mut self, base: u64) -> io::Result<()> {
+        self.swaps = self.shared.swaps.load(Ordering::Acquire);
+        self.file = File::open(segment_path(&self.shared.dir, base))?;
+        self.segment_base = base;
+        Ok(())
     }
 }
 
