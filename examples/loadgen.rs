@@ -92,22 +92,14 @@ async fn main() {
             .unwrap()
             .as_nanos()
     );
-    // Enough distinct events for 150k requests/s (the bare baseline here is ~100k);
-    // each connection gets its own slice and says so if it runs out.
-    let per_second = if a.rate > 0.0 {
-        a.rate * 1.05
-    } else {
-        150_000.0
-    };
-    // Closed loop: at most ~3 GiB of pre-signed bodies (16 KiB bodies would need
-    // 29 GiB at 150k/s): a connection that runs out says so, and the figure is then
-    // a floor. Open loop (a soak runs minutes): each connection signs its next event
-    // just in time, about a microsecond, well inside the gap between its slots.
+    // Closed loop: enough distinct events for 150k requests/s (the bare baseline here
+    // is ~100k), pre-signed, each connection its own slice; at most ~3 GiB of them
+    // (16 KiB bodies would need 29 GiB at 150k/s): a connection that runs out says so,
+    // and the figure is then a floor. Open loop (a soak runs minutes): each connection
+    // signs its next event just in time, about a microsecond, well inside the gap
+    // between its slots.
     let budget = (3usize << 30) / (a.body_bytes + 160);
-    let mut total = ((a.seconds + a.warmup) * per_second) as usize;
-    if a.rate == 0.0 {
-        total = total.min(budget);
-    }
+    let total = (((a.seconds + a.warmup) * 150_000.0) as usize).min(budget);
     let per_conn = total / a.connections;
     let mut slices: Vec<Box<dyn Iterator<Item = (Bytes, String)> + Send>> =
         Vec::with_capacity(a.connections);
