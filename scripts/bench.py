@@ -4,8 +4,11 @@ hyper + HMAC baseline measured in the same run.
 
 Each case starts its servers, runs examples/loadgen (closed loop, distinct signed
 events, N keep-alive connections) for a warm-up plus a fixed window, then waits
-until the sink has confirmed everything accepted. Writes target/bench/report.md
-and report.json. Run through scripts/bench.sh, which builds first.
+until everything accepted has arrived: for the broker cases, at a subscriber of
+our own (examples/bench_consumer) that counts what the broker hands it; for the
+file sink, in the sink's confirmations (the lines are on disk). Writes
+target/bench/report.md and report.json. Run through scripts/bench.sh, which builds
+first.
 """
 
 import json
@@ -25,6 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"))
 SECRET = "bench-secret"
 TYPES = ["message.delivered", "message.read", "message.failed", "template.status_update"]
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+
+def kafka_consumer(brokers):
+    """bench_consumer arguments reading every partition of the four topics (3 each)."""
+    return [os.path.join(REL, "examples", "bench_consumer"), "kafka", brokers, "3"] + [f"quickassist.{t}" for t in TYPES]
 
 
 def free_port():
@@ -149,22 +158,61 @@ def case_baseline(a):
                          stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
+        cpu0 = proc_stats(p.pid)[0]
         r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"])
+        cpu1 = proc_stats(p.pid)[0]
         return {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
-                "non_2xx": r["non_2xx"]}
+                "non_2xx": r["non_2xx"], "cpu_s_per_10k": round((cpu1 - cpu0) / max(r["answered"], 1) * 10_000, 3)}
     finally:
         stop(p)
 
 
-def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every=0):
+def steady_rate(samples):
+    """Events per second between the first sample that moved and the first that
+    reached the final count: (time, count) samples of a growing counter."""
+    moving = [s for s in samples if s[1] > 0]
+    if not moving:
+        return 0
+    first = moving[0]
+    last = next(s for s in moving if s[1] >= moving[-1][1])
+    return (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
+
+
+def start_consumer(argv):
+    """Starts examples/bench_consumer, waits until it is subscribed, and returns it
+    with the list its (time, count) samples are appended to."""
+    c = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = c.stdout.readline().strip()
+    if line != "ready":
+        c.kill()
+        raise SystemExit(f"bench_consumer did not subscribe (said {line!r})")
+    samples = []
+
+    def read():
+        for line in c.stdout:
+            t, n = line.split()
+            samples.append((float(t), int(n)))
+
+    threading.Thread(target=read, daemon=True).start()
+    return c, samples
+
+
+def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every=0, consumer=None):
+    """One hookrelay case. `consumer`: the bench_consumer arguments that subscribe
+    downstream of the sink; the delivered rate is then what it receives."""
     body = body or a["body"]
     with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "target", "bench")) as tmp:
         p, port, admin = hookrelay(tmp, sink_section(tmp), extra)
+        sub = None
         try:
+            received = []
+            if consumer:
+                sub, received = start_consumer(consumer)
             time.sleep(0.5)
             cpu0, idle_rss, _ = proc_stats(p.pid)
-            # Sample the sink's confirmations while the load runs: the delivered rate is
-            # what was confirmed between the first and the last confirmation.
+            # Sample the sink's confirmations while the load runs: the confirmed rate
+            # (and the file case's delivered rate) is what was confirmed between the
+            # first and the last confirmation.
             samples = []
             done = threading.Event()
 
@@ -191,8 +239,9 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             tracer.start()
             r = loadgen(port, a["seconds"], a["warmup"], a["conns"], body, rate)
             accepted = sum(scrape(admin, f'hookrelay_events_total{{source="quickassist",event="{t}",outcome="accepted"}}') for t in TYPES)
+            arrived = received if consumer else samples
             deadline = time.time() + 300
-            while time.time() < deadline and (not samples or samples[-1][1] < accepted):
+            while time.time() < deadline and (not arrived or arrived[-1][1] < accepted):
                 time.sleep(0.05)
             done.set()
             sampler.join()
@@ -200,13 +249,11 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             cpu1, rss, peak = proc_stats(p.pid)
             server_p50, server_p99 = server_quantiles(admin)
             fsync_p50, fsync_p99 = server_quantiles(admin, prefix="hookrelay_spool_fsync_duration_seconds_bucket")
-            moving = [s for s in samples if s[1] > 0]
-            first = moving[0]
-            last = next(s for s in moving if s[1] >= moving[-1][1])
-            delivered_rps = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
             out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
                    "non_2xx": r["non_2xx"], "accepted": int(accepted), "published": int(samples[-1][1]),
-                   "delivered_rps": round(delivered_rps), "body_bytes": body,
+                   "confirmed_rps": round(steady_rate(samples)),
+                   "delivered_rps": round(steady_rate(arrived)),
+                   "delivered_by": "consumer" if consumer else "sink confirmations", "body_bytes": body,
                    "server_p50_us": round((server_p50 or 0) * 1e6), "server_p99_us": round((server_p99 or 0) * 1e6),
                    "fsync_p50_us": round((fsync_p50 or 0) * 1e6), "fsync_p99_us": round((fsync_p99 or 0) * 1e6),
                    "cpu_s_per_10k": round((cpu1 - cpu0) / max(accepted, 1) * 10_000, 3),
@@ -215,8 +262,13 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
                 out["open_loop_rate"] = rate
             if rss_trace:
                 out["rss_trace_mib"] = rss_trace
+            if consumer:
+                out["received"] = arrived[-1][1] if arrived else 0
             return out
         finally:
+            if sub:
+                sub.kill()
+                sub.wait()
             stop(p)
 
 
@@ -309,21 +361,27 @@ def main():
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 procs.append(t)
                 wait_port(port)
-                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "127.0.0.1:{port}"\ncreate_topics = true\ntopic_partitions = 3\ntopic_replication = 1', "kafka")
+                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "127.0.0.1:{port}"\ncreate_topics = true\ntopic_partitions = 3\ntopic_replication = 1', "kafka",
+                                            consumer=kafka_consumer(f"127.0.0.1:{port}"))
                 stop(t)
             elif c in ("rabbitmq", "rabbitmq-broker-ack"):
                 ex = f"hookrelay-bench-{os.getpid()}"
-                section = f'[sinks.rabbitmq]\nuri = "amqp://guest:guest@127.0.0.1:5672/%2f"\nexchange = "{ex}"'
+                section = f'[sinks.rabbitmq]\nuri = "{RABBIT}"\nexchange = "{ex}"'
                 extra = 'ack = "broker"' if c == "rabbitmq-broker-ack" else ""
-                results[c] = case_hookrelay(a, lambda tmp: section, "rabbitmq", extra)
-                # The events went to the exchange's unroutable queue: drop it (empty exchanges stay).
-                subprocess.run(["rabbitmqctl", "delete_queue", f"{ex}.unroutable"], capture_output=True)
+                # A durable queue bound with "#", as a subscribing service would have.
+                queue = f"{ex}.{c}"
+                consumer = [os.path.join(REL, "examples", "bench_consumer"), "rabbitmq", RABBIT, ex, queue]
+                results[c] = case_hookrelay(a, lambda tmp: section, "rabbitmq", extra, consumer=consumer)
+                # Drop the queues (empty exchanges stay).
+                for q in (queue, f"{ex}.unroutable"):
+                    subprocess.run(["rabbitmqctl", "delete_queue", q], capture_output=True)
             elif c == "kafka-mock":
                 m = subprocess.Popen([os.path.join(REL, "examples", "mock_kafka"), "3"] + [f"quickassist.{t}" for t in TYPES],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 procs.append(m)
                 bootstrap = m.stdout.readline().strip()
-                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "{bootstrap}"', "kafka")
+                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "{bootstrap}"', "kafka",
+                                            consumer=kafka_consumer(bootstrap))
                 stop(m)
             print(json.dumps(results[c]), file=sys.stderr)
             # Each case starts on a quiet disk: the soak leaves gigabytes of deleted
@@ -340,7 +398,9 @@ def main():
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `scripts/bench.sh` "
              f"(CASES={','.join(cases)}); {cpu}, {mem} GiB, kernel {os.uname().release}.", "",
              f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections, "
-             f"{a['body']} B bodies unless noted, {a['warmup']:.0f} s warm-up + {a['seconds']:.0f} s per case.", "",
+             f"{a['body']} B bodies unless noted, {a['warmup']:.0f} s warm-up + {a['seconds']:.0f} s per case. "
+             "Delivered: for RabbitMQ and Kafka, what a subscriber (examples/bench_consumer, on the same "
+             "cores) received; for the file sink, what the sink confirmed written.", "",
              "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | server p50 / p99 | fdatasync p50 / p99 | CPU s / 10k | RSS idle / peak / end |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c, r in results.items():

@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p target/bench
 if [ "${1:-}" = "--smoke" ]; then
   cargo build --locked --bins --examples
-  export BENCH_PROFILE=debug SECONDS_PER_CASE=1 WARMUP=0.5 CONNS=16 CASES="${CASES:-baseline,file,file-open-loop,spool}"
+  export BENCH_PROFILE=debug SECONDS_PER_CASE=1 WARMUP=0.5 CONNS=16 CASES="${CASES:-baseline,file,file-open-loop,spool,rabbitmq,kafka-mock}"
   python3 scripts/bench.py
   exit 0
 fi
