@@ -399,7 +399,7 @@ def main():
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `scripts/bench.sh` "
              f"(CASES={','.join(cases)}); {cpu}, {mem} GiB, kernel {os.uname().release}.", "",
              f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections, "
-             f"{a['body']} B bodies unless noted, {a['warmup']:.0f} s warm-up + {a['seconds']:.0f} s per case. "
+             f"{a['body']} B bodies unless noted, {a['warmup']:g} s warm-up + {a['seconds']:g} s per case. "
              "Delivered: for RabbitMQ and Kafka, what a subscriber (examples/bench_consumer, on the same "
              "cores) received; for the file sink, what the sink confirmed written.", "",
              "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | server p50 / p99 | fdatasync p50 / p99 | CPU s / 10k | RSS idle / peak / end |",
