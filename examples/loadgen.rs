@@ -93,7 +93,7 @@ async fn main() {
             .as_nanos()
     );
     // Closed loop: enough distinct events for 150k requests/s (the bare baseline here
-    // is ~100k), pre-signed, each connection its own slice; at most ~3 GiB of them
+    // has measured 43-128k), pre-signed, each connection its own slice; at most ~3 GiB of them
     // (16 KiB bodies would need 29 GiB at 150k/s): a connection that runs out says so,
     // and the figure is then a floor. Open loop (a soak runs minutes): each connection
     // signs its next event just in time, about a microsecond, well inside the gap
