@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Confirmation, Message, Sink, SinkError};
+use super::{Confirmation, Message, Sink, SinkError, jsonstr};
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
@@ -223,51 +223,42 @@ pub fn json_line(m: &Message, reason: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// Appends one JSON line to `out`. Serialized from borrowed fields: no intermediate
-/// JSON tree per event, no buffer per line.
+/// Appends one JSON line to `out`, written straight from the borrowed fields: no
+/// intermediate JSON tree, no buffer per line. Keys in a fixed order: `topic`, `key`,
+/// `headers`, then `body` (or `body_hex`) and, for the dead-letter file, `reason`.
 fn json_line_into(out: &mut Vec<u8>, m: &Message, reason: Option<&str>) {
-    use serde::Serialize;
-    use serde::ser::SerializeMap;
-
-    struct Headers<'a>(&'a Message);
-    impl Serialize for Headers<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let headers = self.0.headers();
-            let mut map = s.serialize_map(Some(headers.len()))?;
-            for (k, v) in &headers {
-                map.serialize_entry(k, &String::from_utf8_lossy(v))?;
-            }
-            map.end()
+    let e = &m.event;
+    out.reserve(e.body.len() + 256);
+    out.extend_from_slice(b"{\"topic\":");
+    jsonstr::write(out, &e.topic);
+    out.extend_from_slice(b",\"key\":");
+    jsonstr::write(out, &e.key);
+    out.extend_from_slice(b",\"headers\":{");
+    for (i, (k, v)) in m.headers().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        jsonstr::write(out, k);
+        out.push(b':');
+        jsonstr::write(out, &String::from_utf8_lossy(v));
+    }
+    out.push(b'}');
+    match std::str::from_utf8(&e.body) {
+        Ok(text) => {
+            out.extend_from_slice(b",\"body\":");
+            jsonstr::write(out, text);
+        }
+        Err(_) => {
+            out.extend_from_slice(b",\"body_hex\":\"");
+            out.extend_from_slice(hex::encode(&e.body).as_bytes());
+            out.push(b'"');
         }
     }
-
-    #[derive(Serialize)]
-    struct Line<'a> {
-        topic: &'a str,
-        key: &'a str,
-        headers: Headers<'a>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        body: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        body_hex: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        reason: Option<&'a str>,
+    if let Some(reason) = reason {
+        out.extend_from_slice(b",\"reason\":");
+        jsonstr::write(out, reason);
     }
-
-    let e = &m.event;
-    let text = std::str::from_utf8(&e.body).ok();
-    let line = Line {
-        topic: &e.topic,
-        key: &e.key,
-        headers: Headers(m),
-        body: text,
-        body_hex: text.is_none().then(|| hex::encode(&e.body)),
-        reason,
-    };
-    out.reserve(e.body.len() + 256);
-    // Serializing borrowed strings into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &line);
-    out.push(b'\n');
+    out.extend_from_slice(b"}\n");
 }
 
 #[cfg(test)]
@@ -320,6 +311,40 @@ mod tests {
         assert_eq!(lines[0]["headers"]["hookrelay-received-at"], "5");
         assert_eq!(lines[1]["body_hex"], "ff00");
         assert!(dir.path().join("a.c.jsonl").exists());
+    }
+
+    /// The line is what serializing the same fields with serde_json gives, in order.
+    #[test]
+    fn line_is_serde_json_of_the_same_fields() {
+        let s = |v: &str| serde_json::to_string(v).unwrap();
+        let m = msg(
+            7,
+            "quickassist.message.read",
+            "{\"a\":\"\u{1}\\\"é\"}\n".as_bytes(),
+        );
+        let headers: Vec<String> = m
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{}:{}", s(k), s(std::str::from_utf8(v).unwrap())))
+            .collect();
+        let head = format!(
+            "{{\"topic\":{},\"key\":{},\"headers\":{{{}}}",
+            s("quickassist.message.read"),
+            s("k"),
+            headers.join(",")
+        );
+        let body = s(std::str::from_utf8(&m.event.body).unwrap());
+        let line = String::from_utf8(json_line(&m, None)).unwrap();
+        assert_eq!(line, format!("{head},\"body\":{body}}}\n"));
+        let line = String::from_utf8(json_line(&m, Some("too \"big\""))).unwrap();
+        assert_eq!(
+            line,
+            format!("{head},\"body\":{body},\"reason\":{}}}\n", s("too \"big\""))
+        );
+        let m = msg(7, "quickassist.message.read", &[0xff, 0x00, b'a']);
+        let line = String::from_utf8(json_line(&m, None)).unwrap();
+        assert!(line.ends_with("},\"body_hex\":\"ff0061\"}\n"), "{line}");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap();
     }
 
     /// Lines reach the disk in steps as they are written, not in one burst at the sync.

@@ -10,15 +10,15 @@
 
 pub mod cloudevents;
 pub(crate) mod file;
+mod jsonstr;
 pub mod kafka;
 pub mod rabbitmq;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-use bytes::Bytes;
 
 use crate::event::Event;
 use crate::metrics::SinkMetrics;
@@ -50,22 +50,20 @@ pub struct Message {
 
 impl Message {
     /// The standard headers, in a fixed order.
-    pub fn headers(&self) -> [(&'static str, Bytes); 5] {
+    /// Borrowed from the event: every sink copies them into its own wire format anyway.
+    pub fn headers(&self) -> [(&'static str, Cow<'_, [u8]>); 5] {
         let e = &self.event;
         [
-            (HEADER_SOURCE, Bytes::copy_from_slice(e.source.as_bytes())),
-            (
-                HEADER_EVENT,
-                Bytes::copy_from_slice(e.event_type.as_bytes()),
-            ),
-            (HEADER_ID, Bytes::copy_from_slice(e.id.as_bytes())),
+            (HEADER_SOURCE, Cow::Borrowed(e.source.as_bytes())),
+            (HEADER_EVENT, Cow::Borrowed(e.event_type.as_bytes())),
+            (HEADER_ID, Cow::Borrowed(e.id.as_bytes())),
             (
                 HEADER_RECEIVED_AT,
-                Bytes::from(e.received_at_ns.to_string()),
+                Cow::Owned(e.received_at_ns.to_string().into_bytes()),
             ),
             (
                 HEADER_CONTENT_TYPE,
-                Bytes::copy_from_slice(e.content_type.as_bytes()),
+                Cow::Borrowed(e.content_type.as_bytes()),
             ),
         ]
     }
