@@ -12,7 +12,7 @@
 //! the first one may still fail.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,16 @@ enum State {
 }
 
 /// A 128-bit id as two words: 8-byte alignment keeps map buckets at 24 bytes.
-type Id = [u64; 2];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Id([u64; 2]);
+
+impl std::hash::Hash for Id {
+    /// Ids are already keyed hashes (secret keys, uniformly spread), so the map takes
+    /// the first word as its hash (see [`IdHasher`]); the shard is picked by the second.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -55,9 +64,29 @@ struct Slot {
     id: Id,
 }
 
+/// Hashes an [`Id`] to its first word instead of running SipHash over it again on
+/// every lookup (measured: one SipHash per map operation, four per event).
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `Id` is hashed here, through `write_u64`; kept total all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 ^= word;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Id, Entry>,
+    map: HashMap<Id, Entry, BuildHasherDefault<IdHasher>>,
     order: VecDeque<Slot>,
     next_generation: u32,
 }
@@ -88,7 +117,7 @@ impl Dedup {
     }
 
     fn id(key: Key) -> Id {
-        [(key.0 >> 64) as u64, key.0 as u64]
+        Id([(key.0 >> 64) as u64, key.0 as u64])
     }
 
     fn seconds(&self, at: Instant) -> u32 {
