@@ -14,8 +14,8 @@ use metrics::Label;
 use std::time::Duration;
 
 use metrics::{
-    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -384,9 +384,26 @@ pub fn spool_fsync(elapsed: Duration) {
     histogram!(SPOOL_FSYNC_DURATION).record(elapsed.as_secs_f64());
 }
 
-pub fn spool_size(bytes: u64, events: u64) {
-    gauge!(SPOOL_BYTES).set(bytes as f64);
-    gauge!(SPOOL_EVENTS).set(events as f64);
+/// The spool's size gauges, resolved once: the forwarder sets them on every
+/// confirmation, and a registry lookup each time cost more than the rest of it.
+pub struct SpoolSize {
+    bytes: Gauge,
+    events: Gauge,
+}
+
+impl SpoolSize {
+    /// Resolves the handles from the installed recorder (install it first).
+    pub fn register() -> Self {
+        Self {
+            bytes: gauge!(SPOOL_BYTES),
+            events: gauge!(SPOOL_EVENTS),
+        }
+    }
+
+    pub fn set(&self, bytes: u64, events: u64) {
+        self.bytes.set(bytes as f64);
+        self.events.set(events as f64);
+    }
 }
 
 /// The configured limit, so dashboards and alerts can show how full the spool is.

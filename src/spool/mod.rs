@@ -129,6 +129,7 @@ struct Shared {
     /// Bumped when the writer replaces its still-empty segment file by a zero-filled
     /// one under the same name: a reader holding the old file reopens it.
     swaps: AtomicU64,
+    size: metrics::SpoolSize,
 }
 
 impl Tail {
@@ -322,9 +323,10 @@ impl Spool {
             tail: Mutex::new(Tail::new(TAIL_MAX_BYTES)),
             swaps: AtomicU64::new(0),
             sync_interval_us: AtomicU64::new(0),
+            size: metrics::SpoolSize::register(),
         });
         let lock = Arc::new(lock);
-        metrics::spool_size(total, next_seq - cursor);
+        shared.size.set(total, next_seq - cursor);
         metrics::spool_limit(max_bytes);
 
         let (durable_tx, durable_rx) = watch::channel(next_seq);
@@ -425,7 +427,7 @@ impl Spool {
         let s = &self.shared;
         s.cursor.fetch_max(cursor, Ordering::AcqRel);
         let cursor = s.cursor.load(Ordering::Acquire);
-        metrics::spool_size(
+        s.size.set(
             s.bytes.load(Ordering::Acquire),
             self.durable_end().saturating_sub(cursor),
         );
@@ -464,7 +466,8 @@ impl Spool {
             s.full.store(false, Ordering::Relaxed);
         }
         let total = s.bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
-        metrics::spool_size(total, self.durable_end().saturating_sub(self.cursor()));
+        s.size
+            .set(total, self.durable_end().saturating_sub(self.cursor()));
         Ok(cursor)
     }
 
@@ -711,7 +714,7 @@ impl Writer {
             }
         }
         self.durable.send_replace(self.next_seq);
-        metrics::spool_size(
+        self.shared.size.set(
             total,
             self.next_seq
                 .saturating_sub(self.shared.cursor.load(Ordering::Acquire)),
