@@ -419,7 +419,7 @@ impl From<Record> for Message {
     fn from(r: Record) -> Self {
         Message {
             seq: r.seq,
-            event: r.event,
+            event: Arc::new(r.event),
         }
     }
 }

@@ -371,7 +371,14 @@ async fn publish_now(route: &Route, timeout: Duration, event: Event) -> Result<(
     let sent = Instant::now();
     let received_at_ns = event.received_at_ns;
     let topic = event.topic.clone();
-    let result = tokio::time::timeout(timeout, route.publish_one(Message { seq: 0, event })).await;
+    let result = tokio::time::timeout(
+        timeout,
+        route.publish_one(Message {
+            seq: 0,
+            event: Arc::new(event),
+        }),
+    )
+    .await;
     match result {
         Ok(Ok(())) => {
             let age = Duration::from_nanos(now_ns().saturating_sub(received_at_ns));

@@ -271,7 +271,7 @@ mod tests {
     fn msg(seq: u64, topic: &str, body: &[u8]) -> Message {
         Message {
             seq,
-            event: Event {
+            event: Arc::new(Event {
                 source: Arc::from("q"),
                 event_type: "message.read".into(),
                 id: format!("id{seq}"),
@@ -280,7 +280,7 @@ mod tests {
                 content_type: "application/json".into(),
                 received_at_ns: 5,
                 body: Bytes::copy_from_slice(body),
-            },
+            }),
         }
     }
 
