@@ -185,7 +185,7 @@ pub fn config(data: &[u8]) {
 pub fn spool_record(data: &[u8]) {
     let mut r = Cursor::new(data);
     let mut seq = 0;
-    while let Ok(Some(frame)) = crate::spool::read_frame(&mut r) {
+    while let Ok(crate::spool::Frame::Record(frame)) = crate::spool::read_frame(&mut r, seq) {
         let _ = crate::spool::decode(seq, frame);
         seq += 1;
     }

@@ -37,7 +37,7 @@ use crate::event::Event;
 use crate::metrics;
 
 pub use faults::FSYNC_AFTER_ENV;
-pub use record::{DecodeError, ReadError, Record, decode, encode, read_frame};
+pub use record::{DecodeError, Frame, ReadError, Record, decode, encode, read_frame, seal};
 
 /// Process exit status when the disk fails a sync: nothing is answered 200 after it.
 pub const EXIT_FSYNC_FAILED: i32 = 74;
@@ -104,6 +104,9 @@ struct Tail {
 struct Segment {
     base: u64,
     bytes: u64,
+    /// Written by this process, so it holds only records whose CRC covers their
+    /// sequence (see `record`): once confirmed it may be reused as a later segment.
+    recyclable: bool,
 }
 
 /// State shared by the writer, the forwarder and readiness checks.
@@ -129,6 +132,10 @@ struct Shared {
     /// Bumped when the writer replaces its still-empty segment file by a zero-filled
     /// one under the same name: a reader holding the old file reopens it.
     swaps: AtomicU64,
+    /// A confirmed segment kept for the next one to be prepared from.
+    spare: Arc<prealloc::Spare>,
+    /// Segments started in a recycled file so far.
+    recycled: AtomicU64,
     size: metrics::SpoolSize,
 }
 
@@ -214,6 +221,18 @@ impl Spool {
         segment_bytes: u64,
         dedup: &Dedup,
     ) -> Result<(Spool, Reader, Recovery), OpenError> {
+        Spool::open_with(dir, max_bytes, segment_bytes, dedup, false)
+    }
+
+    /// `wait_for_prepared`: a roll waits for the segment being zero-filled instead of
+    /// starting a plain one, so that what tests exercise does not depend on timing.
+    fn open_with(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+        dedup: &Dedup,
+        wait_for_prepared: bool,
+    ) -> Result<(Spool, Reader, Recovery), OpenError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock = OpenOptions::new()
             .create(true)
@@ -245,6 +264,8 @@ impl Spool {
         let mut segments = Vec::new();
         let now = now_ns();
         let mut next_seq = stored_cursor.unwrap_or(0);
+        // Whether the last segment's records end in `record::END` (it was recycled).
+        let mut marked_end = false;
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(dir, base);
             let last = i + 1 == bases.len();
@@ -255,7 +276,7 @@ impl Spool {
             .map_err(io_err(&path))?;
             if let Some((err, at)) = &scan.bad_tail {
                 // Preallocated zeros after the bad bytes are not counted as cut.
-                let cut = scan.data_end - at;
+                let cut = scan.data_end.saturating_sub(*at);
                 if last {
                     tracing::warn!(segment = %path.display(), offset = at, bytes = cut, error = %err,
                         "spool tail is torn or corrupt; truncating it (no request was answered 200 for it)");
@@ -280,8 +301,15 @@ impl Spool {
                 metrics::spool_truncated(cut);
             }
             let bytes = if last { scan.good_len } else { scan.file_len };
-            segments.push(Segment { base, bytes });
+            segments.push(Segment {
+                base,
+                bytes,
+                // Not if it holds records of the first version, which a later use
+                // would not tell from its own, or bytes of unknown origin.
+                recyclable: !scan.unsequenced && scan.bad_tail.is_none(),
+            });
             next_seq = base + scan.records;
+            marked_end = scan.marked_end;
         }
         let first_base = segments.first().map_or(next_seq, |s| s.base);
         let cursor = stored_cursor
@@ -292,12 +320,12 @@ impl Spool {
         let (active, preallocated) = match segments.last() {
             Some(seg) => {
                 let path = segment_path(dir, seg.base);
-                let mut f = OpenOptions::new()
+                // Records go after the last good one (the writer writes at offsets),
+                // over any preallocated zeros or old records.
+                let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(io_err(&path))?;
-                // Records go after the last good one, over any preallocated zeros.
-                f.seek(SeekFrom::Start(seg.bytes)).map_err(io_err(&path))?;
                 let len = f.metadata().map_err(io_err(&path))?.len();
                 (f, len > seg.bytes)
             }
@@ -306,10 +334,12 @@ impl Spool {
                 segments.push(Segment {
                     base: next_seq,
                     bytes: 0,
+                    recyclable: true,
                 });
                 (f, false)
             }
         };
+        let spare = Arc::new(prealloc::Spare::default());
         let total: u64 = segments.iter().map(|s| s.bytes).sum();
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -323,6 +353,8 @@ impl Spool {
             tail: Mutex::new(Tail::new(TAIL_MAX_BYTES)),
             swaps: AtomicU64::new(0),
             sync_interval_us: AtomicU64::new(0),
+            spare: spare.clone(),
+            recycled: AtomicU64::new(0),
             size: metrics::SpoolSize::register(),
         });
         let lock = Arc::new(lock);
@@ -336,7 +368,8 @@ impl Spool {
             file: active,
             segment: shared.segments().last().map_or(next_seq, |s| s.base),
             preallocated,
-            prealloc: prealloc::Prealloc::new(dir, segment_bytes),
+            marked: marked_end,
+            prealloc: prealloc::Prealloc::new(dir, segment_bytes, spare, wait_for_prepared),
             next_seq,
             segment_bytes,
             durable: durable_tx,
@@ -454,7 +487,12 @@ impl Spool {
         let mut freed = 0;
         for (i, seg) in behind.iter().enumerate() {
             let path = segment_path(&s.dir, seg.base);
-            if let Err(e) = fs::remove_file(&path) {
+            let recycled = seg.recyclable
+                && s.spare.offer(&path).unwrap_or_else(|e| {
+                    tracing::debug!(segment = %path.display(), error = %e, "cannot keep a confirmed spool segment for reuse");
+                    false
+                });
+            if !recycled && let Err(e) = fs::remove_file(&path) {
                 tracing::warn!(segment = %path.display(), error = %e, "cannot delete confirmed spool segment");
                 // Keep it (and the rest) listed so its bytes stay counted; retried next time.
                 s.segments().splice(0..0, behind[i..].iter().copied());
@@ -516,6 +554,10 @@ struct Scan {
     /// Just past the last non-zero byte: preallocated zeros may follow.
     data_end: u64,
     bad_tail: Option<(ReadError, u64)>,
+    /// The records end in `record::END`: what follows is left from an earlier use.
+    marked_end: bool,
+    /// Some record's CRC does not cover its sequence (written by an earlier version).
+    unsequenced: bool,
 }
 
 /// Reads every valid record of a segment, stopping at the first bad one.
@@ -529,11 +571,16 @@ fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Re
         file_len,
         data_end: 0,
         bad_tail: None,
+        marked_end: false,
+        unsequenced: false,
     };
     loop {
-        let frame = match read_frame(&mut r) {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
+        let frame = match read_frame(&mut r, base + scan.records) {
+            Ok(Frame::Record(f)) => f,
+            Ok(Frame::End { marked }) => {
+                scan.marked_end = marked;
+                break;
+            }
             Err(ReadError::Io(e)) => return Err(e),
             Err(e) => {
                 scan.bad_tail = Some((e, scan.good_len));
@@ -541,6 +588,7 @@ fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Re
             }
         };
         let len = frame.len() as u64;
+        scan.unsequenced |= !record::is_sequenced(&frame);
         match decode(base + scan.records, frame) {
             Ok(rec) => each(&rec),
             Err(e) => {
@@ -551,7 +599,7 @@ fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Re
         scan.records += 1;
         scan.good_len += record::HEADER_LEN as u64 + len;
     }
-    scan.data_end = if scan.good_len < file_len {
+    scan.data_end = if scan.good_len < file_len && !scan.marked_end {
         data_end(&mut r, scan.good_len)?
     } else {
         scan.good_len
@@ -590,6 +638,9 @@ struct Writer {
     segment: u64,
     /// Whether `file` was zero-filled ahead (its syncs then only flush data).
     preallocated: bool,
+    /// Whether `file` was recycled: every write then ends in `record::END`, since
+    /// old records, not zeros, follow the new ones.
+    marked: bool,
     prealloc: prealloc::Prealloc,
     next_seq: u64,
     segment_bytes: u64,
@@ -635,12 +686,15 @@ impl Writer {
             .shared
             .max_bytes
             .saturating_sub(self.shared.bytes.load(Ordering::Acquire));
+        let first = self.next_seq;
         for a in batch.drain(..) {
             if (buf.len() + a.frame.len()) as u64 > room {
                 self.shared.full.store(true, Ordering::Relaxed);
                 let _ = a.reply.send(Err(AppendError::Full));
             } else {
+                let at = buf.len();
                 buf.extend_from_slice(&a.frame);
+                record::seal(&mut buf[at..], first + accepted.len() as u64);
                 accepted.push((a.reply, a.event, a.frame.len()));
             }
         }
@@ -653,15 +707,18 @@ impl Writer {
             return;
         }
         let before = self.segment_len();
-        if let Err(e) = self.file.write_all(buf) {
+        let records = buf.len();
+        if self.marked {
+            // Written with the batch, overwritten by the next one.
+            buf.extend_from_slice(&record::END);
+        }
+        let written = std::os::unix::fs::FileExt::write_all_at(&self.file, buf, before);
+        buf.truncate(records);
+        if let Err(e) = written {
             // Typically ENOSPC. Cut the partial write so the segment stays valid, and
             // refuse the batch (503); the provider retries.
             tracing::error!(error = %e, "spool write failed; refusing this batch");
-            if let Err(e2) = self
-                .file
-                .set_len(before)
-                .and_then(|_| self.file.seek(SeekFrom::Start(before)).map(|_| ()))
-            {
+            if let Err(e2) = self.file.set_len(before) {
                 fatal(&format!(
                     "spool write failed ({e}) and the partial write cannot be undone ({e2})"
                 ));
@@ -680,7 +737,6 @@ impl Writer {
         self.shared.write_failed.store(false, Ordering::Relaxed);
 
         let n = accepted.len() as u64;
-        let first = self.next_seq;
         self.next_seq += n;
         {
             let mut segs = self.shared.segments();
@@ -734,10 +790,11 @@ impl Writer {
             // Still empty (a fresh spool, or just after a start): swap in a zero-filled
             // file as soon as one is ready, under the same name.
             if !self.preallocated
-                && let Some(f) = self.take_prepared(self.segment)?
+                && let Some(p) = self.take_prepared(self.segment)?
             {
-                self.file = f;
+                self.file = p.file;
                 self.preallocated = true;
+                self.marked = p.recycled;
                 self.shared.swaps.fetch_add(1, Ordering::Release);
             }
             return Ok(());
@@ -745,12 +802,17 @@ impl Writer {
         if len + incoming <= self.segment_bytes {
             return Ok(());
         }
-        let (file, preallocated) = match self.take_prepared(self.next_seq)? {
-            Some(f) => (f, true),
-            None => (create_segment(&self.shared.dir, self.next_seq)?, false),
+        let (file, preallocated, marked) = match self.take_prepared(self.next_seq)? {
+            Some(p) => (p.file, true, p.recycled),
+            None => (
+                create_segment(&self.shared.dir, self.next_seq)?,
+                false,
+                false,
+            ),
         };
-        // The sealed segment's unused zeros go back to the filesystem. Not synced: if
-        // the crash comes first, zeros after the records read as their end anyway.
+        // The sealed segment's unused zeros (or old records) go back to the
+        // filesystem. Not synced: if the crash comes first, zeros or `record::END`
+        // after the records read as their end anyway.
         if self.preallocated
             && let Err(e) = self.file.set_len(len)
         {
@@ -758,23 +820,28 @@ impl Writer {
         }
         self.file = file;
         self.preallocated = preallocated;
+        self.marked = marked;
         self.segment = self.next_seq;
         self.shared.segments().push(Segment {
             base: self.next_seq,
             bytes: 0,
+            recyclable: true,
         });
         Ok(())
     }
 
-    /// A zero-filled file renamed to segment `base`, if one is ready, with the
-    /// directory synced so the new name survives a crash.
-    fn take_prepared(&mut self, base: u64) -> io::Result<Option<File>> {
+    /// A prepared (zero-filled or recycled) file renamed to segment `base`, if one is
+    /// ready, with the directory synced so the new name survives a crash.
+    fn take_prepared(&mut self, base: u64) -> io::Result<Option<prealloc::Prepared>> {
         let dir = &self.shared.dir;
-        let Some(f) = self.prealloc.take(&segment_path(dir, base)) else {
+        let Some(p) = self.prealloc.take(&segment_path(dir, base)) else {
             return Ok(None);
         };
         File::open(dir)?.sync_all()?;
-        Ok(Some(f))
+        if p.recycled {
+            self.shared.recycled.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Some(p))
     }
 
     fn fail(
@@ -926,8 +993,8 @@ impl Reader {
                 file: &self.file,
                 pos: &mut self.pos,
             };
-            match read_frame(&mut at) {
-                Ok(Some(frame)) => match decode(self.next_seq, frame) {
+            match read_frame(&mut at, self.next_seq) {
+                Ok(Frame::Record(frame)) => match decode(self.next_seq, frame) {
                     Ok(rec) => {
                         self.next_seq += 1;
                         out.push(rec);
@@ -935,7 +1002,7 @@ impl Reader {
                     Err(e) => self.skip_corrupt(&e.into())?,
                 },
                 // End of a sealed segment: the next record starts the next one.
-                Ok(None) => {
+                Ok(Frame::End { .. }) => {
                     if !self.next_segment()? {
                         break;
                     }
@@ -1124,7 +1191,8 @@ mod tests {
             good = spool.shared.segments()[0].bytes;
         }
         // Half a record where the next write would have gone.
-        let partial = encode(&event(10));
+        let mut partial = encode(&event(10)).to_vec();
+        seal(&mut partial, 10);
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &partial[..partial.len() / 2], good).unwrap();
         drop(f);
@@ -1141,6 +1209,83 @@ mod tests {
         let got = read_all(&mut reader);
         assert_eq!(got.len(), 11);
         assert_eq!(got[10].event.id, "message.read:10");
+    }
+
+    /// Confirmed segments become later ones; their old records never read as new.
+    #[tokio::test]
+    async fn confirmed_segments_are_recycled_without_replaying_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Spool::open(dir.path(), 1 << 30, 4096, &dedup()).unwrap();
+        let (spool, mut reader, _) = open();
+        let mut next = 0;
+        // Until the segment being written is a recycled one with, after its records,
+        // some confirmed and some not, the old records of its earlier use.
+        loop {
+            assert!(next < 20_000, "no segment was recycled");
+            append_n(&spool, next..next + 10).await;
+            let got = read_all(&mut reader);
+            assert_eq!(got.len(), 10);
+            spool.confirm_until(got[4].seq + 1);
+            spool.checkpoint(spool.cursor()).unwrap();
+            append_n(&spool, next + 10..next + 13).await;
+            let last = *spool.shared.segments().last().unwrap();
+            let active = fs::read(segment_path(dir.path(), last.base)).unwrap();
+            let end = last.bytes as usize;
+            if spool.shared.recycled.load(Ordering::Relaxed) >= 2
+                && active[end..end + 8] == record::END
+                && active.len() > end + 64
+            {
+                break;
+            }
+            let got = read_all(&mut reader);
+            spool.confirm_until(got.last().unwrap().seq + 1);
+            spool.checkpoint(spool.cursor()).unwrap();
+            next += 13;
+            // Give the preparing thread time to finish before the next roll.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop((spool, reader));
+        for _ in 0..2 {
+            let (spool, mut reader, rec) = open();
+            assert_eq!(
+                rec,
+                Recovery {
+                    pending: 8,
+                    truncated_bytes: 0
+                }
+            );
+            let ids: Vec<String> = read_all(&mut reader)
+                .into_iter()
+                .map(|r| r.event.id)
+                .collect();
+            let want: Vec<String> = (next + 5..next + 13)
+                .map(|i| format!("message.read:{i}"))
+                .collect();
+            assert_eq!(ids, want);
+            drop((spool, reader));
+        }
+        // An old record straight after the new ones, with no `END` between (as if a
+        // crash kept the page of an old record but lost the one holding the marker):
+        // sealed for an earlier sequence, it reads as the end, not as the next record.
+        let (spool, _r, _) = open();
+        let last = *spool.shared.segments().last().unwrap();
+        drop((spool, _r));
+        let mut old = encode(&event(3)).to_vec();
+        seal(&mut old, 3);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), last.base))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &old, last.bytes).unwrap();
+        drop(f);
+        let (_spool, mut reader, rec) = open();
+        assert_eq!(rec.pending, 8);
+        let ids: Vec<String> = read_all(&mut reader)
+            .into_iter()
+            .map(|r| r.event.id)
+            .collect();
+        assert_eq!(ids.len(), 8);
+        assert!(!ids.contains(&"message.read:3".to_string()));
     }
 
     /// Concurrent appenders share paced syncs: rounds of 40 take the interval each.

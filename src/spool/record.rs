@@ -1,11 +1,16 @@
 //! The on-disk record: `len u32 | crc32c u32 | payload`, little endian.
 //!
 //! The payload holds the event's metadata and its raw body. The CRC covers the
-//! payload, so a torn write (crash mid-append) or a flipped bit is recognised on
-//! replay and the tail is cut there instead of being published.
+//! payload and the record's sequence number (version 2; version 1, written before
+//! segments were recycled, covers the payload alone and is still read), so a torn
+//! write (crash mid-append) or a flipped bit is recognised on replay and the tail is
+//! cut there instead of being published, and a record left in a recycled segment
+//! from its earlier use never reads as one of the current log: its sequence differs.
 //!
-//! Segments are zero-filled ahead of the writer (see `prealloc`), so an all-zero
-//! header marks the end of the records: no frame has one, its length is never 0.
+//! Where the records end: segments are zero-filled ahead of the writer (see
+//! `prealloc`), so an all-zero header marks the end (no frame has one, its length is
+//! never 0). A recycled segment holds old records after the new ones, so the writer
+//! puts [`END`] after every batch there: the end, with unspecified bytes after it.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -14,9 +19,15 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::event::Event;
 
-const VERSION: u8 = 1;
+/// Version of the frames written; the CRC covers the sequence from version 2 on.
+const VERSION: u8 = 2;
+/// Frames of this version have a CRC of the payload alone.
+const VERSION_UNSEQUENCED: u8 = 1;
 /// Frame header: payload length and CRC.
 pub const HEADER_LEN: usize = 8;
+/// Marks the end of the records in a segment whose later bytes are left from an
+/// earlier use (a zero length, which no frame has, and a non-zero tag).
+pub const END: [u8; HEADER_LEN] = [0, 0, 0, 0, b'E', b'N', b'D', b'.'];
 /// Larger lengths are corruption, not records (bodies are capped far below this).
 pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
 
@@ -43,6 +54,7 @@ pub enum DecodeError {
 }
 
 /// Frames an event for appending; done by the request task, off the writer thread.
+/// The CRC in the header covers the payload only until [`seal`] adds the sequence.
 pub fn encode(e: &Event) -> Bytes {
     let strs = [
         e.source.as_bytes(),
@@ -71,13 +83,37 @@ pub fn encode(e: &Event) -> Bytes {
     buf.freeze()
 }
 
-/// Reads one frame; `Ok(None)` at a clean end: the end of the file, or the zeros
-/// of preallocated space.
-pub fn read_frame(r: &mut impl Read) -> Result<Option<Bytes>, ReadError> {
+/// Binds an [`encode`]d frame to its place in the log, once the writer knows it:
+/// appends the sequence to the payload's CRC (8 bytes of CRC work, not the payload's).
+pub fn seal(frame: &mut [u8], seq: u64) {
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let crc = crc32c::crc32c_append(crc, &seq.to_le_bytes());
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Whether a payload's CRC covered its sequence: a segment holding only such records
+/// can be reused, its old records never reading as later ones.
+pub fn is_sequenced(payload: &[u8]) -> bool {
+    payload.first() != Some(&VERSION_UNSEQUENCED)
+}
+
+/// What lies at a position in a segment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// The payload of a record whose CRC checks for the sequence asked for.
+    Record(Bytes),
+    /// No more records: the end of the file, preallocated zeros, or [`END`]
+    /// (`marked`: the bytes after it are left from an earlier use of the file).
+    End { marked: bool },
+}
+
+/// Reads the frame of record `seq`.
+pub fn read_frame(r: &mut impl Read, seq: u64) -> Result<Frame, ReadError> {
     let mut header = [0u8; HEADER_LEN];
     match read_full(r, &mut header)? {
-        0 => return Ok(None),
-        _ if header == [0; HEADER_LEN] => return Ok(None),
+        0 => return Ok(Frame::End { marked: false }),
+        _ if header == [0; HEADER_LEN] => return Ok(Frame::End { marked: false }),
+        _ if header == END => return Ok(Frame::End { marked: true }),
         n if n < HEADER_LEN => return Err(DecodeError::Truncated.into()),
         _ => {}
     }
@@ -90,10 +126,14 @@ pub fn read_frame(r: &mut impl Read) -> Result<Option<Bytes>, ReadError> {
     if read_full(r, &mut payload)? < len {
         return Err(DecodeError::Truncated.into());
     }
-    if crc32c::crc32c(&payload) != crc {
+    let mut expected = crc32c::crc32c(&payload);
+    if is_sequenced(&payload) {
+        expected = crc32c::crc32c_append(expected, &seq.to_le_bytes());
+    }
+    if expected != crc {
         return Err(DecodeError::BadCrc.into());
     }
-    Ok(Some(Bytes::from(payload)))
+    Ok(Frame::Record(Bytes::from(payload)))
 }
 
 /// Either the disk failed us or the bytes are not a record.
@@ -134,7 +174,7 @@ pub fn decode(seq: u64, mut payload: Bytes) -> Result<Record, DecodeError> {
         String::from_utf8(p.split_to(len).to_vec()).map_err(|_| DecodeError::Malformed("utf-8"))
     }
     need(&payload, 9)?;
-    if payload.get_u8() != VERSION {
+    if !matches!(payload.get_u8(), VERSION | VERSION_UNSEQUENCED) {
         return Err(DecodeError::Malformed("unknown version"));
     }
     let received_at_ns = payload.get_u64_le();
@@ -181,34 +221,93 @@ mod tests {
         }
     }
 
+    fn sealed(e: &Event, seq: u64) -> Vec<u8> {
+        let mut frame = encode(e).to_vec();
+        seal(&mut frame, seq);
+        frame
+    }
+
+    fn payload(frame: Frame) -> Bytes {
+        match frame {
+            Frame::Record(p) => p,
+            end => panic!("{end:?}"),
+        }
+    }
+
     #[test]
     fn round_trip() {
         let e = event(3);
-        let framed = encode(&e);
-        let payload = read_frame(&mut &framed[..]).unwrap().unwrap();
+        let framed = sealed(&e, 9);
+        let payload = payload(read_frame(&mut &framed[..], 9).unwrap());
         assert_eq!(decode(9, payload).unwrap(), Record { seq: 9, event: e });
+    }
+
+    /// A record left in a recycled segment is never read as another sequence's.
+    #[test]
+    fn a_record_reads_only_at_its_own_sequence() {
+        let framed = sealed(&event(3), 9);
+        for seq in [0, 8, 10, 9 + (1 << 32), u64::MAX] {
+            assert!(
+                matches!(
+                    read_frame(&mut &framed[..], seq),
+                    Err(ReadError::Decode(DecodeError::BadCrc))
+                ),
+                "read at {seq}"
+            );
+        }
+        // Not sealed at all (the writer always seals): no sequence matches either.
+        let unsealed = encode(&event(3));
+        assert!(read_frame(&mut &unsealed[..], 9).is_err());
+    }
+
+    /// Spools written before the sequence was in the CRC still replay after an upgrade.
+    #[test]
+    fn version_1_frames_still_read() {
+        let e = event(4);
+        let mut framed = encode(&e).to_vec();
+        framed[HEADER_LEN] = VERSION_UNSEQUENCED;
+        let crc = crc32c::crc32c(&framed[HEADER_LEN..]);
+        framed[4..8].copy_from_slice(&crc.to_le_bytes());
+        let payload = payload(read_frame(&mut &framed[..], 77).unwrap());
+        assert_eq!(decode(77, payload).unwrap().event, e);
+    }
+
+    #[test]
+    fn ends() {
+        let mut r: &[u8] = &[];
+        assert_eq!(read_frame(&mut r, 0).unwrap(), Frame::End { marked: false });
+        let zeros = [0u8; 64];
+        assert_eq!(
+            read_frame(&mut &zeros[..], 0).unwrap(),
+            Frame::End { marked: false }
+        );
+        let mut marked = END.to_vec();
+        marked.extend_from_slice(&sealed(&event(1), 0));
+        assert_eq!(
+            read_frame(&mut &marked[..], 0).unwrap(),
+            Frame::End { marked: true }
+        );
     }
 
     #[test]
     fn every_truncation_is_detected() {
-        let framed = encode(&event(1));
+        let framed = sealed(&event(1), 0);
         for cut in 1..framed.len() {
-            let r = read_frame(&mut &framed[..cut]);
+            let r = read_frame(&mut &framed[..cut], 0);
             assert!(
                 matches!(r, Err(ReadError::Decode(DecodeError::Truncated))),
                 "cut at {cut}: {r:?}"
             );
         }
-        assert!(read_frame(&mut &framed[..0]).unwrap().is_none());
     }
 
     #[test]
     fn every_bit_flip_in_the_payload_is_detected() {
-        let framed = encode(&event(1));
+        let framed = sealed(&event(1), 5);
         for i in HEADER_LEN..framed.len() {
-            let mut bad = framed.to_vec();
+            let mut bad = framed.clone();
             bad[i] ^= 0x10;
-            assert!(read_frame(&mut &bad[..]).is_err(), "flip at {i}");
+            assert!(read_frame(&mut &bad[..], 5).is_err(), "flip at {i}");
         }
     }
 }
