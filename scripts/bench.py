@@ -152,17 +152,22 @@ def stop(p):
             p.kill()
 
 
-def case_baseline(a):
+def case_baseline(a, rate=0):
+    """The bare hyper + HMAC server. With `rate`, the open-loop control: the client
+    p99 the load generator and the host give when the server adds nothing."""
     port = free_port()
     p = subprocess.Popen([os.path.join(REL, "examples", "baseline"), f"127.0.0.1:{port}", SECRET],
                          stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
         cpu0 = proc_stats(p.pid)[0]
-        r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"])
+        r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"], rate)
         cpu1 = proc_stats(p.pid)[0]
-        return {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
-                "non_2xx": r["non_2xx"], "cpu_s_per_10k": round((cpu1 - cpu0) / max(r["answered"], 1) * 10_000, 3)}
+        out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
+               "non_2xx": r["non_2xx"], "cpu_s_per_10k": round((cpu1 - cpu0) / max(r["answered"], 1) * 10_000, 3)}
+        if rate:
+            out["open_loop_rate"] = rate
+        return out
     finally:
         stop(p)
 
@@ -320,7 +325,7 @@ def main():
          "conns": int(os.environ.get("CONNS", "64")), "body": int(os.environ.get("BODY", "1024"))}
     cases = os.environ.get(
         "CASES",
-        "baseline,file,file-open-loop,file-soak,file-256B,file-16KiB,spool,rabbitmq,rabbitmq-broker-ack,kafka-tansu,kafka-mock",
+        "baseline,file,file-open-loop,baseline-open-loop,file-soak,file-256B,file-16KiB,spool,rabbitmq,rabbitmq-broker-ack,kafka-tansu,kafka-mock",
     ).split(",")
     if cases == ["none"]:
         return
@@ -341,6 +346,9 @@ def main():
                 # Half of the closed-loop maximum, latency from the intended send time.
                 rate = int(results.get("file", {}).get("accept_rps", 20000) / 2)
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file", rate=rate)
+            elif c == "baseline-open-loop":
+                rate = int(results.get("file", {}).get("accept_rps", 20000) / 2)
+                results[c] = case_baseline(a, rate=rate)
             elif c == "file-soak":
                 soak = float(os.environ.get("SOAK_SECONDS", "300"))
                 rate = int(results.get("file", {}).get("accept_rps", 20000) / 2)
