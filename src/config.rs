@@ -194,6 +194,9 @@ impl Default for DedupConfig {
 pub struct ForwardConfig {
     /// Unconfirmed events allowed at the sink at once; throughput is in-flight / round trip.
     pub max_in_flight: usize,
+    /// Body bytes of those events, at most (give or take one event): what bounds the
+    /// memory they hold when bodies are large (4096 x 1 MiB would be 4 GiB).
+    pub max_in_flight_bytes: usize,
     /// Events read from the spool and handed to the sink in one call.
     pub batch_max: usize,
     /// First retry delay after a retriable sink failure.
@@ -206,6 +209,7 @@ impl Default for ForwardConfig {
     fn default() -> Self {
         Self {
             max_in_flight: 4096,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             batch_max: 512,
             backoff_initial_ms: 100,
             backoff_max_ms: 30_000,
@@ -617,10 +621,10 @@ impl Config {
             }
         }
         let f = &self.forward;
-        if f.max_in_flight == 0 || f.batch_max == 0 {
+        if f.max_in_flight == 0 || f.max_in_flight_bytes == 0 || f.batch_max == 0 {
             return Err(invalid(
                 "forward",
-                "max_in_flight and batch_max must be greater than 0",
+                "max_in_flight, max_in_flight_bytes and batch_max must be greater than 0",
             ));
         }
         if f.backoff_initial_ms == 0 || f.backoff_max_ms < f.backoff_initial_ms {

@@ -90,6 +90,8 @@ pub struct Forwarder {
     cfg: ForwardConfig,
     /// Unconfirmed events by sequence; the first key is the cursor.
     in_flight: BTreeMap<u64, Pending>,
+    /// Body bytes held by `in_flight`.
+    in_flight_bytes: usize,
     /// Sequence of the next record to read: the cursor when nothing is in flight.
     next_read: u64,
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -119,6 +121,7 @@ impl Forwarder {
             dead_letter,
             cfg,
             in_flight: BTreeMap::new(),
+            in_flight_bytes: 0,
             retries: BinaryHeap::new(),
             confirms: FuturesUnordered::new(),
             last_warn: None,
@@ -143,10 +146,14 @@ impl Forwarder {
                 && let Some(mut reader) = self.reader.take()
             {
                 let room = self.cfg.max_in_flight.saturating_sub(self.in_flight.len());
-                if room > 0 && reader.position() < *durable.borrow_and_update() {
+                let room_bytes = self
+                    .cfg
+                    .max_in_flight_bytes
+                    .saturating_sub(self.in_flight_bytes);
+                if room > 0 && room_bytes > 0 && reader.position() < *durable.borrow_and_update() {
                     let n = room.min(self.cfg.batch_max);
                     // Fresh records come from the writer's memory; the disk only when behind.
-                    let synced = reader.take_synced(n);
+                    let synced = reader.take_synced(n, room_bytes);
                     if !synced.is_empty() {
                         self.next_read = reader.position();
                         self.reader = Some(reader);
@@ -156,7 +163,7 @@ impl Forwarder {
                     }
                     reading = Some(tokio::task::spawn_blocking(move || {
                         let mut reader = reader;
-                        let r = reader.read_batch(n);
+                        let r = reader.read_batch_within(n, room_bytes);
                         (reader, r)
                     }));
                 } else {
@@ -251,14 +258,18 @@ impl Forwarder {
         let mut groups: Vec<(Route, Vec<Message>)> = Vec::new();
         let now = Instant::now();
         for m in msgs {
+            let held = &mut self.in_flight_bytes;
             self.in_flight
                 .entry(m.seq)
                 .and_modify(|p| p.sent_at = now)
-                .or_insert_with(|| Pending {
-                    msg: m.clone(),
-                    attempts: 0,
-                    done: false,
-                    sent_at: now,
+                .or_insert_with(|| {
+                    *held += m.event.body.len();
+                    Pending {
+                        msg: m.clone(),
+                        attempts: 0,
+                        done: false,
+                        sent_at: now,
+                    }
                 });
             let route = self.routes.for_source(&m.event.source);
             match groups
@@ -369,7 +380,8 @@ impl Forwarder {
             if !entry.get().done {
                 break;
             }
-            entry.remove();
+            let p = entry.remove();
+            self.in_flight_bytes -= p.msg.event.body.len();
         }
         let after = self.cursor();
         if after != before {
@@ -492,6 +504,80 @@ mod tests {
         }
     }
 
+    /// Takes every message and never confirms one: a broker that went silent.
+    struct SilentSink {
+        received: AtomicUsize,
+    }
+
+    impl crate::sink::Sink for SilentSink {
+        fn name(&self) -> &'static str {
+            "silent"
+        }
+        fn publish(
+            &self,
+            batch: Vec<Message>,
+        ) -> crate::sink::BoxFuture<'_, Vec<crate::sink::Confirmation>> {
+            self.received.fetch_add(batch.len(), Ordering::SeqCst);
+            Box::pin(async move {
+                batch
+                    .into_iter()
+                    .map(|_| Box::pin(std::future::pending()) as crate::sink::Confirmation)
+                    .collect()
+            })
+        }
+    }
+
+    /// Large bodies: what is in flight is bounded by bytes, not only by count, both
+    /// from the writer's memory and from disk.
+    #[tokio::test]
+    async fn in_flight_bodies_are_bounded_in_bytes() {
+        for from_disk in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let dedup = Dedup::new(Duration::from_secs(60), 1000);
+            let path = dir.path().join("spool");
+            let (spool, reader, _) = Spool::open(&path, 1 << 30, 1 << 24, &dedup).unwrap();
+            for i in 0..100 {
+                let mut e = event(i, "q.ok");
+                e.body = bytes::Bytes::from(vec![b' '; 64 * 1024]);
+                spool.append(e).await.unwrap();
+            }
+            let (spool, reader) = if from_disk {
+                drop((spool, reader));
+                let (s, r, _) = Spool::open(&path, 1 << 30, 1 << 24, &dedup).unwrap();
+                (s, r)
+            } else {
+                (spool, reader)
+            };
+            let sink = Arc::new(SilentSink {
+                received: AtomicUsize::new(0),
+            });
+            let cfg = ForwardConfig {
+                max_in_flight: 64,
+                max_in_flight_bytes: 256 * 1024,
+                batch_max: 16,
+                backoff_initial_ms: 1,
+                backoff_max_ms: 4,
+            };
+            let fwd = Forwarder::new(
+                spool,
+                reader,
+                Routes::new(HashMap::new(), Route::new(sink.clone())),
+                DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
+                cfg,
+            );
+            let (_tx, rx) = watch::channel(Some(Instant::now() + Duration::from_millis(500)));
+            tokio::time::timeout(Duration::from_secs(10), fwd.run(rx))
+                .await
+                .unwrap();
+            // Four 64 KiB bodies fill 256 KiB; the count bound (64) would allow 64.
+            assert_eq!(
+                sink.received.load(Ordering::SeqCst),
+                4,
+                "from disk: {from_disk}"
+            );
+        }
+    }
+
     fn event(i: u64, topic: &str) -> Event {
         Event {
             source: Arc::from("q"),
@@ -524,6 +610,7 @@ mod tests {
         let dl_path = dir.path().join("dead.jsonl");
         let cfg = ForwardConfig {
             max_in_flight: 64,
+            max_in_flight_bytes: 1 << 20,
             batch_max: 16,
             backoff_initial_ms: 1,
             backoff_max_ms: 4,

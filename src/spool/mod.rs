@@ -949,7 +949,9 @@ impl Reader {
     /// the writer: no read, no decode, no thread hop. Empty when the next record has to
     /// come from disk ([`Reader::read_batch`]): after a restart, or once the forwarder
     /// fell further behind than the writer keeps in memory.
-    pub fn take_synced(&mut self, max: usize) -> Vec<Record> {
+    ///
+    /// `max_body_bytes` bounds the bodies taken (one record is taken whatever its size).
+    pub fn take_synced(&mut self, max: usize, max_body_bytes: usize) -> Vec<Record> {
         let mut tail = self.shared.tail();
         while tail
             .records
@@ -959,13 +961,16 @@ impl Reader {
             tail.pop();
         }
         let mut out = Vec::new();
+        let mut bytes = 0;
         while out.len() < max
+            && (out.is_empty() || bytes < max_body_bytes)
             && tail
                 .records
                 .front()
                 .is_some_and(|s| s.record.seq == self.next_seq)
             && let Some(s) = tail.pop()
         {
+            bytes += s.record.event.body.len();
             self.next_seq += 1;
             self.resume_at = Some((s.segment, s.end));
             out.push(s.record);
@@ -976,6 +981,16 @@ impl Reader {
     /// Up to `max` durable records from the current position, read from disk; empty
     /// when caught up. Blocking.
     pub fn read_batch(&mut self, max: usize) -> io::Result<Vec<Record>> {
+        self.read_batch_within(max, usize::MAX)
+    }
+
+    /// [`Reader::read_batch`], stopping once the bodies read reach `max_body_bytes`
+    /// (one record is read whatever its size).
+    pub fn read_batch_within(
+        &mut self,
+        max: usize,
+        max_body_bytes: usize,
+    ) -> io::Result<Vec<Record>> {
         if let Some((segment, offset)) = self.resume_at {
             if segment != self.segment_base {
                 self.open(segment)?;
@@ -987,8 +1002,9 @@ impl Reader {
             self.open(self.segment_base)?;
         }
         let end = *self.durable.borrow();
-        let mut out = Vec::new();
-        while out.len() < max && self.next_seq < end {
+        let mut out: Vec<Record> = Vec::new();
+        let mut bytes = 0;
+        while out.len() < max && self.next_seq < end && (out.is_empty() || bytes < max_body_bytes) {
             let mut at = At {
                 file: &self.file,
                 pos: &mut self.pos,
@@ -997,6 +1013,7 @@ impl Reader {
                 Ok(Frame::Record(frame)) => match decode(self.next_seq, frame) {
                     Ok(rec) => {
                         self.next_seq += 1;
+                        bytes += rec.event.body.len();
                         out.push(rec);
                     }
                     Err(e) => self.skip_corrupt(&e.into())?,
@@ -1133,7 +1150,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, mut reader, _) = Spool::open(dir.path(), 1 << 20, 1024, &dedup()).unwrap();
         append_n(&spool, 0..10).await;
-        let first = reader.take_synced(4);
+        let first = reader.take_synced(4, usize::MAX);
         assert_eq!(
             first.iter().map(|r| r.seq).collect::<Vec<_>>(),
             [0, 1, 2, 3]
@@ -1154,7 +1171,7 @@ mod tests {
         for round in 0..20u64 {
             append_n(&spool, 10 + round * 7..10 + (round + 1) * 7).await;
             loop {
-                let mut got = reader.take_synced(5);
+                let mut got = reader.take_synced(5, usize::MAX);
                 if got.is_empty() {
                     got = reader.read_batch(5).unwrap();
                     from_disk += got.len();
