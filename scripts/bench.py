@@ -278,6 +278,11 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             stop(p)
 
 
+def half_file_rate(results):
+    """Half the closed-loop file case's maximum: the open-loop cases' fixed rate."""
+    return int(results.get("file", {}).get("accept_rps", 20000) / 2)
+
+
 def targets(results, base):
     """The issue's targets, each with the figure that decides it."""
     rows = []
@@ -344,14 +349,14 @@ def main():
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file", body=size)
             elif c == "file-open-loop":
                 # Half of the closed-loop maximum, latency from the intended send time.
-                rate = int(results.get("file", {}).get("accept_rps", 20000) / 2)
+                rate = half_file_rate(results)
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file", rate=rate)
             elif c == "baseline-open-loop":
-                rate = int(results.get("file", {}).get("accept_rps", 20000) / 2)
+                rate = half_file_rate(results)
                 results[c] = case_baseline(a, rate=rate)
             elif c == "file-soak":
                 soak = float(os.environ.get("SOAK_SECONDS", "300"))
-                rate = int(results.get("file", {}).get("accept_rps", 20000) / 2)
+                rate = half_file_rate(results)
                 results[c] = case_hookrelay(dict(a, seconds=soak), lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"',
                                             "file", rate=rate, rss_every=30)
             elif c == "spool":
