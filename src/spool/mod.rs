@@ -992,14 +992,14 @@ impl Reader {
         max_body_bytes: usize,
     ) -> io::Result<Vec<Record>> {
         if let Some((segment, offset)) = self.resume_at {
-            if segment != self.segment_base {
-                self.open(segment)?;
+            if !self.seek(segment, offset)? {
+                return Ok(Vec::new());
             }
-            self.pos = offset;
             self.resume_at = None;
-        }
-        if self.shared.swaps.load(Ordering::Acquire) != self.swaps {
-            self.open(self.segment_base)?;
+        } else if self.shared.swaps.load(Ordering::Acquire) != self.swaps
+            && !self.seek(self.segment_base, self.pos)?
+        {
+            return Ok(Vec::new());
         }
         let end = *self.durable.borrow();
         let mut out: Vec<Record> = Vec::new();
@@ -1031,7 +1031,46 @@ impl Reader {
         Ok(out)
     }
 
+    /// Moves to `offset` in segment `base`, (re)opening it by name. A segment the
+    /// checkpoint freed meanwhile was wholly confirmed, so the reader stood at its end
+    /// (the resume point of a record taken from memory, or a disk read that stopped
+    /// on its last record): it moves to the start of the next segment instead. The
+    /// freed file may be gone or already reused for newer records. False when there
+    /// is no next segment yet (not expected: the one being written is never freed).
+    fn seek(&mut self, base: u64, offset: u64) -> io::Result<bool> {
+        if self.listed(base) {
+            match self.open(base) {
+                Ok(()) => {
+                    self.pos = offset;
+                    return Ok(true);
+                }
+                // Freed between the two looks.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.moved_past(base)
+    }
+
+    /// Segment `base` was freed under the reader: carry on at the start of the next.
+    fn moved_past(&mut self, base: u64) -> io::Result<bool> {
+        let segment_base = std::mem::replace(&mut self.segment_base, base);
+        if self.next_segment()? {
+            return Ok(true);
+        }
+        self.segment_base = segment_base;
+        Ok(false)
+    }
+
+    fn listed(&self, base: u64) -> bool {
+        self.shared.segments().iter().any(|s| s.base == base)
+    }
+
     fn skip_corrupt(&mut self, e: &ReadError) -> io::Result<()> {
+        // Not corruption: the segment was freed (and perhaps reused) while being read.
+        if !self.listed(self.segment_base) && self.moved_past(self.segment_base)? {
+            return Ok(());
+        }
         tracing::error!(seq = self.next_seq, segment = self.segment_base, error = %e,
             "unreadable record in the spool; skipping to the next segment");
         metrics::spool_corrupt_record();
@@ -1303,6 +1342,66 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 8);
         assert!(!ids.contains(&"message.read:3".to_string()));
+    }
+
+    /// The forwarder took a segment's last records from memory, they were confirmed,
+    /// the checkpoint freed the segment, and then it fell behind the writer's memory:
+    /// the disk read must start at the next segment, not fail on the freed one's name.
+    #[tokio::test]
+    async fn reading_from_disk_resumes_past_a_segment_freed_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, mut reader, _) =
+            Spool::open_with(dir.path(), 1 << 30, 1024, &dedup(), true).unwrap();
+        append_n(&spool, 0..60).await;
+        let bases: Vec<u64> = spool.shared.segments().iter().map(|s| s.base).collect();
+        assert!(bases.len() >= 4, "{bases:?}");
+        // Up to the end of the second segment, one record at a time from memory.
+        while reader.position() < bases[2] {
+            assert_eq!(reader.take_synced(1, usize::MAX).len(), 1);
+        }
+        assert_eq!(reader.resume_at.map(|(s, _)| s), Some(bases[1]));
+        spool.confirm_until(reader.position());
+        assert_eq!(spool.checkpoint(spool.cursor()).unwrap(), bases[2]);
+        assert!(!reader.listed(bases[1]), "the second segment is freed");
+        // More than the writer keeps in memory arrived meanwhile.
+        *reader.shared.tail() = Tail::new(TAIL_MAX_BYTES);
+        let seqs: Vec<u64> = read_all(&mut reader).iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (bases[2]..60).collect::<Vec<_>>());
+    }
+
+    /// The reader stopped on a segment's last record; the segment was freed, kept for
+    /// reuse and written again with newer records while the reader still had it open
+    /// (at its old offset now lie other records, or their `END`): reading on finds the
+    /// next segment and every record once.
+    #[tokio::test]
+    async fn a_reader_at_the_end_of_a_segment_reused_under_it_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, mut reader, _) =
+            Spool::open_with(dir.path(), 1 << 30, 1024, &dedup(), true).unwrap();
+        append_n(&spool, 0..30).await;
+        let bases: Vec<u64> = spool.shared.segments().iter().map(|s| s.base).collect();
+        assert!(bases.len() >= 3, "{bases:?}");
+        let first = reader.read_batch(bases[1] as usize).unwrap();
+        assert_eq!(first.len() as u64, bases[1]);
+        assert_eq!(reader.segment_base, bases[0]);
+        spool.confirm_until(bases[1]);
+        spool.checkpoint(bases[1]).unwrap();
+        // Roll until the kept file is in use again and full of newer records.
+        let mut next = 30;
+        let mut reused = None;
+        loop {
+            assert!(next < 300, "the kept segment was not reused");
+            append_n(&spool, next..next + 1).await;
+            next += 1;
+            let last = spool.shared.segments().last().unwrap().base;
+            match reused {
+                None if spool.shared.recycled.load(Ordering::Relaxed) == 1 => reused = Some(last),
+                Some(base) if last != base => break,
+                _ => {}
+            }
+        }
+        let seqs: Vec<u64> = read_all(&mut reader).iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (bases[1]..next).collect::<Vec<_>>());
     }
 
     /// Concurrent appenders share paced syncs: rounds of 40 take the interval each.
