@@ -68,6 +68,59 @@ impl Drop for Watermark {
     }
 }
 
+/// Closes `pid`'s AMQP connections from the broker's side; others are left alone.
+fn close_connections_of(pid: u32) {
+    let ports = amqp_client_ports(pid);
+    assert!(!ports.is_empty(), "process {pid} has no AMQP connection");
+    let listing = rabbitmqctl(&[
+        "-q",
+        "list_connections",
+        "--no-table-headers",
+        "pid",
+        "peer_port",
+    ]);
+    let mut closed = 0;
+    for line in listing.lines() {
+        let mut fields = line.split_whitespace();
+        if let (Some(conn), Some(port)) = (fields.next(), fields.next())
+            && port.parse().is_ok_and(|p| ports.contains(&p))
+        {
+            rabbitmqctl(&[
+                "close_connection",
+                conn,
+                "hookrelay test: closed while blocked",
+            ]);
+            closed += 1;
+        }
+    }
+    assert!(closed > 0, "none of {ports:?} in\n{listing}");
+}
+
+/// Local ports of `pid`'s TCP connections to port 5672, from /proc.
+fn amqp_client_ports(pid: u32) -> Vec<u16> {
+    let sockets: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[2].ends_with(":1628") && sockets.contains(f[9]) {
+                let local = f[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(local, 16).unwrap());
+            }
+        }
+    }
+    ports
+}
+
 /// Starts the broker app again if a restart test dies half way.
 struct AppRunning;
 
@@ -266,6 +319,28 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
         admin.get("/readyz").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+
+    // The connection dies while blocked (closed from the broker's side, as a broker
+    // restart would): publishing reconnects instead of waiting for an unblock the
+    // dead connection will never bring, and the next connection is blocked afresh.
+    let connects = metric(&relay.metrics().await, "hookrelay_rabbitmq_connects_total");
+    close_connections_of(relay.child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&relay.metrics().await, "hookrelay_rabbitmq_connects_total") <= connects {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect after the blocked connection was closed\n{}",
+            relay.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_metric(
+        &relay,
+        "hookrelay_rabbitmq_blocked",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
 
     drop(alarm);
     wait_metric(

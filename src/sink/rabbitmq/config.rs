@@ -40,6 +40,11 @@ pub struct RabbitmqSinkConfig {
     /// A confirm not received within this is treated as failed and retried.
     #[serde(default = "default_confirm_timeout_ms")]
     pub confirm_timeout_ms: u64,
+    /// Connecting (TCP, AMQP handshake, topology, channels) taking longer than this
+    /// fails and is retried: a broker that accepts the socket but never answers, as
+    /// one mid-restart can, must not hold forwarding up.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
     /// Adds CloudEvents AMQP-binding application properties.
     #[serde(default)]
     pub cloudevents: bool,
@@ -62,6 +67,9 @@ const fn default_channels() -> usize {
 }
 const fn default_confirm_timeout_ms() -> u64 {
     30_000
+}
+const fn default_connect_timeout_ms() -> u64 {
+    10_000
 }
 fn default_ce_prefix() -> String {
     "cloudEvents:".into()
@@ -95,6 +103,9 @@ impl RabbitmqSinkConfig {
         }
         if self.confirm_timeout_ms < 100 {
             return p("confirm_timeout_ms", "must be at least 100".into());
+        }
+        if self.connect_timeout_ms < 100 {
+            return p("connect_timeout_ms", "must be at least 100".into());
         }
         Ok(())
     }
@@ -220,6 +231,10 @@ mod tests {
         assert_eq!(
             parse("channels = 0").validate().unwrap_err().0,
             "sinks.rabbitmq.channels"
+        );
+        assert_eq!(
+            parse("connect_timeout_ms = 0").validate().unwrap_err().0,
+            "sinks.rabbitmq.connect_timeout_ms"
         );
         let c: RabbitmqSinkConfig = toml::from_str("uri = \"http://x\"").unwrap();
         assert_eq!(c.validate().unwrap_err().0, "sinks.rabbitmq.uri");

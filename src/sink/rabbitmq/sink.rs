@@ -30,6 +30,8 @@ use crate::sink::{BoxFuture, Confirmation, Message, Sink, SinkError, cloudevents
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 /// ...to this.
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// How often a publish held back by `connection.blocked` checks the connection is alive.
+const BLOCKED_RECHECK: Duration = Duration::from_secs(1);
 
 /// An open connection with its confirm-mode channels.
 struct Live {
@@ -116,7 +118,21 @@ impl RabbitmqSink {
         Ok(sink)
     }
 
+    /// [`Self::open`] within `connect_timeout_ms`: a broker mid-restart can take the
+    /// socket and never answer, and publishing waits on the connect.
     async fn connect(&self) -> Result<Arc<Live>, ConnectError> {
+        let limit = Duration::from_millis(self.cfg.connect_timeout_ms);
+        tokio::time::timeout(limit, self.open())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Transient(format!(
+                    "{} did not complete the connection within connect_timeout_ms ({limit:?})",
+                    self.cfg.display_target()
+                )))
+            })
+    }
+
+    async fn open(&self) -> Result<Arc<Live>, ConnectError> {
         let target = self.cfg.display_target();
         let props = ConnectionProperties::default().with_connection_name(LongString::from(
             format!("hookrelay@{}", crate::sink::hostname()),
@@ -256,6 +272,11 @@ impl RabbitmqSink {
                     Event::Error(e) => {
                         tracing::warn!(error = %e, "rabbitmq connection error; reconnecting on the next publish");
                         connected.store(false, Ordering::Relaxed);
+                        // Whatever blocked this connection ended with it; a publish
+                        // waiting on it goes on to reconnect, and the broker blocks the
+                        // next connection afresh if its alarm is still on.
+                        blocked.send_replace(false);
+                        metrics::rabbitmq_blocked(false);
                         break;
                     }
                     _ => {}
@@ -272,7 +293,14 @@ impl RabbitmqSink {
                 return Ok(l.clone());
             }
             self.connected.store(false, Ordering::Relaxed);
-            let _ = l.conn.close(200, short("reconnecting")).await;
+            // In the background, bounded: a broker that stopped answering would never
+            // send close-ok, and nothing waits for it.
+            let old = l.clone();
+            let limit = Duration::from_millis(self.cfg.connect_timeout_ms);
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(limit, old.conn.close(200, short("reconnecting"))).await;
+            });
             *guard = None;
         }
         {
@@ -330,12 +358,12 @@ impl RabbitmqSink {
             .with_headers(headers)
     }
 
+    /// Waits while the broker blocks publishing on the connection, not past its end.
     async fn wait_while_blocked(&self) {
         let mut rx = self.blocked.subscribe();
-        while *rx.borrow_and_update() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+        while *rx.borrow_and_update() && self.connected.load(Ordering::Relaxed) {
+            // Also looks at `connected` now and then, not only on a change.
+            let _ = tokio::time::timeout(BLOCKED_RECHECK, rx.changed()).await;
         }
     }
 }
@@ -371,28 +399,42 @@ impl Sink for RabbitmqSink {
                 ..Default::default()
             };
             let mut out = Vec::with_capacity(batch.len());
+            let failed = |why: String| -> Confirmation {
+                Box::pin(std::future::ready(Err(SinkError::Retriable(why))))
+            };
             for m in &batch {
+                if live.broken.load(Ordering::Relaxed) {
+                    // The rest of the batch goes out again on the next connection.
+                    out.push(failed("the connection failed earlier in the batch".into()));
+                    continue;
+                }
                 let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
-                let published = live.channels[i]
-                    .basic_publish(
+                let published = tokio::time::timeout(
+                    timeout,
+                    live.channels[i].basic_publish(
                         short(&self.cfg.exchange),
                         short(&m.event.topic),
                         opts,
                         &m.event.body,
                         self.properties(m),
-                    )
-                    .await;
-                let confirm =
-                    match published {
-                        Ok(c) => c,
-                        Err(e) => {
-                            live.broken.store(true, Ordering::Relaxed);
-                            out.push(Box::pin(std::future::ready(Err(SinkError::Retriable(
-                                format!("publish failed: {e}"),
-                            )))) as Confirmation);
-                            continue;
-                        }
-                    };
+                    ),
+                )
+                .await;
+                let confirm = match published {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        live.broken.store(true, Ordering::Relaxed);
+                        out.push(failed(format!("publish failed: {e}")));
+                        continue;
+                    }
+                    Err(_) => {
+                        live.broken.store(true, Ordering::Relaxed);
+                        out.push(failed(
+                            "the connection took no publish within confirm_timeout_ms".into(),
+                        ));
+                        continue;
+                    }
+                };
                 let live = live.clone();
                 out.push(Box::pin(async move {
                     match tokio::time::timeout(timeout, confirm).await {
@@ -479,5 +521,59 @@ pub async fn check_connection(cfg: &RabbitmqSinkConfig) -> Result<String, String
             "sinks.rabbitmq.exchange: '{}' does not exist on {target} and declare = false: {e}",
             cfg.exchange
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    /// A broker that takes the socket and never answers (one mid-restart can): the
+    /// start and every publish give up within `connect_timeout_ms` instead of
+    /// holding forwarding up for good.
+    #[tokio::test]
+    async fn a_broker_that_never_answers_fails_the_connect_in_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let cfg: RabbitmqSinkConfig = toml::from_str(&format!(
+            "uri = \"amqp://guest:guest@{addr}/%2f\"\nconnect_timeout_ms = 300\n"
+        ))
+        .unwrap();
+        let sink = tokio::time::timeout(Duration::from_secs(5), RabbitmqSink::new(&cfg))
+            .await
+            .expect("the start waited on a silent broker")
+            .unwrap();
+        assert!(!sink.ready());
+        let message = Message {
+            seq: 0,
+            event: Arc::new(Event {
+                source: Arc::from("q"),
+                event_type: "message.read".into(),
+                id: "id0".into(),
+                topic: "q.message.read".into(),
+                key: "k".into(),
+                content_type: "application/json".into(),
+                received_at_ns: 0,
+                body: bytes::Bytes::from_static(b"{}"),
+            }),
+        };
+        let confirmations = tokio::time::timeout(
+            Duration::from_secs(5),
+            sink.publish(vec![message.clone(), message]),
+        )
+        .await
+        .expect("a publish waited on a silent broker");
+        assert_eq!(confirmations.len(), 2);
+        for c in confirmations {
+            assert!(matches!(c.await, Err(SinkError::Retriable(_))));
+        }
+        silent.abort();
     }
 }
