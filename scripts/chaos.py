@@ -36,6 +36,16 @@ TYPES = ["message.delivered", "message.read", "message.failed", "template.status
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2f"
 
 
+CHILDREN = []
+
+
+def spawn(*args, **kwargs):
+    """subprocess.Popen, remembered so a failed run leaves nothing behind."""
+    p = subprocess.Popen(*args, **kwargs)
+    CHILDREN.append(p)
+    return p
+
+
 def log(msg):
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -84,7 +94,7 @@ secret_env = "CHAOS_SECRET"
 
     def start(self):
         env = dict(os.environ, CHAOS_SECRET=SECRET)
-        self.proc = subprocess.Popen([os.path.join(BIN, "hookrelay"), "run", "--config", self.cfg],
+        self.proc = spawn([os.path.join(BIN, "hookrelay"), "run", "--config", self.cfg],
                                      env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -136,7 +146,7 @@ class Sender:
         self.acked_file = os.path.join(work, "acked.txt")
         self.progress = 0
         self.summary = None
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [os.path.join(BIN, "examples", "chaos_client"), "send", "--targets", ",".join(targets),
              "--secret", SECRET, "--tag", tag, "--events", str(events), "--connections", str(connections),
              "--acked", self.acked_file, "--rate", str(rate)], stdout=subprocess.PIPE, text=True)
@@ -164,7 +174,7 @@ class Consumer:
     def __init__(self, work, args):
         self.out = os.path.join(work, "consumed.txt")
         self.stop_file = os.path.join(work, "stop-consuming")
-        self.proc = subprocess.Popen([os.path.join(BIN, "examples", "chaos_client")] + args +
+        self.proc = spawn([os.path.join(BIN, "examples", "chaos_client")] + args +
                                      ["--out", self.out, "--stop-file", self.stop_file],
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
@@ -200,7 +210,7 @@ def run_faults(sender, events, plan, act):
     return done
 
 
-def drain(relays, timeout=600):
+def drain(relays, timeout=300):
     """Waits until every relay's spool has nothing unconfirmed."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -208,7 +218,32 @@ def drain(relays, timeout=600):
         if left == 0:
             return
         time.sleep(0.5)
+    diagnose(relays)
     raise RuntimeError("spools did not drain")
+
+
+def diagnose(relays):
+    """Prints what explains a stuck run where CI shows it: the relays' delivery
+    metrics and log tails, and the broker's alarms."""
+    watched = ("hookrelay_spool_", "hookrelay_forward_", "hookrelay_rabbitmq_", "hookrelay_sink_",
+               "hookrelay_kafka_")
+    for r in relays:
+        try:
+            _, text = http_get(f"http://127.0.0.1:{r.admin}/metrics", timeout=5)
+            lines = [l for l in text.splitlines() if l.startswith(watched) and "_bucket" not in l]
+        except OSError as e:
+            lines = [f"metrics unavailable: {e}"]
+        log(f"{r.name} metrics:\n  " + "\n  ".join(lines))
+        r.log.flush()
+        with open(os.path.join(r.dir, "log")) as f:
+            tail = f.readlines()[-40:]
+        log(f"{r.name} log, last {len(tail)} lines:\n" + "".join(tail))
+    for cmd in (["rabbitmq-diagnostics", "-q", "alarms"], ["rabbitmqctl", "-q", "list_connections", "name", "state"]):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            log(f"{' '.join(cmd)}:\n{out.stdout}{out.stderr}")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log(f"{' '.join(cmd)}: {e}")
 
 
 def check(name, tag, events, acked_file, consumed, extra):
@@ -276,7 +311,7 @@ def profile_rabbitmq(a, work, tag):
 
 def profile_kafka(a, work, tag):
     topics = [f"quickassist.{t}" for t in TYPES]
-    mock = subprocess.Popen([os.path.join(BIN, "examples", "mock_kafka"), "3"] + topics,
+    mock = spawn([os.path.join(BIN, "examples", "mock_kafka"), "3"] + topics,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         bootstrap = mock.stdout.readline().strip()
@@ -352,6 +387,9 @@ def main():
             report = PROFILES[a.profile](a, work, tag)
         except Exception:
             log(f"failed; logs kept in {out}/failed-{tag}")
+            for p in CHILDREN:
+                if p.poll() is None:
+                    p.kill()
             subprocess.run(["cp", "-r", work, os.path.join(out, f"failed-{tag}")])
             raise
     report["seed"] = seed
