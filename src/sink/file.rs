@@ -24,6 +24,11 @@ use super::{Confirmation, Message, Sink, SinkError, jsonstr};
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
+/// Lines go to the kernel in writes of about this size, built in one reused buffer:
+/// a merged batch of large bodies (up to `forward.max_in_flight_bytes` of them) is
+/// never serialized whole in memory, and no buffer grows and is freed per write.
+const WRITE_CHUNK: usize = 1 << 20;
+
 enum Job {
     Write(Vec<Message>, Reply),
     /// fdatasync every file written since the last sync.
@@ -43,6 +48,7 @@ impl FileSink {
             dir: dir.to_path_buf(),
             files: HashMap::new(),
             unsynced: HashSet::new(),
+            buf: Vec::with_capacity(WRITE_CHUNK),
         };
         std::thread::Builder::new()
             .name("file-sink".into())
@@ -103,6 +109,8 @@ struct Writer {
     files: HashMap<String, Open>,
     /// Topics written since their last fdatasync.
     unsynced: HashSet<String>,
+    /// Lines not yet written; empty between writes.
+    buf: Vec<u8>,
 }
 
 impl Writer {
@@ -148,18 +156,28 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &[Message]) -> io::Result<()> {
-        let mut by_topic: HashMap<&str, Vec<u8>> = HashMap::new();
+        let mut by_topic: HashMap<&str, Vec<&Message>> = HashMap::new();
         for m in batch {
-            let buf = by_topic.entry(m.event.topic.as_str()).or_default();
-            json_line_into(buf, m, None);
+            by_topic.entry(m.event.topic.as_str()).or_default().push(m);
         }
-        for (topic, lines) in &by_topic {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut written = Ok(());
+        for (topic, messages) in &by_topic {
             if !self.unsynced.contains(*topic) {
                 self.unsynced.insert(topic.to_string());
             }
-            self.file(topic)?.append(lines)?;
+            written = self
+                .file(topic)
+                .and_then(|file| write_lines(file, messages, &mut buf));
+            if written.is_err() {
+                break;
+            }
         }
-        Ok(())
+        buf.clear();
+        // One line far over a chunk (a body near server.max_body_bytes) is not kept.
+        buf.shrink_to(WRITE_CHUNK);
+        self.buf = buf;
+        written
     }
 
     fn file(&mut self, topic: &str) -> io::Result<&mut Open> {
@@ -189,6 +207,22 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Appends the messages' lines to `file` a chunk at a time, in order.
+fn write_lines(file: &mut Open, messages: &[&Message], buf: &mut Vec<u8>) -> io::Result<()> {
+    for m in messages {
+        json_line_into(buf, m, None);
+        if buf.len() >= WRITE_CHUNK {
+            file.append(buf)?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        file.append(buf)?;
+        buf.clear();
+    }
+    Ok(())
 }
 
 /// A topic's file, and how much of it was handed to the disk.
@@ -355,6 +389,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             files: HashMap::new(),
             unsynced: HashSet::new(),
+            buf: Vec::new(),
         };
         let line = vec![b'x'; 1000];
         let f = w.file("t").unwrap();
@@ -370,6 +405,37 @@ mod tests {
         let f = w.file("t").unwrap();
         assert_eq!(f.handed, f.len);
         assert!(f.len > crate::disk::WRITEBACK_STEP);
+    }
+
+    /// A batch larger than a write chunk, over two topics, arrives whole and in order.
+    #[tokio::test]
+    async fn batches_larger_than_a_chunk_are_written_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::open(dir.path()).unwrap();
+        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(8 * 1024));
+        let batch: Vec<Message> = (0..400)
+            .map(|i| msg(i, if i % 3 == 0 { "a.c" } else { "a.b" }, body.as_bytes()))
+            .collect();
+        for c in sink.publish(batch).await {
+            c.await.unwrap();
+        }
+        for (topic, want) in [
+            ("a.b", (0..400).filter(|i| i % 3 != 0).collect::<Vec<u64>>()),
+            ("a.c", (0..400).filter(|i| i % 3 == 0).collect()),
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(format!("{topic}.jsonl"))).unwrap();
+            let ids: Vec<u64> = text
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    assert_eq!(v["body"].as_str().unwrap(), body);
+                    v["headers"]["hookrelay-id"].as_str().unwrap()[2..]
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(ids, want, "{topic}");
+        }
     }
 
     /// A sync covers every batch handed over before it, confirmed or not yet.
