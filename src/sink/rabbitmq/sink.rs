@@ -476,8 +476,21 @@ impl Sink for RabbitmqSink {
 }
 
 /// `hookrelay check --connect`: connects, then checks the exchange.
+/// Bounded by `connect_timeout_ms`: a broker that never answers fails the check.
 pub async fn check_connection(cfg: &RabbitmqSinkConfig) -> Result<String, String> {
     cfg.validate().map_err(|(k, why)| format!("{k}: {why}"))?;
+    let limit = Duration::from_millis(cfg.connect_timeout_ms);
+    tokio::time::timeout(limit, check(cfg))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "sinks.rabbitmq: {} did not answer within connect_timeout_ms ({limit:?})",
+                cfg.display_target()
+            ))
+        })
+}
+
+async fn check(cfg: &RabbitmqSinkConfig) -> Result<String, String> {
     let uri = cfg
         .resolved_uri()
         .map_err(|(k, why)| format!("{k}: {why}"))?;
@@ -574,6 +587,14 @@ mod tests {
         for c in confirmations {
             assert!(matches!(c.await, Err(SinkError::Retriable(_))));
         }
+        // `hookrelay check --connect` too.
+        let checked = tokio::time::timeout(Duration::from_secs(5), check_connection(&cfg))
+            .await
+            .expect("the check waited on a silent broker");
+        assert!(
+            checked.as_ref().unwrap_err().contains("connect_timeout_ms"),
+            "{checked:?}"
+        );
         silent.abort();
     }
 }
