@@ -125,11 +125,13 @@ listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
 [spool]
 dir = "{tmp}/spool"
+{os.environ.get("SPOOL_EXTRA", "").replace(";", chr(10))}
 [dead_letter]
 path = "{tmp}/dead.jsonl"
 [log]
 level = "warn"
 {sink_section}
+{os.environ.get("SINK_EXTRA", "").replace(";", chr(10))}
 [sources.quickassist]
 scheme = "quickassist"
 secret_env = "BENCH_SECRET"

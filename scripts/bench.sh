@@ -3,6 +3,8 @@
 #   scripts/bench.sh                      # every case, 10 s each after a 2 s warm-up
 #   CASES=baseline,file SECONDS_PER_CASE=5 scripts/bench.sh
 #   CASES=baseline,file,file-soak SOAK_SECONDS=60 scripts/bench.sh    # shorter soak (default 300 s)
+#   SPOOL_EXTRA='min_sync_interval_us = 0' SINK_EXTRA='linger_ms = 5' CASES=... scripts/bench.sh
+#                                         # A/B a setting (";" separates lines; added to [spool] / the sink's section)
 #   scripts/bench.sh --smoke              # a few seconds on debug builds (scripts/test.sh)
 # Report: target/bench/report.md, report.json and verify.md.
 # CASES=none skips the HTTP cases (verification only).
