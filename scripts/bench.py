@@ -166,7 +166,8 @@ def case_baseline(a, rate=0):
         r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"], rate)
         cpu1 = proc_stats(p.pid)[0]
         out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
-               "non_2xx": r["non_2xx"], "cpu_s_per_10k": round((cpu1 - cpu0) / max(r["answered"], 1) * 10_000, 3)}
+               "non_2xx": r["non_2xx"], "cpu_s_per_10k": round((cpu1 - cpu0) / max(r["answered"], 1) * 10_000, 3),
+               "conns": a["conns"]}
         if rate:
             out["open_loop_rate"] = rate
         return out
@@ -265,7 +266,8 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
                    "server_p50_us": round((server_p50 or 0) * 1e6), "server_p99_us": round((server_p99 or 0) * 1e6),
                    "fsync_p50_us": round((fsync_p50 or 0) * 1e6), "fsync_p99_us": round((fsync_p99 or 0) * 1e6),
                    "cpu_s_per_10k": round((cpu1 - cpu0) / max(accepted, 1) * 10_000, 3),
-                   "idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(peak, 1), "end_rss_mib": round(rss, 1)}
+                   "idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(peak, 1), "end_rss_mib": round(rss, 1),
+                   "conns": a["conns"]}
             if rate:
                 out["open_loop_rate"] = rate
             if rss_trace:
@@ -285,6 +287,15 @@ def half_file_rate(results):
     return int(results.get("file", {}).get("accept_rps", 20000) / 2)
 
 
+def baseline_for(results, r):
+    """The closed-loop baseline a case is compared with: the one run over as many
+    connections (`baseline`, or `baseline-64c` for the `-64c` cases)."""
+    for b in ("baseline", "baseline-64c"):
+        if b in results and results[b].get("conns") == r.get("conns"):
+            return results[b]["accept_rps"]
+    return results.get("baseline", {}).get("accept_rps")
+
+
 def targets(results, base):
     """The issue's targets, each with the figure that decides it."""
     rows = []
@@ -294,7 +305,15 @@ def targets(results, base):
 
     if base and "file" in results:
         r = results["file"]["accept_rps"] / base
-        row("durable + file sink >= 50% of baseline req/s (1 KiB)", f"{r:.0%}", r >= 0.5)
+        row(f"durable + file sink >= 50% of baseline req/s (1 KiB, both over {results['file']['conns']} connections)",
+            f"{r:.0%}", r >= 0.5)
+    pairs = [(results[f]["accept_rps"], results[b]["accept_rps"])
+             for f, b in (("file", "baseline"), ("file-64c", "baseline-64c")) if f in results and b in results]
+    if len(pairs) == 2:
+        # Each at its own best connection count: the baseline may peak at fewer.
+        best, best_base = max(p[0] for p in pairs), max(p[1] for p in pairs)
+        row("the same, each at its best of the connection counts run",
+            f"{best / best_base:.0%} ({best:.0f} vs {best_base:.0f} req/s)", best / best_base >= 0.5)
     for c in ("rabbitmq", "kafka-tansu", "kafka-mock"):
         if base and c in results:
             r = results[c]["delivered_rps"] / base
@@ -329,13 +348,14 @@ def targets(results, base):
 
 def main():
     a = {"seconds": float(os.environ.get("SECONDS_PER_CASE", "10")), "warmup": float(os.environ.get("WARMUP", "2")),
-         "conns": int(os.environ.get("CONNS", "64")), "body": int(os.environ.get("BODY", "1024"))}
+         "conns": int(os.environ.get("CONNS", "256")), "body": int(os.environ.get("BODY", "1024"))}
     # Settings other than the defaults: named in the report, so it cannot pass for one.
     overrides = {k: os.environ[k] for k in ("SPOOL_EXTRA", "SINK_EXTRA") if os.environ.get(k)}
     a.update(overrides)
     cases = os.environ.get(
         "CASES",
-        "baseline,file,file-open-loop,baseline-open-loop,file-soak,file-256B,file-16KiB,spool,rabbitmq,rabbitmq-broker-ack,kafka-tansu,kafka-mock",
+        "baseline,file,baseline-64c,file-64c,file-open-loop,baseline-open-loop,file-soak,file-256B,file-16KiB,spool,"
+        "rabbitmq,rabbitmq-broker-ack,kafka-tansu,kafka-mock",
     ).split(",")
     if cases == ["none"]:
         return
@@ -349,6 +369,12 @@ def main():
                 results[c] = case_baseline(a)
             elif c == "file":
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file")
+            elif c == "baseline-64c":
+                # Fewer connections: each one waits for its group commit, so the relay is
+                # bound by latency (Little's law), not CPU; shown next to the default.
+                results[c] = case_baseline(dict(a, conns=64))
+            elif c == "file-64c":
+                results[c] = case_hookrelay(dict(a, conns=64), lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file")
             elif c in ("file-256B", "file-16KiB"):
                 size = 256 if c == "file-256B" else 16384
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file", body=size)
@@ -416,7 +442,8 @@ def main():
     mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `scripts/bench.sh` "
              f"(CASES={','.join(cases)}); {cpu}, {mem} GiB, kernel {os.uname().release}.", "",
-             f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections, "
+             f"Machine: {os.cpu_count()} cores; load generator on the same cores; {a['conns']} connections (64 in the `-64c` cases, "
+             "each compared with the baseline over as many), "
              f"{a['body']} B bodies unless noted, {a['warmup']:g} s warm-up + {a['seconds']:g} s per case. "
              "Delivered: for RabbitMQ and Kafka, what a subscriber (examples/bench_consumer, on the same "
              "cores) received; for the file sink, what the sink confirmed written."
@@ -426,9 +453,10 @@ def main():
     for c, r in results.items():
         if "spool" in r:
             continue
-        ratio = f"{r['accept_rps'] / base:.0%}" if base else "-"
+        vs = baseline_for(results, r)
+        ratio = f"{r['accept_rps'] / vs:.0%}" if vs else "-"
         d = r.get("delivered_rps")
-        dratio = f"{d / base:.0%}" if base and d else "-"
+        dratio = f"{d / vs:.0%}" if vs and d else "-"
         rss = f"{r.get('idle_rss_mib', '-')} / {r.get('peak_rss_mib', '-')} / {r.get('end_rss_mib', '-')} MiB" if "peak_rss_mib" in r else "-"
         label = c + (f" (open loop {r['open_loop_rate']}/s)" if "open_loop_rate" in r else "")
         if r.get("received", r.get("accepted", 0)) < r.get("accepted", 0):
