@@ -5,6 +5,7 @@
 #   CASES=baseline,file,file-soak SOAK_SECONDS=60 scripts/bench.sh    # shorter soak (default 300 s)
 #   SPOOL_EXTRA='min_sync_interval_us = 0' SINK_EXTRA='linger_ms = 5' CASES=... scripts/bench.sh
 #                                         # A/B a setting (";" separates lines; added to [spool] / the sink's section)
+#   CONNS=64 CASES=baseline,file scripts/bench.sh   # closed loop over 64 connections (default 256)
 #   scripts/bench.sh --smoke              # a few seconds on debug builds (scripts/test.sh)
 # Report: target/bench/report.md, report.json and verify.md.
 # CASES=none skips the HTTP cases (verification only).
