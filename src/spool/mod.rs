@@ -800,6 +800,9 @@ impl Writer {
             return Ok(());
         }
         if len + incoming <= self.segment_bytes {
+            if len > self.segment_bytes / 4 {
+                self.prealloc.refill_if_short();
+            }
             return Ok(());
         }
         let (file, preallocated, marked) = match self.take_prepared(self.next_seq)? {
