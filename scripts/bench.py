@@ -282,6 +282,11 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             stop(p)
 
 
+def file_sink(tmp):
+    """The file sink's config section, writing under the case's temporary directory."""
+    return f'[sinks.file]\ndir = "{tmp}/events"'
+
+
 def half_file_rate(results):
     """Half the closed-loop file case's maximum: the open-loop cases' fixed rate."""
     return int(results.get("file", {}).get("accept_rps", 20000) / 2)
@@ -368,28 +373,27 @@ def main():
             if c == "baseline":
                 results[c] = case_baseline(a)
             elif c == "file":
-                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file")
+                results[c] = case_hookrelay(a, file_sink, "file")
             elif c == "baseline-64c":
                 # Fewer connections: each one waits for its group commit, so the relay is
                 # bound by latency (Little's law), not CPU; shown next to the default.
                 results[c] = case_baseline(dict(a, conns=64))
             elif c == "file-64c":
-                results[c] = case_hookrelay(dict(a, conns=64), lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file")
+                results[c] = case_hookrelay(dict(a, conns=64), file_sink, "file")
             elif c in ("file-256B", "file-16KiB"):
                 size = 256 if c == "file-256B" else 16384
-                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file", body=size)
+                results[c] = case_hookrelay(a, file_sink, "file", body=size)
             elif c == "file-open-loop":
                 # Half of the closed-loop maximum, latency from the intended send time.
                 rate = half_file_rate(results)
-                results[c] = case_hookrelay(a, lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"', "file", rate=rate)
+                results[c] = case_hookrelay(a, file_sink, "file", rate=rate)
             elif c == "baseline-open-loop":
                 rate = half_file_rate(results)
                 results[c] = case_baseline(a, rate=rate)
             elif c == "file-soak":
                 soak = float(os.environ.get("SOAK_SECONDS", "300"))
                 rate = half_file_rate(results)
-                results[c] = case_hookrelay(dict(a, seconds=soak), lambda tmp: f'[sinks.file]\ndir = "{tmp}/events"',
-                                            "file", rate=rate, rss_every=30)
+                results[c] = case_hookrelay(dict(a, seconds=soak), file_sink, "file", rate=rate, rss_every=30)
             elif c == "spool":
                 out = subprocess.run([os.path.join(REL, "examples", "bench_spool"), str(a["seconds"] / 3)],
                                      check=True, capture_output=True, text=True, cwd=ROOT).stdout
