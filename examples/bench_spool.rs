@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hookrelay::dedup::Dedup;
 use hookrelay::event::Event;
-use hookrelay::spool::Spool;
+use hookrelay::spool::{Record, Spool};
 
 #[tokio::main]
 async fn main() {
@@ -20,8 +19,8 @@ async fn main() {
         .unwrap_or(3.0);
     std::fs::create_dir_all("target/bench").unwrap();
     let dir = tempfile::tempdir_in("target/bench").unwrap();
-    let dedup = Dedup::new(Duration::from_secs(60), 1);
-    let (spool, mut reader, _) = Spool::open(dir.path(), 64 << 30, 256 << 20, &dedup).unwrap();
+    let (spool, mut reader, _) =
+        Spool::open(dir.path(), 64 << 30, 256 << 20, |_: &Record| {}).unwrap();
     let body = Bytes::from(vec![b'x'; 1024]);
     println!("| writers | appends/s | fdatasyncs/s | appends per sync | append p50 | append p99 |");
     println!("|---|---|---|---|---|---|");

@@ -17,13 +17,13 @@ use tokio::sync::watch;
 
 use crate::config::{AckMode, Config, DedupBackend, OnRedisError};
 use crate::deadletter::DeadLetter;
-use crate::dedup::{Dedup, RedisWindow, Window};
+use crate::dedup::{RedisWindow, Window};
 use crate::event::Extractor;
 use crate::forward::{self, Forwarder, Routes};
 use crate::metrics::{self, EventLabels, RequestMetrics};
 use crate::server::{self, Ack, App, Limits, Source};
 use crate::sink::{FileSink, KafkaSink, RabbitmqSink, Route, Sink};
-use crate::spool::Spool;
+use crate::spool::{Record, Spool};
 
 /// Builds every source's verifier and extractor; fails on a missing secret.
 /// `sinks` is empty for `hookrelay check`, which builds no producers.
@@ -162,10 +162,14 @@ pub async fn run(
         ),
     };
     // Spool replay remembers ids in the memory window; Redis remembers by itself.
-    let scratch = Dedup::new(window, 1);
-    let replay_into = match &dedup {
-        Window::Memory(d) => d,
-        Window::Redis(_) => &scratch,
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let remember = |r: &Record| {
+        if let Window::Memory(d) = &dedup {
+            let age = Duration::from_nanos(now.saturating_sub(r.event.received_at_ns));
+            d.remember(d.key(&r.event.source, &r.event.id), age);
+        }
     };
     let durable = config.sources.values().any(|s| s.ack == AckMode::Durable);
     let (drain_tx, drain_rx) = watch::channel(None);
@@ -176,7 +180,7 @@ pub async fn run(
             &config.spool.dir,
             config.spool.max_bytes,
             config.spool.segment_bytes,
-            replay_into,
+            remember,
         )
         .context("spool.dir")?;
         s.pace_syncs(Duration::from_micros(config.spool.min_sync_interval_us));

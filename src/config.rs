@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::event::{MAX_EVENT_TYPE_LEN, MAX_SOURCE_LEN, MAX_TOPIC_LEN, is_sane_name};
 use crate::sink::kafka::KafkaSinkConfig;
 use crate::sink::rabbitmq::RabbitmqSinkConfig;
 
@@ -518,16 +519,6 @@ fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Longest event type accepted: it becomes part of a topic name (Kafka allows 249).
-pub const MAX_EVENT_TYPE_LEN: usize = 200;
-
-/// Characters allowed in names that end up in topics: Kafka's legal topic characters.
-pub fn is_topic_safe(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 impl Config {
     /// Reads, parses and validates the file; secrets are not resolved yet.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -671,10 +662,10 @@ impl Config {
         sinks: &[&'static str],
     ) -> Result<(), ConfigError> {
         let key = |field: &str| format!("sources.{name}.{field}");
-        if !is_topic_safe(name) || name.starts_with('_') || name.len() > 100 {
+        if !is_sane_name(name) || name.starts_with('_') || name.len() > MAX_SOURCE_LEN {
             return Err(invalid(
                 format!("sources.{name}"),
-                "source names use [A-Za-z0-9._-], do not start with '_', and are at most 100 bytes",
+                "source names use [A-Za-z0-9._-], do not start with '_' or '.', have no '..', do not end with '.', and are at most 100 bytes",
             ));
         }
         if src.secret_env.0.is_empty() && src.secret_file.0.is_empty() {
@@ -685,16 +676,19 @@ impl Config {
         }
         self.validate_scheme_options(name, src)?;
         check_template(&key("topic"), &src.topic, &["source", "event"])?;
-        // The rendered topic must be a legal Kafka topic for any legal event type.
-        let longest = src
-            .topic
-            .replace("{source}", name)
-            .replace("{event}", &"e".repeat(MAX_EVENT_TYPE_LEN));
-        if !is_topic_safe(&longest) || longest.len() > 249 {
+        // The rendered topic must be a sane topic name for any legal event type (event
+        // types are sane names themselves, so the shortest and the longest tell).
+        let render = |event: &str| {
+            src.topic
+                .replace("{source}", name)
+                .replace("{event}", event)
+        };
+        let (shortest, longest) = (render("e"), render(&"e".repeat(MAX_EVENT_TYPE_LEN)));
+        if !is_sane_name(&shortest) || !is_sane_name(&longest) || longest.len() > MAX_TOPIC_LEN {
             return Err(invalid(
                 key("topic"),
                 format!(
-                    "'{}' must render to [A-Za-z0-9._-] and at most 249 bytes with a 200-byte event type",
+                    "'{}' must render to [A-Za-z0-9._-] with no empty segment ('..', a leading or trailing '.') and at most 249 bytes with a 200-byte event type",
                     src.topic
                 ),
             ));
@@ -717,11 +711,11 @@ impl Config {
         }
         if let Some(events) = &src.events {
             for e in events {
-                if !is_topic_safe(e) || e.len() > MAX_EVENT_TYPE_LEN {
+                if !is_sane_name(e) || e.len() > MAX_EVENT_TYPE_LEN {
                     return Err(invalid(
                         key("events"),
                         format!(
-                            "'{e}' is not a valid event type ([A-Za-z0-9._-], at most 200 bytes)"
+                            "'{e}' is not a valid event type ([A-Za-z0-9._-], no empty segment, at most 200 bytes)"
                         ),
                     ));
                 }

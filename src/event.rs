@@ -10,14 +10,69 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::HeaderMap;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::config::{MAX_EVENT_TYPE_LEN, SourceConfig, is_topic_safe};
+use crate::config::SourceConfig;
 use crate::verify::Verified;
 
-/// Longest provider id accepted; ids travel as message keys and AMQP short strings.
+// Every value that reaches the spool is bounded here, at the edge, to what the record
+// format (16-bit string lengths) and every sink can carry: an AMQP short string is at
+// most 255 bytes, a Kafka topic at most 249. Nothing is cut later, nothing panics later.
+
+/// Longest event type: it becomes part of a topic name.
+pub const MAX_EVENT_TYPE_LEN: usize = 200;
+/// Longest provider id (the `{id}` of the templates).
 pub const MAX_ID_LEN: usize = 200;
+/// Longest event id (the rendered `id_template`): the AMQP `message-id`, a short string.
+pub const MAX_EVENT_ID_LEN: usize = 255;
+/// Longest message key (the rendered `key` template).
+pub const MAX_KEY_LEN: usize = 1024;
+/// Longest topic: Kafka's limit; it also fits an AMQP routing key and, with `.jsonl`,
+/// a file name (255 bytes).
+pub const MAX_TOPIC_LEN: usize = 249;
+/// Longest content type: the AMQP `content-type` property is a short string.
+pub const MAX_CONTENT_TYPE_LEN: usize = 255;
+/// Longest source name (it is part of topics and metric labels).
+pub const MAX_SOURCE_LEN: usize = 100;
+/// The content type published when the request has none.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
+
+/// Characters allowed in names that end up in topics: Kafka's legal topic characters.
+pub fn is_topic_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A name every broker and file system takes as it is: the topic alphabet and no
+/// empty segment (no leading or trailing `.`, no `..`), so never `.`, `..` or a
+/// hidden file.
+pub fn is_sane_name(s: &str) -> bool {
+    is_topic_safe(s) && !s.starts_with('.') && !s.ends_with('.') && !s.contains("..")
+}
+
+/// The request's content type, as it will be published: absent or empty means
+/// [`DEFAULT_CONTENT_TYPE`]; otherwise one printable ASCII value of at most
+/// [`MAX_CONTENT_TYPE_LEN`] bytes.
+pub fn content_type(headers: &HeaderMap) -> Result<&str, ExtractError> {
+    let mut values = headers.get_all(hyper::header::CONTENT_TYPE).iter();
+    let Some(value) = values.next() else {
+        return Ok(DEFAULT_CONTENT_TYPE);
+    };
+    if values.next().is_some() {
+        return Err(ExtractError::ContentType);
+    }
+    match value.to_str() {
+        Ok("") => Ok(DEFAULT_CONTENT_TYPE),
+        Ok(text) if text.len() <= MAX_CONTENT_TYPE_LEN => Ok(text),
+        _ => Err(ExtractError::ContentType),
+    }
+}
 
 /// One accepted webhook, ready for the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +99,20 @@ pub enum ExtractError {
     TooDeep,
     #[error("event type is missing or not a string")]
     MissingEventType,
-    #[error("event type must match [A-Za-z0-9._-] and be at most 200 bytes")]
+    #[error(
+        "event type must match [A-Za-z0-9._-] ('/' becomes '.'), be at most 200 bytes, and have no empty segment (no leading or trailing '.', no '..')"
+    )]
     InvalidEventType,
     #[error("event id must be a string or number of at most 200 printable bytes")]
     InvalidId,
+    #[error("content-type must be one printable ASCII value of at most 255 bytes")]
+    ContentType,
+    #[error("the event id (id_template) would be longer than 255 bytes")]
+    EventIdTooLong,
+    #[error("the message key (key template) would be longer than 1024 bytes")]
+    KeyTooLong,
+    #[error("the topic would not be a legal topic name of at most 249 bytes")]
+    InvalidTopic,
 }
 
 /// What to do with a well-formed event.
@@ -290,7 +355,7 @@ fn walk(body: &[u8], pointers: &[Pointer]) -> Result<Vec<Option<Found>>, Extract
         .deserialize(&mut de)
         .and_then(|()| de.end())
         .map_err(|e| {
-            if e.to_string().starts_with("recursion limit exceeded") {
+            if e.to_string().starts_with(RECURSION_LIMIT) {
                 ExtractError::TooDeep
             } else {
                 ExtractError::NotJson
@@ -309,16 +374,8 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// Records this value for the pointers that end here.
-    fn settle(&mut self, value: impl Fn() -> Option<Found>) {
-        for &i in &self.active {
-            if self.pointers[i].segments.len() == self.depth {
-                self.found[i] = value();
-            }
-        }
-    }
-
-    /// The walk into a child, if any pointer goes on through it.
+    /// The walk into a child, if any pointer goes on through it. What an earlier
+    /// child of the same name found is forgotten: the last repeated key wins.
     fn child(&mut self, matches: impl Fn(&(String, Option<usize>)) -> bool) -> Option<Walk<'_>> {
         let active: Vec<usize> = self
             .active
@@ -331,6 +388,9 @@ impl Walk<'_> {
                     .is_some_and(&matches)
             })
             .collect();
+        for &i in &active {
+            self.found[i] = None;
+        }
         (!active.is_empty()).then(|| Walk {
             pointers: self.pointers,
             active,
@@ -338,47 +398,123 @@ impl Walk<'_> {
             found: &mut *self.found,
         })
     }
+
+    /// Records a value some pointer ends at, from its exact text, and walks on into
+    /// it for the pointers that go deeper.
+    fn take(self, text: &str) -> Result<(), String> {
+        let first = text.as_bytes().first().copied();
+        let value = match first {
+            Some(b'"') => Some(Found::Text(
+                serde_json::from_str::<String>(text).map_err(|e| e.to_string())?,
+            )),
+            // The number's own digits: `123456789012345678901234567` and `...568`
+            // are two ids, not one float.
+            Some(b'-' | b'0'..=b'9') => Some(Found::Number(text.to_string())),
+            Some(b'n') => None,
+            _ => Some(Found::NotText),
+        };
+        let mut deeper = Vec::new();
+        for &i in &self.active {
+            if self.pointers[i].segments.len() == self.depth {
+                self.found[i] = value.clone();
+            } else {
+                deeper.push(i);
+            }
+        }
+        if matches!(first, Some(b'{' | b'[')) {
+            // Taken whole, its nesting was not counted on the way: count it here.
+            if self.depth + nesting(text) > MAX_NESTING {
+                return Err(RECURSION_LIMIT.to_string());
+            }
+            if !deeper.is_empty() {
+                let mut de = serde_json::Deserializer::from_str(text);
+                Walk {
+                    pointers: self.pointers,
+                    active: deeper,
+                    depth: self.depth,
+                    found: self.found,
+                }
+                .deserialize(&mut de)
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Containers serde_json's default recursion limit lets one document nest.
+const MAX_NESTING: usize = 127;
+/// How serde_json's recursion error starts; `walk` maps it to [`ExtractError::TooDeep`].
+const RECURSION_LIMIT: &str = "recursion limit exceeded";
+
+/// How deep containers nest in a valid JSON text (`[]` is 1).
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 impl<'de> DeserializeSeed<'de> for Walk<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
+        let ends_here = self
+            .active
+            .iter()
+            .any(|&i| self.pointers[i].segments.len() == self.depth);
+        if ends_here {
+            let raw = <&'de RawValue>::deserialize(d)?;
+            self.take(raw.get()).map_err(D::Error::custom)
+        } else {
+            d.deserialize_any(self)
+        }
     }
 }
 
+/// A value pointers go on through: only its children matter.
 impl<'de> Visitor<'de> for Walk<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(mut self, _: bool) -> Result<(), E> {
-        self.settle(|| Some(Found::NotText));
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
         Ok(())
     }
-    fn visit_i64<E>(mut self, v: i64) -> Result<(), E> {
-        self.settle(|| Some(Found::Number(v.to_string())));
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
         Ok(())
     }
-    fn visit_u64<E>(mut self, v: u64) -> Result<(), E> {
-        self.settle(|| Some(Found::Number(v.to_string())));
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
         Ok(())
     }
-    fn visit_f64<E>(mut self, v: f64) -> Result<(), E> {
-        self.settle(|| serde_json::Number::from_f64(v).map(|n| Found::Number(n.to_string())));
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
         Ok(())
     }
-    fn visit_str<E>(mut self, v: &str) -> Result<(), E> {
-        self.settle(|| Some(Found::Text(v.to_string())));
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
         Ok(())
     }
-    fn visit_unit<E>(mut self) -> Result<(), E> {
-        self.settle(|| None);
+    fn visit_unit<E>(self) -> Result<(), E> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        self.settle(|| Some(Found::NotText));
         for i in 0usize.. {
             let more = match self.child(|(_, index)| *index == Some(i)) {
                 Some(w) => seq.next_element_seed(w)?,
@@ -391,7 +527,6 @@ impl<'de> Visitor<'de> for Walk<'_> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        self.settle(|| Some(Found::NotText));
         // Repeated keys: the last one wins, as when parsing into a map.
         while let Some(key) = map.next_key_seed(Key)? {
             match self.child(|(k, _)| *k == *key) {
@@ -472,9 +607,14 @@ impl<'de> Visitor<'de> for Skip {
     }
 }
 
-/// Provider event names may use `/` (`orders/create`, `/deploy`): it becomes `.`.
-fn normalize_event_type(raw: &str) -> String {
-    raw.replace('/', ".").trim_matches('.').to_string()
+/// Provider event names may use `/` (`orders/create`, Slack's `/deploy`): a leading
+/// one is dropped, the others become `.`. What results must be a sane name.
+fn event_type_from(raw: &str) -> Result<String, ExtractError> {
+    let mapped = raw.strip_prefix('/').unwrap_or(raw).replace('/', ".");
+    if mapped.len() > MAX_EVENT_TYPE_LEN || !is_sane_name(&mapped) {
+        return Err(ExtractError::InvalidEventType);
+    }
+    Ok(mapped)
 }
 
 /// A source's extraction rules, compiled from its config.
@@ -533,12 +673,9 @@ impl Extractor {
         let body = verified.body();
         let doc = Doc::parse(body, content_type, &self.pointers)?;
         let event_type = match self.event_from.find(&doc, headers) {
-            Some(Found::Text(t)) => normalize_event_type(&t),
+            Some(Found::Text(t)) => event_type_from(&t)?,
             _ => return Err(ExtractError::MissingEventType),
         };
-        if event_type.len() > MAX_EVENT_TYPE_LEN || !is_topic_safe(&event_type) {
-            return Err(ExtractError::InvalidEventType);
-        }
         if let Some(allow) = &self.allow
             && !allow.contains(&event_type)
         {
@@ -556,11 +693,26 @@ impl Extractor {
             return Err(ExtractError::InvalidId);
         }
         let source = &*self.source;
+        let id = self.id.render(source, &event_type, &raw_id);
+        if id.len() > MAX_EVENT_ID_LEN {
+            return Err(ExtractError::EventIdTooLong);
+        }
+        let key = self.key.render(source, &event_type, &raw_id);
+        if key.len() > MAX_KEY_LEN {
+            return Err(ExtractError::KeyTooLong);
+        }
+        let topic = self.topic.render(source, &event_type, &raw_id);
+        if topic.len() > MAX_TOPIC_LEN || !is_sane_name(&topic) {
+            return Err(ExtractError::InvalidTopic);
+        }
+        if content_type.len() > MAX_CONTENT_TYPE_LEN || !content_type.is_ascii() {
+            return Err(ExtractError::ContentType);
+        }
         Ok(Extracted::Publish(Event {
             source: self.source.clone(),
-            id: self.id.render(source, &event_type, &raw_id),
-            topic: self.topic.render(source, &event_type, &raw_id),
-            key: self.key.render(source, &event_type, &raw_id),
+            id,
+            topic,
+            key,
             content_type: content_type.to_string(),
             received_at_ns,
             body: body.clone(),

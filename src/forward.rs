@@ -461,8 +461,8 @@ async fn sleep_until_opt(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dedup::Dedup;
     use crate::event::Event;
+    use crate::spool::Record;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -533,9 +533,8 @@ mod tests {
     async fn in_flight_bodies_are_bounded_in_bytes() {
         for from_disk in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let dedup = Dedup::new(Duration::from_secs(60), 1000);
             let path = dir.path().join("spool");
-            let (spool, reader, _) = Spool::open(&path, 1 << 30, 1 << 24, &dedup).unwrap();
+            let (spool, reader, _) = Spool::open(&path, 1 << 30, 1 << 24, |_: &Record| {}).unwrap();
             for i in 0..100 {
                 let mut e = event(i, "q.ok");
                 e.body = bytes::Bytes::from(vec![b' '; 64 * 1024]);
@@ -543,7 +542,7 @@ mod tests {
             }
             let (spool, reader) = if from_disk {
                 drop((spool, reader));
-                let (s, r, _) = Spool::open(&path, 1 << 30, 1 << 24, &dedup).unwrap();
+                let (s, r, _) = Spool::open(&path, 1 << 30, 1 << 24, |_: &Record| {}).unwrap();
                 (s, r)
             } else {
                 (spool, reader)
@@ -594,9 +593,8 @@ mod tests {
     #[tokio::test]
     async fn retries_until_delivered_and_dead_letters_the_poison_without_stalling() {
         let dir = tempfile::tempdir().unwrap();
-        let dedup = Dedup::new(Duration::from_secs(60), 1000);
         let (spool, reader, _) =
-            Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, &dedup).unwrap();
+            Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, |_: &Record| {}).unwrap();
         for i in 0..300 {
             let topic = if i == 7 { "q.poison" } else { "q.ok" };
             spool.append(event(i, topic)).await.unwrap();
@@ -641,7 +639,7 @@ mod tests {
         assert_eq!(spool.cursor(), 300);
         drop(spool);
         let (_s, _r, rec) =
-            Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, &dedup).unwrap();
+            Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, |_: &Record| {}).unwrap();
         assert_eq!(rec.pending, 0);
     }
 
@@ -685,9 +683,9 @@ mod tests {
     async fn the_persisted_cursor_waits_for_the_sinks_sync() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool");
-        let dedup = Dedup::new(Duration::from_secs(60), 1000);
         for durable in [false, true] {
-            let (spool, reader, rec) = Spool::open(&path, 1 << 24, 1 << 16, &dedup).unwrap();
+            let (spool, reader, rec) =
+                Spool::open(&path, 1 << 24, 1 << 16, |_: &Record| {}).unwrap();
             assert_eq!(rec.pending, if durable { 50 } else { 0 });
             if !durable {
                 for i in 0..50 {
@@ -713,7 +711,7 @@ mod tests {
             assert!(sink.syncs.load(Ordering::SeqCst) >= 1);
         }
         // The second run's sync succeeded: nothing is pending any more.
-        let (_s, _r, rec) = Spool::open(&path, 1 << 24, 1 << 16, &dedup).unwrap();
+        let (_s, _r, rec) = Spool::open(&path, 1 << 24, 1 << 16, |_: &Record| {}).unwrap();
         assert_eq!(rec.pending, 0);
     }
 

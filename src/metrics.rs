@@ -32,6 +32,7 @@ pub const SPOOL_MAX_BYTES: &str = "hookrelay_spool_max_bytes";
 pub const SPOOL_FSYNC_DURATION: &str = "hookrelay_spool_fsync_duration_seconds";
 pub const SPOOL_TRUNCATED_BYTES: &str = "hookrelay_spool_truncated_bytes_total";
 pub const SPOOL_CORRUPT_RECORDS: &str = "hookrelay_spool_corrupt_records_total";
+pub const SPOOL_QUARANTINED_BYTES: &str = "hookrelay_spool_quarantined_bytes_total";
 pub const SINK_PUBLISHED: &str = "hookrelay_sink_published_total";
 pub const SINK_ERRORS: &str = "hookrelay_sink_errors_total";
 pub const DEAD_LETTERED: &str = "hookrelay_dead_lettered_total";
@@ -122,11 +123,15 @@ fn describe() {
     );
     describe_counter!(
         SPOOL_TRUNCATED_BYTES,
-        "Bytes cut from a torn or corrupt spool tail on start."
+        "Bytes cut from a torn spool tail on start (never synced, so never answered 200)."
     );
     describe_counter!(
         SPOOL_CORRUPT_RECORDS,
-        "Unreadable records skipped in the spool."
+        "Acknowledged records lost to damage in the spool (their bytes are in quarantine/)."
+    );
+    describe_counter!(
+        SPOOL_QUARANTINED_BYTES,
+        "Damaged spool bytes copied to quarantine/ and skipped; delivery goes on after them."
     );
     describe_counter!(SINK_PUBLISHED, "Events confirmed by a sink.");
     describe_counter!(
@@ -226,6 +231,7 @@ pub fn init(sources: &[String], sinks: &[&str]) {
     let _ = histogram!(SPOOL_FSYNC_DURATION);
     counter!(SPOOL_TRUNCATED_BYTES).absolute(0);
     counter!(SPOOL_CORRUPT_RECORDS).absolute(0);
+    counter!(SPOOL_QUARANTINED_BYTES).absolute(0);
     gauge!(FORWARD_LAG).set(0.0);
     gauge!(FORWARD_IN_FLIGHT).set(0.0);
     gauge!(READY).set(0.0);
@@ -421,8 +427,10 @@ pub fn spool_truncated(bytes: u64) {
     counter!(SPOOL_TRUNCATED_BYTES).increment(bytes);
 }
 
-pub fn spool_corrupt_record() {
-    counter!(SPOOL_CORRUPT_RECORDS).increment(1);
+/// Damage found in the spool: `bytes` kept in quarantine, `records` lost in them.
+pub fn spool_quarantined(bytes: u64, records: u64) {
+    counter!(SPOOL_QUARANTINED_BYTES).increment(bytes);
+    counter!(SPOOL_CORRUPT_RECORDS).increment(records);
 }
 
 /// Forwarder counters for one sink, resolved once.

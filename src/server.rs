@@ -300,11 +300,10 @@ async fn accept(
     if let Some(r) = src.verifier.handshake(&verified, &parts.headers) {
         return reply(r);
     }
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
+    let content_type = match crate::event::content_type(&parts.headers) {
+        Ok(ct) => ct,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
     let event = match src
         .extractor
         .extract(verified, &parts.headers, content_type, received_at_ns)

@@ -20,24 +20,28 @@ mod prealloc;
 #[cfg(test)]
 mod proptests;
 mod record;
+mod recover;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::dedup::Dedup;
 use crate::event::Event;
 use crate::metrics;
 
 pub use faults::FSYNC_AFTER_ENV;
-pub use record::{DecodeError, Frame, ReadError, Record, decode, encode, read_frame, seal};
+pub use record::{
+    DecodeError, EncodeError, Frame, MAX_BODY_LEN, ReadError, Record, decode, encode, find_record,
+    read_frame, seal,
+};
+pub use recover::{Hole, QUARANTINE_DIR};
 
 /// Process exit status when the disk fails a sync: nothing is answered 200 after it.
 pub const EXIT_FSYNC_FAILED: i32 = 74;
@@ -59,6 +63,10 @@ pub enum AppendError {
     Io(String),
     #[error("spool is closed")]
     Closed,
+    /// The event cannot be framed as it is (the edge bounds fields so that this
+    /// never happens; if it does, it is refused, never cut).
+    #[error("event cannot be stored: {0}")]
+    Unframable(EncodeError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +144,9 @@ struct Shared {
     spare: Arc<prealloc::Spare>,
     /// Segments started in a recycled file so far.
     recycled: AtomicU64,
+    /// Bytes holding no readable record, by segment, found at opening or by the
+    /// reader: it jumps them (see `recover`).
+    holes: Mutex<Vec<(u64, Hole)>>,
     size: metrics::SpoolSize,
 }
 
@@ -181,6 +192,55 @@ impl Shared {
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn holes(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Hole)>> {
+        self.holes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies a hole's bytes to the quarantine, counts it, logs it at error level and
+    /// tells the reader to jump it. An error (the copy failed) is the caller's to act
+    /// on: the bytes must not be freed uncopied.
+    fn quarantine(&self, segment: u64, file: &File, hole: Hole, why: &str) -> io::Result<()> {
+        let lost = hole.to_seq - hole.from_seq;
+        let kept = if hole.len > 0 {
+            Some(recover::quarantine(&self.dir, segment, file, &hole)?)
+        } else {
+            None
+        };
+        tracing::error!(segment, offset = hole.offset, bytes = hole.len, first_lost_seq = hole.from_seq,
+            lost_records = lost, next_seq = hole.to_seq, error = why,
+            quarantined = %kept.as_ref().map_or_else(String::new, |p| p.display().to_string()),
+            "unreadable bytes in the spool: kept in quarantine, delivery goes on after them");
+        metrics::spool_quarantined(hole.len, lost);
+        let mut holes = self.holes();
+        if !holes.contains(&(segment, hole)) {
+            holes.push((segment, hole));
+        }
+        Ok(())
+    }
+
+    /// A hole known to start at `offset` of segment `segment`.
+    fn hole_at(&self, segment: u64, offset: u64) -> Option<Hole> {
+        self.holes()
+            .iter()
+            .find(|(s, h)| *s == segment && h.offset == offset)
+            .map(|(_, h)| *h)
+    }
+}
+
+/// An append the writer has: resolves to its sequence once synced, or the refusal.
+pub struct Pending(oneshot::Receiver<Result<u64, AppendError>>);
+
+impl std::future::Future for Pending {
+    type Output = Result<u64, AppendError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(AppendError::Closed)))
+    }
 }
 
 /// Handle for appending; cheap to clone into every request task.
@@ -198,30 +258,36 @@ pub struct Spool {
 pub struct Recovery {
     /// Records found from the cursor on: they will be published again.
     pub pending: u64,
-    /// Bytes cut from a torn or corrupt tail.
+    /// Bytes cut from a torn tail (never answered 200).
     pub truncated_bytes: u64,
+    /// Bytes of damage copied to `quarantine/` (see `recover`).
+    pub quarantined_bytes: u64,
+    /// Records lost in that damage.
+    pub lost_records: u64,
 }
 
 pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
 
+#[cfg(test)]
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Spool {
-    /// Opens (or creates) the spool, recovers its tail, remembers the ids it holds
-    /// in `dedup`, and starts the writer thread. Returns the reader the forwarder uses.
+    /// Opens (or creates) the spool, recovers it (see `recover`), hands every record
+    /// it holds to `each` (the dedup window remembers their ids), and starts the
+    /// writer thread. Returns the reader the forwarder uses.
     pub fn open(
         dir: &Path,
         max_bytes: u64,
         segment_bytes: u64,
-        dedup: &Dedup,
+        each: impl FnMut(&Record),
     ) -> Result<(Spool, Reader, Recovery), OpenError> {
-        Spool::open_with(dir, max_bytes, segment_bytes, dedup, false)
+        Spool::open_with(dir, max_bytes, segment_bytes, each, false)
     }
 
     /// `wait_for_prepared`: a roll waits for the segment being zero-filled instead of
@@ -230,7 +296,7 @@ impl Spool {
         dir: &Path,
         max_bytes: u64,
         segment_bytes: u64,
-        dedup: &Dedup,
+        mut each: impl FnMut(&Record),
         wait_for_prepared: bool,
     ) -> Result<(Spool, Reader, Recovery), OpenError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -258,58 +324,100 @@ impl Spool {
             }
         }
         bases.sort_unstable();
-        let stored_cursor = read_cursor(dir);
+        let stored = read_cursor(dir);
+        let stored_cursor = stored.map(|(c, _)| c);
+        // Every record before this was fdatasync'd as of the last checkpoint.
+        let synced_end = stored.map_or(0, |(_, synced)| synced);
 
         let mut recovery = Recovery::default();
         let mut segments = Vec::new();
-        let now = now_ns();
+        let mut holes = Vec::new();
         let mut next_seq = stored_cursor.unwrap_or(0);
         // Whether the last segment's records end in `record::END` (it was recycled).
         let mut marked_end = false;
+        // The last segment holds damage: appends go to a new one.
+        let mut sealed_by_damage = false;
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(dir, base);
             let last = i + 1 == bases.len();
-            let scan = scan_segment(&path, base, |rec| {
-                let age = Duration::from_nanos(now.saturating_sub(rec.event.received_at_ns));
-                dedup.remember(dedup.key(&rec.event.source, &rec.event.id), age);
-            })
-            .map_err(io_err(&path))?;
-            if let Some((err, at)) = &scan.bad_tail {
-                // Preallocated zeros after the bad bytes are not counted as cut.
-                let cut = scan.data_end.saturating_sub(*at);
-                if last {
-                    tracing::warn!(segment = %path.display(), offset = at, bytes = cut, error = %err,
-                        "spool tail is torn or corrupt; truncating it (no request was answered 200 for it)");
+            // Every byte of a segment before the last was synced before the next
+            // segment was written to: nothing there is a torn write.
+            let (expect_until, seq_limit) = match bases.get(i + 1) {
+                Some(&next) => (next, next),
+                None => (synced_end, u64::MAX),
+            };
+            let mut scan = recover::scan_segment(&path, base, expect_until, seq_limit, &mut each)
+                .map_err(io_err(&path))?;
+            if let Some(tail) = scan.bad_tail.take() {
+                let cut = scan.data_end.saturating_sub(tail.offset);
+                if last && tail.seq >= synced_end {
+                    tracing::warn!(segment = %path.display(), offset = tail.offset, bytes = cut, error = %tail.why,
+                        "spool tail is torn; truncating it (it was never synced, so no request was answered 200 for it)");
                     let mut f = OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .map_err(io_err(&path))?;
                     if scan.data_end < scan.file_len {
                         // Zero the bad bytes, keeping the preallocated space after them.
-                        f.seek(SeekFrom::Start(*at)).map_err(io_err(&path))?;
+                        f.seek(SeekFrom::Start(tail.offset))
+                            .map_err(io_err(&path))?;
                         f.write_all(&vec![0; cut as usize]).map_err(io_err(&path))?;
                     } else {
-                        f.set_len(*at).map_err(io_err(&path))?;
+                        f.set_len(tail.offset).map_err(io_err(&path))?;
                     }
                     f.sync_all().map_err(io_err(&path))?;
+                    recovery.truncated_bytes += cut;
+                    metrics::spool_truncated(cut);
                 } else {
-                    tracing::error!(segment = %path.display(), offset = at, bytes = cut, error = %err,
-                        "corrupt record inside a sealed spool segment; the rest of that segment is skipped");
-                    metrics::spool_corrupt_record();
+                    // Damage where records are known to be: up to the next segment,
+                    // or up to the last synced record.
+                    let to_seq = if last {
+                        synced_end.max(tail.seq)
+                    } else {
+                        seq_limit
+                    };
+                    scan.holes.push(Hole {
+                        offset: tail.offset,
+                        len: cut,
+                        from_seq: tail.seq,
+                        to_seq,
+                    });
+                    scan.next_seq = to_seq;
+                    scan.good_len = scan.data_end;
                 }
-                recovery.truncated_bytes += cut;
-                metrics::spool_truncated(cut);
             }
-            let bytes = if last { scan.good_len } else { scan.file_len };
+            let damaged = !scan.holes.is_empty();
+            if damaged {
+                let file = File::open(&path).map_err(io_err(&path))?;
+                for hole in &scan.holes {
+                    if hole.len > 0 {
+                        recover::quarantine(dir, base, &file, hole).map_err(io_err(&path))?;
+                    }
+                    tracing::error!(segment = %path.display(), offset = hole.offset, bytes = hole.len,
+                        first_lost_seq = hole.from_seq, lost_records = hole.to_seq - hole.from_seq,
+                        next_seq = hole.to_seq,
+                        "unreadable bytes in the spool where acknowledged records are: kept in quarantine, delivery goes on after them");
+                    metrics::spool_quarantined(hole.len, hole.to_seq - hole.from_seq);
+                    recovery.quarantined_bytes += hole.len;
+                    recovery.lost_records += hole.to_seq - hole.from_seq;
+                    holes.push((base, *hole));
+                }
+            }
+            let bytes = if last && !damaged {
+                scan.good_len
+            } else {
+                scan.file_len
+            };
             segments.push(Segment {
                 base,
                 bytes,
                 // Not if it holds records of the first version, which a later use
                 // would not tell from its own, or bytes of unknown origin.
-                recyclable: !scan.unsequenced && scan.bad_tail.is_none(),
+                recyclable: !scan.unsequenced && !damaged,
             });
-            next_seq = base + scan.records;
+            next_seq = scan.next_seq;
             marked_end = scan.marked_end;
+            sealed_by_damage = last && damaged;
         }
         let first_base = segments.first().map_or(next_seq, |s| s.base);
         let cursor = stored_cursor
@@ -318,7 +426,7 @@ impl Spool {
         recovery.pending = next_seq - cursor;
 
         let (active, preallocated) = match segments.last() {
-            Some(seg) => {
+            Some(seg) if !sealed_by_damage => {
                 let path = segment_path(dir, seg.base);
                 // Records go after the last good one (the writer writes at offsets),
                 // over any preallocated zeros or old records.
@@ -329,7 +437,8 @@ impl Spool {
                 let len = f.metadata().map_err(io_err(&path))?.len();
                 (f, len > seg.bytes)
             }
-            None => {
+            _ => {
+                marked_end = false;
                 let f = create_segment(dir, next_seq).map_err(io_err(dir))?;
                 segments.push(Segment {
                     base: next_seq,
@@ -355,6 +464,7 @@ impl Spool {
             sync_interval_us: AtomicU64::new(0),
             spare: spare.clone(),
             recycled: AtomicU64::new(0),
+            holes: Mutex::new(holes),
             size: metrics::SpoolSize::register(),
         });
         let lock = Arc::new(lock);
@@ -396,12 +506,20 @@ impl Spool {
 
     /// Makes one event durable; resolves after the fdatasync covering it. The record
     /// is framed here, on the caller's task, not on the writer thread.
-    pub async fn append(&self, mut event: Event) -> Result<u64, AppendError> {
-        let frame = encode(&event);
+    pub async fn append(&self, event: Event) -> Result<u64, AppendError> {
+        self.submit(event).await?.await
+    }
+
+    /// Hands one event to the writer; the [`Pending`] resolves after the fdatasync
+    /// covering it. Once this returns, the append happens whether or not anyone
+    /// awaits it: a caller that may be cancelled keeps the `Pending` to learn the
+    /// outcome (the dedup reservation is committed or released by it).
+    pub async fn submit(&self, mut event: Event) -> Result<Pending, AppendError> {
+        let frame = encode(&event).map_err(AppendError::Unframable)?;
         // The body ends the frame. Kept as a slice of it, the event handed to the
         // forwarder holds one exact allocation instead of pinning the connection's
         // read buffer (which a small body may share with much more) until confirmed.
-        event.body = frame.slice(frame.len() - event.body.len()..);
+        event.body = frame.slice(record::body_range(frame.len(), event.body.len()));
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Append {
@@ -411,7 +529,7 @@ impl Spool {
             })
             .await
             .map_err(|_| AppendError::Closed)?;
-        rx.await.map_err(|_| AppendError::Closed)?
+        Ok(Pending(rx))
     }
 
     /// Lets the writer wait until `interval` has passed since its previous sync began
@@ -510,10 +628,12 @@ impl Spool {
     }
 
     /// Writes the cursor file (atomically, via rename) and returns the cursor written.
-    /// Losing it only causes duplicates.
+    /// Losing it only causes duplicates. It also records how far the log was synced,
+    /// so that recovery can tell damage to acknowledged records from a torn write.
     fn persist_cursor(&self, cursor: u64) -> io::Result<u64> {
         let dir = &self.shared.dir;
         let mut buf = cursor.to_le_bytes().to_vec();
+        buf.extend_from_slice(&self.durable_end().to_le_bytes());
         buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
         let tmp = dir.join("cursor.tmp");
         let mut f = File::create(&tmp)?;
@@ -524,17 +644,24 @@ impl Spool {
     }
 }
 
-fn read_cursor(dir: &Path) -> Option<u64> {
+/// The persisted cursor and, when recorded, the sequence every record before which
+/// was synced (files written before it was recorded hold the cursor alone).
+fn read_cursor(dir: &Path) -> Option<(u64, u64)> {
     let buf = fs::read(dir.join("cursor")).ok()?;
-    if buf.len() != 12 {
+    if buf.len() != 12 && buf.len() != 20 {
         return None;
     }
-    let (value, crc) = buf.split_at(8);
+    let (value, crc) = buf.split_at(buf.len() - 4);
     if crc32c::crc32c(value).to_le_bytes() != crc {
         tracing::warn!("spool cursor file is corrupt; replaying from the oldest segment");
         return None;
     }
-    Some(u64::from_le_bytes(value.try_into().ok()?))
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&value[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    Some((word(0), if value.len() == 16 { word(8) } else { 0 }))
 }
 
 /// Creates a segment and syncs the directory so its name survives a crash.
@@ -545,89 +672,6 @@ fn create_segment(dir: &Path, base: u64) -> io::Result<File> {
         .open(segment_path(dir, base))?;
     File::open(dir)?.sync_all()?;
     Ok(f)
-}
-
-struct Scan {
-    records: u64,
-    good_len: u64,
-    file_len: u64,
-    /// Just past the last non-zero byte: preallocated zeros may follow.
-    data_end: u64,
-    bad_tail: Option<(ReadError, u64)>,
-    /// The records end in `record::END`: what follows is left from an earlier use.
-    marked_end: bool,
-    /// Some record's CRC does not cover its sequence (written by an earlier version).
-    unsequenced: bool,
-}
-
-/// Reads every valid record of a segment, stopping at the first bad one.
-fn scan_segment(path: &Path, base: u64, mut each: impl FnMut(&Record)) -> io::Result<Scan> {
-    let file = File::open(path)?;
-    let file_len = file.metadata()?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut scan = Scan {
-        records: 0,
-        good_len: 0,
-        file_len,
-        data_end: 0,
-        bad_tail: None,
-        marked_end: false,
-        unsequenced: false,
-    };
-    loop {
-        let frame = match read_frame(&mut r, base + scan.records) {
-            Ok(Frame::Record(f)) => f,
-            Ok(Frame::End { marked }) => {
-                scan.marked_end = marked;
-                break;
-            }
-            Err(ReadError::Io(e)) => return Err(e),
-            Err(e) => {
-                scan.bad_tail = Some((e, scan.good_len));
-                break;
-            }
-        };
-        let len = frame.len() as u64;
-        scan.unsequenced |= !record::is_sequenced(&frame);
-        match decode(base + scan.records, frame) {
-            Ok(rec) => each(&rec),
-            Err(e) => {
-                scan.bad_tail = Some((e.into(), scan.good_len));
-                break;
-            }
-        }
-        scan.records += 1;
-        scan.good_len += record::HEADER_LEN as u64 + len;
-    }
-    scan.data_end = if scan.good_len < file_len && !scan.marked_end {
-        data_end(&mut r, scan.good_len)?
-    } else {
-        scan.good_len
-    };
-    // Preallocated zeros may follow the records; anything else there is the remains
-    // of a write that never completed.
-    if scan.bad_tail.is_none() && scan.data_end > scan.good_len {
-        let e = DecodeError::Malformed("bytes after the end of the records");
-        scan.bad_tail = Some((e.into(), scan.good_len));
-    }
-    Ok(scan)
-}
-
-/// Offset just past the last non-zero byte at or after `from` (`from` if none).
-fn data_end(r: &mut BufReader<File>, from: u64) -> io::Result<u64> {
-    r.seek(SeekFrom::Start(from))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let (mut pos, mut end) = (from, from);
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok(end);
-        }
-        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
-            end = pos + i as u64 + 1;
-        }
-        pos += n as u64;
-    }
 }
 
 /// The single thread that writes and syncs.
@@ -895,6 +939,9 @@ pub struct Reader {
     resume_at: Option<(u64, u64)>,
     /// `Shared::swaps` as of opening `file`.
     swaps: u64,
+    /// Damage at this offset of the segment being written reached its synced end:
+    /// the next read looks for newer records after it.
+    resync: Option<u64>,
     _lock: Arc<File>,
 }
 
@@ -924,6 +971,7 @@ impl Reader {
             segment_base: base,
             next_seq: base,
             resume_at: None,
+            resync: None,
             _lock: lock,
         };
         // Skip what was confirmed before the restart.
@@ -976,6 +1024,7 @@ impl Reader {
             bytes += s.record.event.body.len();
             self.next_seq += 1;
             self.resume_at = Some((s.segment, s.end));
+            self.resync = None;
             out.push(s.record);
         }
         out
@@ -1005,33 +1054,128 @@ impl Reader {
             return Ok(Vec::new());
         }
         let end = *self.durable.borrow();
+        if let Some(at) = self.resync.take()
+            && !self.bad_bytes(at, "unreadable bytes (found earlier)", end)?
+        {
+            return Ok(Vec::new());
+        }
         let mut out: Vec<Record> = Vec::new();
         let mut bytes = 0;
         while out.len() < max && self.next_seq < end && (out.is_empty() || bytes < max_body_bytes) {
-            let mut at = At {
+            let at = self.pos;
+            let mut reading = At {
                 file: &self.file,
                 pos: &mut self.pos,
             };
-            match read_frame(&mut at, self.next_seq) {
+            let why = match read_frame(&mut reading, self.next_seq) {
                 Ok(Frame::Record(frame)) => match decode(self.next_seq, frame) {
                     Ok(rec) => {
                         self.next_seq += 1;
                         bytes += rec.event.body.len();
                         out.push(rec);
+                        continue;
                     }
-                    Err(e) => self.skip_corrupt(&e.into())?,
+                    Err(e) => e.to_string(),
                 },
-                // End of a sealed segment: the next record starts the next one.
-                Ok(Frame::End { .. }) => {
-                    if !self.next_segment()? {
-                        break;
-                    }
-                }
                 Err(ReadError::Io(e)) => return Err(e),
-                Err(e) => self.skip_corrupt(&e)?,
+                // The end of a sealed segment's records (its later bytes may be left
+                // from an earlier use): the next record starts the next segment.
+                Ok(Frame::End { .. }) | Err(ReadError::Decode(DecodeError::OtherSequence(_)))
+                    if self.next_segment_base() == Some(self.next_seq) =>
+                {
+                    self.next_segment()?;
+                    continue;
+                }
+                // An intact record of a later sequence where this one should be.
+                Err(ReadError::Decode(DecodeError::OtherSequence(found)))
+                    if found > self.next_seq && found < end =>
+                {
+                    let hole = Hole {
+                        offset: at,
+                        len: 0,
+                        from_seq: self.next_seq,
+                        to_seq: found,
+                    };
+                    self.shared.quarantine(
+                        self.segment_base,
+                        &self.file,
+                        hole,
+                        "records missing",
+                    )?;
+                    self.pos = at;
+                    self.next_seq = found;
+                    continue;
+                }
+                Ok(Frame::End { .. }) => "the records end before the last synced one".into(),
+                Err(ReadError::Decode(e)) => e.to_string(),
+            };
+            if !self.bad_bytes(at, &why, end)? {
+                break;
             }
         }
         Ok(out)
+    }
+
+    /// The bytes at `at` are not record `next_seq`, which is synced: damage (or the
+    /// segment was freed under the reader). Moves past it to the next intact record,
+    /// keeping the bad bytes in quarantine (see `recover`); false when none is there
+    /// yet (the damage reaches the end of the segment being written: reading resumes
+    /// after it once newer records are synced).
+    fn bad_bytes(&mut self, at: u64, why: &str, end: u64) -> io::Result<bool> {
+        // Not damage: the segment was freed (and perhaps reused) while being read.
+        if !self.listed(self.segment_base) {
+            return self.moved_past(self.segment_base);
+        }
+        let segment = self.segment_base;
+        if let Some(h) = self.shared.hole_at(segment, at) {
+            self.pos = h.offset + h.len;
+            self.next_seq = h.to_seq;
+            return Ok(true);
+        }
+        let next_base = self.next_segment_base();
+        let file_len = self.file.metadata()?.len();
+        let rest = recover::read_at(&self.file, at + 1, file_len.saturating_sub(at + 1))?;
+        let seqs = self.next_seq..next_base.unwrap_or(end);
+        if let Some((off, seq)) = find_record(&rest, seqs) {
+            let next = at + 1 + off as u64;
+            let hole = Hole {
+                offset: at,
+                len: next - at,
+                from_seq: self.next_seq,
+                to_seq: seq,
+            };
+            self.shared.quarantine(segment, &self.file, hole, why)?;
+            self.pos = next;
+            self.next_seq = seq;
+            return Ok(true);
+        }
+        let hole = Hole {
+            offset: at,
+            len: file_len.saturating_sub(at),
+            from_seq: self.next_seq,
+            to_seq: next_base.unwrap_or(end),
+        };
+        self.shared.quarantine(segment, &self.file, hole, why)?;
+        match next_base {
+            Some(_) => self.next_segment(),
+            None => {
+                // Newer records will follow the bad bytes in this segment.
+                self.shared
+                    .holes()
+                    .retain(|(s, h)| !(*s == segment && h.offset == at));
+                self.next_seq = end;
+                self.resync = Some(at);
+                Ok(false)
+            }
+        }
+    }
+
+    fn next_segment_base(&self) -> Option<u64> {
+        self.shared
+            .segments()
+            .iter()
+            .find(|s| s.base > self.segment_base)
+            .map(|s| s.base)
     }
 
     /// Moves to `offset` in segment `base`, (re)opening it by name. A segment the
@@ -1067,21 +1211,6 @@ impl Reader {
 
     fn listed(&self, base: u64) -> bool {
         self.shared.segments().iter().any(|s| s.base == base)
-    }
-
-    fn skip_corrupt(&mut self, e: &ReadError) -> io::Result<()> {
-        // Not corruption: the segment was freed (and perhaps reused) while being read.
-        if !self.listed(self.segment_base) && self.moved_past(self.segment_base)? {
-            return Ok(());
-        }
-        tracing::error!(seq = self.next_seq, segment = self.segment_base, error = %e,
-            "unreadable record in the spool; skipping to the next segment");
-        metrics::spool_corrupt_record();
-        if !self.next_segment()? {
-            // Nothing after it yet: never re-read the bad bytes.
-            self.next_seq = *self.durable.borrow();
-        }
-        Ok(())
     }
 
     fn next_segment(&mut self) -> io::Result<bool> {
@@ -1128,8 +1257,8 @@ mod tests {
         }
     }
 
-    fn dedup() -> Dedup {
-        Dedup::new(Duration::from_secs(3600), 100_000)
+    fn dedup() -> crate::dedup::Dedup {
+        crate::dedup::Dedup::new(Duration::from_secs(3600), 100_000)
     }
 
     async fn append_n(spool: &Spool, range: std::ops::Range<u64>) -> Vec<u64> {
@@ -1156,7 +1285,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (spool, mut reader, rec) =
-                Spool::open(dir.path(), 1 << 20, 4096, &dedup()).unwrap();
+                Spool::open(dir.path(), 1 << 20, 4096, |_: &Record| {}).unwrap();
             assert_eq!(rec, Recovery::default());
             assert_eq!(append_n(&spool, 0..100).await, (0..100).collect::<Vec<_>>());
             let got = read_all(&mut reader);
@@ -1171,7 +1300,10 @@ mod tests {
             assert!(spool.shared.segments()[0].base <= 60);
         }
         let d = dedup();
-        let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 4096, &d).unwrap();
+        let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 4096, |r: &Record| {
+            d.remember(d.key(&r.event.source, &r.event.id), Duration::ZERO)
+        })
+        .unwrap();
         assert_eq!(rec.pending, 40);
         let got = read_all(&mut reader);
         assert_eq!(got.first().map(|r| r.seq), Some(60));
@@ -1190,7 +1322,8 @@ mod tests {
     #[tokio::test]
     async fn memory_and_disk_reads_join_up() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, mut reader, _) = Spool::open(dir.path(), 1 << 20, 1024, &dedup()).unwrap();
+        let (spool, mut reader, _) =
+            Spool::open(dir.path(), 1 << 20, 1024, |_: &Record| {}).unwrap();
         append_n(&spool, 0..10).await;
         let first = reader.take_synced(4, usize::MAX);
         assert_eq!(
@@ -1237,25 +1370,227 @@ mod tests {
         assert!(spool.shared.segments().len() > 2, "1 KiB segments roll");
     }
 
+    /// Offsets of every record in a segment file, from its frame lengths.
+    fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at + 8 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            out.push(at);
+            at += 8 + len;
+        }
+        out
+    }
+
+    fn ids(records: &[Record]) -> Vec<String> {
+        records.iter().map(|r| r.event.id.clone()).collect()
+    }
+
+    fn quarantined(dir: &Path) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = fs::read_dir(dir.join(QUARANTINE_DIR))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            e.metadata().unwrap().len(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// A record that fails its CRC inside a sealed segment, with acknowledged records
+    /// after it there and in later segments: its bytes go to quarantine, and every
+    /// record after it is delivered (before, the rest of the segment was skipped).
+    #[tokio::test]
+    async fn damage_in_a_sealed_segment_is_quarantined_and_skipped_past() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _r, _) =
+                Spool::open_with(dir.path(), 1 << 30, 1024, |_: &Record| {}, true).unwrap();
+            append_n(&spool, 0..40).await;
+            assert!(spool.shared.segments().len() >= 3);
+        }
+        let first = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&first).unwrap();
+        let offsets = frame_offsets(&bytes);
+        assert!(offsets.len() >= 4, "{offsets:?}");
+        // Flip a body byte of the third record, and garble the length of the fourth
+        // (its true end is then unknown: only a scan finds the fifth).
+        bytes[offsets[2] + 30] ^= 0x40;
+        bytes[offsets[3]] ^= 0x77;
+        fs::write(&first, &bytes).unwrap();
+
+        let (_spool, mut reader, rec) =
+            Spool::open(dir.path(), 1 << 30, 1024, |_: &Record| {}).unwrap();
+        assert_eq!(rec.lost_records, 2);
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(rec.quarantined_bytes, (offsets[4] - offsets[2]) as u64);
+        let got = read_all(&mut reader);
+        let want: Vec<String> = (0..40)
+            .filter(|i| *i != 2 && *i != 3)
+            .map(|i| format!("message.read:{i}"))
+            .collect();
+        assert_eq!(ids(&got), want);
+        let q = quarantined(dir.path());
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert_eq!(q[0].1, (offsets[4] - offsets[2]) as u64);
+        assert_eq!(
+            fs::read(dir.path().join(QUARANTINE_DIR).join(&q[0].0)).unwrap(),
+            bytes[offsets[2]..offsets[4]]
+        );
+    }
+
+    /// The frame of the old framing bug: its length counts more bytes than it holds,
+    /// so it swallows the start of the next records. In the last segment, before any
+    /// checkpoint: the records after it were acknowledged and must still be delivered.
+    #[tokio::test]
+    async fn a_frame_longer_than_its_bytes_does_not_take_the_records_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (spool, _r, _) =
+                Spool::open(dir.path(), 1 << 30, 1 << 20, |_: &Record| {}).unwrap();
+            append_n(&spool, 0..20).await;
+        }
+        let seg = segment_path(dir.path(), 0);
+        let mut bytes = fs::read(&seg).unwrap();
+        let offsets = frame_offsets(&bytes);
+        let at = offsets[5];
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        bytes[at..at + 4].copy_from_slice(&(len + 300).to_le_bytes());
+        fs::write(&seg, &bytes).unwrap();
+
+        let (spool, mut reader, rec) =
+            Spool::open(dir.path(), 1 << 30, 1 << 20, |_: &Record| {}).unwrap();
+        assert_eq!(rec.lost_records, 1);
+        let got = read_all(&mut reader);
+        let want: Vec<String> = (0..20)
+            .filter(|i| *i != 5)
+            .map(|i| format!("message.read:{i}"))
+            .collect();
+        assert_eq!(ids(&got), want);
+        // The damaged segment is left as it is; appends go to a new one.
+        assert_eq!(append_n(&spool, 20..21).await, vec![20]);
+        assert_eq!(spool.shared.segments().len(), 2);
+        assert_eq!(ids(&read_all(&mut reader)), vec!["message.read:20"]);
+    }
+
+    /// Bad bytes with nothing intact after them, in the last segment: a torn write if
+    /// they lie past what the last checkpoint recorded as synced (cut, as before), but
+    /// damage to acknowledged records if not (kept in quarantine, never cut).
+    #[tokio::test]
+    async fn only_a_tail_past_the_synced_end_is_cut() {
+        for checkpointed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (spool, _r, _) =
+                    Spool::open(dir.path(), 1 << 30, 1 << 20, |_: &Record| {}).unwrap();
+                append_n(&spool, 0..10).await;
+                if checkpointed {
+                    // Nothing confirmed, but all ten recorded as synced.
+                    spool.checkpoint(0).unwrap();
+                }
+            }
+            let seg = segment_path(dir.path(), 0);
+            let mut bytes = fs::read(&seg).unwrap();
+            let offsets = frame_offsets(&bytes);
+            bytes[offsets[8] + 20] ^= 1;
+            bytes[offsets[9] + 20] ^= 1;
+            fs::write(&seg, &bytes).unwrap();
+            let (spool, mut reader, rec) =
+                Spool::open(dir.path(), 1 << 30, 1 << 20, |_: &Record| {}).unwrap();
+            assert_eq!(ids(&read_all(&mut reader)).len(), 8);
+            if checkpointed {
+                assert_eq!(rec.truncated_bytes, 0);
+                assert_eq!(rec.lost_records, 2);
+                assert_eq!(quarantined(dir.path()).len(), 1);
+                // Sequences are never given twice.
+                assert_eq!(append_n(&spool, 10..11).await, vec![10]);
+            } else {
+                assert!(rec.truncated_bytes > 0);
+                assert_eq!(rec.lost_records, 0);
+                assert!(quarantined(dir.path()).is_empty());
+                assert_eq!(append_n(&spool, 10..11).await, vec![8]);
+            }
+        }
+    }
+
+    /// Damage the reader meets after opening (in a record synced and not read yet):
+    /// quarantined, and reading goes on with the records after it.
+    #[tokio::test]
+    async fn the_reader_skips_past_damage_it_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, mut reader, _) =
+            Spool::open_with(dir.path(), 1 << 30, 1024, |_: &Record| {}, true).unwrap();
+        append_n(&spool, 0..30).await;
+        let seg = segment_path(dir.path(), 0);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        let bytes = fs::read(&seg).unwrap();
+        let offsets = frame_offsets(&bytes);
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0xEE; 3], offsets[1] as u64 + 12).unwrap();
+        drop(f);
+        // From disk, not from the writer's memory.
+        *reader.shared.tail() = Tail::new(TAIL_MAX_BYTES);
+        let got = read_all(&mut reader);
+        let want: Vec<String> = (0..30)
+            .filter(|i| *i != 1)
+            .map(|i| format!("message.read:{i}"))
+            .collect();
+        assert_eq!(ids(&got), want);
+        assert_eq!(quarantined(dir.path()).len(), 1);
+
+        // In the segment being written, up to its synced end: reading resumes with
+        // the next records appended after the bad bytes.
+        let last = spool.shared.segments().last().unwrap().base;
+        append_n(&spool, 30..33).await;
+        let seg = segment_path(dir.path(), last);
+        let bytes = fs::read(&seg).unwrap();
+        let offsets = frame_offsets(&bytes);
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        let n = offsets.len();
+        for &o in &offsets[n - 3..] {
+            std::os::unix::fs::FileExt::write_all_at(&f, &[0xEE; 3], o as u64 + 12).unwrap();
+        }
+        drop(f);
+        *reader.shared.tail() = Tail::new(TAIL_MAX_BYTES);
+        assert!(read_all(&mut reader).is_empty());
+        assert_eq!(reader.position(), 33);
+        append_n(&spool, 33..35).await;
+        *reader.shared.tail() = Tail::new(TAIL_MAX_BYTES);
+        assert_eq!(
+            ids(&read_all(&mut reader)),
+            vec!["message.read:33", "message.read:34"]
+        );
+    }
+
     #[tokio::test]
     async fn torn_tail_is_truncated_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let seg = segment_path(dir.path(), 0);
         let good;
         {
-            let (spool, _r, _) = Spool::open(dir.path(), 1 << 20, 1 << 16, &dedup()).unwrap();
+            let (spool, _r, _) =
+                Spool::open(dir.path(), 1 << 20, 1 << 16, |_: &Record| {}).unwrap();
             // Either kind of segment file: plain, or zero-filled ahead.
             std::thread::sleep(Duration::from_millis(fastrand::u64(0..20)));
             append_n(&spool, 0..10).await;
             good = spool.shared.segments()[0].bytes;
         }
         // Half a record where the next write would have gone.
-        let mut partial = encode(&event(10)).to_vec();
+        let mut partial = encode(&event(10)).unwrap().to_vec();
         seal(&mut partial, 10);
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &partial[..partial.len() / 2], good).unwrap();
         drop(f);
-        let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 1 << 16, &dedup()).unwrap();
+        let (spool, mut reader, rec) =
+            Spool::open(dir.path(), 1 << 20, 1 << 16, |_: &Record| {}).unwrap();
         assert_eq!(rec.truncated_bytes, (partial.len() / 2) as u64);
         assert_eq!(rec.pending, 10);
         let bytes = fs::read(&seg).unwrap();
@@ -1274,7 +1609,7 @@ mod tests {
     #[tokio::test]
     async fn confirmed_segments_are_recycled_without_replaying_their_records() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || Spool::open(dir.path(), 1 << 30, 4096, &dedup()).unwrap();
+        let open = || Spool::open(dir.path(), 1 << 30, 4096, |_: &Record| {}).unwrap();
         let (spool, mut reader, _) = open();
         let mut next = 0;
         // Until the segment being written is a recycled one with, after its records,
@@ -1310,7 +1645,7 @@ mod tests {
                 rec,
                 Recovery {
                     pending: 8,
-                    truncated_bytes: 0
+                    ..Recovery::default()
                 }
             );
             let ids: Vec<String> = read_all(&mut reader)
@@ -1329,7 +1664,7 @@ mod tests {
         let (spool, _r, _) = open();
         let last = *spool.shared.segments().last().unwrap();
         drop((spool, _r));
-        let mut old = encode(&event(3)).to_vec();
+        let mut old = encode(&event(3)).unwrap().to_vec();
         seal(&mut old, 3);
         let f = OpenOptions::new()
             .write(true)
@@ -1354,7 +1689,7 @@ mod tests {
     async fn reading_from_disk_resumes_past_a_segment_freed_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, mut reader, _) =
-            Spool::open_with(dir.path(), 1 << 30, 1024, &dedup(), true).unwrap();
+            Spool::open_with(dir.path(), 1 << 30, 1024, |_: &Record| {}, true).unwrap();
         append_n(&spool, 0..60).await;
         let bases: Vec<u64> = spool.shared.segments().iter().map(|s| s.base).collect();
         assert!(bases.len() >= 4, "{bases:?}");
@@ -1380,7 +1715,7 @@ mod tests {
     async fn a_reader_at_the_end_of_a_segment_reused_under_it_moves_on() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, mut reader, _) =
-            Spool::open_with(dir.path(), 1 << 30, 1024, &dedup(), true).unwrap();
+            Spool::open_with(dir.path(), 1 << 30, 1024, |_: &Record| {}, true).unwrap();
         append_n(&spool, 0..30).await;
         let bases: Vec<u64> = spool.shared.segments().iter().map(|s| s.base).collect();
         assert!(bases.len() >= 3, "{bases:?}");
@@ -1411,7 +1746,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_paced_syncs() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _r, _) = Spool::open(dir.path(), 1 << 24, 1 << 20, &dedup()).unwrap();
+        let (spool, _r, _) = Spool::open(dir.path(), 1 << 24, 1 << 20, |_: &Record| {}).unwrap();
         spool.pace_syncs(Duration::from_millis(50));
         let started = Instant::now();
         let tasks: Vec<_> = (0..40u64)
@@ -1440,7 +1775,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_sender_never_waits_for_the_pacing() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _r, _) = Spool::open(dir.path(), 1 << 24, 1 << 20, &dedup()).unwrap();
+        let (spool, _r, _) = Spool::open(dir.path(), 1 << 24, 1 << 20, |_: &Record| {}).unwrap();
         spool.pace_syncs(Duration::from_millis(300));
         let started = Instant::now();
         append_n(&spool, 0..10).await;
@@ -1454,7 +1789,7 @@ mod tests {
     #[tokio::test]
     async fn full_spool_refuses_then_frees() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, mut reader, _) = Spool::open(dir.path(), 16384, 4096, &dedup()).unwrap();
+        let (spool, mut reader, _) = Spool::open(dir.path(), 16384, 4096, |_: &Record| {}).unwrap();
         let mut accepted = 0;
         let mut i = 0;
         loop {
@@ -1479,9 +1814,9 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let _g = rt.enter();
         let dir = tempfile::tempdir().unwrap();
-        let _a = Spool::open(dir.path(), 1 << 20, 4096, &dedup()).unwrap();
+        let _a = Spool::open(dir.path(), 1 << 20, 4096, |_: &Record| {}).unwrap();
         assert!(matches!(
-            Spool::open(dir.path(), 1 << 20, 4096, &dedup()),
+            Spool::open(dir.path(), 1 << 20, 4096, |_: &Record| {}),
             Err(OpenError::Locked(_))
         ));
     }

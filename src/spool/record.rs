@@ -1,11 +1,14 @@
 //! The on-disk record: `len u32 | crc32c u32 | payload`, little endian.
 //!
-//! The payload holds the event's metadata and its raw body. The CRC covers the
-//! payload and the record's sequence number (version 2; version 1, written before
-//! segments were recycled, covers the payload alone and is still read), so a torn
-//! write (crash mid-append) or a flipped bit is recognised on replay and the tail is
-//! cut there instead of being published, and a record left in a recycled segment
-//! from its earlier use never reads as one of the current log: its sequence differs.
+//! The payload (version 3) is `version u8 | received_at_ns u64 | six strings, each
+//! len u16 + bytes | body_len u32 | body | seq u64`. The CRC covers all of it, the
+//! record's sequence number included, so a torn write (crash mid-append) or a
+//! flipped bit is recognised on replay, and a record left in a recycled segment from
+//! its earlier use never reads as one of the current log: its sequence differs.
+//! Because the sequence is stored, recovery can also find where valid records start
+//! again after bad bytes ([`find_record`]) instead of giving up on what follows.
+//! Version 2 frames (the CRC covers the sequence, which is not stored) and version 1
+//! frames (the CRC covers the payload alone) are still read.
 //!
 //! Where the records end: segments are zero-filled ahead of the writer (see
 //! `prealloc`), so an all-zero header marks the end (no frame has one, its length is
@@ -13,23 +16,36 @@
 //! puts [`END`] after every batch there: the end, with unspecified bytes after it.
 
 use std::io::{self, Read};
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::event::Event;
 
-/// Version of the frames written; the CRC covers the sequence from version 2 on.
-const VERSION: u8 = 2;
+/// Version of the frames written: the sequence is stored at the payload's end.
+const VERSION: u8 = 3;
+/// Frames whose CRC covers the sequence, which is not stored.
+const VERSION_SEQUENCED: u8 = 2;
 /// Frames of this version have a CRC of the payload alone.
 const VERSION_UNSEQUENCED: u8 = 1;
 /// Frame header: payload length and CRC.
 pub const HEADER_LEN: usize = 8;
+/// Bytes of the stored sequence at the end of a version 3 payload.
+const SEQ_LEN: usize = 8;
 /// Marks the end of the records in a segment whose later bytes are left from an
 /// earlier use (a zero length, which no frame has, and a non-zero tag).
 pub const END: [u8; HEADER_LEN] = [0, 0, 0, 0, b'E', b'N', b'D', b'.'];
 /// Larger lengths are corruption, not records (bodies are capped far below this).
 pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
+/// The payload of an event with empty strings and body (version 2; 3 adds the sequence).
+const MIN_PAYLOAD_LEN: usize = 1 + 8 + 6 * 2 + 4;
+/// The largest body a frame carries: what is left of [`MAX_PAYLOAD_LEN`] after the
+/// longest metadata.
+pub const MAX_BODY_LEN: usize = MAX_PAYLOAD_LEN - MIN_PAYLOAD_LEN - SEQ_LEN - 6 * u16::MAX as usize;
+/// Sequences tried for each candidate frame of version 2 (which does not store its
+/// sequence) when looking for valid records after bad bytes.
+const UNSTORED_SEQ_TRIES: u64 = 1024;
 
 /// An event as stored, with its position in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,43 +65,79 @@ pub enum DecodeError {
     BadLength(usize),
     #[error("crc mismatch")]
     BadCrc,
+    /// An intact record of another place in the log (left in a reused segment).
+    #[error("record of sequence {0}")]
+    OtherSequence(u64),
     #[error("malformed payload: {0}")]
     Malformed(&'static str),
 }
 
+/// Why an event cannot be framed. The edge bounds every field far below these
+/// limits (see `event`), so this is a bug caught before anything is written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} is {len} bytes, more than a spool record can hold")]
+pub struct EncodeError {
+    pub field: &'static str,
+    pub len: usize,
+}
+
 /// Frames an event for appending; done by the request task, off the writer thread.
 /// The CRC in the header covers the payload only until [`seal`] adds the sequence.
-pub fn encode(e: &Event) -> Bytes {
-    let strs = [
-        e.source.as_bytes(),
-        e.event_type.as_bytes(),
-        e.id.as_bytes(),
-        e.topic.as_bytes(),
-        e.key.as_bytes(),
-        e.content_type.as_bytes(),
+/// Refuses rather than cuts: a frame is either exactly the event or not written.
+pub fn encode(e: &Event) -> Result<Bytes, EncodeError> {
+    let strs: [(&'static str, &[u8]); 6] = [
+        ("source", e.source.as_bytes()),
+        ("event type", e.event_type.as_bytes()),
+        ("event id", e.id.as_bytes()),
+        ("topic", e.topic.as_bytes()),
+        ("key", e.key.as_bytes()),
+        ("content type", e.content_type.as_bytes()),
     ];
-    let payload_len = 1 + 8 + strs.iter().map(|s| 2 + s.len()).sum::<usize>() + 4 + e.body.len();
+    for (field, s) in strs {
+        if s.len() > u16::MAX as usize {
+            return Err(EncodeError {
+                field,
+                len: s.len(),
+            });
+        }
+    }
+    if e.body.len() > MAX_BODY_LEN {
+        return Err(EncodeError {
+            field: "body",
+            len: e.body.len(),
+        });
+    }
+    let payload_len =
+        1 + 8 + strs.iter().map(|(_, s)| 2 + s.len()).sum::<usize>() + 4 + e.body.len() + SEQ_LEN;
     let mut buf = BytesMut::with_capacity(HEADER_LEN + payload_len);
     buf.put_u32_le(payload_len as u32);
     buf.put_u32_le(0); // CRC, filled in below.
     buf.put_u8(VERSION);
     buf.put_u64_le(e.received_at_ns);
-    for s in strs {
-        // Every string is bounded well below 64 KiB at the edge; clamp defensively.
-        let s = &s[..s.len().min(u16::MAX as usize)];
+    for (_, s) in strs {
         buf.put_u16_le(s.len() as u16);
         buf.put_slice(s);
     }
     buf.put_u32_le(e.body.len() as u32);
     buf.put_slice(&e.body);
     let crc = crc32c::crc32c(&buf[HEADER_LEN..]);
+    buf.put_u64_le(0); // The sequence, written by `seal`.
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
-    buf.freeze()
+    debug_assert_eq!(buf.len(), HEADER_LEN + payload_len);
+    Ok(buf.freeze())
+}
+
+/// Where the body lies in an [`encode`]d frame.
+pub fn body_range(frame_len: usize, body_len: usize) -> Range<usize> {
+    frame_len - SEQ_LEN - body_len..frame_len - SEQ_LEN
 }
 
 /// Binds an [`encode`]d frame to its place in the log, once the writer knows it:
-/// appends the sequence to the payload's CRC (8 bytes of CRC work, not the payload's).
+/// stores the sequence and appends it to the CRC (8 bytes of CRC work, not the
+/// payload's).
 pub fn seal(frame: &mut [u8], seq: u64) {
+    let n = frame.len();
+    frame[n - SEQ_LEN..].copy_from_slice(&seq.to_le_bytes());
     let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let crc = crc32c::crc32c_append(crc, &seq.to_le_bytes());
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -126,14 +178,110 @@ pub fn read_frame(r: &mut impl Read, seq: u64) -> Result<Frame, ReadError> {
     if read_full(r, &mut payload)? < len {
         return Err(DecodeError::Truncated.into());
     }
-    let mut expected = crc32c::crc32c(&payload);
-    if is_sequenced(&payload) {
-        expected = crc32c::crc32c_append(expected, &seq.to_le_bytes());
-    }
-    if expected != crc {
-        return Err(DecodeError::BadCrc.into());
-    }
+    check(&payload, crc, seq)?;
     Ok(Frame::Record(Bytes::from(payload)))
+}
+
+/// Checks a payload's CRC for record `seq`.
+fn check(payload: &[u8], crc: u32, seq: u64) -> Result<(), DecodeError> {
+    let mut expected = crc32c::crc32c(payload);
+    match payload.first() {
+        Some(&VERSION) if payload.len() >= SEQ_LEN => {
+            if expected != crc {
+                return Err(DecodeError::BadCrc);
+            }
+            let stored = stored_seq(payload);
+            return if stored == seq {
+                Ok(())
+            } else {
+                Err(DecodeError::OtherSequence(stored))
+            };
+        }
+        Some(&VERSION_UNSEQUENCED) => {}
+        _ => expected = crc32c::crc32c_append(expected, &seq.to_le_bytes()),
+    }
+    if expected == crc {
+        Ok(())
+    } else {
+        Err(DecodeError::BadCrc)
+    }
+}
+
+fn stored_seq(payload: &[u8]) -> u64 {
+    let mut b = [0u8; SEQ_LEN];
+    b.copy_from_slice(&payload[payload.len() - SEQ_LEN..]);
+    u64::from_le_bytes(b)
+}
+
+/// Looks through `bytes` for the first intact record whose sequence is in `seqs`,
+/// and returns its offset and sequence: where reading picks up again after bad bytes.
+///
+/// Candidates are cheap to rule out (a plausible length, a known version, a stored
+/// sequence in range, a well-formed payload) before the CRC is computed, so a scan
+/// over a segment of garbage costs a pass over its bytes. Version 2 frames do not
+/// store their sequence: the first [`UNSTORED_SEQ_TRIES`] of the range are tried.
+pub fn find_record(bytes: &[u8], seqs: Range<u64>) -> Option<(usize, u64)> {
+    if seqs.is_empty() {
+        return None;
+    }
+    let mut at = 0;
+    while at + HEADER_LEN + MIN_PAYLOAD_LEN <= bytes.len() {
+        if let Some(seq) = record_at(bytes, at, &seqs) {
+            return Some((at, seq));
+        }
+        at += 1;
+    }
+    None
+}
+
+fn record_at(bytes: &[u8], at: usize, seqs: &Range<u64>) -> Option<u64> {
+    let header = &bytes[at..at + HEADER_LEN];
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if !(MIN_PAYLOAD_LEN..=MAX_PAYLOAD_LEN).contains(&len) {
+        return None;
+    }
+    let payload = bytes.get(at + HEADER_LEN..at + HEADER_LEN + len)?;
+    match payload[0] {
+        VERSION => {
+            if len < MIN_PAYLOAD_LEN + SEQ_LEN || !seqs.contains(&stored_seq(payload)) {
+                return None;
+            }
+            if !well_formed(&payload[..len - SEQ_LEN]) {
+                return None;
+            }
+            let seq = stored_seq(payload);
+            check(payload, crc, seq).ok().map(|()| seq)
+        }
+        VERSION_SEQUENCED => {
+            if !well_formed(payload) {
+                return None;
+            }
+            let base = crc32c::crc32c(payload);
+            let last = seqs.end.min(seqs.start.saturating_add(UNSTORED_SEQ_TRIES));
+            (seqs.start..last).find(|s| crc32c::crc32c_append(base, &s.to_le_bytes()) == crc)
+        }
+        _ => None,
+    }
+}
+
+/// Whether the metadata lengths of a payload (without a stored sequence) add up.
+fn well_formed(mut p: &[u8]) -> bool {
+    if p.len() < MIN_PAYLOAD_LEN {
+        return false;
+    }
+    p.advance(1 + 8);
+    for _ in 0..6 {
+        if p.remaining() < 2 {
+            return false;
+        }
+        let n = p.get_u16_le() as usize;
+        if p.remaining() < n {
+            return false;
+        }
+        p.advance(n);
+    }
+    p.remaining() >= 4 && p.get_u32_le() as usize == p.remaining()
 }
 
 /// Either the disk failed us or the bytes are not a record.
@@ -174,8 +322,13 @@ pub fn decode(seq: u64, mut payload: Bytes) -> Result<Record, DecodeError> {
         String::from_utf8(p.split_to(len).to_vec()).map_err(|_| DecodeError::Malformed("utf-8"))
     }
     need(&payload, 9)?;
-    if !matches!(payload.get_u8(), VERSION | VERSION_UNSEQUENCED) {
-        return Err(DecodeError::Malformed("unknown version"));
+    match payload.get_u8() {
+        VERSION => {
+            need(&payload, 8 + SEQ_LEN)?;
+            payload.truncate(payload.len() - SEQ_LEN);
+        }
+        VERSION_SEQUENCED | VERSION_UNSEQUENCED => {}
+        _ => return Err(DecodeError::Malformed("unknown version")),
     }
     let received_at_ns = payload.get_u64_le();
     let source = string(&mut payload)?;
@@ -222,7 +375,7 @@ mod tests {
     }
 
     fn sealed(e: &Event, seq: u64) -> Vec<u8> {
-        let mut frame = encode(e).to_vec();
+        let mut frame = encode(e).unwrap().to_vec();
         seal(&mut frame, seq);
         frame
     }
@@ -240,6 +393,31 @@ mod tests {
         let framed = sealed(&e, 9);
         let payload = payload(read_frame(&mut &framed[..], 9).unwrap());
         assert_eq!(decode(9, payload).unwrap(), Record { seq: 9, event: e });
+        let frame = encode(&event(3)).unwrap();
+        assert_eq!(
+            &frame[body_range(frame.len(), event(3).body.len())],
+            &event(3).body[..]
+        );
+    }
+
+    /// A field the record cannot carry is refused, never cut: cutting it once made
+    /// the frame's length disagree with its bytes, and recovery then cut every
+    /// record after it as a torn tail.
+    #[test]
+    fn fields_too_long_to_frame_are_refused() {
+        let mut e = event(1);
+        e.content_type = "x".repeat(70 * 1024);
+        assert_eq!(
+            encode(&e),
+            Err(EncodeError {
+                field: "content type",
+                len: 70 * 1024
+            })
+        );
+        e.content_type = "x".repeat(u16::MAX as usize);
+        let framed = sealed(&e, 4);
+        let back = decode(4, payload(read_frame(&mut &framed[..], 4).unwrap())).unwrap();
+        assert_eq!(back.event, e);
     }
 
     /// A record left in a recycled segment is never read as another sequence's.
@@ -250,26 +428,50 @@ mod tests {
             assert!(
                 matches!(
                     read_frame(&mut &framed[..], seq),
-                    Err(ReadError::Decode(DecodeError::BadCrc))
+                    Err(ReadError::Decode(DecodeError::OtherSequence(9)))
                 ),
                 "read at {seq}"
             );
         }
         // Not sealed at all (the writer always seals): no sequence matches either.
-        let unsealed = encode(&event(3));
+        let unsealed = encode(&event(3)).unwrap();
         assert!(read_frame(&mut &unsealed[..], 9).is_err());
     }
 
-    /// Spools written before the sequence was in the CRC still replay after an upgrade.
+    /// Frames written by version 2 (sequence in the CRC, not stored) and version 1
+    /// (no sequence at all) still read after an upgrade.
     #[test]
-    fn version_1_frames_still_read() {
+    fn older_frames_still_read() {
         let e = event(4);
-        let mut framed = encode(&e).to_vec();
-        framed[HEADER_LEN] = VERSION_UNSEQUENCED;
-        let crc = crc32c::crc32c(&framed[HEADER_LEN..]);
-        framed[4..8].copy_from_slice(&crc.to_le_bytes());
-        let payload = payload(read_frame(&mut &framed[..], 77).unwrap());
-        assert_eq!(decode(77, payload).unwrap().event, e);
+        let v2 = |seq: Option<u64>| {
+            let mut framed = encode(&e).unwrap().to_vec();
+            framed.truncate(framed.len() - SEQ_LEN);
+            let len = (framed.len() - HEADER_LEN) as u32;
+            framed[..4].copy_from_slice(&len.to_le_bytes());
+            framed[HEADER_LEN] = if seq.is_some() {
+                VERSION_SEQUENCED
+            } else {
+                VERSION_UNSEQUENCED
+            };
+            let mut crc = crc32c::crc32c(&framed[HEADER_LEN..]);
+            if let Some(s) = seq {
+                crc = crc32c::crc32c_append(crc, &s.to_le_bytes());
+            }
+            framed[4..8].copy_from_slice(&crc.to_le_bytes());
+            framed
+        };
+        let framed = v2(None);
+        let payload1 = payload(read_frame(&mut &framed[..], 77).unwrap());
+        assert_eq!(decode(77, payload1).unwrap().event, e);
+        let framed = v2(Some(78));
+        let payload2 = payload(read_frame(&mut &framed[..], 78).unwrap());
+        assert_eq!(decode(78, payload2).unwrap().event, e);
+        assert!(read_frame(&mut &framed[..], 79).is_err());
+        // And are found after bad bytes, within the tries.
+        let mut bytes = vec![0xAB; 100];
+        bytes.extend_from_slice(&framed);
+        assert_eq!(find_record(&bytes, 70..2000), Some((100, 78)));
+        assert_eq!(find_record(&bytes, 79..2000), None);
     }
 
     #[test]
@@ -309,5 +511,24 @@ mod tests {
             bad[i] ^= 0x10;
             assert!(read_frame(&mut &bad[..], 5).is_err(), "flip at {i}");
         }
+    }
+
+    /// After garbage, a flipped record or a torn one, the next intact record of
+    /// the range is found wherever it starts; records outside the range are not.
+    #[test]
+    fn the_next_record_is_found_after_bad_bytes() {
+        let mut bytes = vec![0x5A; 13];
+        let mut broken = sealed(&event(1), 10);
+        broken[30] ^= 1;
+        bytes.extend_from_slice(&broken);
+        let torn = sealed(&event(2), 11);
+        bytes.extend_from_slice(&torn[..torn.len() / 2]);
+        let at = bytes.len();
+        bytes.extend_from_slice(&sealed(&event(3), 12));
+        assert_eq!(find_record(&bytes, 10..100), Some((at, 12)));
+        assert_eq!(find_record(&bytes, 13..100), None, "outside the range");
+        assert_eq!(find_record(&bytes, 0..12), None, "outside the range");
+        assert_eq!(find_record(&bytes[..bytes.len() - 1], 10..100), None);
+        assert_eq!(find_record(&[], 0..100), None);
     }
 }

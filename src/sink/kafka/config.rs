@@ -145,7 +145,7 @@ impl KafkaSinkConfig {
             }
         }
         if let Some(t) = &self.dlq_topic
-            && !crate::config::is_topic_safe(t)
+            && (!crate::event::is_sane_name(t) || t.len() > crate::event::MAX_TOPIC_LEN)
         {
             return p("dlq_topic", format!("'{t}' is not a legal topic name"));
         }
