@@ -173,7 +173,7 @@ pub async fn run(
     };
     let durable = config.sources.values().any(|s| s.ack == AckMode::Durable);
     let (drain_tx, drain_rx) = watch::channel(None);
-    let mut forwarding = None;
+    let mut forwarding: Option<tokio::task::JoinHandle<()>> = None;
     let mut spool = None;
     if durable {
         let (s, reader, recovery) = Spool::open(
@@ -256,6 +256,7 @@ pub async fn run(
                 .iter()
                 .filter_map(|p| crate::guard::parse_net(p))
                 .collect(),
+            unverified_rate_limit: config.server.unverified_rate_limit,
         },
     ));
     metrics::spawn_upkeep(prometheus.clone());
@@ -278,11 +279,32 @@ pub async fn run(
 
     let deadline_len = config.drain_deadline();
     let started = std::cell::Cell::new(None::<Instant>);
+    // Set when the forwarder ended while the process was running: what is accepted
+    // from then on would never be delivered, so stop (non-zero) to be restarted.
+    let forwarder_died = std::cell::Cell::new(false);
     server::serve(
         listener,
         app.clone(),
         async {
-            shutdown.await;
+            let ended = async {
+                match forwarding.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown => {}
+                result = ended => {
+                    app.delivering.store(false, std::sync::atomic::Ordering::Relaxed);
+                    forwarder_died.set(true);
+                    let why = match result {
+                        Ok(()) => "it returned".to_string(),
+                        Err(e) if e.is_panic() => format!("it panicked: {}", crate::sink::panic_text(&*e.into_panic())),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::error!(reason = %why, "the forwarder stopped while running; not ready, shutting down to be restarted");
+                }
+            }
             started.set(Some(Instant::now()));
             metrics::ready(false);
             tracing::info!(deadline = ?deadline_len, "shutting down: not ready, no new connections, draining");
@@ -291,6 +313,9 @@ pub async fn run(
         tls,
     )
     .await;
+    if forwarder_died.get() {
+        forwarding = None;
+    }
     let deadline = started.get().unwrap_or_else(Instant::now) + deadline_len;
     let _ = drain_tx.send(Some(deadline));
     if let Some(mut f) = forwarding {
@@ -340,5 +365,8 @@ pub async fn run(
         .as_ref()
         .map_or(0, |s| s.durable_end().saturating_sub(s.cursor()));
     tracing::info!(unconfirmed, "stopped");
+    if forwarder_died.get() {
+        anyhow::bail!("the forwarder stopped while running (see the log); exiting to be restarted");
+    }
     Ok(())
 }

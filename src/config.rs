@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Serve the webhook listener over HTTPS (for senders that require it, without an ingress).
     pub tls: Option<TlsConfig>,
+    /// Failed signature checks each client address may make (per second, and in a
+    /// burst) before its failures are answered 429 instead of 401. Verified requests
+    /// never spend it, and failures never spend a source's `rate_limit`.
+    pub unverified_rate_limit: RateLimit,
 }
 
 /// PEM files for the native TLS listener; re-read when they change on disk.
@@ -86,6 +90,10 @@ impl Default for ServerConfig {
             drain_deadline_secs: 30,
             trusted_proxies: Vec::new(),
             tls: None,
+            unverified_rate_limit: RateLimit {
+                per_second: 5.0,
+                burst: 100,
+            },
         }
     }
 }
@@ -570,6 +578,13 @@ impl Config {
         if s.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be greater than 0"));
         }
+        let u = &s.unverified_rate_limit;
+        if !(u.per_second > 0.0 && u.per_second.is_finite()) || u.burst == 0 {
+            return Err(invalid(
+                "server.unverified_rate_limit",
+                "per_second must be > 0 and burst >= 1",
+            ));
+        }
         let sp = &self.spool;
         if sp.segment_bytes < 4096 {
             return Err(invalid("spool.segment_bytes", "must be at least 4096"));
@@ -916,6 +931,48 @@ impl SourceConfig {
             return Some(format!("header:{h}"));
         }
         self.scheme.preset().id_from.map(str::to_string)
+    }
+
+    /// Headers whose values the scheme's signature covers (lowercase).
+    pub fn signed_headers(&self) -> Vec<String> {
+        let fixed: &[&str] = match self.scheme {
+            Scheme::StandardWebhooks => &["webhook-id", "webhook-timestamp"],
+            Scheme::Slack => &["x-slack-request-timestamp"],
+            Scheme::Zoom => &["x-zm-request-timestamp"],
+            _ => &[],
+        };
+        let mut out: Vec<String> = fixed.iter().map(|h| h.to_string()).collect();
+        if let Some(h) = &self.hmac {
+            if h.content.contains("{timestamp}")
+                && let Some(t) = &h.timestamp_header
+            {
+                out.push(t.to_ascii_lowercase());
+            }
+            if h.content.contains("{id}")
+                && let Some(i) = &h.id_header
+            {
+                out.push(i.to_ascii_lowercase());
+            }
+        }
+        out
+    }
+
+    /// Whether the event id may come from outside what the signature covers (a header
+    /// it does not sign, or a literal): then anyone who saw one delivery could send it
+    /// again under a fresh id, and the source needs a replay guard keyed by the signed
+    /// bytes. Ids from the body (pointers, form fields, the digest) are signed.
+    pub fn id_is_unsigned(&self) -> bool {
+        let Some(spec) = self.id_from() else {
+            return false;
+        };
+        let signed = self.signed_headers();
+        spec.split('|').map(str::trim).any(|loc| {
+            if let Some(h) = loc.strip_prefix("header:") {
+                !signed.contains(&h.to_ascii_lowercase())
+            } else {
+                loc.starts_with("literal:")
+            }
+        })
     }
 
     pub fn secret_sources(&self) -> Vec<crate::verify::SecretSource> {

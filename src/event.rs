@@ -630,6 +630,8 @@ pub struct Extractor {
     allow: Option<HashSet<String>>,
     /// Every JSON pointer of `event_from` and `id_from`, looked up in one pass.
     pointers: Vec<Pointer>,
+    /// The id may come from outside the signature (see [`Extractor::replay_guard`]).
+    guarded: bool,
 }
 
 impl Extractor {
@@ -655,7 +657,17 @@ impl Extractor {
             id: Template::compile(&cfg.id_template),
             allow: cfg.events.as_ref().map(|e| e.iter().cloned().collect()),
             pointers,
+            guarded: cfg.id_is_unsigned(),
         })
+    }
+
+    /// For a source whose event id the signature does not cover (GitHub's delivery
+    /// header, say), a second dedup key made of the event type and a digest of the
+    /// signed body: the same body sent again under a fresh id is then a duplicate.
+    /// `None` where the id is part of what was signed.
+    pub fn replay_guard(&self, event: &Event) -> Option<String> {
+        self.guarded
+            .then(|| format!("{}:{}", event.event_type, body_digest(&event.body)))
     }
 
     /// The topic events of `event_type` go to (for registering metrics up front).
@@ -859,6 +871,131 @@ mod tests {
             publish(&x, r#"{"event":"a","data":{"messageId":"a\nb"}}"#),
             Err(ExtractError::InvalidId)
         );
+    }
+
+    /// Ids are the number's own text: two ids that one float would round together
+    /// are two events (before, the second got `duplicate` and was dropped).
+    #[test]
+    fn numeric_ids_are_their_exact_text() {
+        let x = extractor("");
+        let id = |n: &str| {
+            publish(
+                &x,
+                &format!(r#"{{"event":"message.read","data":{{"messageId":{n}}}}}"#),
+            )
+            .unwrap()
+            .id
+        };
+        assert_eq!(
+            id("123456789012345678901234567"),
+            "message.read:123456789012345678901234567"
+        );
+        assert_ne!(
+            id("123456789012345678901234567"),
+            id("123456789012345678901234568")
+        );
+        assert_ne!(id("18446744073709551616"), id("18446744073709551617"));
+        for n in ["42", "-7", "1.50", "1e2", "12345.0", "0"] {
+            assert_eq!(id(n), format!("message.read:{n}"));
+        }
+        // Repeated keys: the last one wins, all the way down.
+        let e = publish(
+            &x,
+            r#"{"event":"message.read","data":{"messageId":1},"data":{"other":2}}"#,
+        )
+        .unwrap();
+        assert!(e.id.starts_with("message.read:sha256:"), "{}", e.id);
+    }
+
+    /// A pointer to a container takes it whole: its nesting still counts.
+    #[test]
+    fn a_pointer_to_a_container_still_bounds_its_nesting() {
+        let root = [Pointer::parse("")];
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(walk(deep(127).as_bytes(), &root).is_ok());
+        assert_eq!(
+            walk(deep(128).as_bytes(), &root).err(),
+            Some(ExtractError::TooDeep)
+        );
+        let inner = [Pointer::parse("/a"), Pointer::parse("/a/0/b")];
+        let body = |n: usize| format!(r#"{{"a":[{{"b":"x","c":{}}}]}}"#, deep(n));
+        assert!(walk(body(124).as_bytes(), &inner).is_ok());
+        assert_eq!(
+            walk(body(125).as_bytes(), &inner).err(),
+            Some(ExtractError::TooDeep)
+        );
+        let found = walk(body(3).as_bytes(), &inner).unwrap();
+        assert!(matches!(&found[0], Some(Found::NotText)));
+        assert!(matches!(&found[1], Some(Found::Text(t)) if t == "x"));
+    }
+
+    /// Event types and topics are names every broker and file system takes as they
+    /// are: no empty segment after `/` becomes `.`.
+    #[test]
+    fn event_types_with_empty_segments_are_refused() {
+        let x = extractor("");
+        let ty = |t: &str| {
+            publish(&x, &format!(r#"{{"event":{}}}"#, serde_json::json!(t))).map(|e| e.topic)
+        };
+        for bad in [
+            "../../etc/passwd",
+            "a..b",
+            ".a",
+            "a.",
+            "a/",
+            "//a",
+            ".",
+            "..",
+            "a/./b",
+            "",
+        ] {
+            assert!(ty(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ty("/deploy").unwrap(), "quickassist.deploy");
+        assert_eq!(ty("orders/create").unwrap(), "quickassist.orders.create");
+    }
+
+    /// What every sink carries is bounded here, at the edge.
+    #[test]
+    fn ids_keys_and_content_types_are_bounded() {
+        let x = extractor("");
+        let body =
+            |t: &str, id: &str| format!(r#"{{"event":"{t}","data":{{"messageId":"{id}"}}}}"#);
+        // A 200-byte type and a 200-byte id make a 401-byte event id: over 255.
+        let long = body(&"t".repeat(200), &"i".repeat(200));
+        assert_eq!(publish(&x, &long), Err(ExtractError::EventIdTooLong));
+        let ok = body(&"t".repeat(100), &"i".repeat(154));
+        assert_eq!(publish(&x, &ok).unwrap().id.len(), 255);
+        let ok = body("message.read", "m");
+        let ct = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.append(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_bytes(v).unwrap(),
+            );
+            content_type(&h).map(str::to_string)
+        };
+        assert_eq!(ct(b"application/json").unwrap(), "application/json");
+        assert_eq!(ct(b"").unwrap(), DEFAULT_CONTENT_TYPE);
+        assert_eq!(
+            content_type(&HeaderMap::new()).unwrap(),
+            DEFAULT_CONTENT_TYPE
+        );
+        assert_eq!(ct(&[b'x'; 255]).unwrap().len(), 255);
+        assert_eq!(ct(&[b'x'; 256]), Err(ExtractError::ContentType));
+        assert_eq!(ct(&[b'x'; 70 * 1024]), Err(ExtractError::ContentType));
+        assert_eq!(ct("t\u{e9}xt".as_bytes()), Err(ExtractError::ContentType));
+        let mut two = HeaderMap::new();
+        two.append(hyper::header::CONTENT_TYPE, "a/b".parse().unwrap());
+        two.append(hyper::header::CONTENT_TYPE, "c/d".parse().unwrap());
+        assert_eq!(content_type(&two), Err(ExtractError::ContentType));
+        let e = x
+            .extract(verified(&ok), &HeaderMap::new(), &"x".repeat(256), 0)
+            .unwrap_err();
+        assert_eq!(e, ExtractError::ContentType);
+        let k = extractor("id_template = \"{id}\"\nkey = \"{id}{id}{id}{id}{id}{id}\"\n");
+        let long_key = body("message.read", &"i".repeat(200));
+        assert_eq!(publish(&k, &long_key), Err(ExtractError::KeyTooLong));
     }
 
     #[test]

@@ -282,9 +282,11 @@ impl Forwarder {
         }
         for (route, batch) in groups {
             let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
-            let confirmations = route.sink.publish(batch).await;
+            let confirmations = crate::sink::publish_caught(&*route.sink, batch).await;
             for (seq, c) in seqs.into_iter().zip(confirmations) {
-                self.confirms.push(Box::pin(async move { (seq, c.await) }));
+                self.confirms.push(Box::pin(
+                    async move { (seq, crate::sink::confirmed(c).await) },
+                ));
             }
         }
     }
@@ -357,8 +359,22 @@ impl Forwarder {
         reason: &str,
     ) -> Result<(), String> {
         let why = format!("{}: {reason}", route.sink.name());
-        if let Some(sent) = route.sink.dead_letter(msg.clone(), why.clone()) {
-            match sent.await {
+        let to_sink = std::panic::AssertUnwindSafe(async {
+            match route.sink.dead_letter(msg.clone(), why.clone()) {
+                Some(sent) => Some(sent.await),
+                None => None,
+            }
+        });
+        let sent = futures_util::FutureExt::catch_unwind(to_sink)
+            .await
+            .unwrap_or_else(|panic| {
+                Some(Err(SinkError::Permanent(format!(
+                    "the sink panicked: {}",
+                    crate::sink::panic_text(&*panic)
+                ))))
+            });
+        if let Some(sent) = sent {
+            match sent {
                 Ok(()) => return Ok(()),
                 Err(SinkError::Retriable(e)) => return Err(e),
                 Err(SinkError::Permanent(e)) => {

@@ -1,6 +1,8 @@
-//! Per-source guards applied before a body is read: a sender allow-list by
-//! network, and a token-bucket rate limit.
+//! Guards on who may post how much: a sender allow-list by network (before the body
+//! is read), a token-bucket rate limit per source (taken once the signature
+//! verified), and a budget of failed signatures per client address.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -50,11 +52,44 @@ pub fn allowed(ip: IpAddr, nets: &[IpNet]) -> bool {
     nets.is_empty() || nets.iter().any(|n| n.contains(&ip))
 }
 
+/// A token bucket's state: tokens left, and when they were counted.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self, now: Instant, per_second: f64, burst: f64) -> Result<(), Duration> {
+        let refilled = self.refilled(now, per_second, burst);
+        self.at = now;
+        if refilled >= 1.0 {
+            self.tokens = refilled - 1.0;
+            Ok(())
+        } else {
+            self.tokens = refilled;
+            Err(Duration::from_secs_f64((1.0 - refilled) / per_second))
+        }
+    }
+
+    fn refilled(&self, now: Instant, per_second: f64, burst: f64) -> f64 {
+        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * per_second).min(burst)
+    }
+}
+
 /// A token bucket: `per_second` sustained, `burst` at once.
 pub struct RateLimiter {
     per_second: f64,
     burst: f64,
-    state: Mutex<(f64, Instant)>,
+    state: Mutex<Bucket>,
 }
 
 impl RateLimiter {
@@ -62,7 +97,7 @@ impl RateLimiter {
         Self {
             per_second,
             burst: f64::from(burst),
-            state: Mutex::new((f64::from(burst), Instant::now())),
+            state: Mutex::new(Bucket::full(f64::from(burst), Instant::now())),
         }
     }
 
@@ -73,17 +108,66 @@ impl RateLimiter {
 
     fn take_at(&self, now: Instant) -> Result<(), Duration> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = *s;
-        let refilled = (tokens
-            + now.saturating_duration_since(last).as_secs_f64() * self.per_second)
-            .min(self.burst);
-        if refilled >= 1.0 {
-            *s = (refilled - 1.0, now);
-            Ok(())
-        } else {
-            *s = (refilled, now);
-            Err(Duration::from_secs_f64((1.0 - refilled) / self.per_second))
+        s.take(now, self.per_second, self.burst)
+    }
+}
+
+/// Client addresses whose failed signatures are counted each on their own; past
+/// this many at once, new ones share one bucket (a crowd of addresses is throttled
+/// together instead of growing the map).
+pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
+
+/// Failed signature checks, per client address: a token bucket each. Only requests
+/// that failed verification are charged, so unverified traffic never spends a
+/// verified sender's budget (the source's rate limit is taken after verification).
+pub struct FailureLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<(HashMap<IpAddr, Bucket>, Bucket)>,
+}
+
+impl FailureLimiter {
+    pub fn new(per_second: f64, burst: u32) -> Self {
+        let burst = f64::from(burst);
+        Self {
+            per_second,
+            burst,
+            buckets: Mutex::new((HashMap::new(), Bucket::full(burst, Instant::now()))),
         }
+    }
+
+    /// Charges one failure to `ip`; `Err(wait)` once it is over its budget.
+    pub fn charge(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.charge_at(ip, Instant::now())
+    }
+
+    fn charge_at(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let (per_second, burst) = (self.per_second, self.burst);
+        let mut guard = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, shared) = &mut *guard;
+        if !map.contains_key(&ip) && map.len() >= MAX_TRACKED_ADDRESSES {
+            // Full buckets are as good as absent.
+            map.retain(|_, b| b.refilled(now, per_second, burst) < burst);
+        }
+        if let Some(b) = map.get_mut(&ip) {
+            return b.take(now, per_second, burst);
+        }
+        if map.len() >= MAX_TRACKED_ADDRESSES {
+            return shared.take(now, per_second, burst);
+        }
+        let mut b = Bucket::full(burst, now);
+        let taken = b.take(now, per_second, burst);
+        map.insert(ip, b);
+        taken
+    }
+
+    /// Addresses tracked now (for tests).
+    pub fn tracked(&self) -> usize {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .len()
     }
 }
 
@@ -133,5 +217,32 @@ mod tests {
         let wait = r.take_at(t0).unwrap_err();
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
         assert!(r.take_at(t0 + Duration::from_millis(110)).is_ok());
+    }
+
+    #[test]
+    fn failures_are_budgeted_per_address_with_a_bounded_map() {
+        let f = FailureLimiter::new(1.0, 2);
+        let t0 = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(f.charge_at(a, t0).is_ok());
+        assert!(f.charge_at(a, t0).is_ok());
+        assert!(f.charge_at(a, t0).is_err());
+        assert!(
+            f.charge_at(b, t0).is_ok(),
+            "another address has its own budget"
+        );
+        assert!(f.charge_at(a, t0 + Duration::from_millis(1100)).is_ok());
+        // A crowd of addresses: the map stays bounded; past it they share one bucket.
+        let f = FailureLimiter::new(1.0, 3);
+        for i in 0..(MAX_TRACKED_ADDRESSES as u32 + 50) {
+            let _ = f.charge_at(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert_eq!(f.tracked(), MAX_TRACKED_ADDRESSES);
+        let late: IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(f.charge_at(late, t0).is_err(), "the shared bucket is spent");
+        // Once the tracked ones refill, room comes back.
+        assert!(f.charge_at(late, t0 + Duration::from_secs(10)).is_ok());
+        assert_eq!(f.tracked(), 1);
     }
 }

@@ -26,6 +26,7 @@ pub const HTTP_CONNECTION_ERRORS: &str = "hookrelay_http_connection_errors_total
 pub const HTTP_REQUEST_DURATION: &str = "hookrelay_http_request_duration_seconds";
 pub const EVENTS: &str = "hookrelay_events_total";
 pub const SIGNATURE_FAILURES: &str = "hookrelay_signature_failures_total";
+pub const UNVERIFIED_THROTTLED: &str = "hookrelay_unverified_throttled_total";
 pub const SPOOL_BYTES: &str = "hookrelay_spool_bytes";
 pub const SPOOL_EVENTS: &str = "hookrelay_spool_events";
 pub const SPOOL_MAX_BYTES: &str = "hookrelay_spool_max_bytes";
@@ -36,6 +37,7 @@ pub const SPOOL_QUARANTINED_BYTES: &str = "hookrelay_spool_quarantined_bytes_tot
 pub const SINK_PUBLISHED: &str = "hookrelay_sink_published_total";
 pub const SINK_ERRORS: &str = "hookrelay_sink_errors_total";
 pub const DEAD_LETTERED: &str = "hookrelay_dead_lettered_total";
+pub const SINK_PANICS: &str = "hookrelay_sink_panics_total";
 pub const FORWARD_LAG: &str = "hookrelay_forward_lag_seconds";
 pub const FORWARD_IN_FLIGHT: &str = "hookrelay_forward_in_flight";
 pub const END_TO_END: &str = "hookrelay_end_to_end_seconds";
@@ -107,7 +109,14 @@ fn describe() {
         EVENTS,
         "Verified events by outcome: accepted, duplicate, filtered."
     );
-    describe_counter!(SIGNATURE_FAILURES, "Requests refused with 401, by reason.");
+    describe_counter!(
+        SIGNATURE_FAILURES,
+        "Requests whose signature failed, by reason (401, or 429 past the address's budget)."
+    );
+    describe_counter!(
+        UNVERIFIED_THROTTLED,
+        "Failed signatures answered 429: their client address spent its server.unverified_rate_limit."
+    );
     describe_gauge!(SPOOL_BYTES, "Bytes of spool segments on disk.");
     describe_gauge!(
         SPOOL_MAX_BYTES,
@@ -139,6 +148,10 @@ fn describe() {
         "Sink failures by kind: retriable (retried) or permanent (dead-lettered)."
     );
     describe_counter!(DEAD_LETTERED, "Events written to the dead-letter file.");
+    describe_counter!(
+        SINK_PANICS,
+        "Events a sink panicked on (a bug): each is dead-lettered with the panic as its reason, and delivery goes on."
+    );
     describe_gauge!(
         FORWARD_LAG,
         "Age of the oldest event not yet confirmed by the sink."
@@ -212,6 +225,7 @@ pub fn init(sources: &[String], sinks: &[&str]) {
             counter!(SINK_ERRORS, "sink" => sink.clone(), "kind" => kind).absolute(0);
         }
         counter!(DEAD_LETTERED, "sink" => sink.clone()).absolute(0);
+        counter!(SINK_PANICS, "sink" => sink.clone()).absolute(0);
         let _ = histogram!(SINK_DELIVERY, "sink" => sink.clone());
         let _ = histogram!(END_TO_END, "sink" => sink.clone());
         if sink == "kafka" {
@@ -226,6 +240,7 @@ pub fn init(sources: &[String], sinks: &[&str]) {
     for reason in CONNECTION_ERRORS {
         counter!(HTTP_CONNECTION_ERRORS, "reason" => reason).absolute(0);
     }
+    counter!(UNVERIFIED_THROTTLED).absolute(0);
     gauge!(SPOOL_BYTES).set(0.0);
     gauge!(SPOOL_EVENTS).set(0.0);
     let _ = histogram!(SPOOL_FSYNC_DURATION);
@@ -386,6 +401,10 @@ impl EventLabels {
     }
 }
 
+pub fn unverified_throttled() {
+    counter!(UNVERIFIED_THROTTLED).increment(1);
+}
+
 pub fn spool_fsync(elapsed: Duration) {
     histogram!(SPOOL_FSYNC_DURATION).record(elapsed.as_secs_f64());
 }
@@ -490,6 +509,10 @@ impl SinkMetrics {
     pub fn dead_lettered(&self) {
         self.dead_lettered.increment(1);
     }
+}
+
+pub fn sink_panic(sink: &str) {
+    counter!(SINK_PANICS, "sink" => sink.to_string()).increment(1);
 }
 
 pub fn forward_state(lag: Duration, in_flight: usize) {

@@ -24,13 +24,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::dedup::{Seen, Window};
+use crate::dedup::{Seen, Space, Ticket, Window};
 use crate::event::{Event, Extracted, Extractor};
 use crate::metrics::{self, EventLabels, RequestMetrics, UNKNOWN_SOURCE};
 use crate::sink::{Message, Route, SinkError};
-use crate::spool::Spool;
+use crate::spool::{AppendError, Pending, Spool};
 use crate::verify::Verifier;
 
 /// Time a client gets to complete the TLS handshake.
@@ -68,6 +69,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Proxies whose `X-Forwarded-For` is believed for allow-lists.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Failed signatures each client address may send: per second, and at once.
+    pub unverified_rate_limit: crate::config::RateLimit,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -79,6 +82,11 @@ pub struct App {
     pub limits: Limits,
     /// Cleared when shutdown starts, so /readyz fails before the listener closes.
     pub accepting: AtomicBool,
+    /// Cleared if the forwarder stops while the process runs: nothing accepted
+    /// would be delivered, so the process is not ready (and exits).
+    pub delivering: AtomicBool,
+    /// Failed signatures, per client address.
+    unverified: crate::guard::FailureLimiter,
     unknown: RequestMetrics,
     request_ids: AtomicU64,
     id_prefix: u32,
@@ -91,12 +99,15 @@ impl App {
         spool: Option<Spool>,
         limits: Limits,
     ) -> Self {
+        let r = limits.unverified_rate_limit;
         Self {
+            unverified: crate::guard::FailureLimiter::new(r.per_second, r.burst),
             sources,
             dedup,
             spool,
             limits,
             accepting: AtomicBool::new(true),
+            delivering: AtomicBool::new(true),
             unknown: RequestMetrics::new(UNKNOWN_SOURCE),
             request_ids: AtomicU64::new(0),
             id_prefix: fastrand::u32(..),
@@ -106,7 +117,10 @@ impl App {
     /// Ready to accept: not shutting down, the spool writable with room, and
     /// every broker that answers requests directly (`ack = "broker"`) reachable.
     pub fn ready(&self) -> bool {
-        self.accepting.load(Ordering::Relaxed) && self.spool_has_room() && self.brokers_reachable()
+        self.accepting.load(Ordering::Relaxed)
+            && self.delivering.load(Ordering::Relaxed)
+            && self.spool_has_room()
+            && self.brokers_reachable()
     }
 
     pub fn spool_has_room(&self) -> bool {
@@ -160,6 +174,15 @@ fn unavailable(reason: &str) -> Resp {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, reason);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    r
+}
+
+fn too_many(wait: Duration, reason: &str) -> Resp {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, reason);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(wait.as_secs().max(1)),
+    );
     r
 }
 
@@ -225,7 +248,7 @@ fn reply(r: crate::verify::Reply) -> Resp {
 }
 
 async fn accept(
-    app: &App,
+    app: &Arc<App>,
     name: &str,
     src: &Source,
     req: Request<Incoming>,
@@ -237,16 +260,6 @@ async fn accept(
             tracing::debug!(%ip, "sender not in allowed_cidrs");
             return error(StatusCode::FORBIDDEN, "sender not allowed");
         }
-    }
-    if let Some(limiter) = &src.rate_limit
-        && let Err(wait) = limiter.take()
-    {
-        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(wait.as_secs().max(1)),
-        );
-        return r;
     }
     if req.method() == Method::GET
         && let Some(r) = src.verifier.handshake_get(req.uri().query().unwrap_or(""))
@@ -294,9 +307,30 @@ async fn accept(
         Err(reason) => {
             src.metrics.signature_failure(reason);
             tracing::debug!(reason = reason.as_str(), "signature refused");
-            return error(StatusCode::UNAUTHORIZED, "invalid signature");
+            // Failures are charged to the client's address, never to the source's
+            // budget; past its own budget the address is told to back off. Either
+            // way it gets no keep-alive: each try costs it a new connection.
+            let ip =
+                crate::guard::client_ip(peer.ip(), &parts.headers, &app.limits.trusted_proxies);
+            return close(match app.unverified.charge(ip) {
+                Ok(()) => error(StatusCode::UNAUTHORIZED, "invalid signature"),
+                Err(wait) => {
+                    metrics::unverified_throttled();
+                    too_many(wait, "too many failed signatures from this address")
+                }
+            });
         }
     };
+    // The source's budget is spent by verified requests only.
+    if let Some(limiter) = &src.rate_limit
+        && let Err(wait) = limiter.take()
+    {
+        return too_many(wait, "rate limit exceeded");
+    }
+    // A canonical form (json-stringify) may be longer than the bytes received.
+    if verified.body().len() > max {
+        return close(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
+    }
     if let Some(r) = src.verifier.handshake(&verified, &parts.headers) {
         return reply(r);
     }
@@ -320,37 +354,53 @@ async fn accept(
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
 
-    let (seen, ticket) = match app.dedup.check(name, &event.id).await {
-        Ok(found) => found,
-        Err(_) => return unavailable("the shared dedup store is unavailable"),
-    };
-    match seen {
-        Seen::New => {}
-        Seen::Duplicate => {
-            src.events.record(&event.event_type, "duplicate");
-            let duplicate = Outcome {
-                status: "duplicate",
-                id: Some(&event.id),
-            };
-            return json(StatusCode::OK, duplicate);
-        }
-        Seen::InFlight => {
+    // From here on, what is reserved in the dedup window is settled (committed or
+    // released) on every path, the client going away mid-request included.
+    let mut reservation = Reservation::new(app.clone());
+    let guard = src.extractor.replay_guard(&event);
+    let keys = [
+        (Space::Id, Some(event.id.as_str())),
+        (Space::Body, guard.as_deref()),
+    ];
+    for (space, key) in keys {
+        let Some(key) = key else { continue };
+        let seen = match app.dedup.check(space, name, key).await {
+            Ok((Seen::New, ticket)) => {
+                reservation.hold(ticket);
+                continue;
+            }
+            Ok((seen, _)) => seen,
+            Err(_) => {
+                reservation.settle(false).await;
+                return unavailable("the shared dedup store is unavailable");
+            }
+        };
+        reservation.settle(false).await;
+        if seen == Seen::InFlight {
             return unavailable("the same event is being accepted by another request");
         }
+        src.events.record(&event.event_type, "duplicate");
+        let duplicate = Outcome {
+            status: "duplicate",
+            id: Some(&event.id),
+        };
+        return json(StatusCode::OK, duplicate);
     }
     let (id, event_type) = (event.id.clone(), event.event_type.clone());
     let stored = match (&src.ack, &app.spool) {
-        (Ack::Durable, Some(spool)) => spool
-            .append(event)
-            .await
-            .map(|_| ())
-            .map_err(|e| unavailable(&e.to_string())),
+        (Ack::Durable, Some(spool)) => match spool.submit(event).await {
+            Ok(pending) => reservation.store(Stored::Spool(pending)).await,
+            Err(e) => Err(append_refused(&e)),
+        },
         (Ack::Durable, None) => Err(unavailable("no spool")),
-        (Ack::Broker { route, timeout }, _) => publish_now(route, *timeout, event).await,
+        (Ack::Broker { route, timeout }, _) => {
+            let publish = tokio::spawn(publish_now(route.clone(), *timeout, event));
+            reservation.store(Stored::Broker(publish)).await
+        }
     };
+    reservation.settle(stored.is_ok()).await;
     match stored {
         Ok(()) => {
-            app.dedup.commit(&ticket).await;
             src.events.record(&event_type, "accepted");
             let accepted = Outcome {
                 status: "accepted",
@@ -358,15 +408,110 @@ async fn accept(
             };
             json(StatusCode::OK, accepted)
         }
-        Err(resp) => {
-            app.dedup.release(&ticket).await;
-            resp
+        Err(resp) => resp,
+    }
+}
+
+fn append_refused(e: &AppendError) -> Resp {
+    match e {
+        AppendError::Unframable(_) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        _ => unavailable(&e.to_string()),
+    }
+}
+
+/// Where an accepted event is being made safe.
+enum Stored {
+    Spool(Pending),
+    /// `ack = "broker"`: the publish runs as a task of its own, so that it completes
+    /// (or fails) whether or not the request is still waiting.
+    Broker(JoinHandle<Result<(), Resp>>),
+}
+
+impl Stored {
+    async fn outcome(&mut self) -> Result<(), Resp> {
+        match self {
+            Stored::Spool(p) => p.await.map(|_| ()).map_err(|e| append_refused(&e)),
+            Stored::Broker(h) => match h.await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "publish failed")),
+            },
+        }
+    }
+}
+
+/// Dedup reservations of one request, settled exactly once: committed when the
+/// event was stored, released when it was not. hyper drops a request's future when
+/// its client disconnects; if that happens before settling, the drop hands the
+/// settling to a task that waits for the store's outcome (the append or publish
+/// goes on without the request), so the provider's retry finds the id committed or
+/// free, never held for the window. A reservation nobody settles at all (no runtime
+/// to settle it on) still expires after [`crate::dedup::RESERVATION_TTL`].
+struct Reservation {
+    app: Arc<App>,
+    tickets: Vec<Ticket>,
+    stored: Option<Stored>,
+}
+
+impl Reservation {
+    fn new(app: Arc<App>) -> Self {
+        Self {
+            app,
+            tickets: Vec::new(),
+            stored: None,
+        }
+    }
+
+    fn hold(&mut self, ticket: Ticket) {
+        self.tickets.push(ticket);
+    }
+
+    /// Waits for the store's outcome; a drop meanwhile leaves it to the drop.
+    async fn store(&mut self, stored: Stored) -> Result<(), Resp> {
+        let outcome = self.stored.insert(stored).outcome().await;
+        self.stored = None;
+        outcome
+    }
+
+    async fn settle(mut self, stored: bool) {
+        let tickets = std::mem::take(&mut self.tickets);
+        settle(&self.app, &tickets, stored).await;
+    }
+}
+
+async fn settle(app: &App, tickets: &[Ticket], stored: bool) {
+    for t in tickets {
+        if stored {
+            app.dedup.commit(t).await;
+        } else {
+            app.dedup.release(t).await;
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.tickets.is_empty() {
+            return;
+        }
+        let (app, tickets, stored) = (
+            self.app.clone(),
+            std::mem::take(&mut self.tickets),
+            self.stored.take(),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let ok = match stored {
+                    Some(mut s) => s.outcome().await.is_ok(),
+                    None => false,
+                };
+                settle(&app, &tickets, ok).await;
+            });
         }
     }
 }
 
 /// `ack = "broker"`: publish and wait for the broker's confirmation, within `timeout`.
-async fn publish_now(route: &Route, timeout: Duration, event: Event) -> Result<(), Resp> {
+async fn publish_now(route: Route, timeout: Duration, event: Event) -> Result<(), Resp> {
     let sent = Instant::now();
     let received_at_ns = event.received_at_ns;
     let topic = event.topic.clone();
@@ -491,6 +636,7 @@ pub async fn serve_admin(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 serde_json::json!({ "status": "not ready",
                                     "accepting": app.accepting.load(Ordering::Relaxed),
+                                    "delivering": app.delivering.load(Ordering::Relaxed),
                                     "spool_has_room": app.spool_has_room(),
                                     "brokers_reachable": app.brokers_reachable() }),
                             )

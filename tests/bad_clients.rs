@@ -221,12 +221,15 @@ async fn hostile_inputs_get_their_status_and_are_counted() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
     // Two signature headers (one of them valid) -> 401: ambiguous, never "first wins".
+    // A failed signature closes the connection.
     let r = c
         .request("POST", POST, &[(SIG, &gsig), (SIG, &gsig)], good.as_bytes())
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["connection"], "close");
 
     // Still healthy and serving.
+    let mut c = relay.connect().await;
     assert_eq!(c.post_signed(&good).await.status, StatusCode::OK);
     assert!(relay.child.id() > 0);
 

@@ -131,10 +131,13 @@ async fn torn_spool_tail_is_truncated_and_nothing_acked_is_lost() {
         .collect();
     segs.sort();
     let last = segs.last().unwrap();
-    // Where the next write would have gone: after the last record (a JSON body ends
-    // in a non-zero byte), before any zero-filled preallocated space.
+    // Where the next write would have gone: after the last record (frames are
+    // `len u32 | crc u32 | payload`), before any zero-filled preallocated space.
     let bytes = std::fs::read(last).unwrap();
-    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let mut end = 0;
+    while end + 8 <= bytes.len() && bytes[end..end + 4] != [0; 4] {
+        end += 8 + u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
+    }
     {
         let f = std::fs::OpenOptions::new().write(true).open(last).unwrap();
         // A plausible length header followed by too few bytes, as a torn write leaves.

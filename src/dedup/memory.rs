@@ -9,7 +9,9 @@
 //! An id is first *reserved* (the request is being made durable) and then
 //! *committed*, or *released* when the spool refused it. A second request for a
 //! reserved id is told [`Seen::InFlight`] and answered 503, never "duplicate":
-//! the first one may still fail.
+//! the first one may still fail. A reservation older than
+//! [`super::RESERVATION_TTL`] is forgotten, as Redis forgets its pending keys: one
+//! left behind by a bug can hold an id up for seconds, not for the whole window.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -29,12 +31,6 @@ pub enum Seen {
     InFlight,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Reserved,
-    Committed,
-}
-
 /// A 128-bit id as two words: 8-byte alignment keeps map buckets at 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Id([u64; 2]);
@@ -49,11 +45,16 @@ impl std::hash::Hash for Id {
 
 #[derive(Debug)]
 struct Entry {
-    state: State,
+    /// [`COMMITTED`], or the second (see [`Slot::at`]) the id was reserved at.
+    state: u32,
     /// Identifies this insertion, so an expiry queued for an older one is ignored.
     /// Wrapping is harmless: the queue never holds 2^32 insertions of one shard.
     generation: u32,
 }
+
+/// [`Entry::state`] of a committed id. Kept in the same word as a reservation's
+/// time so that an entry stays 8 bytes (and a map bucket 24).
+const COMMITTED: u32 = u32::MAX;
 
 /// One insertion in expiry order.
 #[derive(Debug, Clone, Copy)]
@@ -124,11 +125,22 @@ impl Dedup {
         u32::try_from(at.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
+    /// The key of an event id.
     pub fn key(&self, source: &str, id: &str) -> Key {
+        self.key_in(super::Space::Id, source, id)
+    }
+
+    pub fn key_in(&self, space: super::Space, source: &str, id: &str) -> Key {
+        // Source names are text: a byte that is never UTF-8 ends them, and tells the
+        // spaces apart.
+        let separator = match space {
+            super::Space::Id => 0xff,
+            super::Space::Body => 0xfe,
+        };
         let hash = |state: &RandomState| {
             let mut h = state.build_hasher();
             h.write(source.as_bytes());
-            h.write_u8(0xff);
+            h.write_u8(separator);
             h.write(id.as_bytes());
             h.finish()
         };
@@ -150,20 +162,22 @@ impl Dedup {
     fn check_at(&self, key: Key, now: Instant) -> Seen {
         let mut shard = self.shard(key);
         self.expire(&mut shard, now);
-        if let Some(entry) = shard.map.get(&Self::id(key)) {
-            return match entry.state {
-                State::Committed => Seen::Duplicate,
-                State::Reserved => Seen::InFlight,
-            };
+        let second = self.seconds(now);
+        let ttl = super::RESERVATION_TTL.as_secs();
+        match shard.map.get(&Self::id(key)).map(|e| e.state) {
+            Some(COMMITTED) => return Seen::Duplicate,
+            Some(at) if u64::from(second.saturating_sub(at)) < ttl => return Seen::InFlight,
+            // Reserved too long ago: its request is gone without a word.
+            Some(_) | None => {}
         }
-        self.insert(&mut shard, key, State::Reserved, now);
+        self.insert(&mut shard, key, second.min(COMMITTED - 1), now);
         Seen::New
     }
 
     /// The event is durable: from now on repeats are duplicates.
     pub fn commit(&self, key: Key) {
         if let Some(e) = self.shard(key).map.get_mut(&Self::id(key)) {
-            e.state = State::Committed;
+            e.state = COMMITTED;
         }
     }
 
@@ -181,7 +195,7 @@ impl Dedup {
         let at = now.checked_sub(age).unwrap_or(now);
         let mut shard = self.shard(key);
         if !shard.map.contains_key(&Self::id(key)) {
-            self.insert(&mut shard, key, State::Committed, at);
+            self.insert(&mut shard, key, COMMITTED, at);
         }
     }
 
@@ -196,7 +210,7 @@ impl Dedup {
         self.len() == 0
     }
 
-    fn insert(&self, shard: &mut Shard, key: Key, state: State, at: Instant) {
+    fn insert(&self, shard: &mut Shard, key: Key, state: u32, at: Instant) {
         while shard.order.len() >= self.max_per_shard {
             let Some(slot) = shard.order.pop_front() else {
                 break;
@@ -252,6 +266,27 @@ mod tests {
         assert_eq!(d.check(k), Seen::Duplicate);
         assert_ne!(d.key("s", "a"), d.key("t", "a"));
         assert_ne!(d.key("s", "ab"), d.key("sa", "b"));
+        assert_ne!(
+            d.key("s", "a"),
+            d.key_in(super::super::Space::Body, "s", "a")
+        );
+    }
+
+    /// A reservation nobody settles (a bug, a request gone without a word) holds its
+    /// id for the reservation TTL, not for the window.
+    #[test]
+    fn reservations_expire() {
+        let d = Dedup::new(Duration::from_secs(3600), 100);
+        let k = d.key("s", "a");
+        let t0 = Instant::now();
+        assert_eq!(d.check_at(k, t0), Seen::New);
+        assert_eq!(d.check_at(k, t0 + Duration::from_secs(29)), Seen::InFlight);
+        assert_eq!(d.check_at(k, t0 + Duration::from_secs(31)), Seen::New);
+        d.commit(k);
+        assert_eq!(
+            d.check_at(k, t0 + Duration::from_secs(600)),
+            Seen::Duplicate
+        );
     }
 
     #[test]

@@ -13,6 +13,21 @@ use std::time::Duration;
 pub use memory::{Dedup, Seen};
 pub use redis::RedisWindow;
 
+/// How long a reservation (an id being accepted) lives without a commit or a
+/// release, in either backend: a request gone without settling it holds its id up
+/// this long at most.
+pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
+
+/// What an entry is keyed by, besides its source. Each space has keys of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// The event id.
+    Id,
+    /// The replay guard: event type and a digest of the signed bytes, for sources
+    /// whose id the signature does not cover (see `event::Extractor::replay_guard`).
+    Body,
+}
+
 /// The dedup backend in use.
 pub enum Window {
     Memory(Dedup),
@@ -33,13 +48,18 @@ pub struct Unavailable;
 
 impl Window {
     /// Looks the event up and reserves it when new.
-    pub async fn check(&self, source: &str, id: &str) -> Result<(Seen, Ticket), Unavailable> {
+    pub async fn check(
+        &self,
+        space: Space,
+        source: &str,
+        id: &str,
+    ) -> Result<(Seen, Ticket), Unavailable> {
         match self {
             Window::Memory(d) => {
-                let key = d.key(source, id);
+                let key = d.key_in(space, source, id);
                 Ok((d.check(key), Ticket::Memory(key)))
             }
-            Window::Redis(r) => r.check(source, id).await,
+            Window::Redis(r) => r.check(space, source, id).await,
         }
     }
 

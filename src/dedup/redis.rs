@@ -4,7 +4,7 @@
 //! returns its state, so "new", "in flight" and "duplicate" are told apart in one
 //! call (concurrent calls on one multiplexed connection are pipelined). The
 //! commit turns `pending` into `done` for the whole window. A pending key left by
-//! a replica that died expires after `pending_ttl`, so the provider's retry is
+//! a replica that died expires after [`super::RESERVATION_TTL`], so the provider's retry is
 //! then accepted (a possible duplicate, never a loss).
 
 use std::time::Duration;
@@ -12,11 +12,8 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{Client, Script};
 
-use super::{Seen, Ticket, Unavailable};
+use super::{Seen, Space, Ticket, Unavailable};
 use crate::metrics;
-
-/// How long a reservation lives without a commit.
-const PENDING_TTL: Duration = Duration::from_secs(30);
 
 const CHECK: &str = r"
 if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then
@@ -33,6 +30,8 @@ pub struct RedisWindow {
     /// When Redis cannot answer: accept (and maybe publish a duplicate) or 503.
     fail_open: bool,
     prefix: String,
+    /// Replay-guard keys live beside the ids, never among them.
+    guard_prefix: String,
 }
 
 impl RedisWindow {
@@ -59,11 +58,15 @@ impl RedisWindow {
             timeout,
             fail_open,
             prefix: "hookrelay:dedup:".into(),
+            guard_prefix: "hookrelay:".into(),
         })
     }
 
-    fn key(&self, source: &str, id: &str) -> String {
-        format!("{}{source}:{id}", self.prefix)
+    fn key(&self, space: Space, source: &str, id: &str) -> String {
+        match space {
+            Space::Id => format!("{}{source}:{id}", self.prefix),
+            Space::Body => format!("{}replay:{source}:{id}", self.guard_prefix),
+        }
     }
 
     fn failed(&self, op: &str, e: &dyn std::fmt::Display) -> Result<(Seen, Ticket), Unavailable> {
@@ -76,11 +79,16 @@ impl RedisWindow {
         }
     }
 
-    pub async fn check(&self, source: &str, id: &str) -> Result<(Seen, Ticket), Unavailable> {
-        let key = self.key(source, id);
+    pub async fn check(
+        &self,
+        space: Space,
+        source: &str,
+        id: &str,
+    ) -> Result<(Seen, Ticket), Unavailable> {
+        let key = self.key(space, source, id);
         let mut conn = self.conn.clone();
         let mut call = self.check.key(&key);
-        call.arg(PENDING_TTL.as_millis() as u64);
+        call.arg(super::RESERVATION_TTL.as_millis() as u64);
         let answer: Result<Result<String, redis::RedisError>, _> =
             tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
         match answer {

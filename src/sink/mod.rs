@@ -14,11 +14,15 @@ mod jsonstr;
 pub mod kafka;
 pub mod rabbitmq;
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use crate::event::Event;
 use crate::metrics::SinkMetrics;
@@ -120,6 +124,73 @@ pub trait Sink: Send + Sync + 'static {
     }
 }
 
+/// [`Sink::publish`] as the forwarder calls it: exactly one confirmation per message,
+/// whatever the sink does. A panic while handing the batch over is retried one
+/// message at a time, so that only a message the sink panics on alone is refused
+/// (permanently: it is dead-lettered with the panic as its reason) and delivery goes
+/// on; a sink returning too few confirmations fails the rest as retriable. Await
+/// each confirmation through [`confirmed`], which catches a panic there too.
+pub async fn publish_caught(sink: &dyn Sink, batch: Vec<Message>) -> Vec<Confirmation> {
+    let n = batch.len();
+    let copy = batch.clone();
+    let mut out = match AssertUnwindSafe(sink.publish(batch)).catch_unwind().await {
+        Ok(confirmations) => confirmations,
+        Err(panic) => {
+            tracing::error!(sink = sink.name(), panic = %panic_text(&*panic),
+                "the sink panicked handing over a batch; publishing it one event at a time");
+            let mut out = Vec::with_capacity(n);
+            for m in copy {
+                let one = AssertUnwindSafe(sink.publish(vec![m])).catch_unwind().await;
+                out.push(match one.map(|mut c| c.pop()) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => missing(),
+                    Err(panic) => {
+                        crate::metrics::sink_panic(sink.name());
+                        let why = format!(
+                            "the {} sink panicked on this event: {}",
+                            sink.name(),
+                            panic_text(&*panic)
+                        );
+                        Box::pin(std::future::ready(Err(SinkError::Permanent(why))))
+                    }
+                });
+            }
+            out
+        }
+    };
+    out.truncate(n);
+    out.resize_with(n, missing);
+    out
+}
+
+fn missing() -> Confirmation {
+    Box::pin(std::future::ready(Err(SinkError::Retriable(
+        "the sink returned no confirmation".into(),
+    ))))
+}
+
+/// Awaits a confirmation; a panic in it refuses that one message for good.
+pub async fn confirmed(c: Confirmation) -> Result<(), SinkError> {
+    AssertUnwindSafe(c)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(SinkError::Permanent(format!(
+                "the sink panicked confirming this event: {}",
+                panic_text(&*panic)
+            )))
+        })
+}
+
+/// What a panic said, for logs and dead-letter reasons.
+pub fn panic_text(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// This host's name, for client ids and connection names operators see.
 pub fn hostname() -> String {
     std::env::var("HOSTNAME")
@@ -149,9 +220,9 @@ impl Route {
 
     /// Publishes one event and waits for its confirmation (`ack = "broker"`).
     pub async fn publish_one(&self, message: Message) -> Result<(), SinkError> {
-        let mut confirmations = self.sink.publish(vec![message]).await;
+        let mut confirmations = publish_caught(&*self.sink, vec![message]).await;
         match confirmations.pop() {
-            Some(c) => c.await,
+            Some(c) => confirmed(c).await,
             None => Err(SinkError::Retriable(
                 "the sink returned no confirmation".into(),
             )),

@@ -487,7 +487,17 @@ impl Spool {
         };
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                // A panic here would leave appends unanswered: stop instead, like a
+                // failed sync (what was answered 200 is on disk).
+                let run = std::panic::AssertUnwindSafe(|| writer.run(rx));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    fatal(&format!(
+                        "the spool writer panicked: {}",
+                        crate::sink::panic_text(&*panic)
+                    ));
+                }
+            })
             .map_err(io_err(dir))?;
 
         let reader = Reader::new(shared.clone(), durable_rx.clone(), cursor, lock.clone())

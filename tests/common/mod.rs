@@ -333,14 +333,25 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 keep-alive connection.
+/// One HTTP/1.1 keep-alive connection; a new one after an answer that closed it
+/// (failed signatures do), as an HTTP client would.
 pub struct Client {
     sender: http1::SendRequest<Full<Bytes>>,
     addr: SocketAddr,
+    closed: bool,
 }
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
+        let sender = Self::open(addr).await;
+        Client {
+            sender,
+            addr,
+            closed: false,
+        }
+    }
+
+    async fn open(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
@@ -348,14 +359,22 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Client { sender, addr }
+        sender
     }
 
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
+        if self.closed {
+            self.sender = Self::open(self.addr).await;
+            self.closed = false;
+        }
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();
+        self.closed = parts
+            .headers
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         Ok(Reply {
             status: parts.status,
             headers: parts.headers,

@@ -92,6 +92,12 @@ impl RabbitmqSinkConfig {
                 "must be a non-empty name not starting with 'amq.'".into(),
             );
         }
+        if self.cloudevents_prefix.len() > 200 {
+            return p(
+                "cloudevents_prefix",
+                "must be at most 200 bytes (with the attribute name, an AMQP short string)".into(),
+            );
+        }
         if self.password_env.is_some() && self.password_file.is_some() {
             return p(
                 "password_file",

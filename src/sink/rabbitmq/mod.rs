@@ -4,4 +4,4 @@ mod config;
 mod sink;
 
 pub use config::RabbitmqSinkConfig;
-pub use sink::{RabbitmqSink, check_connection};
+pub use sink::{RabbitmqSink, check_connection, properties};

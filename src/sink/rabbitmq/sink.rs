@@ -66,8 +66,16 @@ pub struct RabbitmqSink {
     connected: Arc<AtomicBool>,
 }
 
-fn short(s: &str) -> ShortString {
-    ShortString::from(s.to_string())
+/// An AMQP short string. Past 255 bytes it is refused, never cut and never a panic
+/// (lapin's `From` panics): the edge bounds every event field below that, and this
+/// keeps a bug there from stopping delivery for good.
+fn short(what: &str, s: &str) -> Result<ShortString, String> {
+    ShortString::try_new(s).map_err(|e| format!("{what} does not fit an AMQP short string: {e}"))
+}
+
+/// A fixed name, known to fit.
+fn name(s: &'static str) -> ShortString {
+    ShortString::try_new(s).unwrap_or_default()
 }
 
 fn long(b: &[u8]) -> AMQPValue {
@@ -188,7 +196,7 @@ impl RabbitmqSink {
                 ..Default::default()
             };
             ch.exchange_declare(
-                short(ex),
+                short("the exchange", ex).map_err(Fatal)?,
                 ExchangeKind::Topic,
                 passive,
                 FieldTable::default(),
@@ -203,16 +211,17 @@ impl RabbitmqSink {
             let mut args = FieldTable::default();
             if self.cfg.unroutable_queue {
                 let ae = self.cfg.unroutable_name();
+                let ae_name = short("the unroutable exchange", &ae).map_err(Fatal)?;
                 let declared = async {
                     ch.exchange_declare(
-                        short(&ae),
+                        ae_name.clone(),
                         ExchangeKind::Fanout,
                         durable,
                         FieldTable::default(),
                     )
                     .await?;
                     ch.queue_declare(
-                        short(&ae),
+                        ae_name.clone(),
                         QueueDeclareOptions {
                             durable: true,
                             ..Default::default()
@@ -221,9 +230,9 @@ impl RabbitmqSink {
                     )
                     .await?;
                     ch.queue_bind(
-                        short(&ae),
-                        short(&ae),
-                        short(""),
+                        ae_name.clone(),
+                        ae_name.clone(),
+                        name(""),
                         QueueBindOptions::default(),
                         FieldTable::default(),
                     )
@@ -235,11 +244,16 @@ impl RabbitmqSink {
                     ))
                 })?;
                 args.insert(
-                    short("alternate-exchange"),
+                    name("alternate-exchange"),
                     AMQPValue::LongString(LongString::from(ae.into_bytes())),
                 );
             }
-            ch.exchange_declare(short(ex), ExchangeKind::Topic, durable, args)
+            ch.exchange_declare(
+                short("the exchange", ex).map_err(Fatal)?,
+                ExchangeKind::Topic,
+                durable,
+                args,
+            )
                 .await
                 .map_err(|e| {
                     Fatal(format!(
@@ -247,7 +261,7 @@ impl RabbitmqSink {
                     ))
                 })?;
         }
-        let _ = ch.close(200, short("topology declared")).await;
+        let _ = ch.close(200, name("topology declared")).await;
         Ok(())
     }
 
@@ -299,7 +313,7 @@ impl RabbitmqSink {
             let limit = Duration::from_millis(self.cfg.connect_timeout_ms);
             tokio::spawn(async move {
                 let _ =
-                    tokio::time::timeout(limit, old.conn.close(200, short("reconnecting"))).await;
+                    tokio::time::timeout(limit, old.conn.close(200, name("reconnecting"))).await;
             });
             *guard = None;
         }
@@ -332,32 +346,6 @@ impl RabbitmqSink {
         }
     }
 
-    fn properties(&self, m: &Message) -> BasicProperties {
-        let e = &m.event;
-        let mut headers = FieldTable::default();
-        for (k, v) in m.headers() {
-            if k != crate::sink::HEADER_CONTENT_TYPE {
-                headers.insert(short(k), long(&v));
-            }
-        }
-        if self.cfg.cloudevents {
-            for (k, v) in cloudevents::attributes(e) {
-                headers.insert(
-                    short(&format!("{}{k}", self.cfg.cloudevents_prefix)),
-                    long(v.as_bytes()),
-                );
-            }
-        }
-        // message_id is a short string (255 bytes); event ids are bounded well below.
-        BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(short(&e.content_type))
-            .with_message_id(short(&e.id))
-            .with_timestamp(e.received_at_ns / 1_000_000_000)
-            .with_app_id(short("hookrelay"))
-            .with_headers(headers)
-    }
-
     /// Waits while the broker blocks publishing on the connection, not past its end.
     async fn wait_while_blocked(&self) {
         let mut rx = self.blocked.subscribe();
@@ -366,6 +354,37 @@ impl RabbitmqSink {
             let _ = tokio::time::timeout(BLOCKED_RECHECK, rx.changed()).await;
         }
     }
+}
+
+/// The AMQP properties of a message: persistent, its content type, its event id as
+/// `message-id`, hookrelay's headers as application headers. An event whose fields
+/// do not fit is refused for good (dead-lettered with the reason), never a panic.
+pub fn properties(cfg: &RabbitmqSinkConfig, m: &Message) -> Result<BasicProperties, SinkError> {
+    let e = &m.event;
+    let refuse = |why: String| SinkError::Permanent(why);
+    let mut headers = FieldTable::default();
+    for (k, v) in m.headers() {
+        if k != crate::sink::HEADER_CONTENT_TYPE {
+            headers.insert(name(k), long(&v));
+        }
+    }
+    if cfg.cloudevents {
+        for (k, v) in cloudevents::attributes(e) {
+            let key = short(
+                "a CloudEvents property name",
+                &format!("{}{k}", cfg.cloudevents_prefix),
+            )
+            .map_err(refuse)?;
+            headers.insert(key, long(v.as_bytes()));
+        }
+    }
+    Ok(BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(short("the content type", &e.content_type).map_err(refuse)?)
+        .with_message_id(short("the event id", &e.id).map_err(refuse)?)
+        .with_timestamp(e.received_at_ns / 1_000_000_000)
+        .with_app_id(name("hookrelay"))
+        .with_headers(headers))
 }
 
 enum ConnectError {
@@ -402,21 +421,41 @@ impl Sink for RabbitmqSink {
             let failed = |why: String| -> Confirmation {
                 Box::pin(std::future::ready(Err(SinkError::Retriable(why))))
             };
+            let exchange = match short("the exchange", &self.cfg.exchange) {
+                Ok(x) => x,
+                Err(why) => {
+                    let refused = SinkError::Permanent(why);
+                    return batch
+                        .iter()
+                        .map(|_| Box::pin(std::future::ready(Err(refused.clone()))) as Confirmation)
+                        .collect();
+                }
+            };
             for m in &batch {
                 if live.broken.load(Ordering::Relaxed) {
                     // The rest of the batch goes out again on the next connection.
                     out.push(failed("the connection failed earlier in the batch".into()));
                     continue;
                 }
+                let wire = short("the topic (routing key)", &m.event.topic)
+                    .map_err(SinkError::Permanent)
+                    .and_then(|key| Ok((key, properties(&self.cfg, m)?)));
+                let (routing_key, props) = match wire {
+                    Ok(w) => w,
+                    Err(refused) => {
+                        out.push(Box::pin(std::future::ready(Err(refused))) as Confirmation);
+                        continue;
+                    }
+                };
                 let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
                 let published = tokio::time::timeout(
                     timeout,
                     live.channels[i].basic_publish(
-                        short(&self.cfg.exchange),
-                        short(&m.event.topic),
+                        exchange.clone(),
+                        routing_key,
                         opts,
                         &m.event.body,
-                        self.properties(m),
+                        props,
                     ),
                 )
                 .await;
@@ -514,13 +553,13 @@ async fn check(cfg: &RabbitmqSinkConfig) -> Result<String, String> {
     };
     let exists = ch
         .exchange_declare(
-            short(&cfg.exchange),
+            short("the exchange", &cfg.exchange)?,
             ExchangeKind::Topic,
             passive,
             FieldTable::default(),
         )
         .await;
-    let _ = conn.close(200, short("check done")).await;
+    let _ = conn.close(200, name("check done")).await;
     match (exists, cfg.declare) {
         (Ok(()), _) => Ok(format!(
             "rabbitmq: connected to {target}; exchange '{}' exists",
