@@ -250,6 +250,7 @@ pub async fn run(
             header_read_timeout: config.header_read_timeout(),
             body_read_timeout: config.body_read_timeout(),
             max_connections: config.server.max_connections,
+            idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
             trusted_proxies: config
                 .server
                 .trusted_proxies
@@ -264,8 +265,8 @@ pub async fn run(
     metrics::ready(true);
 
     tracing::info!(
-        webhooks = %server::local_addr(&listener).map_or_else(String::new, |a| a.to_string()),
-        admin = %server::local_addr(&admin).map_or_else(String::new, |a| a.to_string()),
+        webhooks = %crate::listener::local_addr(&listener).map_or_else(String::new, |a| a.to_string()),
+        admin = %crate::listener::local_addr(&admin).map_or_else(String::new, |a| a.to_string()),
         sources = ?names,
         sinks = ?config.sinks.names(),
         tls = config.server.tls.is_some(),

@@ -54,8 +54,13 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// Time allowed for a client to send its whole body; past it, 408.
     pub body_read_timeout_ms: u64,
-    /// Connections beyond this wait in the kernel backlog instead of using memory.
+    /// Connections held at most; at the cap a new one closes the one idle longest,
+    /// or waits (in the kernel backlog) while every one is busy.
     pub max_connections: usize,
+    /// A connection with no request in progress this long is closed (HTTP/1
+    /// keep-alive and HTTP/2 alike). One that has not completed a request head
+    /// within `header_read_timeout_ms` of connecting is closed too.
+    pub idle_timeout_ms: u64,
     /// On SIGTERM, how long in-flight requests and the forwarder get before exit.
     pub drain_deadline_secs: u64,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed for `allowed_cidrs`.
@@ -87,6 +92,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,
+            idle_timeout_ms: 60_000,
             drain_deadline_secs: 30,
             trusted_proxies: Vec::new(),
             tls: None,
@@ -562,6 +568,7 @@ impl Config {
         for (key, v) in [
             ("server.header_read_timeout_ms", s.header_read_timeout_ms),
             ("server.body_read_timeout_ms", s.body_read_timeout_ms),
+            ("server.idle_timeout_ms", s.idle_timeout_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be greater than 0"));

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! - [`config`]: the TOML file, typed and validated.
-//! - [`server`]: hyper listeners, limits, the accept path, the admin endpoints.
+//! - [`server`]: the accept path (limits, verify, extract, dedup, store) and the admin endpoints.
+//! - [`listener`]: connection slots and their deadlines, for both listeners.
 //! - [`verify`]: signature schemes; [`verify::Verified`] is the only way onward.
 //! - [`event`]: event type, id, topic and key from a verified body.
 //! - [`dedup`]: the window of ids already accepted, per process or shared in Redis.
@@ -37,6 +38,7 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+pub mod listener;
 pub mod metrics;
 pub mod rotation;
 pub mod server;

@@ -67,13 +67,15 @@ pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "filtered"];
 /// Results per topic at a sink.
 pub const TOPIC_RESULTS: [&str; 3] = ["published", "retriable", "permanent"];
 /// Why a connection ended badly before (or instead of) a request reaching a handler.
-pub const CONNECTION_ERRORS: [&str; 6] = [
+pub const CONNECTION_ERRORS: [&str; 8] = [
     "header_timeout",
     "malformed",
     "too_large",
     "incomplete",
     "tls",
     "io",
+    "evicted",
+    "accept",
 ];
 
 /// Latency buckets from 100 µs to five minutes, dense between 0.5 and 5 ms where a
@@ -99,7 +101,7 @@ fn describe() {
     );
     describe_counter!(
         HTTP_CONNECTION_ERRORS,
-        "Connections cut off or refused before a handler: header timeout, malformed, too large, incomplete, TLS, I/O."
+        "Connections cut off or refused before a handler: header timeout (or no request head at all), malformed, too large, incomplete, TLS, I/O, evicted (the idlest, closed to make room at max_connections), accept (the accept itself failed, e.g. out of file descriptors)."
     );
     describe_histogram!(
         HTTP_REQUEST_DURATION,

@@ -16,26 +16,21 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::dedup::{Seen, Space, Ticket, Window};
 use crate::event::{Event, Extracted, Extractor};
+use crate::listener;
 use crate::metrics::{self, EventLabels, RequestMetrics, UNKNOWN_SOURCE};
 use crate::sink::{Message, Route, SinkError};
 use crate::spool::{AppendError, Pending, Spool};
 use crate::verify::Verifier;
-
-/// Time a client gets to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Seconds a provider is asked to wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -67,6 +62,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
+    /// A connection with no request in progress this long is closed.
+    pub idle_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` is believed for allow-lists.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Failed signatures each client address may send: per second, and at once.
@@ -571,10 +568,16 @@ pub async fn serve(
         .keep_alive_interval(Duration::from_secs(30))
         .max_concurrent_streams(256);
     let service_app = app.clone();
-    accept_loop(
+    let settings = listener::Settings {
+        max_connections: limits.max_connections,
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
+        drain,
+    };
+    listener::serve(
         listener,
         builder,
-        limits.max_connections,
+        settings,
         move |req, peer| {
             let app = service_app.clone();
             async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
@@ -583,11 +586,15 @@ pub async fn serve(
             shutdown.await;
             app.accepting.store(false, Ordering::Relaxed);
         },
-        drain,
         tls,
     )
     .await;
 }
+
+/// Connections the admin listener holds at most: its own budget, so `/healthz`
+/// answers while the webhook port is saturated (and, with the idlest closed first,
+/// while its own slots are probed).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
 pub async fn serve_admin(
@@ -596,181 +603,67 @@ pub async fn serve_admin(
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = app.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    accept_loop(
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let settings = listener::Settings {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
+        drain: Duration::from_secs(1),
+    };
+    listener::serve(
         listener,
         builder,
-        64,
+        settings,
         move |req: Request<Incoming>, _peer| {
             let app = app.clone();
             let prometheus = prometheus.clone();
-            async move {
-                let r = match (req.method(), req.uri().path()) {
-                    (&Method::GET, "/metrics") => {
-                        // Rendering takes a millisecond or more with per-topic series:
-                        // off the workers, where it would delay webhooks queued behind it.
-                        let text = tokio::task::spawn_blocking(move || prometheus.render())
-                            .await
-                            .unwrap_or_default();
-                        let mut r = Response::new(Full::new(Bytes::from(text)));
-                        r.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                        );
-                        r
-                    }
-                    (&Method::GET, "/healthz") => {
-                        json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
-                    }
-                    (&Method::GET, "/readyz") => {
-                        let ready = app.ready();
-                        crate::metrics::ready(ready);
-                        if ready {
-                            json(StatusCode::OK, serde_json::json!({ "status": "ready" }))
-                        } else {
-                            json(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                serde_json::json!({ "status": "not ready",
-                                    "accepting": app.accepting.load(Ordering::Relaxed),
-                                    "delivering": app.delivering.load(Ordering::Relaxed),
-                                    "spool_has_room": app.spool_has_room(),
-                                    "brokers_reachable": app.brokers_reachable() }),
-                            )
-                        }
-                    }
-                    _ => error(StatusCode::NOT_FOUND, "not found"),
-                };
-                Ok::<_, Infallible>(r)
-            }
+            async move { Ok::<_, Infallible>(admin(&app, &prometheus, req).await) }
         },
         shutdown,
-        Duration::from_secs(1),
         None,
     )
     .await;
 }
 
-async fn accept_loop<S, F>(
-    listener: TcpListener,
-    builder: auto::Builder<TokioExecutor>,
-    max_connections: usize,
-    service: S,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) where
-    S: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Resp, Infallible>> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(max_connections));
-    tokio::pin!(shutdown);
-    loop {
-        // Wait for a free slot first: excess connections queue in the kernel backlog.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let service = move |req| service(req, peer);
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(service));
-                    watcher.watch(conn.into_owned()).await
-                }
-                // The handshake runs here, not in the accept loop, so a slow client
-                // holds only its own connection slot, and only until the timeout.
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            let conn = builder
-                                .serve_connection(TokioIo::new(tls_stream), service_fn(service));
-                            watcher.watch(conn.into_owned()).await
-                        }
-                        // Counted here, once: the handshake's io::Error must not
-                        // also count as "io" below.
-                        Ok(Err(e)) => {
-                            metrics::connection_error("tls");
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics::connection_error("tls");
-                            tracing::debug!(peer = %peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = served {
-                if let Some(reason) = connection_error_reason(e.as_ref()) {
-                    metrics::connection_error(reason);
-                }
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain deadline reached with HTTP requests still in flight");
-    }
-}
-
-/// Which [`metrics::CONNECTION_ERRORS`] reason a failed connection counts under;
-/// `None` for clients that just went away. TLS handshakes are counted where they fail.
-fn connection_error_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            return Some(if h.is_timeout() {
-                "header_timeout"
-            } else if h.is_parse_too_large() {
-                "too_large"
-            } else if h.is_parse() {
-                "malformed"
-            } else if h.is_incomplete_message() {
-                "incomplete"
-            } else if h.is_canceled() || h.is_closed() {
-                return None;
+async fn admin(app: &App, prometheus: &PrometheusHandle, req: Request<Incoming>) -> Resp {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            // Rendering takes a millisecond or more with per-topic series: off the
+            // workers, where it would delay webhooks queued behind it.
+            let prometheus = prometheus.clone();
+            let text = tokio::task::spawn_blocking(move || prometheus.render())
+                .await
+                .unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        (&Method::GET, "/readyz") => {
+            let ready = app.ready();
+            crate::metrics::ready(ready);
+            if ready {
+                json(StatusCode::OK, serde_json::json!({ "status": "ready" }))
             } else {
-                "io"
-            });
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({ "status": "not ready",
+                        "accepting": app.accepting.load(Ordering::Relaxed),
+                        "delivering": app.delivering.load(Ordering::Relaxed),
+                        "spool_has_room": app.spool_has_room(),
+                        "brokers_reachable": app.brokers_reachable() }),
+                )
+            }
         }
-        if err.downcast_ref::<std::io::Error>().is_some() {
-            return Some("io");
-        }
-        cur = err.source();
+        _ => error(StatusCode::NOT_FOUND, "not found"),
     }
-    None
-}
-
-/// The address a listener is bound to (for logs when port 0 was asked for).
-pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
-    l.local_addr().ok()
 }

@@ -343,7 +343,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let sender = Self::open(addr).await;
+        let sender = Self::open(addr).await.expect("connect");
         Client {
             sender,
             addr,
@@ -351,20 +351,23 @@ impl Client {
         }
     }
 
-    async fn open(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
-        let stream = TcpStream::connect(addr).await.expect("connect");
+    async fn open(addr: SocketAddr) -> std::io::Result<http1::SendRequest<Full<Bytes>>> {
+        let stream = TcpStream::connect(addr).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
-            .expect("handshake");
+            .map_err(std::io::Error::other)?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        sender
+        Ok(sender)
     }
 
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
         if self.closed {
-            self.sender = Self::open(self.addr).await;
+            // A server that is gone leaves the closed connection, whose error follows.
+            if let Ok(sender) = Self::open(self.addr).await {
+                self.sender = sender;
+            }
             self.closed = false;
         }
         self.sender.ready().await?;
