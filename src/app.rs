@@ -69,12 +69,64 @@ pub fn build_sources(
     Ok(sources)
 }
 
+/// File descriptors kept for everything but connections: spool segments and
+/// cursor, the dead-letter file, broker sockets, secret and certificate re-reads.
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime does) and
+/// returns it; `None` if it cannot be read.
+fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// `server.max_connections`, lowered if the file descriptor limit could not hold
+/// it besides the admin listener, the file sink's files and a reserve: connections
+/// must never take the descriptors the spool's next segment or a checkpoint needs.
+fn connection_budget(config: &Config) -> usize {
+    let wanted = config.server.max_connections;
+    let Some(limit) = raise_fd_limit() else {
+        return wanted;
+    };
+    let files = config.sinks.file.as_ref().map_or(0, |f| f.max_open_files) as u64;
+    let others = RESERVED_FDS + files + server::ADMIN_MAX_CONNECTIONS as u64;
+    let room = usize::try_from(limit.saturating_sub(others)).unwrap_or(usize::MAX);
+    if wanted <= room {
+        return wanted;
+    }
+    let budget = room.max(1);
+    tracing::warn!(
+        max_connections = wanted,
+        open_files_limit = limit,
+        using = budget,
+        "server.max_connections does not fit the open-files limit (ulimit -n) besides the admin listener, the file sink and a reserve; using fewer"
+    );
+    budget
+}
+
 /// Opens every configured sink. Must run inside the runtime (producers spawn tasks).
 async fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> {
     let mut sinks = HashMap::new();
     if let Some(file) = &config.sinks.file {
         let sink: Arc<dyn Sink> = Arc::new(
-            FileSink::open(&file.dir)
+            FileSink::open(&file.dir, file.max_open_files, file.max_topics)
                 .with_context(|| format!("sinks.file.dir: cannot open {}", file.dir.display()))?,
         );
         sinks.insert("file", Route::new(sink));
@@ -249,7 +301,7 @@ pub async fn run(
             max_body_bytes: config.server.max_body_bytes,
             header_read_timeout: config.header_read_timeout(),
             body_read_timeout: config.body_read_timeout(),
-            max_connections: config.server.max_connections,
+            max_connections: connection_budget(&config),
             idle_timeout: Duration::from_millis(config.server.idle_timeout_ms),
             trusted_proxies: config
                 .server

@@ -307,6 +307,23 @@ impl SinksConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     pub dir: PathBuf,
+    /// Files held open at once; past it the least recently written is synced and
+    /// closed (senders choose event types, so topics are not bounded by us).
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// Topic files this sink creates at most (those in `dir` at start count);
+    /// events for a new topic past it are dead-lettered with the reason.
+    #[serde(default = "default_max_topics")]
+    pub max_topics: usize,
+}
+
+const fn default_max_open_files() -> usize {
+    64
+}
+
+/// Topics a sink creates at most, by default (file sink files, Kafka topics).
+pub const fn default_max_topics() -> usize {
+    1000
 }
 
 /// The signature scheme of a source: a preset of signature, event type location
@@ -663,6 +680,14 @@ impl Config {
             return Err(invalid(
                 "sources",
                 "configure at least one source, e.g. [sources.quickassist] scheme = \"quickassist\"",
+            ));
+        }
+        if let Some(f) = &self.sinks.file
+            && (f.max_open_files == 0 || f.max_topics == 0)
+        {
+            return Err(invalid(
+                "sinks.file",
+                "max_open_files and max_topics must be greater than 0",
             ));
         }
         if let Some(k) = &self.sinks.kafka {

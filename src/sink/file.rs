@@ -4,6 +4,12 @@
 //! Each line carries the topic, the key, the headers and the raw body (as a JSON
 //! string, byte for byte; `body_hex` instead if it is not UTF-8).
 //!
+//! Senders choose event types, so the sink bounds what they can make it hold: at
+//! most `max_open_files` files are open (the least recently written one is synced
+//! and closed to make room), and at most `max_topics` topic files are created (an
+//! event for a new topic past that is refused for good: dead-lettered with the
+//! reason).
+//!
 //! A batch is confirmed once its lines are written; the files are fdatasync'd when
 //! the forwarder checkpoints ([`Sink::sync`]), before the spool forgets those
 //! events. One sync per file per checkpoint instead of one per file per batch: on a
@@ -15,14 +21,19 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Confirmation, Message, Sink, SinkError, jsonstr};
 
-type Reply = oneshot::Sender<Result<(), String>>;
+/// Messages refused for good, by sequence, with the reason; `None` when none were
+/// (the usual case: no allocation).
+type Refused = Option<Arc<Vec<(u64, String)>>>;
+type Reply = oneshot::Sender<Result<Refused, String>>;
 
 /// Lines go to the kernel in writes of about this size, built in one reused buffer:
 /// a merged batch of large bodies (up to `forward.max_in_flight_bytes` of them) is
@@ -32,7 +43,7 @@ const WRITE_CHUNK: usize = 1 << 20;
 enum Job {
     Write(Vec<Message>, Reply),
     /// fdatasync every file written since the last sync.
-    Sync(Reply),
+    Sync(oneshot::Sender<Result<(), String>>),
 }
 
 pub struct FileSink {
@@ -41,14 +52,26 @@ pub struct FileSink {
 
 impl FileSink {
     /// Creates the directory and starts the writer thread.
-    pub fn open(dir: &Path) -> io::Result<FileSink> {
+    pub fn open(dir: &Path, max_open_files: usize, max_topics: usize) -> io::Result<FileSink> {
         std::fs::create_dir_all(dir)?;
+        // Topic files already there count towards the cap.
+        let mut topics = HashSet::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            if let Some(topic) = name.to_string_lossy().strip_suffix(".jsonl") {
+                topics.insert(topic.to_string());
+            }
+        }
         let (jobs, rx) = mpsc::channel(64);
         let writer = Writer {
             dir: dir.to_path_buf(),
             files: HashMap::new(),
             unsynced: HashSet::new(),
             buf: Vec::with_capacity(WRITE_CHUNK),
+            uses: 0,
+            max_open_files: max_open_files.max(1),
+            topics,
+            max_topics,
         };
         std::thread::Builder::new()
             .name("file-sink".into())
@@ -67,25 +90,31 @@ impl Sink for FileSink {
         batch: Vec<Message>,
     ) -> crate::sink::BoxFuture<'_, Vec<crate::sink::Confirmation>> {
         Box::pin(async move {
-            let n = batch.len();
             let (tx, rx) = oneshot::channel();
+            let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
             let sent = self.jobs.send(Job::Write(batch, tx)).await.is_ok();
             let outcome = async move {
                 match rx.await {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(refused)) => Ok(refused),
                     Ok(Err(e)) => Err(SinkError::Retriable(e)),
                     Err(_) => Err(SinkError::Retriable("file sink stopped".into())),
                 }
             }
             .shared();
-            (0..n)
-                .map(|_| {
+            seqs.into_iter()
+                .map(|seq| {
                     let o = outcome.clone();
                     Box::pin(async move {
                         if !sent {
                             return Err(SinkError::Retriable("file sink stopped".into()));
                         }
-                        o.await
+                        match o.await? {
+                            Some(refused) => match refused.iter().find(|(s, _)| *s == seq) {
+                                Some((_, why)) => Err(SinkError::Permanent(why.clone())),
+                                None => Ok(()),
+                            },
+                            None => Ok(()),
+                        }
                     }) as Confirmation
                 })
                 .collect()
@@ -107,10 +136,17 @@ impl Sink for FileSink {
 struct Writer {
     dir: PathBuf,
     files: HashMap<String, Open>,
-    /// Topics written since their last fdatasync.
+    /// Topics written since their last fdatasync (all of them open: a file is synced
+    /// before it is closed).
     unsynced: HashSet<String>,
     /// Lines not yet written; empty between writes.
     buf: Vec<u8>,
+    /// Counts file uses, for least-recently-used eviction.
+    uses: u64,
+    max_open_files: usize,
+    /// Topics with a file in `dir`.
+    topics: HashSet<String>,
+    max_topics: usize,
 }
 
 impl Writer {
@@ -140,7 +176,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let result = self.write(&batch).map_err(|e| e.to_string());
+            let result = self.write_caught(&batch).map_err(|e| e.to_string());
             if let Err(e) = &result {
                 tracing::warn!(error = %e, "file sink write failed; the forwarder will retry");
                 // Reopen on the next write rather than trusting a file in an unknown state.
@@ -155,20 +191,63 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &[Message]) -> io::Result<()> {
+    /// [`Writer::write`], with a panic (a bug) kept to the message it happened on:
+    /// the batch is written again one message at a time, and a message that panics
+    /// alone is refused for good (dead-lettered with the panic as its reason).
+    /// Lines written before the panic may be written twice: duplicates, not losses.
+    fn write_caught(&mut self, batch: &[Message]) -> io::Result<Refused> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.write(batch))) {
+            Ok(written) => written,
+            Err(panic) => {
+                tracing::error!(panic = %crate::sink::panic_text(&*panic),
+                    "the file sink panicked writing a batch; writing it one event at a time");
+                self.buf.clear();
+                let mut refused = Vec::new();
+                for m in batch {
+                    let one = std::slice::from_ref(m);
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| self.write(one))) {
+                        Ok(Ok(Some(r))) => refused.extend(r.iter().cloned()),
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(panic) => {
+                            self.buf.clear();
+                            crate::metrics::sink_panic("file");
+                            let why = format!(
+                                "the file sink panicked on this event: {}",
+                                crate::sink::panic_text(&*panic)
+                            );
+                            refused.push((m.seq, why));
+                        }
+                    }
+                }
+                Ok((!refused.is_empty()).then(|| Arc::new(refused)))
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &[Message]) -> io::Result<Refused> {
         let mut by_topic: HashMap<&str, Vec<&Message>> = HashMap::new();
         for m in batch {
             by_topic.entry(m.event.topic.as_str()).or_default().push(m);
         }
+        let mut refused = Vec::new();
         let mut buf = std::mem::take(&mut self.buf);
         let mut written = Ok(());
         for (topic, messages) in &by_topic {
-            if !self.unsynced.contains(*topic) {
-                self.unsynced.insert(topic.to_string());
+            if !self.topics.contains(*topic) && self.topics.len() >= self.max_topics {
+                let why = format!(
+                    "the file sink holds {} topic files, its cap (sinks.file.max_topics): no file is created for topic {topic}",
+                    self.topics.len()
+                );
+                refused.extend(messages.iter().map(|m| (m.seq, why.clone())));
+                continue;
             }
             written = self
                 .file(topic)
                 .and_then(|file| write_lines(file, messages, &mut buf));
+            if !self.unsynced.contains(*topic) {
+                self.unsynced.insert(topic.to_string());
+            }
             if written.is_err() {
                 break;
             }
@@ -177,24 +256,53 @@ impl Writer {
         // One line far over a chunk (a body near server.max_body_bytes) is not kept.
         buf.shrink_to(WRITE_CHUNK);
         self.buf = buf;
-        written
+        written.map(|()| (!refused.is_empty()).then(|| Arc::new(refused)))
     }
 
     fn file(&mut self, topic: &str) -> io::Result<&mut Open> {
+        self.uses += 1;
         if !self.files.contains_key(topic) {
+            if self.files.len() >= self.max_open_files {
+                self.close_least_recent()?;
+            }
             let path = self.dir.join(format!("{topic}.jsonl"));
             let file = OpenOptions::new().create(true).append(true).open(path)?;
             let len = file.metadata()?.len();
+            self.topics.insert(topic.to_string());
             self.files.insert(
                 topic.to_string(),
                 Open {
                     file,
                     len,
                     handed: len,
+                    used: 0,
                 },
             );
         }
-        Ok(self.files.get_mut(topic).expect("inserted above"))
+        let open = self.files.get_mut(topic).expect("inserted above");
+        open.used = self.uses;
+        Ok(open)
+    }
+
+    /// Closes the file written least recently, synced first if it has unsynced lines
+    /// (the spool must not forget them before they are on disk).
+    fn close_least_recent(&mut self) -> io::Result<()> {
+        let Some(topic) = self
+            .files
+            .iter()
+            .min_by_key(|(_, o)| o.used)
+            .map(|(t, _)| t.clone())
+        else {
+            return Ok(());
+        };
+        if self.unsynced.contains(&topic)
+            && let Some(open) = self.files.get(&topic)
+        {
+            open.file.sync_data()?;
+            self.unsynced.remove(&topic);
+        }
+        self.files.remove(&topic);
+        Ok(())
     }
 
     /// A topic stays unsynced until its fdatasync succeeds, even across a reopen
@@ -231,6 +339,8 @@ struct Open {
     len: u64,
     /// Everything before this offset is written back or on its way.
     handed: u64,
+    /// `Writer::uses` when last written: the least recent is closed first.
+    used: u64,
 }
 
 impl Open {
@@ -321,7 +431,7 @@ mod tests {
     #[tokio::test]
     async fn writes_one_file_per_topic_and_keeps_the_body_exact() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = FileSink::open(dir.path()).unwrap();
+        let sink = FileSink::open(dir.path(), 64, 1000).unwrap();
         let pretty = b"{\n  \"event\": \"message.read\"\n}";
         let confirms = sink
             .publish(vec![
@@ -390,6 +500,10 @@ mod tests {
             files: HashMap::new(),
             unsynced: HashSet::new(),
             buf: Vec::new(),
+            uses: 0,
+            max_open_files: 8,
+            topics: HashSet::new(),
+            max_topics: 100,
         };
         let line = vec![b'x'; 1000];
         let f = w.file("t").unwrap();
@@ -411,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn batches_larger_than_a_chunk_are_written_whole_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = FileSink::open(dir.path()).unwrap();
+        let sink = FileSink::open(dir.path(), 64, 1000).unwrap();
         let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(8 * 1024));
         let batch: Vec<Message> = (0..400)
             .map(|i| msg(i, if i % 3 == 0 { "a.c" } else { "a.b" }, body.as_bytes()))
@@ -438,11 +552,49 @@ mod tests {
         }
     }
 
+    /// Three hundred event types: at most `max_open_files` files open at once, every
+    /// line written and synced; past `max_topics` a new topic is refused for good
+    /// (its events are dead-lettered), topics that have a file keep working.
+    #[tokio::test]
+    async fn open_files_and_created_topics_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old.topic.jsonl"), "").unwrap();
+        let sink = FileSink::open(dir.path(), 8, 250).unwrap();
+        let batch: Vec<Message> = (0..300).map(|i| msg(i, &format!("t.{i}"), b"{}")).collect();
+        let results: Vec<Result<(), SinkError>> =
+            futures_util::future::join_all(sink.publish(batch).await).await;
+        let refused = results.iter().filter(|r| r.is_err()).count();
+        // 250 topics, one of them already there: 249 new files.
+        assert_eq!(refused, 300 - 249);
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(r, SinkError::Permanent(why) if why.contains("sinks.file.max_topics")),
+                "{r:?}"
+            );
+        }
+        sink.sync().await.unwrap();
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 250);
+        // A known topic still takes events once the cap is reached.
+        for c in sink.publish(vec![msg(1000, "t.3", b"{}")]).await {
+            c.await.unwrap();
+        }
+        let t3 = std::fs::read_to_string(dir.path().join("t.3.jsonl")).unwrap();
+        assert_eq!(t3.lines().count(), 2);
+        // And the writer held at most 8 files open (counted from /proc).
+        let fds = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| p.starts_with(dir.path()))
+            .count();
+        assert!(fds <= 8, "{fds} files open");
+    }
+
     /// A sync covers every batch handed over before it, confirmed or not yet.
     #[tokio::test]
     async fn sync_covers_what_was_published_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = FileSink::open(dir.path()).unwrap();
+        let sink = FileSink::open(dir.path(), 64, 1000).unwrap();
         let pending = sink
             .publish((0..100).map(|i| msg(i, "a.b", b"{}")).collect())
             .await;

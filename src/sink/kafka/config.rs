@@ -64,6 +64,11 @@ pub struct KafkaSinkConfig {
     /// Replication factor of created topics; -1 takes the broker's default.
     #[serde(default = "broker_default")]
     pub topic_replication: i32,
+    /// With `create_topics`: topics this sink creates (or finds) at most. Senders
+    /// choose event types; past the cap an event for a new topic is dead-lettered
+    /// with the reason instead of creating it. The DLQ topic does not count.
+    #[serde(default = "crate::config::default_max_topics")]
+    pub max_topics: usize,
     /// Topic for events refused for good; without it they go to the dead-letter file.
     pub dlq_topic: Option<String>,
     /// Adds CloudEvents binary-mode headers (`ce_specversion`, `ce_id`, ...).
@@ -94,6 +99,26 @@ const fn broker_default() -> i32 {
 /// A `[sinks.kafka]` problem: the key and why.
 pub type Problem = (String, String);
 
+/// A pass-through librdkafka property, wherever its value comes from (the file,
+/// the environment, a mounted file): properties hookrelay sets from typed keys may
+/// not be set raw, and durability may not be weakened. Values read from the
+/// environment or a file are checked once read, so those roads do not go around.
+fn check_property(k: &str, v: &str, table: &str) -> Result<(), Problem> {
+    let p = |why: String| Err((format!("sinks.kafka.{table}.\"{k}\""), why));
+    let key = k.trim().to_ascii_lowercase();
+    if let Some((_, typed)) = OWNED.iter().find(|(raw, _)| *raw == key) {
+        return p(format!("set sinks.kafka.{typed} instead"));
+    }
+    let v = v.trim().to_ascii_lowercase();
+    if (key == "acks" || key == "request.required.acks") && v != "all" && v != "-1" {
+        return p("a 200 promises the event is safe: only acks=all is allowed".into());
+    }
+    if key == "enable.idempotence" && v != "true" {
+        return p("idempotence keeps per-key order across retries; it cannot be turned off".into());
+    }
+    Ok(())
+}
+
 impl KafkaSinkConfig {
     /// Checks that need no network; secrets are read by [`Self::client_config`].
     pub fn validate(&self) -> Result<(), Problem> {
@@ -111,26 +136,7 @@ impl KafkaSinkConfig {
             return p("message_timeout_ms", "must be at least 1000".into());
         }
         for (k, v) in &self.librdkafka {
-            if let Some((_, typed)) = OWNED.iter().find(|(raw, _)| raw == k) {
-                return p(
-                    &format!("librdkafka.\"{k}\""),
-                    format!("set sinks.kafka.{typed} instead"),
-                );
-            }
-            let v = v.trim().to_ascii_lowercase();
-            if (k == "acks" || k == "request.required.acks") && v != "all" && v != "-1" {
-                return p(
-                    &format!("librdkafka.\"{k}\""),
-                    "a 200 promises the event is safe: only acks=all is allowed".into(),
-                );
-            }
-            if k == "enable.idempotence" && v != "true" {
-                return p(
-                    &format!("librdkafka.\"{k}\""),
-                    "idempotence keeps per-key order across retries; it cannot be turned off"
-                        .into(),
-                );
-            }
+            check_property(k, v, "librdkafka")?;
         }
         for k in self
             .librdkafka_from_env
@@ -148,6 +154,9 @@ impl KafkaSinkConfig {
             && (!crate::event::is_sane_name(t) || t.len() > crate::event::MAX_TOPIC_LEN)
         {
             return p("dlq_topic", format!("'{t}' is not a legal topic name"));
+        }
+        if self.max_topics == 0 {
+            return p("max_topics", "must be greater than 0".into());
         }
         if self.topic_partitions == 0 || self.topic_partitions < -1 {
             return p(
@@ -186,6 +195,8 @@ impl KafkaSinkConfig {
         for (k, var) in &self.librdkafka_from_env {
             match std::env::var(var) {
                 Ok(v) if !v.is_empty() => {
+                    // The value is known only now: held to the same rules as the file's.
+                    check_property(k, &v, "librdkafka_from_env")?;
                     c.set(k, v);
                 }
                 _ => {
@@ -199,7 +210,9 @@ impl KafkaSinkConfig {
         for (k, path) in &self.librdkafka_from_file {
             match std::fs::read_to_string(path) {
                 Ok(v) if !v.trim_end().is_empty() => {
-                    c.set(k, v.trim_end_matches(['\n', '\r']));
+                    let v = v.trim_end_matches(['\n', '\r']);
+                    check_property(k, v, "librdkafka_from_file")?;
+                    c.set(k, v);
                 }
                 Ok(_) => {
                     return Err((
@@ -249,6 +262,38 @@ mod tests {
             let err = parse(bad).validate().unwrap_err();
             assert!(err.0.starts_with("sinks.kafka.librdkafka."), "{err:?}");
         }
+    }
+
+    /// The environment and mounted files cannot weaken durability either: their
+    /// values are checked once read.
+    #[test]
+    fn weakening_durability_from_env_or_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("acks");
+        std::fs::write(&f, "1\n").unwrap();
+        let k = parse(&format!(
+            "[librdkafka_from_file]\n\"acks\" = {:?}\n",
+            f.display().to_string()
+        ));
+        k.validate().unwrap();
+        let err = k.client_config().unwrap_err();
+        assert_eq!(
+            err.0, "sinks.kafka.librdkafka_from_file.\"acks\"",
+            "{err:?}"
+        );
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("HOOKRELAY_TEST_IDEMPOTENCE", "false") };
+        let k = parse(
+            "[librdkafka_from_env]\n\"enable.idempotence\" = \"HOOKRELAY_TEST_IDEMPOTENCE\"\n",
+        );
+        let err = k.client_config().unwrap_err();
+        assert!(err.1.contains("idempotence"), "{err:?}");
+        unsafe { std::env::set_var("HOOKRELAY_TEST_LINGER", "50") };
+        let k = parse("[librdkafka_from_env]\n\"Linger.MS\" = \"HOOKRELAY_TEST_LINGER\"\n");
+        assert!(k.client_config().unwrap_err().1.contains("linger_ms"));
+        unsafe { std::env::set_var("HOOKRELAY_TEST_ACKS_ALL", "all") };
+        let k = parse("[librdkafka_from_env]\n\"acks\" = \"HOOKRELAY_TEST_ACKS_ALL\"\n");
+        assert_eq!(k.client_config().unwrap().get("acks"), Some("all"));
     }
 
     #[test]

@@ -85,6 +85,16 @@ impl KafkaSink {
         if known.contains(topic) {
             return Ok(());
         }
+        let is_dlq = self.cfg.dlq_topic.as_deref() == Some(topic);
+        let counted = known
+            .iter()
+            .filter(|t| self.cfg.dlq_topic.as_deref() != Some(t.as_str()))
+            .count();
+        if !is_dlq && counted >= self.cfg.max_topics {
+            return Err(SinkError::Permanent(format!(
+                "the kafka sink created or found {counted} topics, its cap (sinks.kafka.max_topics): topic {topic} is not created"
+            )));
+        }
         let new = NewTopic::new(
             topic,
             self.cfg.topic_partitions,
