@@ -4,6 +4,7 @@
 #   extract       event type / id extraction from verified JSON and form bodies
 #   config        the TOML configuration, parsed and validated
 #   spool_record  the spool's record framing and decoder, as recovery reads a segment
+#   edge          a request each source accepts: its record round-trips, every sink encodes it
 #
 #   scripts/fuzz.sh                          # every target, 600 s each, two at a time
 #   FUZZ_SECONDS=60 scripts/fuzz.sh verify   # one target, one minute
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 seconds="${FUZZ_SECONDS:-600}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(verify extract config spool_record)
+[ ${#targets[@]} -gt 0 ] || targets=(verify extract config spool_record edge)
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \

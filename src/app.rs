@@ -129,15 +129,15 @@ async fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Ro
             FileSink::open(&file.dir, file.max_open_files, file.max_topics)
                 .with_context(|| format!("sinks.file.dir: cannot open {}", file.dir.display()))?,
         );
-        sinks.insert("file", Route::new(sink));
+        sinks.insert("file", Route::new(crate::faults::wrap_sink(sink)));
     }
     if let Some(kafka) = &config.sinks.kafka {
         let sink: Arc<dyn Sink> = Arc::new(KafkaSink::new(kafka)?);
-        sinks.insert("kafka", Route::new(sink));
+        sinks.insert("kafka", Route::new(crate::faults::wrap_sink(sink)));
     }
     if let Some(rabbitmq) = &config.sinks.rabbitmq {
         let sink: Arc<dyn Sink> = Arc::new(RabbitmqSink::new(rabbitmq).await?);
-        sinks.insert("rabbitmq", Route::new(sink));
+        sinks.insert("rabbitmq", Route::new(crate::faults::wrap_sink(sink)));
     }
     Ok(sinks)
 }

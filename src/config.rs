@@ -357,6 +357,53 @@ pub struct Preset {
     pub tolerance_secs: u64,
 }
 
+/// Stricter extraction for a scheme whose signature leaves room to alter a body
+/// without breaking it (Twilio signs its form parameters concatenated, so moving
+/// bytes from one value into the next key keeps the signature): the type and the id
+/// must both be found (no digest fallback) and have the provider's own shape, so a
+/// re-split body cannot mint a new event id.
+#[derive(Debug, Clone, Copy)]
+pub struct Strict {
+    /// The only event types accepted.
+    pub event_types: &'static [&'static str],
+    /// The provider's id shape.
+    pub id_shape: fn(&str) -> bool,
+}
+
+/// Twilio's message and call statuses (its status callbacks' `MessageStatus`,
+/// `SmsStatus` and `CallStatus`).
+const TWILIO_STATUSES: &[&str] = &[
+    "accepted",
+    "scheduled",
+    "canceled",
+    "queued",
+    "sending",
+    "sent",
+    "failed",
+    "delivered",
+    "undelivered",
+    "receiving",
+    "received",
+    "read",
+    "partially_delivered",
+    "initiated",
+    "ringing",
+    "in-progress",
+    "completed",
+    "busy",
+    "no-answer",
+];
+
+/// A Twilio SID: two capital letters and 32 lowercase hex digits.
+fn twilio_sid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 34
+        && b[..2].iter().all(u8::is_ascii_uppercase)
+        && b[2..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
 impl Scheme {
     /// The event types the provider documents; their metric series start at zero.
     pub fn known_events(self) -> &'static [&'static str] {
@@ -394,7 +441,7 @@ impl Scheme {
             ),
             Scheme::Meta => p("/entry/0/changes/0/field|/object", None, 0),
             Scheme::Twilio => p(
-                "form:MessageStatus|form:SmsStatus|form:CallStatus|literal:request",
+                "form:MessageStatus|form:SmsStatus|form:CallStatus",
                 Some("form:MessageSid|form:SmsSid|form:CallSid"),
                 0,
             ),
@@ -946,6 +993,18 @@ impl Config {
 }
 
 impl SourceConfig {
+    /// The scheme's stricter extraction, when the source uses the scheme's own
+    /// locations (see [`Strict`]).
+    pub fn strict(&self) -> Option<Strict> {
+        match self.scheme {
+            Scheme::Twilio if self.event_from.is_none() && self.id_from.is_none() => Some(Strict {
+                event_types: TWILIO_STATUSES,
+                id_shape: twilio_sid,
+            }),
+            _ => None,
+        }
+    }
+
     /// Where the event type is: configured, else the scheme's preset.
     pub fn event_from(&self) -> String {
         self.event_from

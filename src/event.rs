@@ -632,6 +632,8 @@ pub struct Extractor {
     pointers: Vec<Pointer>,
     /// The id may come from outside the signature (see [`Extractor::replay_guard`]).
     guarded: bool,
+    /// The scheme's stricter rules, if any (see `config::Strict`).
+    strict: Option<crate::config::Strict>,
 }
 
 impl Extractor {
@@ -658,6 +660,7 @@ impl Extractor {
             allow: cfg.events.as_ref().map(|e| e.iter().cloned().collect()),
             pointers,
             guarded: cfg.id_is_unsigned(),
+            strict: cfg.strict(),
         })
     }
 
@@ -696,10 +699,19 @@ impl Extractor {
         let raw_id = match self.id_from.as_ref().and_then(|l| l.find(&doc, headers)) {
             Some(Found::Text(s) | Found::Number(s)) => s,
             Some(Found::NotText) => return Err(ExtractError::InvalidId),
+            None if self.strict.is_some() => return Err(ExtractError::InvalidId),
             // No provider id (e.g. an event about a template, not a message): the body's
             // digest still recognises the provider's retries, which resend the same bytes.
             None => body_digest(body),
         };
+        if let Some(strict) = &self.strict {
+            if !strict.event_types.contains(&event_type.as_str()) {
+                return Err(ExtractError::InvalidEventType);
+            }
+            if !(strict.id_shape)(&raw_id) {
+                return Err(ExtractError::InvalidId);
+            }
+        }
         if raw_id.is_empty() || raw_id.len() > MAX_ID_LEN || raw_id.chars().any(|c| c.is_control())
         {
             return Err(ExtractError::InvalidId);
@@ -996,6 +1008,68 @@ mod tests {
         let k = extractor("id_template = \"{id}\"\nkey = \"{id}{id}{id}{id}{id}{id}\"\n");
         let long_key = body("message.read", &"i".repeat(200));
         assert_eq!(publish(&k, &long_key), Err(ExtractError::KeyTooLong));
+    }
+
+    /// Twilio signs its form parameters concatenated, names and values alike, so
+    /// bytes can move from one value into the next name without breaking the
+    /// signature. The type and the SID must both be there, with Twilio's shapes:
+    /// a re-split body is refused instead of becoming a new event.
+    #[test]
+    fn twilio_bodies_cannot_mint_new_ids() {
+        let text = "[sinks.file]\ndir = \"x\"\n[sources.tw]\nscheme = \"twilio\"\nsecret_env = \"X\"\npublic_url = \"https://h\"\n";
+        let c = Config::parse(text).unwrap();
+        let x = Extractor::new("tw", &c.sources["tw"]).unwrap();
+        let v = Verifier::with_secrets(
+            crate::verify::Method::Hmac {
+                spec: crate::verify::GenericHmac {
+                    header: "x-sig".into(),
+                    algorithm: crate::verify::Alg::Sha256,
+                    encoding: crate::verify::Encoding::Hex,
+                    prefix: String::new(),
+                    content: "{body}".into(),
+                    timestamp_header: None,
+                    id_header: None,
+                },
+                tolerance: 0,
+            },
+            &[b"k"],
+        )
+        .unwrap();
+        let form = |body: &str| {
+            let mut h = HeaderMap::new();
+            for (n, val) in v.sign(body.as_bytes(), "/").unwrap() {
+                h.insert(
+                    hyper::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    val.parse().unwrap(),
+                );
+            }
+            let verified = v.verify(&h, Bytes::from(body.to_string()), "/").unwrap();
+            x.extract(
+                verified,
+                &HeaderMap::new(),
+                "application/x-www-form-urlencoded",
+                0,
+            )
+            .map(|e| match e {
+                Extracted::Publish(e) => e.id,
+                Extracted::Filtered { .. } => panic!(),
+            })
+        };
+        let sid = "SM0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            form(&format!("MessageSid={sid}&MessageStatus=sent&To=%2B1555")).unwrap(),
+            format!("sent:{sid}")
+        );
+        // The same bytes Twilio signed, split differently.
+        for resplit in [
+            format!("MessageSid={sid}&MessageStatus=se&ntTo=%2B1555"),
+            format!("MessageSid={}&fMessageStatus=sent", &sid[..33]),
+            format!("MessageSid={sid}"),
+            "MessageStatus=sent&To=%2B1555".to_string(),
+            format!("MessageSid=sm{}&MessageStatus=sent", &sid[2..]),
+        ] {
+            assert!(form(&resplit).is_err(), "{resplit}");
+        }
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct Forwarder {
     last_warn: Option<Instant>,
     /// Topics whose permanent failures were already logged: once per topic, not per event.
     refused_topics: HashSet<String>,
+    /// Fault injection: panic after settling this many more events (`crate::faults`).
+    panic_after: Option<u64>,
 }
 
 /// `None` while running; `Some(deadline)` once shutdown asks for a drain.
@@ -126,6 +128,7 @@ impl Forwarder {
             confirms: FuturesUnordered::new(),
             last_warn: None,
             refused_topics: HashSet::new(),
+            panic_after: crate::faults::forwarder_panic_after(),
         }
     }
 
@@ -292,6 +295,10 @@ impl Forwarder {
     }
 
     async fn settle(&mut self, seq: u64, result: Result<(), SinkError>) {
+        if let Some(n) = self.panic_after.as_mut() {
+            *n = n.saturating_sub(1);
+            assert!(*n > 0, "injected forwarder panic (fault injection)");
+        }
         let Some(p) = self.in_flight.get_mut(&seq) else {
             return;
         };

@@ -42,7 +42,7 @@ const HEADERS: &[&str] = &[
 
 /// Every source of `examples/providers.toml` (all sixteen schemes), with secrets
 /// written to a private temporary directory instead of the environment.
-fn sources() -> &'static Vec<(Verifier, Extractor)> {
+pub fn sources() -> &'static Vec<(Verifier, Extractor)> {
     static SOURCES: OnceLock<Vec<(Verifier, Extractor)>> = OnceLock::new();
     SOURCES.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("hookrelay-fuzz-{}", std::process::id()));
@@ -163,6 +163,79 @@ pub fn extract(data: &[u8]) {
     if let Ok(verified) = verifier.verify(&headers, Bytes::copy_from_slice(body), "/w?a=b") {
         let _ = extractor.extract(verified, &headers, &ct, 0);
     }
+}
+
+/// The whole edge: a request the chosen source accepts (its body is signed for it,
+/// any headers and content type) must give an event that round-trips through the
+/// spool record byte for byte, and that every sink can encode without panicking or
+/// refusing it: Kafka headers and key, AMQP properties (CloudEvents on), the file
+/// line. Returns the event, when the edge accepted one.
+pub fn edge(data: &[u8]) -> Option<crate::event::Event> {
+    let all = sources();
+    if all.is_empty() {
+        return None;
+    }
+    let (which, mut headers, body) = split(data);
+    let (verifier, extractor) = &all[which % all.len()];
+    for (name, value) in verifier.sign(body, "/w?a=b").ok()? {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    edge_request(verifier, extractor, &headers, body)
+}
+
+/// [`edge`] for one request; panics if an accepted event breaks the contract.
+pub fn edge_request(
+    verifier: &Verifier,
+    extractor: &Extractor,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<crate::event::Event> {
+    let verified = verifier
+        .verify(headers, Bytes::copy_from_slice(body), "/w?a=b")
+        .ok()?;
+    let ct = crate::event::content_type(headers).ok()?;
+    let event = match extractor.extract(verified, headers, ct, 1_700_000_000_000_000_000) {
+        Ok(crate::event::Extracted::Publish(e)) => e,
+        _ => return None,
+    };
+    let _ = extractor.replay_guard(&event);
+    // The spool record: framed, sealed, read back and decoded, exactly.
+    let mut frame = crate::spool::encode(&event)
+        .expect("an event the edge accepted must fit a record")
+        .to_vec();
+    crate::spool::seal(&mut frame, 42);
+    let payload = match crate::spool::read_frame(&mut Cursor::new(&frame), 42) {
+        Ok(crate::spool::Frame::Record(p)) => p,
+        other => panic!("the record does not read back: {other:?}"),
+    };
+    let back = crate::spool::decode(42, payload).expect("the record decodes");
+    assert_eq!(back.event, event, "the record round-trips byte for byte");
+    // Every sink's wire format.
+    let m = crate::sink::Message {
+        seq: 42,
+        event: std::sync::Arc::new(event.clone()),
+    };
+    let _ = crate::sink::kafka::headers(true, &m, &[("hookrelay-dead-letter-reason", b"x")]);
+    if let Err(e) = crate::sink::rabbitmq::properties(amqp(), &m) {
+        panic!("an event the edge accepted is refused by the AMQP sink: {e}");
+    }
+    let line = crate::sink::file::json_line(&m, Some("reason"));
+    serde_json::from_slice::<serde_json::Value>(&line).expect("the file line is JSON");
+    Some(event)
+}
+
+/// A RabbitMQ sink's settings with everything on that adds to the wire format.
+fn amqp() -> &'static crate::sink::rabbitmq::RabbitmqSinkConfig {
+    static CFG: OnceLock<crate::sink::rabbitmq::RabbitmqSinkConfig> = OnceLock::new();
+    CFG.get_or_init(|| {
+        toml::from_str("uri = \"amqp://localhost\"\ncloudevents = true\n")
+            .expect("a valid sink config")
+    })
 }
 
 /// The configuration file: parse, validate, and build what `run` would build.

@@ -34,6 +34,7 @@ pub mod deadletter;
 pub mod dedup;
 pub mod disk;
 pub mod event;
+pub mod faults;
 pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -44,3 +44,11 @@ fn config_corpus() {
 fn spool_record_corpus() {
     replay("spool_record", hookrelay::fuzzing::spool_record);
 }
+
+#[test]
+fn edge_corpus() {
+    let n = replay("edge", |data| {
+        let _ = hookrelay::fuzzing::edge(data);
+    });
+    assert!(n > 100, "{n} inputs");
+}

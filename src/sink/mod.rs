@@ -9,7 +9,7 @@
 //! Nothing below this module knows about HTTP.
 
 pub mod cloudevents;
-pub(crate) mod file;
+pub mod file;
 mod jsonstr;
 pub mod kafka;
 pub mod rabbitmq;

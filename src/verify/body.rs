@@ -37,7 +37,15 @@ fn body_hmac(
 }
 
 /// Raw bytes first; with `json_stringify`, also the body's `JSON.stringify` form.
-pub fn quickassist(req: &Request<'_>, keys: &[Key], json_stringify: bool) -> Result<(), Failure> {
+/// When only that form verifies it is returned: it, not the bytes received, is what
+/// was signed, so it is what is published and what the id is read from. Otherwise
+/// whitespace, a repeated key or `1` written `1.0` would make a captured body a new
+/// event with attacker-chosen bytes under the same signature.
+pub fn quickassist(
+    req: &Request<'_>,
+    keys: &[Key],
+    json_stringify: bool,
+) -> Result<Option<Vec<u8>>, Failure> {
     let sig = decode(
         single_header(req.headers, "x-webhook-signature")?,
         "",
@@ -45,13 +53,13 @@ pub fn quickassist(req: &Request<'_>, keys: &[Key], json_stringify: bool) -> Res
         Alg::Sha256,
     )?;
     if any_mac_matches(keys, Alg::Sha256, &[req.body], std::slice::from_ref(&sig)) {
-        return Ok(());
+        return Ok(None);
     }
     if json_stringify
         && let Some(form) = super::jsstringify::stringify(req.body)
         && any_mac_matches(keys, Alg::Sha256, &[&form], &[sig])
     {
-        return Ok(());
+        return Ok(Some(form));
     }
     Err(Failure::Mismatch)
 }
@@ -68,22 +76,29 @@ pub fn razorpay(req: &Request<'_>, keys: &[Key]) -> Result<(), Failure> {
     body_hmac(req, keys, "x-razorpay-signature", "", Encoding::Hex)
 }
 
-/// Linear signs the body; its `webhookTimestamp` (ms) must be recent.
+/// Linear signs the body; its `webhookTimestamp` (ms) must be recent. The body is
+/// the only place the timestamp is, so it must be there exactly once, as an integer:
+/// missing, a string, a float or a repeated key is a 401, never a skipped check.
 pub fn linear(req: &Request<'_>, keys: &[Key], tolerance: u64) -> Result<(), Failure> {
     body_hmac(req, keys, "linear-signature", "", Encoding::Hex)?;
     #[derive(serde::Deserialize)]
     struct Stamp {
+        // serde refuses a repeated field, a float and a string here.
         #[serde(rename = "webhookTimestamp")]
         webhook_timestamp: Option<u64>,
     }
-    if let Ok(Stamp {
-        webhook_timestamp: Some(ms),
-    }) = serde_json::from_slice::<Stamp>(req.body)
-        && (ms / 1000).abs_diff(req.now) > tolerance
-    {
-        return Err(Failure::Stale);
+    match serde_json::from_slice::<Stamp>(req.body) {
+        Ok(Stamp {
+            webhook_timestamp: Some(ms),
+        }) if (ms / 1000).abs_diff(req.now) <= tolerance => Ok(()),
+        Ok(Stamp {
+            webhook_timestamp: Some(_),
+        }) => Err(Failure::Stale),
+        Ok(Stamp {
+            webhook_timestamp: None,
+        })
+        | Err(_) => Err(Failure::Malformed),
     }
-    Ok(())
 }
 
 /// One part of the generic scheme's signed content.

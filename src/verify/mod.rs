@@ -54,7 +54,9 @@ impl Failure {
     }
 }
 
-/// A body whose signature checked out. Only [`Verifier::verify`] makes one.
+/// A body whose signature checked out: exactly the bytes that were signed (the
+/// bytes received, or the canonical form a scheme signs instead). Only
+/// [`Verifier::verify`] makes one.
 #[derive(Debug, Clone)]
 pub struct Verified(Bytes);
 
@@ -239,21 +241,27 @@ impl Verifier {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.verify_at(&Request {
+        let signed = self.signed_form(&Request {
             headers,
             body: &body,
             path_and_query,
             now,
         })?;
-        Ok(Verified(body))
+        Ok(Verified(signed.map_or(body, Bytes::from)))
     }
 
     /// [`Verifier::verify`] at a given time, without taking the body.
     pub fn verify_at(&self, req: &Request<'_>) -> Result<(), Failure> {
+        self.signed_form(req).map(|_| ())
+    }
+
+    /// Checks the request; `Some(bytes)` when what was signed is a canonical form of
+    /// the body rather than the bytes received (quickassist's json-stringify mode).
+    fn signed_form(&self, req: &Request<'_>) -> Result<Option<Vec<u8>>, Failure> {
         let keys = self.keys();
-        match &self.method {
+        let raw = match &self.method {
             Method::Quickassist { json_stringify } => {
-                body::quickassist(req, &keys, *json_stringify)
+                return body::quickassist(req, &keys, *json_stringify);
             }
             Method::HubSignature => body::hub_signature(req, &keys),
             Method::Shopify => body::shopify(req, &keys),
@@ -271,7 +279,8 @@ impl Verifier {
             Method::Basic => token::basic(req, &keys),
             Method::Bearer => token::bearer(req, &keys),
             Method::HeaderToken { header } => token::header_token(req, &keys, header),
-        }
+        };
+        raw.map(|()| None)
     }
 
     /// A provider handshake in a verified POST (GitHub ping, Slack url_verification,

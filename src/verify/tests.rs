@@ -579,7 +579,32 @@ fn shopify_razorpay_linear_meta() {
         ),
         Err(Failure::Stale)
     );
-    common_negatives(linear, BODY, "/", 0);
+    common_negatives(linear.clone(), body.as_bytes(), "/", NOW);
+    // The timestamp is what makes a captured body stale: without a usable one the
+    // request is refused, never waved through.
+    let ms = NOW * 1000;
+    for stamp in [
+        r#"{"type":"Issue"}"#.to_string(),
+        format!(r#"{{"type":"Issue","webhookTimestamp":"{ms}"}}"#),
+        format!(r#"{{"type":"Issue","webhookTimestamp":{ms}.5}}"#),
+        format!(r#"{{"type":"Issue","webhookTimestamp":{ms},"webhookTimestamp":{ms}}}"#),
+        format!(r#"{{"type":"Issue","webhookTimestamp":-{ms}}}"#),
+        r#"{"type":"Issue","webhookTimestamp":null}"#.to_string(),
+        "not json".to_string(),
+    ] {
+        let sig = hex::encode(Alg::Sha256.mac(b"lin_wh", &[stamp.as_bytes()]));
+        assert_eq!(
+            check(
+                &v,
+                &[("linear-signature", &sig)],
+                stamp.as_bytes(),
+                "/",
+                NOW
+            ),
+            Err(Failure::Malformed),
+            "{stamp}"
+        );
+    }
     // Meta (WhatsApp Cloud API): X-Hub-Signature-256 with the app secret,
     // https://developers.facebook.com/docs/graph-api/webhooks/getting-started#event-notifications
     common_negatives(
@@ -757,4 +782,39 @@ fn handshakes() {
     .unwrap();
     assert_eq!(bad.status, 403);
     assert!(handshake::get(Handshakes::default(), "hub.mode=subscribe", Some(b"vt")).is_none());
+}
+
+/// In json-stringify mode, when only the stringified form verifies, that form is
+/// what was signed: it is what the extractor reads and what is published, so every
+/// variant of a captured body (whitespace, a repeated key, `12345.0` for `12345`)
+/// is the same event with the same bytes, not a new one with the sender's bytes.
+#[test]
+fn json_stringify_hands_on_the_signed_form() {
+    let compat = verifier(
+        Method::Quickassist {
+            json_stringify: true,
+        },
+        &[b"k"],
+    );
+    let canonical = br#"{"event":"message.read","data":{"messageId":12345}}"#;
+    let sig = quickassist_sign(b"k", canonical);
+    let h = headers(&[("x-webhook-signature", &sig)]);
+    for variant in [
+        &br#"{ "event": "message.read",  "data": { "messageId": 12345 } }"#[..],
+        br#"{"event":"message.read","data":{"messageId":1},"data":{"messageId":12345}}"#,
+        br#"{"event":"message.read","data":{"messageId":12345.0}}"#,
+        br#"{"event":"message.read","data":{"messageId":1.2345e4}}"#,
+    ] {
+        let v = compat
+            .verify(&h, bytes::Bytes::copy_from_slice(variant), "/")
+            .unwrap();
+        assert_eq!(&v.body()[..], &canonical[..]);
+    }
+    // The bytes received, when they are what was signed.
+    let raw = br#"{ "event": "message.read" }"#;
+    let h = headers(&[("x-webhook-signature", &quickassist_sign(b"k", raw))]);
+    let v = compat
+        .verify(&h, bytes::Bytes::copy_from_slice(raw), "/")
+        .unwrap();
+    assert_eq!(&v.body()[..], &raw[..]);
 }

@@ -4,4 +4,4 @@ mod config;
 mod sink;
 
 pub use config::{Compression, KafkaSinkConfig};
-pub use sink::{KafkaSink, check_connection};
+pub use sink::{KafkaSink, check_connection, headers};

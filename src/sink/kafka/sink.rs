@@ -126,28 +126,7 @@ impl KafkaSink {
     }
 
     fn headers(&self, m: &Message, extra: &[(&str, &[u8])]) -> OwnedHeaders {
-        let mut h = OwnedHeaders::new_with_capacity(12);
-        for (k, v) in m.headers() {
-            h = h.insert(Header {
-                key: k,
-                value: Some(&v[..]),
-            });
-        }
-        if self.cfg.cloudevents {
-            for (k, v) in cloudevents::attributes(&m.event) {
-                h = h.insert(Header {
-                    key: &format!("ce_{k}"),
-                    value: Some(v.as_bytes()),
-                });
-            }
-        }
-        for (k, v) in extra {
-            h = h.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
-        }
-        h
+        headers(self.cfg.cloudevents, m, extra)
     }
 
     fn producer(&self) -> FutureProducer {
@@ -214,6 +193,33 @@ impl KafkaSink {
     fn classify(&self, e: &KafkaError) -> SinkError {
         classify(e, self.cfg.create_topics)
     }
+}
+
+/// The Kafka headers of a message: hookrelay's, the CloudEvents attributes when
+/// asked for, and `extra` (the dead-letter reason and topic).
+pub fn headers(cloudevents: bool, m: &Message, extra: &[(&str, &[u8])]) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(12);
+    for (k, v) in m.headers() {
+        h = h.insert(Header {
+            key: k,
+            value: Some(&v[..]),
+        });
+    }
+    if cloudevents {
+        for (k, v) in cloudevents::attributes(&m.event) {
+            h = h.insert(Header {
+                key: &format!("ce_{k}"),
+                value: Some(v.as_bytes()),
+            });
+        }
+    }
+    for (k, v) in extra {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    h
 }
 
 /// Permanent: this event can never be written as it is. Everything else is
