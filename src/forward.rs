@@ -142,8 +142,11 @@ impl Forwarder {
         let mut reading: Option<JoinHandle<(Reader, io::Result<Vec<Record>>)>> = None;
         let mut tick = tokio::time::interval(TICK);
         let mut persisted = self.spool.cursor();
+        // The synced end the last checkpoint recorded (recovery tells damage from a
+        // torn write by it), so a checkpoint is also taken when only it moved.
+        let mut persisted_end = 0;
         // At most one checkpoint (sink syncs, cursor fsync, segment unlinks) at a time.
-        let mut saving: Option<JoinHandle<io::Result<u64>>> = None;
+        let mut saving: Option<(JoinHandle<io::Result<u64>>, u64)> = None;
         loop {
             if reading.is_none()
                 && let Some(mut reader) = self.reader.take()
@@ -226,20 +229,22 @@ impl Forwarder {
                     self.report();
                     let cursor = self.cursor();
                     // A failed checkpoint leaves `persisted` behind, so the next tick retries.
-                    if let Some(done) = saving.take_if(|c| c.is_finished()) {
+                    if let Some((done, end)) = saving.take_if(|(c, _)| c.is_finished()) {
                         match done.await {
-                            Ok(Ok(written)) => persisted = written,
+                            Ok(Ok(written)) => (persisted, persisted_end) = (written, end),
                             Ok(Err(e)) => self.warn(&format!("cannot persist the spool cursor: {e}")),
                             Err(e) => self.warn(&format!("spool checkpoint task failed: {e}")),
                         }
                     }
-                    if cursor != persisted && saving.is_none() {
-                        saving = Some(tokio::spawn(checkpoint(self.spool.clone(), self.sinks.clone())));
+                    let end = self.spool.durable_end();
+                    if (cursor != persisted || end != persisted_end) && saving.is_none() {
+                        let task = tokio::spawn(checkpoint(self.spool.clone(), self.sinks.clone()));
+                        saving = Some((task, end));
                     }
                 }
             }
         }
-        if let Some(c) = saving {
+        if let Some((c, _)) = saving {
             let _ = c.await;
         }
         if let Err(e) = checkpoint(self.spool.clone(), self.sinks.clone()).await {

@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::event::Event;
 use crate::metrics;
 
-pub use faults::FSYNC_AFTER_ENV;
+pub use faults::{FSYNC_AFTER_ENV, FSYNC_DELAY_ENV};
 pub use record::{
     DecodeError, EncodeError, Frame, MAX_BODY_LEN, ReadError, Record, decode, encode, find_record,
     read_frame, seal,

@@ -117,8 +117,10 @@ pub struct Relay {
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_hookrelay")
+/// The binary under test; `HOOKRELAY_BIN` runs the same tests against another
+/// build (an older commit, to see a test fail before its fix).
+pub fn binary() -> String {
+    std::env::var("HOOKRELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hookrelay").to_string())
 }
 
 impl Relay {
@@ -146,7 +148,35 @@ impl Relay {
 
     /// Starts with extra environment variables (fault injection).
     pub fn spawn_env(data: &Path, config: &Path, env: &[(&str, &str)]) -> Relay {
-        let mut child = Command::new(binary())
+        Self::spawn_limited(data, config, env, None)
+    }
+
+    /// Starts with extra environment variables and, when given, a limit on open
+    /// files (soft and hard) set in the child before it runs.
+    pub fn spawn_limited(
+        data: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Relay {
+        let mut cmd = Command::new(binary());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(config)
             .envs(env.iter().copied())
