@@ -43,6 +43,13 @@ fi
 redis_up || { echo "FAILED: Redis is not reachable on 127.0.0.1:6379; the Redis dedup tests cannot run" >&2; exit 1; }
 echo "up"
 
+step "prlimit (util-linux) for the EMFILE test"
+if ! command -v prlimit >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux
+fi
+command -v prlimit >/dev/null || { echo "FAILED: prlimit is not installed; tests/hostile.rs needs it" >&2; exit 1; }
+echo "ok"
+
 step "Kafka-compatible broker for the integration tests (tansu)"
 HOOKRELAY_TANSU="$(scripts/tansu.sh)"
 export HOOKRELAY_TANSU
