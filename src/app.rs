@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::{AckMode, Config, DedupBackend, OnRedisError};
 use crate::deadletter::DeadLetter;
-use crate::dedup::{RedisWindow, Window};
+use crate::dedup::{RedisWindow, Space, Window};
 use crate::event::Extractor;
 use crate::forward::{self, Forwarder, Routes};
 use crate::metrics::{self, EventLabels, RequestMetrics};
@@ -219,8 +219,16 @@ pub async fn run(
         .map_or(0, |d| d.as_nanos() as u64);
     let remember = |r: &Record| {
         if let Window::Memory(d) = &dedup {
-            let age = Duration::from_nanos(now.saturating_sub(r.event.received_at_ns));
-            d.remember(d.key(&r.event.source, &r.event.id), age);
+            let e = &r.event;
+            let age = Duration::from_nanos(now.saturating_sub(e.received_at_ns));
+            d.remember(d.key(&e.source, &e.id), age);
+            // The replay guard too: a body captured before a restart stays a duplicate.
+            let guard = sources
+                .get(&*e.source)
+                .and_then(|s| s.extractor.replay_guard(e));
+            if let Some(g) = guard {
+                d.remember(d.key_in(Space::Body, &e.source, &g), age);
+            }
         }
     };
     let durable = config.sources.values().any(|s| s.ack == AckMode::Durable);
@@ -310,6 +318,7 @@ pub async fn run(
                 .filter_map(|p| crate::guard::parse_net(p))
                 .collect(),
             unverified_rate_limit: config.server.unverified_rate_limit,
+            max_in_flight_body_bytes: config.server.max_in_flight_body_bytes,
         },
     ));
     metrics::spawn_upkeep(prometheus.clone());

@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Larger bodies get 413 before they are read.
     pub max_body_bytes: usize,
+    /// Request body bytes read or held at once over every connection and stream;
+    /// past it a request waits (up to `body_read_timeout_ms`, then 503). Bounds the
+    /// memory senders can make bodies take, signed or not.
+    pub max_in_flight_body_bytes: usize,
     /// Time allowed for a client to send its request headers (slowloris guard).
     pub header_read_timeout_ms: u64,
     /// Time allowed for a client to send its whole body; past it, 408.
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_body_bytes: 1024 * 1024,
+            max_in_flight_body_bytes: 256 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             max_connections: 10_000,
@@ -629,6 +634,21 @@ impl Config {
         if s.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
+        if s.max_body_bytes > crate::spool::MAX_BODY_LEN {
+            return Err(invalid(
+                "server.max_body_bytes",
+                format!(
+                    "must be at most {} (what a spool record carries)",
+                    crate::spool::MAX_BODY_LEN
+                ),
+            ));
+        }
+        if s.max_in_flight_body_bytes < s.max_body_bytes {
+            return Err(invalid(
+                "server.max_in_flight_body_bytes",
+                "must be at least server.max_body_bytes",
+            ));
+        }
         for (key, v) in [
             ("server.header_read_timeout_ms", s.header_read_timeout_ms),
             ("server.body_read_timeout_ms", s.body_read_timeout_ms),
@@ -824,8 +844,11 @@ impl Config {
                 ),
             ));
         }
-        if src.ack_timeout_ms == 0 {
-            return Err(invalid(key("ack_timeout_ms"), "must be greater than 0"));
+        if src.ack_timeout_ms == 0 || src.ack_timeout_ms > 15_000 {
+            return Err(invalid(
+                key("ack_timeout_ms"),
+                "must be between 1 and 15000: a request waits at most 20 s for its event to be stored, and a dedup reservation lives 30 s",
+            ));
         }
         match &src.sink {
             Some(s) if !sinks.contains(&s.as_str()) => {

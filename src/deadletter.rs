@@ -31,6 +31,11 @@ impl DeadLetter {
         let line = json_line(m, Some(reason));
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         f.write_all(&line)?;
-        f.sync_data()
+        // As for the spool: a failed fdatasync is not retried (the event would then be
+        // forgotten on the word of a sync that may have lost it).
+        if let Err(e) = f.sync_data() {
+            crate::spool::stop_after_failed_sync("dead-letter file", &e);
+        }
+        Ok(())
     }
 }

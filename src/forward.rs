@@ -61,9 +61,17 @@ impl Routes {
 pub async fn checkpoint(spool: Spool, sinks: Vec<Arc<dyn Sink>>) -> io::Result<u64> {
     let cursor = spool.cursor();
     for sink in &sinks {
-        sink.sync()
-            .await
-            .map_err(|e| io::Error::other(format!("{} sink cannot sync: {e}", sink.name())))?;
+        if let Err(e) = sink.sync().await {
+            // The cursor stays where the sinks last made it durable, but the synced
+            // end is recorded all the same: recovery tells damage from a torn write
+            // by it, and a sink failing for hours must not blur that line.
+            let kept = spool.persisted_cursor();
+            let _ = tokio::task::spawn_blocking(move || spool.checkpoint(kept)).await;
+            return Err(io::Error::other(format!(
+                "{} sink cannot sync: {e}",
+                sink.name()
+            )));
+        }
     }
     tokio::task::spawn_blocking(move || spool.checkpoint(cursor))
         .await
@@ -334,6 +342,10 @@ impl Forwarder {
             Err(SinkError::Permanent(reason)) => {
                 route.metrics.permanent_error(&p.msg.event.topic);
                 let msg = p.msg.clone();
+                // Remembered topics are bounded: senders choose them.
+                if self.refused_topics.len() >= 1024 {
+                    self.refused_topics.clear();
+                }
                 if self.refused_topics.insert(msg.event.topic.clone()) {
                     tracing::error!(sink = route.sink.name(), topic = %msg.event.topic, reason = %reason,
                         "events for this topic are refused for good; dead-lettering them (logged once per topic)");

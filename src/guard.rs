@@ -123,7 +123,16 @@ pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
 pub struct FailureLimiter {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<(HashMap<IpAddr, Bucket>, Bucket)>,
+    buckets: Mutex<Failures>,
+}
+
+struct Failures {
+    by_address: HashMap<IpAddr, Bucket>,
+    /// Shared by the addresses past [`MAX_TRACKED_ADDRESSES`].
+    shared: Bucket,
+    /// When full buckets were last dropped from the map (at most once a second: a
+    /// crowd of new addresses must not make every failure a pass over the map).
+    swept: Instant,
 }
 
 impl FailureLimiter {
@@ -132,7 +141,11 @@ impl FailureLimiter {
         Self {
             per_second,
             burst,
-            buckets: Mutex::new((HashMap::new(), Bucket::full(burst, Instant::now()))),
+            buckets: Mutex::new(Failures {
+                by_address: HashMap::new(),
+                shared: Bucket::full(burst, Instant::now()),
+                swept: Instant::now(),
+            }),
         }
     }
 
@@ -143,11 +156,20 @@ impl FailureLimiter {
 
     fn charge_at(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let (per_second, burst) = (self.per_second, self.burst);
+        let ip = sender(ip);
         let mut guard = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, shared) = &mut *guard;
-        if !map.contains_key(&ip) && map.len() >= MAX_TRACKED_ADDRESSES {
+        let Failures {
+            by_address: map,
+            shared,
+            swept,
+        } = &mut *guard;
+        if !map.contains_key(&ip)
+            && map.len() >= MAX_TRACKED_ADDRESSES
+            && now.saturating_duration_since(*swept) >= Duration::from_secs(1)
+        {
             // Full buckets are as good as absent.
             map.retain(|_, b| b.refilled(now, per_second, burst) < burst);
+            *swept = now;
         }
         if let Some(b) = map.get_mut(&ip) {
             return b.take(now, per_second, burst);
@@ -166,8 +188,21 @@ impl FailureLimiter {
         self.buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .0
+            .by_address
             .len()
+    }
+}
+
+/// Who a failure is charged to: the address, or for IPv6 its /64 (one host holds a
+/// whole /64, and must not get a fresh budget per address in it).
+fn sender(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+        v4 => v4,
     }
 }
 
@@ -244,5 +279,12 @@ mod tests {
         // Once the tracked ones refill, room comes back.
         assert!(f.charge_at(late, t0 + Duration::from_secs(10)).is_ok());
         assert_eq!(f.tracked(), 1);
+        // An IPv6 host is charged per /64.
+        let f = FailureLimiter::new(1.0, 2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(f.charge_at(a, t0).is_ok());
+        assert!(f.charge_at(b, t0).is_ok());
+        assert!(f.charge_at(a, t0).is_err(), "same /64, same budget");
     }
 }

@@ -44,6 +44,17 @@ use crate::metrics;
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Back-off after an accept error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// While every connection is busy at the cap, how often to look for one gone idle.
+const EVICT_RETRY: Duration = Duration::from_millis(100);
+
+/// Accept errors that mean the process is out of something (descriptors, memory),
+/// as opposed to one connection's trouble.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
 
 type Resp = Response<Full<Bytes>>;
 
@@ -224,27 +235,37 @@ pub async fn serve<S, F>(
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
-                Err(e) => {
+                // Out of descriptors or memory: free a slot's descriptor and back off.
+                Err(e) if out_of_resources(&e) => {
                     errors.record(&e);
                     registry.evict_idlest();
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
+                // One connection's trouble (reset before it was accepted, say).
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed for one connection");
+                    continue;
+                }
             },
             () = &mut shutdown => break,
         };
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if registry.evict_idlest() {
-                    metrics::connection_error("evicted");
-                }
-                tokio::select! {
-                    p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    () = &mut shutdown => break,
-                }
+        // At the cap, the idlest connection makes room; while every one is busy, look
+        // again now and then (one may have gone idle) rather than only wait.
+        let permit = loop {
+            if let Ok(p) = slots.clone().try_acquire_owned() {
+                break Some(p);
+            }
+            if registry.evict_idlest() {
+                metrics::connection_error("evicted");
+            }
+            tokio::select! {
+                p = slots.clone().acquire_owned() => break p.ok(),
+                () = tokio::time::sleep(EVICT_RETRY) => {}
+                () = &mut shutdown => break None,
             }
         };
+        let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
         let (id, conn) = registry.add();
         let service = service.clone();
@@ -260,12 +281,21 @@ pub async fn serve<S, F>(
                 // holds only its own slot, and only until its head deadline.
                 Some(acceptor) => {
                     let deadline = conn.accepted + settings.header_read_timeout;
-                    match tokio::time::timeout_at(deadline.into(), acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
+                    let mut stop_now = stop.clone();
+                    let handshake = async {
+                        tokio::select! {
+                            r = acceptor.accept(stream) => Some(r),
+                            () = conn.evict.notified() => None,
+                            _ = stop_now.wait_for(|stop| *stop) => None,
+                        }
+                    };
+                    match tokio::time::timeout_at(deadline.into(), handshake).await {
+                        Ok(None) => Ended::Quietly,
+                        Ok(Some(Ok(tls_stream))) => {
                             serve_one(tls_stream, builder, &conn, &settings, service, peer, stop)
                                 .await
                         }
-                        Ok(Err(e)) => {
+                        Ok(Some(Err(e))) => {
                             metrics::connection_error("tls");
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
                             Ended::Quietly
@@ -375,7 +405,8 @@ where
                 return Ended::Quietly;
             }
             changed = stop.changed(), if draining.is_none() => {
-                if changed.is_ok() && *stop.borrow() {
+                // A gone sender is a stop too (and must not be polled again).
+                if changed.is_err() || *stop.borrow() {
                     served.as_mut().graceful_shutdown();
                     draining = Some(tokio::time::Instant::now() + settings.drain);
                 }

@@ -32,6 +32,14 @@ use crate::sink::{Message, Route, SinkError};
 use crate::spool::{AppendError, Pending, Spool};
 use crate::verify::Verifier;
 
+/// The longest a request waits for its event to be stored (a sync, or a broker
+/// confirmation within `ack_timeout_ms`, which is capped below it): a stalled disk
+/// answers 503, and no request holds its connection and reservation forever.
+const STORE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The most KiB permits the body semaphore holds (tokio's limit is far above).
+const MAX_BODY_PERMITS: usize = u32::MAX as usize;
+
 /// Seconds a provider is asked to wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -68,6 +76,8 @@ pub struct Limits {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Failed signatures each client address may send: per second, and at once.
     pub unverified_rate_limit: crate::config::RateLimit,
+    /// Request bodies being read or held at once, in bytes, over every connection.
+    pub max_in_flight_body_bytes: usize,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -84,6 +94,8 @@ pub struct App {
     pub delivering: AtomicBool,
     /// Failed signatures, per client address.
     unverified: crate::guard::FailureLimiter,
+    /// Request body bytes being read or held, in KiB permits (see `Limits`).
+    bodies: Arc<tokio::sync::Semaphore>,
     unknown: RequestMetrics,
     request_ids: AtomicU64,
     id_prefix: u32,
@@ -97,7 +109,9 @@ impl App {
         limits: Limits,
     ) -> Self {
         let r = limits.unverified_rate_limit;
+        let body_kib = (limits.max_in_flight_body_bytes / 1024).clamp(1, MAX_BODY_PERMITS);
         Self {
+            bodies: Arc::new(tokio::sync::Semaphore::new(body_kib)),
             unverified: crate::guard::FailureLimiter::new(r.per_second, r.burst),
             sources,
             dedup,
@@ -282,6 +296,20 @@ async fn accept(
         // Answer before reading a byte of it.
         return close(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
     }
+    // Bodies are read into memory: their bytes in flight, over all connections and
+    // HTTP/2 streams, are bounded before anything is read (the declared length, or
+    // the most a body may have), and held until the event is stored or refused.
+    let reserve = declared.map_or(max, |n| n as usize).clamp(1, max);
+    let kib = u32::try_from(reserve.div_ceil(1024)).unwrap_or(u32::MAX);
+    let _body_room = match tokio::time::timeout(
+        app.limits.body_read_timeout,
+        app.bodies.clone().acquire_many_owned(kib),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => permit,
+        _ => return close(unavailable("too many request bodies in flight")),
+    };
     let received_at_ns = now_ns();
     let (parts, body) = req.into_parts();
     let body = match tokio::time::timeout(
@@ -318,12 +346,6 @@ async fn accept(
             });
         }
     };
-    // The source's budget is spent by verified requests only.
-    if let Some(limiter) = &src.rate_limit
-        && let Err(wait) = limiter.take()
-    {
-        return too_many(wait, "rate limit exceeded");
-    }
     // A canonical form (json-stringify) may be longer than the bytes received.
     if verified.body().len() > max {
         return close(error(StatusCode::PAYLOAD_TOO_LARGE, "body too large"));
@@ -383,17 +405,30 @@ async fn accept(
         };
         return json(StatusCode::OK, duplicate);
     }
+    // The source's budget is spent by new, verified events only: neither a flood of
+    // unsigned requests nor replays of one captured request can drain it.
+    if let Some(limiter) = &src.rate_limit
+        && let Err(wait) = limiter.take()
+    {
+        reservation.settle(false).await;
+        return too_many(wait, "rate limit exceeded");
+    }
     let (id, event_type) = (event.id.clone(), event.event_type.clone());
     let stored = match (&src.ack, &app.spool) {
         (Ack::Durable, Some(spool)) => match spool.submit(event).await {
             Ok(pending) => reservation.store(Stored::Spool(pending)).await,
-            Err(e) => Err(append_refused(&e)),
+            Err(e) => Some(Err(append_refused(&e))),
         },
-        (Ack::Durable, None) => Err(unavailable("no spool")),
+        (Ack::Durable, None) => Some(Err(unavailable("no spool"))),
         (Ack::Broker { route, timeout }, _) => {
             let publish = tokio::spawn(publish_now(route.clone(), *timeout, event));
             reservation.store(Stored::Broker(publish)).await
         }
+    };
+    // Not stored in time (a stalled disk): 503, never a 200 that waits forever; the
+    // reservation is settled by the store's outcome when it comes (the drop below).
+    let Some(stored) = stored else {
+        return unavailable("the spool did not sync in time");
     };
     reservation.settle(stored.is_ok()).await;
     match stored {
@@ -445,7 +480,8 @@ impl Stored {
 /// to settle it on) still expires after [`crate::dedup::RESERVATION_TTL`].
 struct Reservation {
     app: Arc<App>,
-    tickets: Vec<Ticket>,
+    /// The event id's and the replay guard's (inline: no allocation per request).
+    tickets: [Option<Ticket>; 2],
     stored: Option<Stored>,
 }
 
@@ -453,20 +489,24 @@ impl Reservation {
     fn new(app: Arc<App>) -> Self {
         Self {
             app,
-            tickets: Vec::new(),
+            tickets: [None, None],
             stored: None,
         }
     }
 
     fn hold(&mut self, ticket: Ticket) {
-        self.tickets.push(ticket);
+        if let Some(slot) = self.tickets.iter_mut().find(|t| t.is_none()) {
+            *slot = Some(ticket);
+        }
     }
 
-    /// Waits for the store's outcome; a drop meanwhile leaves it to the drop.
-    async fn store(&mut self, stored: Stored) -> Result<(), Resp> {
-        let outcome = self.stored.insert(stored).outcome().await;
+    /// Waits for the store's outcome, for at most [`STORE_DEADLINE`]; `None` past
+    /// it (the store goes on, and a drop of the reservation leaves it to settle it).
+    async fn store(&mut self, stored: Stored) -> Option<Result<(), Resp>> {
+        let waiting = self.stored.insert(stored).outcome();
+        let outcome = tokio::time::timeout(STORE_DEADLINE, waiting).await.ok()?;
         self.stored = None;
-        outcome
+        Some(outcome)
     }
 
     async fn settle(mut self, stored: bool) {
@@ -475,8 +515,8 @@ impl Reservation {
     }
 }
 
-async fn settle(app: &App, tickets: &[Ticket], stored: bool) {
-    for t in tickets {
+async fn settle(app: &App, tickets: &[Option<Ticket>; 2], stored: bool) {
+    for t in tickets.iter().flatten() {
         if stored {
             app.dedup.commit(t).await;
         } else {
@@ -487,7 +527,7 @@ async fn settle(app: &App, tickets: &[Ticket], stored: bool) {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.tickets.is_empty() {
+        if self.tickets.iter().all(Option::is_none) {
             return;
         }
         let (app, tickets, stored) = (

@@ -75,7 +75,17 @@ impl FileSink {
         };
         std::thread::Builder::new()
             .name("file-sink".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                // Panics in a write are kept to the event (`write_caught`); one
+                // anywhere else would leave every publish unanswered: stop instead.
+                let run = AssertUnwindSafe(|| writer.run(rx));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    crate::spool::stop(&format!(
+                        "the file sink's writer panicked: {}",
+                        crate::sink::panic_text(&*panic)
+                    ));
+                }
+            })?;
         Ok(FileSink { jobs })
     }
 }
@@ -178,9 +188,9 @@ impl Writer {
             }
             let result = self.write_caught(&batch).map_err(|e| e.to_string());
             if let Err(e) = &result {
+                // The files stay open: a later fdatasync on the same descriptors is
+                // what reports a lost writeback (a new descriptor would not see it).
                 tracing::warn!(error = %e, "file sink write failed; the forwarder will retry");
-                // Reopen on the next write rather than trusting a file in an unknown state.
-                self.files.clear();
             }
             for reply in replies {
                 let _ = reply.send(result.clone());
@@ -298,19 +308,24 @@ impl Writer {
         if self.unsynced.contains(&topic)
             && let Some(open) = self.files.get(&topic)
         {
-            open.file.sync_data()?;
+            if let Err(e) = open.file.sync_data() {
+                crate::spool::stop_after_failed_sync("file sink", &e);
+            }
             self.unsynced.remove(&topic);
         }
         self.files.remove(&topic);
         Ok(())
     }
 
-    /// A topic stays unsynced until its fdatasync succeeds, even across a reopen
-    /// after a failed write: the lines written before it are still only in the page cache.
+    /// Syncs every topic written since its last sync. A failed fdatasync stops the
+    /// process, as the spool's does: the lines' fate is unknown, and a retried sync
+    /// could succeed over writes the kernel dropped, letting the spool forget them.
     fn sync(&mut self) -> io::Result<()> {
         let topics: Vec<String> = self.unsynced.iter().cloned().collect();
         for topic in topics {
-            self.file(&topic)?.file.sync_data()?;
+            if let Err(e) = self.file(&topic)?.file.sync_data() {
+                crate::spool::stop_after_failed_sync("file sink", &e);
+            }
             self.unsynced.remove(&topic);
         }
         Ok(())

@@ -115,6 +115,9 @@ struct Segment {
     /// Written by this process, so it holds only records whose CRC covers their
     /// sequence (see `record`): once confirmed it may be reused as a later segment.
     recyclable: bool,
+    /// Holds damaged bytes that could not be copied to the quarantine (no room, say):
+    /// once confirmed it is moved there whole instead of being deleted.
+    keep: bool,
 }
 
 /// State shared by the writer, the forwarder and readiness checks.
@@ -125,6 +128,8 @@ struct Shared {
     bytes: AtomicU64,
     /// First sequence not yet confirmed by the sink.
     cursor: AtomicU64,
+    /// The cursor as last persisted.
+    persisted: AtomicU64,
     /// Segments in order; the last is the one being appended to.
     segments: Mutex<Vec<Segment>>,
     /// Set when a write fails so /readyz reports it.
@@ -200,23 +205,37 @@ impl Shared {
     /// Copies a hole's bytes to the quarantine, counts it, logs it at error level and
     /// tells the reader to jump it. An error (the copy failed) is the caller's to act
     /// on: the bytes must not be freed uncopied.
-    fn quarantine(&self, segment: u64, file: &File, hole: Hole, why: &str) -> io::Result<()> {
+    fn quarantine(&self, segment: u64, file: &File, hole: Hole, why: &str) {
         let lost = hole.to_seq - hole.from_seq;
-        let kept = if hole.len > 0 {
-            Some(recover::quarantine(&self.dir, segment, file, &hole)?)
-        } else {
-            None
-        };
+        let kept = self.copy_to_quarantine(segment, file, &hole);
         tracing::error!(segment, offset = hole.offset, bytes = hole.len, first_lost_seq = hole.from_seq,
-            lost_records = lost, next_seq = hole.to_seq, error = why,
-            quarantined = %kept.as_ref().map_or_else(String::new, |p| p.display().to_string()),
+            lost_records = lost, next_seq = hole.to_seq, error = why, quarantined = %kept,
             "unreadable bytes in the spool: kept in quarantine, delivery goes on after them");
         metrics::spool_quarantined(hole.len, lost);
         let mut holes = self.holes();
         if !holes.contains(&(segment, hole)) {
             holes.push((segment, hole));
         }
-        Ok(())
+    }
+
+    /// Copies a hole's bytes to the quarantine and says where. If that fails (a full
+    /// disk), the segment is kept whole instead, to be moved there once confirmed:
+    /// the bytes are never deleted, and opening never fails for want of room.
+    fn copy_to_quarantine(&self, segment: u64, file: &File, hole: &Hole) -> String {
+        if hole.len == 0 {
+            return String::new();
+        }
+        match recover::quarantine(&self.dir, segment, file, hole) {
+            Ok(path) => path.display().to_string(),
+            Err(e) => {
+                tracing::error!(segment, error = %e,
+                    "cannot copy damaged spool bytes to the quarantine; the segment will be moved there whole once delivered");
+                if let Some(s) = self.segments().iter_mut().find(|s| s.base == segment) {
+                    s.keep = true;
+                }
+                format!("(whole segment, later: {e})")
+            }
+        }
     }
 
     /// A hole known to start at `offset` of segment `segment`.
@@ -387,11 +406,17 @@ impl Spool {
                 }
             }
             let damaged = !scan.holes.is_empty();
+            let mut keep = false;
             if damaged {
                 let file = File::open(&path).map_err(io_err(&path))?;
                 for hole in &scan.holes {
-                    if hole.len > 0 {
-                        recover::quarantine(dir, base, &file, hole).map_err(io_err(&path))?;
+                    if hole.len > 0
+                        && let Err(e) = recover::quarantine(dir, base, &file, hole)
+                    {
+                        // Never a reason not to start: the segment is kept whole.
+                        tracing::error!(segment = %path.display(), error = %e,
+                            "cannot copy damaged spool bytes to the quarantine; the segment will be moved there whole once delivered");
+                        keep = true;
                     }
                     tracing::error!(segment = %path.display(), offset = hole.offset, bytes = hole.len,
                         first_lost_seq = hole.from_seq, lost_records = hole.to_seq - hole.from_seq,
@@ -414,6 +439,7 @@ impl Spool {
                 // Not if it holds records of the first version, which a later use
                 // would not tell from its own, or bytes of unknown origin.
                 recyclable: !scan.unsequenced && !damaged,
+                keep,
             });
             next_seq = scan.next_seq;
             marked_end = scan.marked_end;
@@ -444,6 +470,7 @@ impl Spool {
                     base: next_seq,
                     bytes: 0,
                     recyclable: true,
+                    keep: false,
                 });
                 (f, false)
             }
@@ -455,6 +482,7 @@ impl Spool {
             max_bytes,
             bytes: AtomicU64::new(total),
             cursor: AtomicU64::new(cursor),
+            persisted: AtomicU64::new(cursor),
             segments: Mutex::new(segments),
             write_failed: AtomicBool::new(false),
             full: AtomicBool::new(false),
@@ -620,7 +648,14 @@ impl Spool {
                     tracing::debug!(segment = %path.display(), error = %e, "cannot keep a confirmed spool segment for reuse");
                     false
                 });
-            if !recycled && let Err(e) = fs::remove_file(&path) {
+            let gone = if seg.keep {
+                recover::keep_whole(&s.dir, &path)
+            } else if recycled {
+                Ok(())
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(e) = gone {
                 tracing::warn!(segment = %path.display(), error = %e, "cannot delete confirmed spool segment");
                 // Keep it (and the rest) listed so its bytes stay counted; retried next time.
                 s.segments().splice(0..0, behind[i..].iter().copied());
@@ -650,7 +685,16 @@ impl Spool {
         f.write_all(&buf)?;
         f.sync_data()?;
         fs::rename(&tmp, dir.join("cursor"))?;
+        // The rename itself must survive a crash for the synced end to be trusted.
+        File::open(dir)?.sync_all()?;
+        self.shared.persisted.store(cursor, Ordering::Release);
         Ok(cursor)
+    }
+
+    /// The cursor as last persisted: what a checkpoint whose sinks could not sync
+    /// persists again, with the synced end brought up to date.
+    pub fn persisted_cursor(&self) -> u64 {
+        self.shared.persisted.load(Ordering::Acquire)
     }
 }
 
@@ -883,6 +927,7 @@ impl Writer {
             base: self.next_seq,
             bytes: 0,
             recyclable: true,
+            keep: false,
         });
         Ok(())
     }
@@ -911,6 +956,20 @@ impl Writer {
             let _ = r.send(Err(AppendError::Io(e.to_string())));
         }
     }
+}
+
+/// Stops the process after a failed fdatasync (of the spool, or of anything whose
+/// sync lets the spool forget events): the data's fate is unknown, and a retried
+/// sync can report success for writes the kernel dropped.
+pub fn stop_after_failed_sync(what: &str, e: &io::Error) -> ! {
+    fatal(&format!("{what} fdatasync failed: {e}"))
+}
+
+/// Stops the process: a thread the delivery contract depends on cannot go on (the
+/// file sink's writer panicked outside a write, say). What was answered 200 is in
+/// the spool; the next start delivers it.
+pub fn stop(message: &str) -> ! {
+    fatal(message)
 }
 
 fn fatal(message: &str) -> ! {
@@ -952,6 +1011,8 @@ pub struct Reader {
     /// Damage at this offset of the segment being written reached its synced end:
     /// the next read looks for newer records after it.
     resync: Option<u64>,
+    /// Where bad bytes were seen once and the segment reopened to read them again.
+    recheck: Option<(u64, u64)>,
     _lock: Arc<File>,
 }
 
@@ -982,6 +1043,7 @@ impl Reader {
             next_seq: base,
             resume_at: None,
             resync: None,
+            recheck: None,
             _lock: lock,
         };
         // Skip what was confirmed before the restart.
@@ -1106,12 +1168,8 @@ impl Reader {
                         from_seq: self.next_seq,
                         to_seq: found,
                     };
-                    self.shared.quarantine(
-                        self.segment_base,
-                        &self.file,
-                        hole,
-                        "records missing",
-                    )?;
+                    self.shared
+                        .quarantine(self.segment_base, &self.file, hole, "records missing");
                     self.pos = at;
                     self.next_seq = found;
                     continue;
@@ -1142,11 +1200,22 @@ impl Reader {
             self.next_seq = h.to_seq;
             return Ok(true);
         }
+        // Never damage on a first sighting: the name may hold another file by now (a
+        // prepared one swapped in for the writer's first append after this read
+        // began, its records synced meanwhile). Read again through the name.
+        if self.recheck != Some((segment, at)) {
+            self.recheck = Some((segment, at));
+            self.open(segment)?;
+            self.pos = at;
+            return Ok(true);
+        }
+        self.recheck = None;
         let next_base = self.next_segment_base();
         let file_len = self.file.metadata()?.len();
         let rest = recover::read_at(&self.file, at + 1, file_len.saturating_sub(at + 1))?;
         let seqs = self.next_seq..next_base.unwrap_or(end);
-        if let Some((off, seq)) = find_record(&rest, seqs) {
+        // Frames written by this version store their sequence: nothing else is searched.
+        if let Some((off, seq)) = find_record(&rest, seqs, false) {
             let next = at + 1 + off as u64;
             let hole = Hole {
                 offset: at,
@@ -1154,18 +1223,25 @@ impl Reader {
                 from_seq: self.next_seq,
                 to_seq: seq,
             };
-            self.shared.quarantine(segment, &self.file, hole, why)?;
+            self.shared.quarantine(segment, &self.file, hole, why);
             self.pos = next;
             self.next_seq = seq;
             return Ok(true);
         }
+        // Up to what the segment holds (not the zeros prepared after it).
+        let held = self
+            .shared
+            .segments()
+            .iter()
+            .find(|s| s.base == segment)
+            .map_or(file_len, |s| s.bytes.min(file_len));
         let hole = Hole {
             offset: at,
-            len: file_len.saturating_sub(at),
+            len: held.saturating_sub(at),
             from_seq: self.next_seq,
             to_seq: next_base.unwrap_or(end),
         };
-        self.shared.quarantine(segment, &self.file, hole, why)?;
+        self.shared.quarantine(segment, &self.file, hole, why);
         match next_base {
             Some(_) => self.next_segment(),
             None => {

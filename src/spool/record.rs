@@ -149,6 +149,11 @@ pub fn is_sequenced(payload: &[u8]) -> bool {
     payload.first() != Some(&VERSION_UNSEQUENCED)
 }
 
+/// Whether a payload stores its sequence (version 3 on).
+pub fn stores_sequence(payload: &[u8]) -> bool {
+    payload.first() == Some(&VERSION)
+}
+
 /// What lies at a position in a segment.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -218,50 +223,97 @@ fn stored_seq(payload: &[u8]) -> u64 {
 ///
 /// Candidates are cheap to rule out (a plausible length, a known version, a stored
 /// sequence in range, a well-formed payload) before the CRC is computed, so a scan
-/// over a segment of garbage costs a pass over its bytes. Version 2 frames do not
-/// store their sequence: the first [`UNSTORED_SEQ_TRIES`] of the range are tried.
-pub fn find_record(bytes: &[u8], seqs: Range<u64>) -> Option<(usize, u64)> {
+/// over a segment of garbage costs a pass over its bytes.
+///
+/// Bodies are sender-chosen bytes, so a body may hold what looks like a frame. Two
+/// rules keep such a forgery from being taken for a record: an intact record of an
+/// earlier sequence (left from the file's earlier use) is stepped over whole, never
+/// searched inside; and version 2 frames, which do not store their sequence (the
+/// first [`UNSTORED_SEQ_TRIES`] of the range are tried), are looked for only where
+/// `unstored` says the segment was written with them. The CRC work of one scan is
+/// bounded too ([`CRC_BUDGET`] times the bytes scanned).
+pub fn find_record(bytes: &[u8], seqs: Range<u64>, unstored: bool) -> Option<(usize, u64)> {
     if seqs.is_empty() {
         return None;
     }
+    let mut budget = bytes.len().saturating_mul(CRC_BUDGET).max(1 << 20);
     let mut at = 0;
     while at + HEADER_LEN + MIN_PAYLOAD_LEN <= bytes.len() {
-        if let Some(seq) = record_at(bytes, at, &seqs) {
-            return Some((at, seq));
+        match candidate(bytes, at, &seqs, unstored, &mut budget) {
+            Candidate::Record(seq) => return Some((at, seq)),
+            Candidate::Older(len) => at += HEADER_LEN + len,
+            Candidate::No => at += 1,
         }
-        at += 1;
+        if budget == 0 {
+            return None;
+        }
     }
     None
 }
 
-fn record_at(bytes: &[u8], at: usize, seqs: &Range<u64>) -> Option<u64> {
+/// CRC work a scan may do, in multiples of the bytes it scans.
+const CRC_BUDGET: usize = 4;
+
+enum Candidate {
+    Record(u64),
+    /// An intact record of an earlier sequence, `len` payload bytes long.
+    Older(usize),
+    No,
+}
+
+fn candidate(
+    bytes: &[u8],
+    at: usize,
+    seqs: &Range<u64>,
+    unstored: bool,
+    budget: &mut usize,
+) -> Candidate {
     let header = &bytes[at..at + HEADER_LEN];
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if !(MIN_PAYLOAD_LEN..=MAX_PAYLOAD_LEN).contains(&len) {
-        return None;
+        return Candidate::No;
     }
-    let payload = bytes.get(at + HEADER_LEN..at + HEADER_LEN + len)?;
+    let Some(payload) = bytes.get(at + HEADER_LEN..at + HEADER_LEN + len) else {
+        return Candidate::No;
+    };
+    let mut spend = |n: usize| {
+        *budget = budget.saturating_sub(n);
+    };
     match payload[0] {
         VERSION => {
-            if len < MIN_PAYLOAD_LEN + SEQ_LEN || !seqs.contains(&stored_seq(payload)) {
-                return None;
-            }
-            if !well_formed(&payload[..len - SEQ_LEN]) {
-                return None;
+            if len < MIN_PAYLOAD_LEN + SEQ_LEN || !well_formed(&payload[..len - SEQ_LEN]) {
+                return Candidate::No;
             }
             let seq = stored_seq(payload);
-            check(payload, crc, seq).ok().map(|()| seq)
-        }
-        VERSION_SEQUENCED => {
-            if !well_formed(payload) {
-                return None;
+            let plausible = seqs.contains(&seq) || seq < seqs.start;
+            if !plausible {
+                return Candidate::No;
             }
+            spend(len);
+            if crc32c::crc32c(payload) != crc {
+                return Candidate::No;
+            }
+            if seq < seqs.start {
+                Candidate::Older(len)
+            } else {
+                Candidate::Record(seq)
+            }
+        }
+        VERSION_SEQUENCED if unstored => {
+            if !well_formed(payload) {
+                return Candidate::No;
+            }
+            spend(len);
             let base = crc32c::crc32c(payload);
             let last = seqs.end.min(seqs.start.saturating_add(UNSTORED_SEQ_TRIES));
-            (seqs.start..last).find(|s| crc32c::crc32c_append(base, &s.to_le_bytes()) == crc)
+            match (seqs.start..last).find(|s| crc32c::crc32c_append(base, &s.to_le_bytes()) == crc)
+            {
+                Some(seq) => Candidate::Record(seq),
+                None => Candidate::No,
+            }
         }
-        _ => None,
+        _ => Candidate::No,
     }
 }
 
@@ -470,8 +522,10 @@ mod tests {
         // And are found after bad bytes, within the tries.
         let mut bytes = vec![0xAB; 100];
         bytes.extend_from_slice(&framed);
-        assert_eq!(find_record(&bytes, 70..2000), Some((100, 78)));
-        assert_eq!(find_record(&bytes, 79..2000), None);
+        assert_eq!(find_record(&bytes, 70..2000, true), Some((100, 78)));
+        assert_eq!(find_record(&bytes, 79..2000, true), None);
+        // Only where the segment was written with them.
+        assert_eq!(find_record(&bytes, 70..2000, false), None);
     }
 
     #[test]
@@ -525,10 +579,30 @@ mod tests {
         bytes.extend_from_slice(&torn[..torn.len() / 2]);
         let at = bytes.len();
         bytes.extend_from_slice(&sealed(&event(3), 12));
-        assert_eq!(find_record(&bytes, 10..100), Some((at, 12)));
-        assert_eq!(find_record(&bytes, 13..100), None, "outside the range");
-        assert_eq!(find_record(&bytes, 0..12), None, "outside the range");
-        assert_eq!(find_record(&bytes[..bytes.len() - 1], 10..100), None);
-        assert_eq!(find_record(&[], 0..100), None);
+        assert_eq!(find_record(&bytes, 10..100, false), Some((at, 12)));
+        assert_eq!(
+            find_record(&bytes, 13..100, false),
+            None,
+            "outside the range"
+        );
+        assert_eq!(find_record(&bytes, 0..12, false), None, "outside the range");
+        assert_eq!(find_record(&bytes[..bytes.len() - 1], 10..100, false), None);
+        assert_eq!(find_record(&[], 0..100, false), None);
+    }
+
+    /// A body holding what looks like a later record (a sender can put any bytes
+    /// there): inside an intact older record it is stepped over, never taken.
+    #[test]
+    fn a_frame_forged_inside_an_older_records_body_is_not_taken() {
+        let forged = sealed(&event(66), 20);
+        let mut carrier = event(1);
+        carrier.body = Bytes::from([b"{\"x\":\"".as_slice(), &forged, b"\"}"].concat());
+        let mut bytes = vec![0x33; 9];
+        bytes.extend_from_slice(&sealed(&carrier, 3));
+        assert_eq!(find_record(&bytes, 10..100, false), None);
+        // The same bytes outside any record would be found (so the test can fail).
+        let mut loose = vec![0x33; 9];
+        loose.extend_from_slice(&forged);
+        assert_eq!(find_record(&loose, 10..100, false), Some((9, 20)));
     }
 }

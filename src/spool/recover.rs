@@ -94,12 +94,16 @@ pub fn scan_segment(
         unsequenced: false,
     };
     let (mut seq, mut pos) = (base, 0u64);
+    // Whether the last intact record did not store its sequence (written before
+    // version 3): only then are such frames looked for after bad bytes.
+    let mut unstored = false;
     loop {
         let at = pos;
         let why = match read_frame(&mut r, seq) {
             Ok(Frame::Record(payload)) => {
                 let len = payload.len() as u64;
                 scan.unsequenced |= !record::is_sequenced(&payload);
+                unstored = !record::stores_sequence(&payload);
                 match decode(seq, payload) {
                     Ok(rec) => {
                         each(&rec);
@@ -144,7 +148,7 @@ pub fn scan_segment(
         // Bad bytes at `at`: pick up at the next intact record after them, if any.
         let rest = read_at(&file, at + 1, file_len.saturating_sub(at + 1))?;
         let most = seq.saturating_add(rest.len() as u64 / MIN_FRAME_LEN + 1);
-        match record::find_record(&rest, seq..seq_limit.min(most)) {
+        match record::find_record(&rest, seq..seq_limit.min(most), unstored) {
             Some((off, found)) => {
                 let next = at + 1 + off as u64;
                 scan.holes.push(Hole {
@@ -251,4 +255,14 @@ pub fn quarantine(dir: &Path, segment: u64, file: &File, hole: &Hole) -> io::Res
     fs::rename(&tmp, &path)?;
     File::open(&qdir)?.sync_all()?;
     Ok(path)
+}
+
+/// Moves a whole segment into the quarantine (its damaged bytes could not be
+/// copied there when they were found). A rename: it needs no room.
+pub fn keep_whole(dir: &Path, segment: &Path) -> io::Result<()> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    fs::create_dir_all(&qdir)?;
+    let name = segment.file_name().unwrap_or_default();
+    fs::rename(segment, qdir.join(name))?;
+    File::open(dir)?.sync_all()
 }
