@@ -24,6 +24,20 @@ async fn post_with(c: &mut Client, body: &str, headers: &[(&str, &str)]) -> Repl
     c.request("POST", POST, &all, body.as_bytes()).await
 }
 
+/// Starts the default configuration with `env` (fault seams) and an open-files
+/// limit; returns the config's path with the relay.
+fn start_default(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    nofile: Option<u64>,
+) -> (std::path::PathBuf, Relay) {
+    let config_path = dir.join("hookrelay.toml");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&config_path, base_config(dir, "", "", "")).unwrap();
+    let relay = Relay::spawn_limited(dir, &config_path, env, nofile);
+    (config_path, relay)
+}
+
 fn segments(spool: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut segs: Vec<_> = std::fs::read_dir(spool)
         .unwrap()
@@ -187,11 +201,11 @@ async fn case03_amqp_short_strings_are_bounded_and_delivery_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case04_a_sink_panic_dead_letters_that_event_and_delivery_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("hookrelay.toml");
-    std::fs::create_dir_all(dir.path()).unwrap();
-    std::fs::write(&config_path, base_config(dir.path(), "", "", "")).unwrap();
-    let env = [(hookrelay::faults::SINK_PANIC_ENV, "poison")];
-    let mut relay = Relay::spawn_env(dir.path(), &config_path, &env);
+    let (_, mut relay) = start_default(
+        dir.path(),
+        &[(hookrelay::faults::SINK_PANIC_ENV, "poison")],
+        None,
+    );
     let mut c = relay.connect().await;
     let mut ids = HashSet::new();
     for id in ["before", "poison", "after"] {
@@ -245,11 +259,11 @@ async fn case04_a_sink_panic_dead_letters_that_event_and_delivery_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case04_a_dead_forwarder_stops_the_process_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("hookrelay.toml");
-    std::fs::create_dir_all(dir.path()).unwrap();
-    std::fs::write(&config_path, base_config(dir.path(), "", "", "")).unwrap();
-    let env = [(hookrelay::faults::FORWARDER_PANIC_ENV, "1")];
-    let mut relay = Relay::spawn_env(dir.path(), &config_path, &env);
+    let (config_path, mut relay) = start_default(
+        dir.path(),
+        &[(hookrelay::faults::FORWARDER_PANIC_ENV, "1")],
+        None,
+    );
     let mut c = relay.connect().await;
     let r = c.post_signed(&event_body("message.read", "first")).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -283,11 +297,11 @@ async fn case04_a_dead_forwarder_stops_the_process_non_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case05_a_client_gone_mid_append_does_not_hold_its_id() {
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("hookrelay.toml");
-    std::fs::create_dir_all(dir.path()).unwrap();
-    std::fs::write(&config_path, base_config(dir.path(), "", "", "")).unwrap();
-    let env = [(hookrelay::spool::FSYNC_DELAY_ENV, "1500")];
-    let relay = Relay::spawn_env(dir.path(), &config_path, &env);
+    let (_, relay) = start_default(
+        dir.path(),
+        &[(hookrelay::spool::FSYNC_DELAY_ENV, "1500")],
+        None,
+    );
     let body = event_body("message.read", "gone");
     let head = format!(
         "POST {POST} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{SIG}: {}\r\n\r\n{body}",
@@ -482,10 +496,7 @@ async fn case08_unsigned_requests_do_not_spend_the_sources_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case09_many_event_types_with_few_file_descriptors() {
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("hookrelay.toml");
-    std::fs::create_dir_all(dir.path()).unwrap();
-    std::fs::write(&config_path, base_config(dir.path(), "", "", "")).unwrap();
-    let relay = Relay::spawn_limited(dir.path(), &config_path, &[], Some(256));
+    let (_, relay) = start_default(dir.path(), &[], Some(256));
     let mut c = relay.connect().await;
     let mut ids = HashSet::new();
     for i in 0..300 {
