@@ -1,6 +1,8 @@
 //! The spool alone: appends/s, group commits (fdatasyncs)/s and append latency at
 //! 1, 16 and 256 concurrent writers, 1 KiB events, on the disk under `target/`.
 //! One writer measures a bare fdatasync per append: the floor of any durable 200.
+//! Each writer makes its events as the edge does (sign, verify, extract), outside
+//! the latency it measures.
 //!
 //! `cargo run --release --example bench_spool -- [seconds per case]`
 
@@ -8,8 +10,58 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hookrelay::event::Event;
+use hookrelay::config::Config;
+use hookrelay::event::{Accepted, Extracted, Extractor};
 use hookrelay::spool::{Record, Spool};
+use hookrelay::verify::{Method, Verifier};
+
+/// Events as the edge makes them (the spool takes nothing else): a signed 1 KiB
+/// body, verified and extracted.
+struct Edge {
+    verifier: Verifier,
+    extractor: Extractor,
+}
+
+impl Edge {
+    fn new() -> Edge {
+        let config = Config::parse(
+            "[sinks.file]\ndir = \"x\"\n[sources.bench]\nscheme = \"quickassist\"\nsecret_env = \"X\"\n",
+        )
+        .expect("config");
+        let method = Method::Quickassist {
+            json_stringify: false,
+        };
+        Edge {
+            verifier: Verifier::with_secrets(method, &[b"bench"]).expect("verifier"),
+            extractor: config.sources["bench"]
+                .extractor("bench")
+                .expect("extractor"),
+        }
+    }
+
+    fn event(&self, w: usize, n: u64) -> Accepted {
+        let head = format!(r#"{{"event":"message.read","data":{{"messageId":"{w}-{n}"}},"pad":""#);
+        let body = format!("{head}{}\"}}", "x".repeat(1024 - head.len() - 2));
+        let mut headers = hyper::HeaderMap::new();
+        for (k, v) in self.verifier.sign(body.as_bytes(), "/").expect("sign") {
+            headers.insert(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let verified = self
+            .verifier
+            .verify(&headers, Bytes::from(body), "/")
+            .expect("verified");
+        match self
+            .extractor
+            .extract(verified, &headers, "application/json", 0)
+        {
+            Ok(Extracted::Publish(e)) => e,
+            _ => panic!("not extracted"),
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() {
@@ -21,7 +73,7 @@ async fn main() {
     let dir = tempfile::tempdir_in("target/bench").unwrap();
     let (spool, mut reader, _) =
         Spool::open(dir.path(), 64 << 30, 256 << 20, |_: &Record| {}).unwrap();
-    let body = Bytes::from(vec![b'x'; 1024]);
+    let edge = Arc::new(Edge::new());
     println!("| writers | appends/s | fdatasyncs/s | appends per sync | append p50 | append p99 |");
     println!("|---|---|---|---|---|---|");
     let mut json = Vec::new();
@@ -32,21 +84,12 @@ async fn main() {
         let mut tasks = Vec::new();
         for w in 0..writers {
             let spool = spool.clone();
-            let body = body.clone();
+            let edge = edge.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut n = 0u64;
                 while Instant::now() < end {
-                    let e = Event {
-                        source: Arc::from("bench"),
-                        event_type: "message.read".into(),
-                        id: format!("{w}-{n}"),
-                        topic: "bench.message.read".into(),
-                        key: format!("{n}"),
-                        content_type: "application/json".into(),
-                        received_at_ns: 0,
-                        body: body.clone(),
-                    };
+                    let e = edge.event(w, n);
                     let t = Instant::now();
                     spool.append(e).await.expect("append");
                     lat.push(t.elapsed().as_micros() as u32);

@@ -5,66 +5,128 @@
 //! persist the cursor → flush producers → return. What was not forwarded stays
 //! in the spool for the next start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{AckMode, Config, DedupBackend, OnRedisError};
+use crate::config::{AckMode, Config, ConfigError, DedupBackend, OnRedisError};
 use crate::deadletter::DeadLetter;
 use crate::dedup::{RedisWindow, Space, Window};
-use crate::event::Extractor;
+use crate::event::{Extractor, now_ns};
 use crate::forward::{self, Forwarder, Routes};
 use crate::metrics::{self, EventLabels, RequestMetrics};
 use crate::server::{self, Ack, App, Limits, Source};
-use crate::sink::{FileSink, KafkaSink, RabbitmqSink, Route, Sink};
+use crate::sink::{FileSink, KafkaSink, RabbitmqSink, Route, Sink, SinkKind, StartError};
 use crate::spool::{Record, Spool};
+use crate::verify::Verifier;
 
-/// Builds every source's verifier and extractor; fails on a missing secret.
-/// `sinks` is empty for `hookrelay check`, which builds no producers.
-pub fn build_sources(
-    config: &Config,
-    sinks: &HashMap<&'static str, Route>,
-) -> anyhow::Result<HashMap<String, Source>> {
-    let mut sources = HashMap::new();
+/// Why `run` or `check` stopped before serving, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Sink(#[from] StartError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("the forwarder stopped while running (see the log); exiting to be restarted")]
+    ForwarderStopped,
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// What a source checks and reads requests with: built by `run` and `check` alike
+/// (its secrets are read, so a missing one stops both).
+struct Rules {
+    verifier: Arc<Verifier>,
+    extractor: Extractor,
+}
+
+fn source_rules(config: &Config) -> Result<BTreeMap<String, Rules>, Error> {
+    let mut rules = BTreeMap::new();
     for (name, cfg) in &config.sources {
-        let ack = match cfg.ack {
-            AckMode::Durable => Ack::Durable,
-            AckMode::Broker => match sinks.get(config.sink_of(cfg).as_str()) {
-                Some(route) => Ack::Broker {
-                    route: route.clone(),
-                    timeout: cfg.ack_timeout(),
-                },
-                None => Ack::Durable,
-            },
-        };
-        sources.insert(
+        let verifier = Arc::new(cfg.verifier(name)?);
+        let extractor = cfg.extractor(name)?;
+        rules.insert(
             name.clone(),
-            Source {
-                verifier: cfg.verifier(name)?,
-                extractor: Extractor::new(name, cfg)
-                    .map_err(|why| anyhow::anyhow!("sources.{name}: {why}"))?,
-                metrics: RequestMetrics::new(name),
-                events: match &cfg.events {
-                    Some(allow) => EventLabels::new(name, allow.iter().map(String::as_str)),
-                    None => EventLabels::new(name, cfg.scheme.known_events().iter().copied()),
-                },
-                ack,
-                allowed_nets: cfg
-                    .allowed_cidrs
-                    .iter()
-                    .filter_map(|c| crate::guard::parse_net(c))
-                    .collect(),
-                rate_limit: cfg
-                    .rate_limit
-                    .map(|r| crate::guard::RateLimiter::new(r.per_second, r.burst)),
+            Rules {
+                verifier,
+                extractor,
             },
         );
+    }
+    Ok(rules)
+}
+
+/// Every source, ready to serve: its rules, where it stores events, its guards.
+fn build_sources(
+    config: &Config,
+    rules: BTreeMap<String, Rules>,
+    sinks: &HashMap<SinkKind, Route>,
+    spool: Option<&Spool>,
+) -> Result<HashMap<String, Source>, Error> {
+    let mut sources = HashMap::new();
+    for (
+        name,
+        Rules {
+            verifier,
+            extractor,
+        },
+    ) in rules
+    {
+        let cfg = &config.sources[&name];
+        let ack = match cfg.ack {
+            AckMode::Durable => Ack::Durable(
+                spool
+                    .cloned()
+                    .ok_or_else(|| Error::Setup(format!("sources.{name}: no spool")))?,
+            ),
+            AckMode::Broker => {
+                let route = config
+                    .sinks
+                    .for_source(cfg)
+                    .and_then(|kind| sinks.get(&kind))
+                    .ok_or_else(|| Error::Setup(format!("sources.{name}.sink: not configured")))?;
+                Ack::Broker {
+                    route: route.clone(),
+                    timeout: cfg.ack_timeout(),
+                }
+            }
+        };
+        let events = match &cfg.events {
+            Some(allow) => EventLabels::new(&name, allow.iter().map(String::as_str)),
+            None => EventLabels::new(&name, cfg.scheme.known_events().iter().copied()),
+        };
+        let source = Source {
+            verifier,
+            extractor,
+            metrics: RequestMetrics::new(&name),
+            events,
+            ack,
+            allowed_nets: cfg
+                .allowed_cidrs
+                .iter()
+                .filter_map(|c| crate::guard::parse_net(c))
+                .collect(),
+            rate_limit: cfg
+                .rate_limit
+                .map(|r| crate::guard::RateLimiter::new(r.per_second, r.burst)),
+        };
+        sources.insert(name, source);
     }
     Ok(sources)
 }
@@ -122,48 +184,48 @@ fn connection_budget(config: &Config) -> usize {
 }
 
 /// Opens every configured sink. Must run inside the runtime (producers spawn tasks).
-async fn build_sinks(config: &Config) -> anyhow::Result<HashMap<&'static str, Route>> {
+async fn build_sinks(config: &Config) -> Result<HashMap<SinkKind, Route>, Error> {
     let mut sinks = HashMap::new();
     if let Some(file) = &config.sinks.file {
         let sink: Arc<dyn Sink> = Arc::new(
-            FileSink::open(&file.dir, file.max_open_files, file.max_topics)
-                .with_context(|| format!("sinks.file.dir: cannot open {}", file.dir.display()))?,
+            FileSink::open(&file.dir, file.max_open_files, file.max_topics).map_err(io_error(
+                format!("sinks.file.dir: cannot open {}", file.dir.display()),
+            ))?,
         );
-        sinks.insert("file", Route::new(crate::faults::wrap_sink(sink)));
+        sinks.insert(SinkKind::File, Route::new(crate::faults::wrap_sink(sink)));
     }
     if let Some(kafka) = &config.sinks.kafka {
         let sink: Arc<dyn Sink> = Arc::new(KafkaSink::new(kafka)?);
-        sinks.insert("kafka", Route::new(crate::faults::wrap_sink(sink)));
+        sinks.insert(SinkKind::Kafka, Route::new(crate::faults::wrap_sink(sink)));
     }
     if let Some(rabbitmq) = &config.sinks.rabbitmq {
         let sink: Arc<dyn Sink> = Arc::new(RabbitmqSink::new(rabbitmq).await?);
-        sinks.insert("rabbitmq", Route::new(crate::faults::wrap_sink(sink)));
+        sinks.insert(
+            SinkKind::Rabbitmq,
+            Route::new(crate::faults::wrap_sink(sink)),
+        );
     }
     Ok(sinks)
 }
 
 /// `hookrelay check`: everything `run` reads before it starts, without connecting.
-pub fn check_offline(config: &Config) -> anyhow::Result<()> {
-    build_sources(config, &HashMap::new())?;
+pub fn check_offline(config: &Config) -> Result<(), Error> {
+    source_rules(config)?;
     if let Some(kafka) = &config.sinks.kafka {
-        kafka
-            .client_config()
-            .map_err(|(k, why)| anyhow::anyhow!("{k}: {why}"))?;
+        kafka.client_config().map_err(StartError::from)?;
     }
     if let Some(t) = &config.server.tls {
         crate::tls::load(&t.cert_file, &t.key_file)
-            .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+            .map_err(|e| Error::Setup(format!("server.tls: {e}")))?;
     }
     if let Some(rabbitmq) = &config.sinks.rabbitmq {
-        rabbitmq
-            .resolved_uri()
-            .map_err(|(k, why)| anyhow::anyhow!("{k}: {why}"))?;
+        rabbitmq.resolved_uri().map_err(StartError::from)?;
     }
     Ok(())
 }
 
 /// `hookrelay check --connect`: reaches every broker sink, or says why not.
-pub async fn check_connections(config: &Config) -> Result<Vec<String>, String> {
+pub async fn check_connections(config: &Config) -> Result<Vec<String>, StartError> {
     let mut report = Vec::new();
     if let Some(kafka) = &config.sinks.kafka {
         report.push(crate::sink::kafka::check_connection(kafka)?);
@@ -179,15 +241,16 @@ pub async fn run(
     config: Config,
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     config.validate()?;
     let names: Vec<String> = config.sources.keys().cloned().collect();
-    metrics::init(&names, &config.sinks.names());
+    let kinds: Vec<&str> = config.sinks.kinds().iter().map(|k| k.as_str()).collect();
+    metrics::init(&names, &kinds);
     let sinks = build_sinks(&config).await?;
-    let sources = build_sources(&config, &sinks)?;
+    let rules = source_rules(&config)?;
     // Per-topic series exist from the start for the event types the config knows.
     for (name, cfg) in &config.sources {
-        if let Some(route) = sinks.get(config.sink_of(cfg).as_str()) {
+        if let Some(route) = config.sinks.for_source(cfg).and_then(|k| sinks.get(&k)) {
             let known: Vec<&str> = match &cfg.events {
                 Some(allow) => allow.iter().map(String::as_str).collect(),
                 None => cfg.scheme.known_events().to_vec(),
@@ -195,7 +258,7 @@ pub async fn run(
             for event in known {
                 route
                     .metrics
-                    .register_topic(&sources[name].extractor.topic_for(event));
+                    .register_topic(&rules[name].extractor.topic_for(event));
             }
         }
     }
@@ -210,24 +273,22 @@ pub async fn run(
                 Duration::from_millis(config.dedup.redis_timeout_ms),
                 config.dedup.on_redis_error == OnRedisError::Accept,
             )
-            .map_err(|e| anyhow::anyhow!("dedup.redis_url: {e}"))?,
+            .map_err(|e| Error::Setup(format!("dedup.redis_url: {e}")))?,
         ),
     };
     // Spool replay remembers ids in the memory window; Redis remembers by itself.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let now = now_ns();
     let remember = |r: &Record| {
         if let Window::Memory(d) = &dedup {
             let e = &r.event;
-            let age = Duration::from_nanos(now.saturating_sub(e.received_at_ns));
-            d.remember(d.key(&e.source, &e.id), age);
+            let age = Duration::from_nanos(now.saturating_sub(e.received_at_ns()));
+            d.remember(d.key(e.source(), e.id()), age);
             // The replay guard too: a body captured before a restart stays a duplicate.
-            let guard = sources
-                .get(&*e.source)
+            let guard = rules
+                .get(e.source())
                 .and_then(|s| s.extractor.replay_guard(e));
             if let Some(g) = guard {
-                d.remember(d.key_in(Space::Body, &e.source, &g), age);
+                d.remember(d.key_in(Space::Body, e.source(), &g), age);
             }
         }
     };
@@ -242,34 +303,34 @@ pub async fn run(
             config.spool.segment_bytes,
             remember,
         )
-        .context("spool.dir")?;
+        .map_err(|e| Error::Setup(format!("spool.dir: {e}")))?;
         s.pace_syncs(Duration::from_micros(config.spool.min_sync_interval_us));
         tracing::info!(
             dir = %config.spool.dir.display(),
             pending = recovery.pending,
             truncated_bytes = recovery.truncated_bytes,
+            quarantined_bytes = recovery.quarantined_bytes,
             remembered_ids = dedup.remembered(),
             "spool opened"
         );
         let mut by_source = HashMap::new();
         for (name, src) in &config.sources {
-            let sink = config.sink_of(src);
-            let route = sinks
-                .get(sink.as_str())
-                .with_context(|| format!("sources.{name}.sink: sink '{sink}' is not configured"))?;
+            let route = config
+                .sinks
+                .for_source(src)
+                .and_then(|k| sinks.get(&k))
+                .ok_or_else(|| Error::Setup(format!("sources.{name}.sink: not configured")))?;
             by_source.insert(name.clone(), route.clone());
         }
         let default = sinks
             .values()
             .next()
             .cloned()
-            .context("sinks: no sink configured")?;
-        let dead_letter = DeadLetter::open(&config.dead_letter.path).with_context(|| {
-            format!(
-                "dead_letter.path: cannot open {}",
-                config.dead_letter.path.display()
-            )
-        })?;
+            .ok_or_else(|| Error::Setup("sinks: no sink configured".into()))?;
+        let dead_letter = DeadLetter::open(&config.dead_letter.path).map_err(io_error(format!(
+            "dead_letter.path: cannot open {}",
+            config.dead_letter.path.display()
+        )))?;
         let forwarder = Forwarder::new(
             s.clone(),
             reader,
@@ -280,25 +341,31 @@ pub async fn run(
         forwarding = Some(tokio::spawn(forwarder.run(drain_rx)));
         spool = Some(s);
     }
+    let verifiers: Vec<(String, Arc<Verifier>)> = rules
+        .iter()
+        .map(|(name, r)| (name.clone(), r.verifier.clone()))
+        .collect();
+    let sources = build_sources(&config, rules, &sinks, spool.as_ref())?;
 
     let tls = match &config.server.tls {
         Some(t) => Some(
             crate::tls::acceptor(t.cert_file.clone(), t.key_file.clone())
-                .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+                .map_err(|e| Error::Setup(format!("server.tls: {e}")))?,
         ),
         None => None,
     };
     let listener = TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+        .map_err(io_error(format!(
+            "server.listen: cannot bind {}",
+            config.server.listen
+        )))?;
     let admin = TcpListener::bind(config.server.admin_listen)
         .await
-        .with_context(|| {
-            format!(
-                "server.admin_listen: cannot bind {}",
-                config.server.admin_listen
-            )
-        })?;
+        .map_err(io_error(format!(
+            "server.admin_listen: cannot bind {}",
+            config.server.admin_listen
+        )))?;
 
     let app_spool = spool.clone();
     let app = Arc::new(App::new(
@@ -322,14 +389,14 @@ pub async fn run(
         },
     ));
     metrics::spawn_upkeep(prometheus.clone());
-    crate::rotation::spawn(app.clone());
+    crate::rotation::spawn(verifiers);
     metrics::ready(true);
 
     tracing::info!(
         webhooks = %crate::listener::local_addr(&listener).map_or_else(String::new, |a| a.to_string()),
         admin = %crate::listener::local_addr(&admin).map_or_else(String::new, |a| a.to_string()),
         sources = ?names,
-        sinks = ?config.sinks.names(),
+        sinks = ?kinds,
         tls = config.server.tls.is_some(),
         "listening"
     );
@@ -428,7 +495,7 @@ pub async fn run(
         .map_or(0, |s| s.durable_end().saturating_sub(s.cursor()));
     tracing::info!(unconfirmed, "stopped");
     if forwarder_died.get() {
-        anyhow::bail!("the forwarder stopped while running (see the log); exiting to be restarted");
+        return Err(Error::ForwarderStopped);
     }
     Ok(())
 }

@@ -64,6 +64,18 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// What tells one version of a file from another without keeping its contents:
+/// modification time, length and a CRC of the bytes. Secret files and TLS
+/// certificates are re-read when theirs changes.
+pub type Fingerprint = (std::time::SystemTime, u64, u64);
+
+pub fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
+    let meta = std::fs::metadata(path).ok()?;
+    let bytes = std::fs::read(path).ok()?;
+    let digest = u64::from(crc32c::crc32c(&bytes));
+    Some((meta.modified().ok()?, meta.len(), digest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,8 +17,8 @@ use serde::de::{
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::config::SourceConfig;
 use crate::verify::Verified;
+use crate::verify::scheme::IdRules;
 
 // Every value that reaches the spool is bounded here, at the edge, to what the record
 // format (16-bit string lengths) and every sink can carry: an AMQP short string is at
@@ -74,20 +74,173 @@ pub fn content_type(headers: &HeaderMap) -> Result<&str, ExtractError> {
     }
 }
 
-/// One accepted webhook, ready for the spool.
+/// One webhook on its way to the sinks. Made only by extraction from a verified
+/// request ([`Extractor::extract`], as an [`Accepted`]) or by decoding the spool
+/// record such an event was written as; its fields are read, never set, elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub source: Arc<str>,
-    pub event_type: String,
+    source: Arc<str>,
+    event_type: String,
+    id: String,
+    topic: String,
+    key: String,
+    content_type: String,
+    received_at_ns: u64,
+    body: Bytes,
+}
+
+impl Event {
+    /// The configured source it came through.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
     /// The idempotency key: equal ids are the same event (`{event}:{id}` by default).
-    pub id: String,
-    pub topic: String,
-    pub key: String,
-    pub content_type: String,
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
     /// Nanoseconds since the Unix epoch when the request was received.
-    pub received_at_ns: u64,
-    /// The body exactly as received; it is what was signed and what is published.
-    pub body: Bytes,
+    pub fn received_at_ns(&self) -> u64 {
+        self.received_at_ns
+    }
+
+    /// Exactly the bytes that were signed (as received, or the canonical form a
+    /// scheme signs instead): what is published.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Rebuilds an event from its spool record. Only an [`Accepted`] event is ever
+    /// written as one (the spool takes nothing else), so this reads back what the
+    /// edge accepted.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_record(
+        source: Arc<str>,
+        event_type: String,
+        id: String,
+        topic: String,
+        key: String,
+        content_type: String,
+        received_at_ns: u64,
+        body: Bytes,
+    ) -> Event {
+        Event {
+            source,
+            event_type,
+            id,
+            topic,
+            key,
+            content_type,
+            received_at_ns,
+            body,
+        }
+    }
+
+    /// Points the body at another buffer holding the same bytes (the spool frame the
+    /// event was written into), so the event holds one exact allocation.
+    pub(crate) fn share_body(&mut self, same: Bytes) {
+        debug_assert_eq!(same, self.body);
+        self.body = same;
+    }
+}
+
+/// An event fresh from the edge: what the spool, and `ack = "broker"` publishing,
+/// take. Only [`Extractor::extract`] makes one, from a [`Verified`] request, so the
+/// type system keeps unverified bytes out of both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted(Event);
+
+impl Accepted {
+    pub fn into_event(self) -> Event {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Accepted {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.0
+    }
+}
+
+/// Events for tests, field by field: only tests may build one by hand.
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub(crate) struct EventBuilder(Event);
+
+#[cfg(test)]
+impl EventBuilder {
+    /// A `message.read` of source `q`, id and key from `n`, a small JSON body.
+    pub(crate) fn new(n: u64) -> EventBuilder {
+        EventBuilder(Event {
+            source: Arc::from("q"),
+            event_type: "message.read".into(),
+            id: format!("message.read:{n}"),
+            topic: "q.message.read".into(),
+            key: format!("{n}"),
+            content_type: DEFAULT_CONTENT_TYPE.into(),
+            received_at_ns: now_ns(),
+            body: Bytes::from(format!("{{\"n\":{n}}}")),
+        })
+    }
+    pub(crate) fn source(mut self, v: &str) -> Self {
+        self.0.source = Arc::from(v);
+        self
+    }
+    pub(crate) fn id(mut self, v: impl Into<String>) -> Self {
+        self.0.id = v.into();
+        self
+    }
+    pub(crate) fn topic(mut self, v: impl Into<String>) -> Self {
+        self.0.topic = v.into();
+        self
+    }
+    pub(crate) fn key(mut self, v: impl Into<String>) -> Self {
+        self.0.key = v.into();
+        self
+    }
+    pub(crate) fn content_type(mut self, v: impl Into<String>) -> Self {
+        self.0.content_type = v.into();
+        self
+    }
+    pub(crate) fn received_at_ns(mut self, v: u64) -> Self {
+        self.0.received_at_ns = v;
+        self
+    }
+    pub(crate) fn body(mut self, v: impl Into<Bytes>) -> Self {
+        self.0.body = v.into();
+        self
+    }
+    pub(crate) fn build(self) -> Event {
+        self.0
+    }
+    pub(crate) fn accepted(self) -> Accepted {
+        Accepted(self.0)
+    }
+}
+
+/// Nanoseconds since the Unix epoch: the clock events are stamped with.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Why a verified body is still refused (400).
@@ -118,7 +271,7 @@ pub enum ExtractError {
 /// What to do with a well-formed event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Extracted {
-    Publish(Event),
+    Publish(Accepted),
     /// Outside the source's allow-list: answered 200, counted, not published.
     Filtered {
         event_type: String,
@@ -633,14 +786,32 @@ pub struct Extractor {
     /// The id may come from outside the signature (see [`Extractor::replay_guard`]).
     guarded: bool,
     /// The scheme's stricter rules, if any (see `config::Strict`).
-    strict: Option<crate::config::Strict>,
+    strict: Option<IdRules>,
+}
+
+/// What an [`Extractor`] is made of: one source's rules, as its configuration
+/// resolved them (`config::SourceConfig::extractor` builds one).
+#[derive(Debug, Clone)]
+pub struct ExtractorSpec<'a> {
+    pub source: &'a str,
+    pub event_from: &'a str,
+    /// `None`: the body's digest is the id.
+    pub id_from: Option<&'a str>,
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub id_template: &'a str,
+    /// The allow-list of event types, if any.
+    pub events: Option<&'a [String]>,
+    /// The id may come from outside what the signature covers (a replay guard is kept).
+    pub id_unsigned: bool,
+    /// The provider's own shapes for types and ids, if they must be held to them.
+    pub id_rules: Option<IdRules>,
 }
 
 impl Extractor {
-    /// Locations were validated by `config`.
-    pub fn new(source: &str, cfg: &SourceConfig) -> Result<Self, String> {
-        let event_from = Locations::parse(&cfg.event_from())?;
-        let id_from = cfg.id_from().map(|l| Locations::parse(&l)).transpose()?;
+    pub fn new(spec: ExtractorSpec<'_>) -> Result<Self, String> {
+        let event_from = Locations::parse(spec.event_from)?;
+        let id_from = spec.id_from.map(Locations::parse).transpose()?;
         let mut pointers: Vec<Pointer> = Vec::new();
         for p in event_from
             .pointers()
@@ -651,16 +822,16 @@ impl Extractor {
             }
         }
         Ok(Self {
-            source: Arc::from(source),
+            source: Arc::from(spec.source),
             event_from,
             id_from,
-            topic: Template::compile(&cfg.topic),
-            key: Template::compile(&cfg.key),
-            id: Template::compile(&cfg.id_template),
-            allow: cfg.events.as_ref().map(|e| e.iter().cloned().collect()),
+            topic: Template::compile(spec.topic),
+            key: Template::compile(spec.key),
+            id: Template::compile(spec.id_template),
+            allow: spec.events.map(|e| e.iter().cloned().collect()),
             pointers,
-            guarded: cfg.id_is_unsigned(),
-            strict: cfg.strict(),
+            guarded: spec.id_unsigned,
+            strict: spec.id_rules,
         })
     }
 
@@ -732,7 +903,7 @@ impl Extractor {
         if content_type.len() > MAX_CONTENT_TYPE_LEN || !content_type.is_ascii() {
             return Err(ExtractError::ContentType);
         }
-        Ok(Extracted::Publish(Event {
+        Ok(Extracted::Publish(Accepted(Event {
             source: self.source.clone(),
             id,
             topic,
@@ -741,7 +912,7 @@ impl Extractor {
             received_at_ns,
             body: body.clone(),
             event_type,
-        }))
+        })))
     }
 }
 
@@ -763,7 +934,7 @@ mod tests {
         );
         let c = Config::parse(&text).unwrap();
         c.validate().unwrap();
-        Extractor::new("quickassist", &c.sources["quickassist"]).unwrap()
+        c.sources["quickassist"].extractor("quickassist").unwrap()
     }
 
     fn verified(body: &str) -> Verified {
@@ -786,7 +957,7 @@ mod tests {
 
     fn publish(x: &Extractor, body: &str) -> Result<Event, ExtractError> {
         match x.extract(verified(body), &HeaderMap::new(), "application/json", 7)? {
-            Extracted::Publish(e) => Ok(e),
+            Extracted::Publish(e) => Ok(e.into_event()),
             Extracted::Filtered { .. } => panic!("filtered"),
         }
     }
@@ -1018,7 +1189,7 @@ mod tests {
     fn twilio_bodies_cannot_mint_new_ids() {
         let text = "[sinks.file]\ndir = \"x\"\n[sources.tw]\nscheme = \"twilio\"\nsecret_env = \"X\"\npublic_url = \"https://h\"\n";
         let c = Config::parse(text).unwrap();
-        let x = Extractor::new("tw", &c.sources["tw"]).unwrap();
+        let x = c.sources["tw"].extractor("tw").unwrap();
         let v = Verifier::with_secrets(
             crate::verify::Method::Hmac {
                 spec: crate::verify::GenericHmac {
@@ -1051,7 +1222,7 @@ mod tests {
                 0,
             )
             .map(|e| match e {
-                Extracted::Publish(e) => e.id,
+                Extracted::Publish(e) => e.into_event().id,
                 Extracted::Filtered { .. } => panic!(),
             })
         };
@@ -1083,7 +1254,7 @@ mod tests {
             .extract(verified(b), h, "application/json", 0)
             .unwrap()
         {
-            Extracted::Publish(e) => e,
+            Extracted::Publish(e) => e.into_event(),
             Extracted::Filtered { .. } => panic!(),
         };
         let e = json(r#"{"kind":"push"}"#, &h);

@@ -51,7 +51,7 @@ impl Sink for Panicking {
 
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>> {
         Box::pin(async move {
-            if batch.iter().any(|m| m.event.id.contains(&self.needle)) {
+            if batch.iter().any(|m| m.event.id().contains(&self.needle)) {
                 panic!("injected sink panic (fault injection)");
             }
             self.inner.publish(batch).await

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ForwardConfig;
 use crate::deadletter::DeadLetter;
+use crate::event::Accepted;
 use crate::metrics;
 use crate::sink::{Message, Route, Sink, SinkError};
 use crate::spool::{Reader, Record, Spool};
@@ -76,6 +77,56 @@ pub async fn checkpoint(spool: Spool, sinks: Vec<Arc<dyn Sink>>) -> io::Result<u
     tokio::task::spawn_blocking(move || spool.checkpoint(cursor))
         .await
         .map_err(io::Error::other)?
+}
+
+/// Why a direct publish (`ack = "broker"`) ended without a confirmation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectError {
+    /// Not confirmed in time, or the broker is unreachable: the provider retries.
+    #[error("broker did not confirm: {0}")]
+    Unconfirmed(String),
+    /// The broker will never take this event as it is.
+    #[error("broker refused the event: {0}")]
+    Refused(String),
+}
+
+/// `ack = "broker"`: publishes one accepted event straight to its sink (no spool) and
+/// waits for the confirmation, within `timeout`; counted like the forwarder's
+/// deliveries. The edge calls this and knows nothing else of sinks.
+pub async fn publish_direct(
+    route: Route,
+    timeout: Duration,
+    event: Accepted,
+) -> Result<(), DirectError> {
+    let sent = Instant::now();
+    let event = Arc::new(event.into_event());
+    let message = Message {
+        seq: 0,
+        event: event.clone(),
+    };
+    let topic = event.topic();
+    match tokio::time::timeout(timeout, route.publish_one(message)).await {
+        Ok(Ok(())) => {
+            route
+                .metrics
+                .published(topic, sent.elapsed(), age(event.received_at_ns()));
+            Ok(())
+        }
+        Ok(Err(SinkError::Retriable(e))) => {
+            route.metrics.retriable_error(topic);
+            Err(DirectError::Unconfirmed(e))
+        }
+        Ok(Err(SinkError::Permanent(e))) => {
+            route.metrics.permanent_error(topic);
+            Err(DirectError::Refused(e))
+        }
+        Err(_) => {
+            route.metrics.retriable_error(topic);
+            Err(DirectError::Unconfirmed(
+                "no confirmation within the ack timeout".into(),
+            ))
+        }
+    }
 }
 
 struct Pending {
@@ -279,7 +330,7 @@ impl Forwarder {
                 .entry(m.seq)
                 .and_modify(|p| p.sent_at = now)
                 .or_insert_with(|| {
-                    *held += m.event.body.len();
+                    *held += m.event.body().len();
                     Pending {
                         msg: m.clone(),
                         attempts: 0,
@@ -287,7 +338,7 @@ impl Forwarder {
                         sent_at: now,
                     }
                 });
-            let route = self.routes.for_source(&m.event.source);
+            let route = self.routes.for_source(m.event.source());
             match groups
                 .iter_mut()
                 .find(|(r, _)| Arc::ptr_eq(&r.sink, &route.sink))
@@ -315,39 +366,39 @@ impl Forwarder {
         let Some(p) = self.in_flight.get_mut(&seq) else {
             return;
         };
-        let route = self.routes.for_source(&p.msg.event.source).clone();
+        let route = self.routes.for_source(p.msg.event.source()).clone();
         match result {
             Ok(()) => {
                 p.done = true;
                 route.metrics.published(
-                    &p.msg.event.topic,
+                    p.msg.event.topic(),
                     p.sent_at.elapsed(),
-                    age(p.msg.event.received_at_ns),
+                    age(p.msg.event.received_at_ns()),
                 );
             }
             Err(SinkError::Retriable(reason)) => {
-                route.metrics.retriable_error(&p.msg.event.topic);
+                route.metrics.retriable_error(p.msg.event.topic());
                 p.attempts += 1;
                 let delay = backoff(&self.cfg, p.attempts);
                 self.retries.push(Reverse((Instant::now() + delay, seq)));
                 let msg = format!(
                     "{} sink failed for topic {} (attempt {}), retrying in {:?}: {reason}",
                     route.sink.name(),
-                    p.msg.event.topic,
+                    p.msg.event.topic(),
                     p.attempts,
                     delay
                 );
                 self.warn(&msg);
             }
             Err(SinkError::Permanent(reason)) => {
-                route.metrics.permanent_error(&p.msg.event.topic);
+                route.metrics.permanent_error(p.msg.event.topic());
                 let msg = p.msg.clone();
                 // Remembered topics are bounded: senders choose them.
                 if self.refused_topics.len() >= 1024 {
                     self.refused_topics.clear();
                 }
-                if self.refused_topics.insert(msg.event.topic.clone()) {
-                    tracing::error!(sink = route.sink.name(), topic = %msg.event.topic, reason = %reason,
+                if self.refused_topics.insert(msg.event.topic().to_string()) {
+                    tracing::error!(sink = route.sink.name(), topic = %msg.event.topic(), reason = %reason,
                         "events for this topic are refused for good; dead-lettering them (logged once per topic)");
                 }
                 match Self::dead_letter(self.dead_letter.clone(), &route, msg, &reason).await {
@@ -421,7 +472,7 @@ impl Forwarder {
                 break;
             }
             let p = entry.remove();
-            self.in_flight_bytes -= p.msg.event.body.len();
+            self.in_flight_bytes -= p.msg.event.body().len();
         }
         let after = self.cursor();
         if after != before {
@@ -450,7 +501,7 @@ impl Forwarder {
             .in_flight
             .values()
             .next()
-            .map_or(Duration::ZERO, |p| age(p.msg.event.received_at_ns));
+            .map_or(Duration::ZERO, |p| age(p.msg.event.received_at_ns()));
         metrics::forward_state(lag, self.in_flight.len());
     }
 
@@ -477,10 +528,7 @@ impl From<Record> for Message {
 }
 
 fn age(received_at_ns: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    Duration::from_nanos(now.saturating_sub(received_at_ns))
+    Duration::from_nanos(crate::event::now_ns().saturating_sub(received_at_ns))
 }
 
 /// Capped exponential backoff with equal jitter: half fixed, half random.
@@ -501,7 +549,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
     use crate::spool::Record;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -525,7 +572,7 @@ mod tests {
                 batch
                     .into_iter()
                     .map(|m| {
-                        let r = if m.event.topic == self.poison_topic {
+                        let r = if m.event.topic() == self.poison_topic {
                             Err(SinkError::Permanent("message too large".into()))
                         } else if self
                             .retriable
@@ -534,7 +581,10 @@ mod tests {
                         {
                             Err(SinkError::Retriable("broker down".into()))
                         } else {
-                            self.delivered.lock().unwrap().push(m.event.id.clone());
+                            self.delivered
+                                .lock()
+                                .unwrap()
+                                .push(m.event.id().to_string());
                             Ok(())
                         };
                         Box::pin(std::future::ready(r)) as crate::sink::Confirmation
@@ -576,8 +626,7 @@ mod tests {
             let path = dir.path().join("spool");
             let (spool, reader, _) = Spool::open(&path, 1 << 30, 1 << 24, |_: &Record| {}).unwrap();
             for i in 0..100 {
-                let mut e = event(i, "q.ok");
-                e.body = bytes::Bytes::from(vec![b' '; 64 * 1024]);
+                let e = builder(i, "q.ok").body(vec![b' '; 64 * 1024]).accepted();
                 spool.append(e).await.unwrap();
             }
             let (spool, reader) = if from_disk {
@@ -617,17 +666,16 @@ mod tests {
         }
     }
 
-    fn event(i: u64, topic: &str) -> Event {
-        Event {
-            source: Arc::from("q"),
-            event_type: "message.read".into(),
-            id: format!("id-{i}"),
-            topic: topic.into(),
-            key: format!("{i}"),
-            content_type: "application/json".into(),
-            received_at_ns: 1,
-            body: bytes::Bytes::from_static(b"{}"),
-        }
+    fn builder(i: u64, topic: &str) -> crate::event::EventBuilder {
+        crate::event::EventBuilder::new(i)
+            .id(format!("id-{i}"))
+            .topic(topic)
+            .received_at_ns(1)
+            .body(bytes::Bytes::from_static(b"{}"))
+    }
+
+    fn event(i: u64, topic: &str) -> Accepted {
+        builder(i, topic).accepted()
     }
 
     #[tokio::test]

@@ -80,7 +80,7 @@ pub fn sources() -> &'static Vec<(Verifier, Extractor)> {
             .into_iter()
             .filter_map(|name| {
                 let verifier = config.sources[name].verifier(name).ok()?;
-                let extractor = Extractor::new(name, &config.sources[name]).ok()?;
+                let extractor = config.sources[name].extractor(name).ok()?;
                 Some((verifier, extractor))
             })
             .collect()
@@ -200,7 +200,7 @@ pub fn edge_request(
         .ok()?;
     let ct = crate::event::content_type(headers).ok()?;
     let event = match extractor.extract(verified, headers, ct, 1_700_000_000_000_000_000) {
-        Ok(crate::event::Extracted::Publish(e)) => e,
+        Ok(crate::event::Extracted::Publish(e)) => e.into_event(),
         _ => return None,
     };
     let _ = extractor.replay_guard(&event);
@@ -250,7 +250,7 @@ pub fn config(data: &[u8]) {
         return;
     }
     for (name, source) in &config.sources {
-        let _ = Extractor::new(name, source);
+        let _ = source.extractor(name);
     }
 }
 

@@ -90,7 +90,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
         config,
         prometheus,
         hookrelay::shutdown::signal(),
-    ))
+    ))?;
+    Ok(())
 }
 
 fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
@@ -106,7 +107,13 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
             .cloned()
             .collect::<Vec<_>>()
             .join(", "),
-        config.sinks.names().join(", ")
+        config
+            .sinks
+            .kinds()
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if connect {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -114,7 +121,7 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
             .build()
             .context("cannot start the async runtime")?;
         let report = runtime.block_on(hookrelay::app::check_connections(&config));
-        for line in report.map_err(anyhow::Error::msg)? {
+        for line in report? {
             println!("{line}");
         }
     }

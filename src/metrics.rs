@@ -17,6 +17,7 @@ use metrics::{
     Counter, Gauge, Histogram, counter, describe_counter, describe_gauge, describe_histogram,
     gauge, histogram,
 };
+pub use metrics_exporter_prometheus::BuildError;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::verify::Failure;
@@ -86,7 +87,7 @@ const BUCKETS: &[f64] = &[
 ];
 
 /// Installs the global recorder; call once per process.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets(BUCKETS)?
         .install_recorder()?;
@@ -230,14 +231,6 @@ pub fn init(sources: &[String], sinks: &[&str]) {
         counter!(SINK_PANICS, "sink" => sink.clone()).absolute(0);
         let _ = histogram!(SINK_DELIVERY, "sink" => sink.clone());
         let _ = histogram!(END_TO_END, "sink" => sink.clone());
-        if sink == "kafka" {
-            gauge!(KAFKA_QUEUE).set(0.0);
-        }
-        if sink == "rabbitmq" {
-            gauge!(RABBITMQ_BLOCKED).set(0.0);
-            counter!(RABBITMQ_RETURNED).absolute(0);
-            counter!(RABBITMQ_CONNECTS).absolute(0);
-        }
     }
     for reason in CONNECTION_ERRORS {
         counter!(HTTP_CONNECTION_ERRORS, "reason" => reason).absolute(0);
@@ -525,6 +518,18 @@ pub fn forward_state(lag: Duration, in_flight: usize) {
 /// Kafka error by librdkafka code name (a fixed enum: bounded labels).
 pub fn kafka_error(code: &str) {
     counter!(KAFKA_ERRORS, "code" => code.to_string()).increment(1);
+}
+
+/// The Kafka sink's own series, at zero (its constructor calls this).
+pub fn register_kafka() {
+    gauge!(KAFKA_QUEUE).set(0.0);
+}
+
+/// The RabbitMQ sink's own series, at zero (its constructor calls this).
+pub fn register_rabbitmq() {
+    gauge!(RABBITMQ_BLOCKED).set(0.0);
+    counter!(RABBITMQ_RETURNED).absolute(0);
+    counter!(RABBITMQ_CONNECTS).absolute(0);
 }
 
 pub fn kafka_queue(messages: u64) {

@@ -6,27 +6,17 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use crate::disk::{Fingerprint, fingerprint};
 use crate::metrics;
-use crate::server::App;
+use crate::verify::Verifier;
 
 /// How often secret files are checked for changes.
 const POLL: Duration = Duration::from_secs(2);
 
-/// What identifies a version of a file without keeping its contents around.
-fn fingerprint(path: &PathBuf) -> Option<(SystemTime, u64, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    let bytes = std::fs::read(path).ok()?;
-    let digest = crc32c::crc32c(&bytes) as u64;
-    Some((meta.modified().ok()?, meta.len(), digest))
-}
-
-fn reload(app: &App, name: &str, why: &str) {
-    let Some(src) = app.sources.get(name) else {
-        return;
-    };
-    match src.verifier.reload() {
+fn reload(name: &str, verifier: &Verifier, why: &str) {
+    match verifier.reload() {
         Ok(n) => {
             tracing::info!(source = name, secrets = n, reason = why, "secrets reloaded");
             metrics::secret_reload(name, true);
@@ -38,12 +28,12 @@ fn reload(app: &App, name: &str, why: &str) {
     }
 }
 
-/// Runs for the life of the process.
-pub fn spawn(app: Arc<App>) {
+/// Watches every source's secrets, by source name, for the life of the process.
+pub fn spawn(verifiers: Vec<(String, Arc<Verifier>)>) {
     tokio::spawn(async move {
-        let mut seen: HashMap<PathBuf, Option<(SystemTime, u64, u64)>> = HashMap::new();
-        for src in app.sources.values() {
-            for f in src.verifier.secret_files() {
+        let mut seen: HashMap<PathBuf, Option<Fingerprint>> = HashMap::new();
+        for (_, verifier) in &verifiers {
+            for f in verifier.secret_files() {
                 seen.insert(f.clone(), fingerprint(&f));
             }
         }
@@ -62,15 +52,14 @@ pub fn spawn(app: Arc<App>) {
             let hangup = std::future::pending::<Option<()>>();
             tokio::select! {
                 _ = hangup => {
-                    let names: Vec<String> = app.sources.keys().cloned().collect();
-                    for name in names {
-                        reload(&app, &name, "SIGHUP");
+                    for (name, verifier) in &verifiers {
+                        reload(name, verifier, "SIGHUP");
                     }
                 }
                 _ = tick.tick() => {
-                    for (name, src) in &app.sources {
+                    for (name, verifier) in &verifiers {
                         let mut changed = false;
-                        for f in src.verifier.secret_files() {
+                        for f in verifier.secret_files() {
                             let now = fingerprint(&f);
                             if seen.get(&f) != Some(&now) {
                                 seen.insert(f, now);
@@ -78,7 +67,7 @@ pub fn spawn(app: Arc<App>) {
                             }
                         }
                         if changed {
-                            reload(&app, name, "secret file changed");
+                            reload(name, verifier, "secret file changed");
                         }
                     }
                 }

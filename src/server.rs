@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -25,10 +25,11 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::dedup::{Seen, Space, Ticket, Window};
-use crate::event::{Event, Extracted, Extractor};
+use crate::event::{Extracted, Extractor, now_ns};
+use crate::forward::{self, DirectError};
 use crate::listener;
 use crate::metrics::{self, EventLabels, RequestMetrics, UNKNOWN_SOURCE};
-use crate::sink::{Message, Route, SinkError};
+use crate::sink::Route;
 use crate::spool::{AppendError, Pending, Spool};
 use crate::verify::Verifier;
 
@@ -46,14 +47,14 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 /// When a source's events are answered 200.
 pub enum Ack {
     /// After the spool's fdatasync.
-    Durable,
-    /// After the broker confirms, or 503 past `timeout`.
+    Durable(Spool),
+    /// After the broker confirms, or 503 past `timeout` (see [`forward::publish_direct`]).
     Broker { route: Route, timeout: Duration },
 }
 
 /// One configured source, ready to serve.
 pub struct Source {
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub extractor: Extractor,
     pub metrics: RequestMetrics,
     pub events: EventLabels,
@@ -140,7 +141,7 @@ impl App {
 
     pub fn brokers_reachable(&self) -> bool {
         self.sources.values().all(|s| match &s.ack {
-            Ack::Durable => true,
+            Ack::Durable(_) => true,
             Ack::Broker { route, .. } => route.sink.ready(),
         })
     }
@@ -201,12 +202,6 @@ fn close(mut r: Resp) -> Resp {
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Routes one request on the webhook listener.
@@ -378,7 +373,7 @@ async fn accept(
     let mut reservation = Reservation::new(app.clone());
     let guard = src.extractor.replay_guard(&event);
     let keys = [
-        (Space::Id, Some(event.id.as_str())),
+        (Space::Id, Some(event.id())),
         (Space::Body, guard.as_deref()),
     ];
     for (space, key) in keys {
@@ -398,10 +393,10 @@ async fn accept(
         if seen == Seen::InFlight {
             return unavailable("the same event is being accepted by another request");
         }
-        src.events.record(&event.event_type, "duplicate");
+        src.events.record(event.event_type(), "duplicate");
         let duplicate = Outcome {
             status: "duplicate",
-            id: Some(&event.id),
+            id: Some(event.id()),
         };
         return json(StatusCode::OK, duplicate);
     }
@@ -413,15 +408,14 @@ async fn accept(
         reservation.settle(false).await;
         return too_many(wait, "rate limit exceeded");
     }
-    let (id, event_type) = (event.id.clone(), event.event_type.clone());
-    let stored = match (&src.ack, &app.spool) {
-        (Ack::Durable, Some(spool)) => match spool.submit(event).await {
+    let (id, event_type) = (event.id().to_string(), event.event_type().to_string());
+    let stored = match &src.ack {
+        Ack::Durable(spool) => match spool.submit(event).await {
             Ok(pending) => reservation.store(Stored::Spool(pending)).await,
             Err(e) => Some(Err(append_refused(&e))),
         },
-        (Ack::Durable, None) => Some(Err(unavailable("no spool"))),
-        (Ack::Broker { route, timeout }, _) => {
-            let publish = tokio::spawn(publish_now(route.clone(), *timeout, event));
+        Ack::Broker { route, timeout } => {
+            let publish = tokio::spawn(forward::publish_direct(route.clone(), *timeout, event));
             reservation.store(Stored::Broker(publish)).await
         }
     };
@@ -456,7 +450,7 @@ enum Stored {
     Spool(Pending),
     /// `ack = "broker"`: the publish runs as a task of its own, so that it completes
     /// (or fails) whether or not the request is still waiting.
-    Broker(JoinHandle<Result<(), Resp>>),
+    Broker(JoinHandle<Result<(), DirectError>>),
 }
 
 impl Stored {
@@ -464,7 +458,13 @@ impl Stored {
         match self {
             Stored::Spool(p) => p.await.map(|_| ()).map_err(|e| append_refused(&e)),
             Stored::Broker(h) => match h.await {
-                Ok(outcome) => outcome,
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e @ DirectError::Unconfirmed(_))) => Err(unavailable(&e.to_string())),
+                // The broker will never take this event as it is: the provider's
+                // retries keep failing visibly (502s) instead of the event being dropped.
+                Ok(Err(e @ DirectError::Refused(_))) => {
+                    Err(error(StatusCode::BAD_GATEWAY, &e.to_string()))
+                }
                 Err(_) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "publish failed")),
             },
         }
@@ -543,45 +543,6 @@ impl Drop for Reservation {
                 };
                 settle(&app, &tickets, ok).await;
             });
-        }
-    }
-}
-
-/// `ack = "broker"`: publish and wait for the broker's confirmation, within `timeout`.
-async fn publish_now(route: Route, timeout: Duration, event: Event) -> Result<(), Resp> {
-    let sent = Instant::now();
-    let received_at_ns = event.received_at_ns;
-    let topic = event.topic.clone();
-    let result = tokio::time::timeout(
-        timeout,
-        route.publish_one(Message {
-            seq: 0,
-            event: Arc::new(event),
-        }),
-    )
-    .await;
-    match result {
-        Ok(Ok(())) => {
-            let age = Duration::from_nanos(now_ns().saturating_sub(received_at_ns));
-            route.metrics.published(&topic, sent.elapsed(), age);
-            Ok(())
-        }
-        Ok(Err(SinkError::Retriable(e))) => {
-            route.metrics.retriable_error(&topic);
-            Err(unavailable(&format!("broker did not confirm: {e}")))
-        }
-        Ok(Err(SinkError::Permanent(e))) => {
-            // The broker will never take this event as it is; the provider's retries
-            // keep failing visibly (502s) instead of the event being dropped.
-            route.metrics.permanent_error(&topic);
-            Err(error(
-                StatusCode::BAD_GATEWAY,
-                &format!("broker refused the event: {e}"),
-            ))
-        }
-        Err(_) => {
-            route.metrics.retriable_error(&topic);
-            Err(unavailable("broker did not confirm within the ack timeout"))
         }
     }
 }

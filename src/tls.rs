@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -15,6 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+use crate::disk::fingerprint;
 use crate::metrics;
 
 /// How often the certificate files are checked for a renewal.
@@ -61,24 +62,14 @@ pub fn acceptor(cert: PathBuf, key: PathBuf) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-fn fingerprint(paths: [&Path; 2]) -> Vec<Option<(SystemTime, u64, u32)>> {
-    paths
-        .iter()
-        .map(|p| {
-            let meta = std::fs::metadata(p).ok()?;
-            let bytes = std::fs::read(p).ok()?;
-            Some((meta.modified().ok()?, meta.len(), crc32c::crc32c(&bytes)))
-        })
-        .collect()
-}
-
 fn spawn_reloader(current: Arc<Current>, cert: PathBuf, key: PathBuf) {
     tokio::spawn(async move {
-        let mut seen = fingerprint([&cert, &key]);
+        let pair = || [fingerprint(&cert), fingerprint(&key)];
+        let mut seen = pair();
         let mut tick = tokio::time::interval(POLL);
         loop {
             tick.tick().await;
-            let now = fingerprint([&cert, &key]);
+            let now = pair();
             if now == seen {
                 continue;
             }

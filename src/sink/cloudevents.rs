@@ -10,10 +10,10 @@ use crate::event::Event;
 pub fn attributes(e: &Event) -> [(&'static str, String); 5] {
     [
         ("specversion", "1.0".to_string()),
-        ("id", e.id.clone()),
-        ("source", format!("urn:hookrelay:{}", e.source)),
-        ("type", format!("{}.{}", e.source, e.event_type)),
-        ("time", rfc3339(e.received_at_ns)),
+        ("id", e.id().to_string()),
+        ("source", format!("urn:hookrelay:{}", e.source())),
+        ("type", format!("{}.{}", e.source(), e.event_type())),
+        ("time", rfc3339(e.received_at_ns())),
     ]
 }
 

@@ -238,7 +238,7 @@ impl Writer {
     fn write(&mut self, batch: &[Message]) -> io::Result<Refused> {
         let mut by_topic: HashMap<&str, Vec<&Message>> = HashMap::new();
         for m in batch {
-            by_topic.entry(m.event.topic.as_str()).or_default().push(m);
+            by_topic.entry(m.event.topic()).or_default().push(m);
         }
         let mut refused = Vec::new();
         let mut buf = std::mem::take(&mut self.buf);
@@ -377,7 +377,7 @@ impl Open {
 
 /// One JSON line for a message; with a `reason` for the dead-letter file.
 pub fn json_line(m: &Message, reason: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.event.body.len() + 256);
+    let mut out = Vec::with_capacity(m.event.body().len() + 256);
     json_line_into(&mut out, m, reason);
     out
 }
@@ -387,11 +387,11 @@ pub fn json_line(m: &Message, reason: Option<&str>) -> Vec<u8> {
 /// `headers`, then `body` (or `body_hex`) and, for the dead-letter file, `reason`.
 fn json_line_into(out: &mut Vec<u8>, m: &Message, reason: Option<&str>) {
     let e = &m.event;
-    out.reserve(e.body.len() + 256);
+    out.reserve(e.body().len() + 256);
     out.extend_from_slice(b"{\"topic\":");
-    jsonstr::write(out, &e.topic);
+    jsonstr::write(out, e.topic());
     out.extend_from_slice(b",\"key\":");
-    jsonstr::write(out, &e.key);
+    jsonstr::write(out, e.key());
     out.extend_from_slice(b",\"headers\":{");
     for (i, (k, v)) in m.headers().iter().enumerate() {
         if i > 0 {
@@ -402,14 +402,14 @@ fn json_line_into(out: &mut Vec<u8>, m: &Message, reason: Option<&str>) {
         jsonstr::write(out, &String::from_utf8_lossy(v));
     }
     out.push(b'}');
-    match std::str::from_utf8(&e.body) {
+    match std::str::from_utf8(e.body()) {
         Ok(text) => {
             out.extend_from_slice(b",\"body\":");
             jsonstr::write(out, text);
         }
         Err(_) => {
             out.extend_from_slice(b",\"body_hex\":\"");
-            out.extend_from_slice(hex::encode(&e.body).as_bytes());
+            out.extend_from_slice(hex::encode(e.body()).as_bytes());
             out.push(b'"');
         }
     }
@@ -423,23 +423,21 @@ fn json_line_into(out: &mut Vec<u8>, m: &Message, reason: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
     use bytes::Bytes;
     use std::sync::Arc;
 
     fn msg(seq: u64, topic: &str, body: &[u8]) -> Message {
         Message {
             seq,
-            event: Arc::new(Event {
-                source: Arc::from("q"),
-                event_type: "message.read".into(),
-                id: format!("id{seq}"),
-                topic: topic.into(),
-                key: "k".into(),
-                content_type: "application/json".into(),
-                received_at_ns: 5,
-                body: Bytes::copy_from_slice(body),
-            }),
+            event: Arc::new(
+                crate::event::EventBuilder::new(seq)
+                    .id(format!("id{seq}"))
+                    .topic(topic)
+                    .key("k")
+                    .received_at_ns(5)
+                    .body(Bytes::copy_from_slice(body))
+                    .build(),
+            ),
         }
     }
 
@@ -492,7 +490,7 @@ mod tests {
             s("k"),
             headers.join(",")
         );
-        let body = s(std::str::from_utf8(&m.event.body).unwrap());
+        let body = s(std::str::from_utf8(m.event.body()).unwrap());
         let line = String::from_utf8(json_line(&m, None)).unwrap();
         assert_eq!(line, format!("{head},\"body\":{body}}}\n"));
         let line = String::from_utf8(json_line(&m, Some("too \"big\""))).unwrap();

@@ -31,6 +31,66 @@ pub use file::FileSink;
 pub use kafka::KafkaSink;
 pub use rabbitmq::RabbitmqSink;
 
+/// The kinds of sink there are; a sink's kind names it in metrics and config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SinkKind {
+    File,
+    Kafka,
+    Rabbitmq,
+}
+
+impl SinkKind {
+    pub const ALL: [SinkKind; 3] = [SinkKind::File, SinkKind::Kafka, SinkKind::Rabbitmq];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::File => "file",
+            SinkKind::Kafka => "kafka",
+            SinkKind::Rabbitmq => "rabbitmq",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<SinkKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Confirms from a broker, and so can back `ack = "broker"`.
+    pub fn is_broker(self) -> bool {
+        matches!(self, SinkKind::Kafka | SinkKind::Rabbitmq)
+    }
+}
+
+/// A sink's settings that cannot work, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {why}")]
+pub struct ConfigProblem {
+    pub key: String,
+    pub why: String,
+}
+
+impl ConfigProblem {
+    pub fn new(key: impl Into<String>, why: impl Into<String>) -> ConfigProblem {
+        ConfigProblem {
+            key: key.into(),
+            why: why.into(),
+        }
+    }
+}
+
+/// Why a sink could not start, or `check --connect` could not reach its broker.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigProblem),
+    /// The broker refused or could not be reached (the message says which).
+    #[error("{0}")]
+    Broker(String),
+}
+
+/// Topics a sink creates at most, by default (file sink files, Kafka topics):
+/// senders choose event types, so what they can create downstream is capped.
+pub const DEFAULT_MAX_TOPICS: usize = 1000;
+
 /// A boxed, sendable future: what trait objects can return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -60,16 +120,16 @@ impl Message {
     pub fn headers(&self) -> [(&'static str, Cow<'_, [u8]>); 5] {
         let e = &self.event;
         [
-            (HEADER_SOURCE, Cow::Borrowed(e.source.as_bytes())),
-            (HEADER_EVENT, Cow::Borrowed(e.event_type.as_bytes())),
-            (HEADER_ID, Cow::Borrowed(e.id.as_bytes())),
+            (HEADER_SOURCE, Cow::Borrowed(e.source().as_bytes())),
+            (HEADER_EVENT, Cow::Borrowed(e.event_type().as_bytes())),
+            (HEADER_ID, Cow::Borrowed(e.id().as_bytes())),
             (
                 HEADER_RECEIVED_AT,
-                Cow::Owned(e.received_at_ns.to_string().into_bytes()),
+                Cow::Owned(e.received_at_ns().to_string().into_bytes()),
             ),
             (
                 HEADER_CONTENT_TYPE,
-                Cow::Borrowed(e.content_type.as_bytes()),
+                Cow::Borrowed(e.content_type().as_bytes()),
             ),
         ]
     }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::event::Event;
+use crate::event::{Accepted, Event};
 use crate::metrics;
 
 pub use faults::{FSYNC_AFTER_ENV, FSYNC_DELAY_ENV};
@@ -289,13 +289,6 @@ pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
 
-#[cfg(test)]
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 impl Spool {
     /// Opens (or creates) the spool, recovers it (see `recover`), hands every record
     /// it holds to `each` (the dedup window remembers their ids), and starts the
@@ -544,7 +537,7 @@ impl Spool {
 
     /// Makes one event durable; resolves after the fdatasync covering it. The record
     /// is framed here, on the caller's task, not on the writer thread.
-    pub async fn append(&self, event: Event) -> Result<u64, AppendError> {
+    pub async fn append(&self, event: Accepted) -> Result<u64, AppendError> {
         self.submit(event).await?.await
     }
 
@@ -552,12 +545,13 @@ impl Spool {
     /// covering it. Once this returns, the append happens whether or not anyone
     /// awaits it: a caller that may be cancelled keeps the `Pending` to learn the
     /// outcome (the dedup reservation is committed or released by it).
-    pub async fn submit(&self, mut event: Event) -> Result<Pending, AppendError> {
+    pub async fn submit(&self, event: Accepted) -> Result<Pending, AppendError> {
         let frame = encode(&event).map_err(AppendError::Unframable)?;
         // The body ends the frame. Kept as a slice of it, the event handed to the
         // forwarder holds one exact allocation instead of pinning the connection's
         // read buffer (which a small body may share with much more) until confirmed.
-        event.body = frame.slice(record::body_range(frame.len(), event.body.len()));
+        let mut event = event.into_event();
+        event.share_body(frame.slice(record::body_range(frame.len(), event.body().len())));
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Append {
@@ -1093,7 +1087,7 @@ impl Reader {
                 .is_some_and(|s| s.record.seq == self.next_seq)
             && let Some(s) = tail.pop()
         {
-            bytes += s.record.event.body.len();
+            bytes += s.record.event.body().len();
             self.next_seq += 1;
             self.resume_at = Some((s.segment, s.end));
             self.resync = None;
@@ -1143,7 +1137,7 @@ impl Reader {
                 Ok(Frame::Record(frame)) => match decode(self.next_seq, frame) {
                     Ok(rec) => {
                         self.next_seq += 1;
-                        bytes += rec.event.body.len();
+                        bytes += rec.event.body().len();
                         out.push(rec);
                         continue;
                     }
@@ -1328,19 +1322,9 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
 
-    fn event(i: u64) -> Event {
-        Event {
-            source: Arc::from("q"),
-            event_type: "message.read".into(),
-            id: format!("message.read:{i}"),
-            topic: "q.message.read".into(),
-            key: format!("{i}"),
-            content_type: "application/json".into(),
-            received_at_ns: now_ns(),
-            body: Bytes::from(format!("{{\"n\":{i}}}")),
-        }
+    fn event(i: u64) -> Accepted {
+        crate::event::EventBuilder::new(i).accepted()
     }
 
     fn dedup() -> crate::dedup::Dedup {
@@ -1376,7 +1360,7 @@ mod tests {
             assert_eq!(append_n(&spool, 0..100).await, (0..100).collect::<Vec<_>>());
             let got = read_all(&mut reader);
             assert_eq!(got.len(), 100);
-            assert_eq!(got[42].event.id, "message.read:42");
+            assert_eq!(got[42].event.id(), "message.read:42");
             assert!(
                 spool.shared.segments().len() > 1,
                 "4 KiB segments must roll"
@@ -1387,14 +1371,14 @@ mod tests {
         }
         let d = dedup();
         let (spool, mut reader, rec) = Spool::open(dir.path(), 1 << 20, 4096, |r: &Record| {
-            d.remember(d.key(&r.event.source, &r.event.id), Duration::ZERO)
+            d.remember(d.key(r.event.source(), r.event.id()), Duration::ZERO)
         })
         .unwrap();
         assert_eq!(rec.pending, 40);
         let got = read_all(&mut reader);
         assert_eq!(got.first().map(|r| r.seq), Some(60));
         assert_eq!(got.len(), 40);
-        assert_eq!(got[0].event.id, "message.read:60");
+        assert_eq!(got[0].event.id(), "message.read:60");
         // Ids still in the spool are remembered.
         assert_eq!(
             d.check(d.key("q", "message.read:99")),
@@ -1416,14 +1400,14 @@ mod tests {
             first.iter().map(|r| r.seq).collect::<Vec<_>>(),
             [0, 1, 2, 3]
         );
-        assert_eq!(first[3].event.id, "message.read:3");
+        assert_eq!(first[3].event.id(), "message.read:3");
         // The rest of the first batch, now from disk, from where memory left off.
         let rest = reader.read_batch(100).unwrap();
         assert_eq!(
             rest.iter().map(|r| r.seq).collect::<Vec<_>>(),
             (4..10).collect::<Vec<_>>()
         );
-        assert_eq!(rest[0].event.id, "message.read:4");
+        assert_eq!(rest[0].event.id(), "message.read:4");
 
         // Room for ~3 records: most come from disk, the newest from memory.
         spool.shared.tail().max_bytes = 300;
@@ -1442,7 +1426,7 @@ mod tests {
                 if got.is_empty() {
                     break;
                 }
-                seen.extend(got.into_iter().map(|r| (r.seq, r.event.id)));
+                seen.extend(got.into_iter().map(|r| (r.seq, r.event.id().to_string())));
             }
         }
         let want: Vec<(u64, String)> = (10..150)
@@ -1472,7 +1456,7 @@ mod tests {
     }
 
     fn ids(records: &[Record]) -> Vec<String> {
-        records.iter().map(|r| r.event.id.clone()).collect()
+        records.iter().map(|r| r.event.id().to_string()).collect()
     }
 
     fn quarantined(dir: &Path) -> Vec<(String, u64)> {
@@ -1688,7 +1672,7 @@ mod tests {
         assert_eq!(append_n(&spool, 10..11).await, vec![10]);
         let got = read_all(&mut reader);
         assert_eq!(got.len(), 11);
-        assert_eq!(got[10].event.id, "message.read:10");
+        assert_eq!(got[10].event.id(), "message.read:10");
     }
 
     /// Confirmed segments become later ones; their old records never read as new.
@@ -1736,7 +1720,7 @@ mod tests {
             );
             let ids: Vec<String> = read_all(&mut reader)
                 .into_iter()
-                .map(|r| r.event.id)
+                .map(|r| r.event.id().to_string())
                 .collect();
             let want: Vec<String> = (next + 5..next + 13)
                 .map(|i| format!("message.read:{i}"))
@@ -1762,7 +1746,7 @@ mod tests {
         assert_eq!(rec.pending, 8);
         let ids: Vec<String> = read_all(&mut reader)
             .into_iter()
-            .map(|r| r.event.id)
+            .map(|r| r.event.id().to_string())
             .collect();
         assert_eq!(ids.len(), 8);
         assert!(!ids.contains(&"message.read:3".to_string()));

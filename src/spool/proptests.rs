@@ -18,23 +18,16 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::event::Event;
 
-fn event(i: u64) -> Event {
-    Event {
-        source: Arc::from("q"),
-        event_type: "message.read".into(),
-        id: format!("id-{i}"),
-        topic: "q.message.read".into(),
-        key: format!("{i}"),
-        content_type: "application/json".into(),
-        received_at_ns: now_ns(),
+fn event(i: u64) -> Accepted {
+    crate::event::EventBuilder::new(i)
+        .id(format!("id-{i}"))
         // Varying sizes so cuts land everywhere in frames and segments roll.
-        body: Bytes::from(format!(
+        .body(format!(
             "{{\"n\":{i},\"pad\":\"{}\"}}",
             "x".repeat((i % 7 * 37) as usize)
-        )),
-    }
+        ))
+        .accepted()
 }
 
 #[derive(Debug, Clone)]
@@ -135,8 +128,8 @@ fn check(m: &mut Model, o: &mut Open, got: Vec<Record>) -> Result<(), TestCaseEr
         let id = m.log[m.delivered].expect("skipped above");
         prop_assert_eq!(r.seq, m.delivered as u64);
         let want = event(id);
-        prop_assert_eq!(&r.event.id, &want.id);
-        prop_assert_eq!(&r.event.body, &want.body, "body of {}", want.id);
+        prop_assert_eq!(&r.event.id(), &want.id());
+        prop_assert_eq!(&r.event.body(), &want.body(), "body of {}", want.id());
         m.delivered += 1;
     }
     o.spool.confirm_until(m.delivered as u64);

@@ -86,12 +86,12 @@ pub struct EncodeError {
 /// Refuses rather than cuts: a frame is either exactly the event or not written.
 pub fn encode(e: &Event) -> Result<Bytes, EncodeError> {
     let strs: [(&'static str, &[u8]); 6] = [
-        ("source", e.source.as_bytes()),
-        ("event type", e.event_type.as_bytes()),
-        ("event id", e.id.as_bytes()),
-        ("topic", e.topic.as_bytes()),
-        ("key", e.key.as_bytes()),
-        ("content type", e.content_type.as_bytes()),
+        ("source", e.source().as_bytes()),
+        ("event type", e.event_type().as_bytes()),
+        ("event id", e.id().as_bytes()),
+        ("topic", e.topic().as_bytes()),
+        ("key", e.key().as_bytes()),
+        ("content type", e.content_type().as_bytes()),
     ];
     for (field, s) in strs {
         if s.len() > u16::MAX as usize {
@@ -101,25 +101,25 @@ pub fn encode(e: &Event) -> Result<Bytes, EncodeError> {
             });
         }
     }
-    if e.body.len() > MAX_BODY_LEN {
+    if e.body().len() > MAX_BODY_LEN {
         return Err(EncodeError {
             field: "body",
-            len: e.body.len(),
+            len: e.body().len(),
         });
     }
     let payload_len =
-        1 + 8 + strs.iter().map(|(_, s)| 2 + s.len()).sum::<usize>() + 4 + e.body.len() + SEQ_LEN;
+        1 + 8 + strs.iter().map(|(_, s)| 2 + s.len()).sum::<usize>() + 4 + e.body().len() + SEQ_LEN;
     let mut buf = BytesMut::with_capacity(HEADER_LEN + payload_len);
     buf.put_u32_le(payload_len as u32);
     buf.put_u32_le(0); // CRC, filled in below.
     buf.put_u8(VERSION);
-    buf.put_u64_le(e.received_at_ns);
+    buf.put_u64_le(e.received_at_ns());
     for (_, s) in strs {
         buf.put_u16_le(s.len() as u16);
         buf.put_slice(s);
     }
-    buf.put_u32_le(e.body.len() as u32);
-    buf.put_slice(&e.body);
+    buf.put_u32_le(e.body().len() as u32);
+    buf.put_slice(e.body());
     let crc = crc32c::crc32c(&buf[HEADER_LEN..]);
     buf.put_u64_le(0); // The sequence, written by `seal`.
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -396,34 +396,36 @@ pub fn decode(seq: u64, mut payload: Bytes) -> Result<Record, DecodeError> {
     }
     Ok(Record {
         seq,
-        event: Event {
-            source: Arc::from(source),
+        event: Event::from_record(
+            Arc::from(source),
             event_type,
             id,
             topic,
             key,
             content_type,
             received_at_ns,
-            body: payload,
-        },
+            payload,
+        ),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventBuilder;
+
+    fn builder(i: u64) -> EventBuilder {
+        EventBuilder::new(i)
+            .source("quickassist")
+            .id(format!("message.read:msg_{i}"))
+            .topic("quickassist.message.read")
+            .key(format!("msg_{i}"))
+            .received_at_ns(1_700_000_000_000_000_000 + i)
+            .body(format!("{{\"event\":\"message.read\",\"n\":{i}}}"))
+    }
 
     pub(crate) fn event(i: u64) -> Event {
-        Event {
-            source: Arc::from("quickassist"),
-            event_type: "message.read".into(),
-            id: format!("message.read:msg_{i}"),
-            topic: "quickassist.message.read".into(),
-            key: format!("msg_{i}"),
-            content_type: "application/json".into(),
-            received_at_ns: 1_700_000_000_000_000_000 + i,
-            body: Bytes::from(format!("{{\"event\":\"message.read\",\"n\":{i}}}")),
-        }
+        builder(i).build()
     }
 
     fn sealed(e: &Event, seq: u64) -> Vec<u8> {
@@ -447,8 +449,8 @@ mod tests {
         assert_eq!(decode(9, payload).unwrap(), Record { seq: 9, event: e });
         let frame = encode(&event(3)).unwrap();
         assert_eq!(
-            &frame[body_range(frame.len(), event(3).body.len())],
-            &event(3).body[..]
+            &frame[body_range(frame.len(), event(3).body().len())],
+            &event(3).body()[..]
         );
     }
 
@@ -457,8 +459,7 @@ mod tests {
     /// record after it as a torn tail.
     #[test]
     fn fields_too_long_to_frame_are_refused() {
-        let mut e = event(1);
-        e.content_type = "x".repeat(70 * 1024);
+        let e = builder(1).content_type("x".repeat(70 * 1024)).build();
         assert_eq!(
             encode(&e),
             Err(EncodeError {
@@ -466,7 +467,9 @@ mod tests {
                 len: 70 * 1024
             })
         );
-        e.content_type = "x".repeat(u16::MAX as usize);
+        let e = builder(1)
+            .content_type("x".repeat(u16::MAX as usize))
+            .build();
         let framed = sealed(&e, 4);
         let back = decode(4, payload(read_frame(&mut &framed[..], 4).unwrap())).unwrap();
         assert_eq!(back.event, e);
@@ -595,8 +598,11 @@ mod tests {
     #[test]
     fn a_frame_forged_inside_an_older_records_body_is_not_taken() {
         let forged = sealed(&event(66), 20);
-        let mut carrier = event(1);
-        carrier.body = Bytes::from([b"{\"x\":\"".as_slice(), &forged, b"\"}"].concat());
+        let carrier = builder(1)
+            .body(Bytes::from(
+                [b"{\"x\":\"".as_slice(), &forged, b"\"}"].concat(),
+            ))
+            .build();
         let mut bytes = vec![0x33; 9];
         bytes.extend_from_slice(&sealed(&carrier, 3));
         assert_eq!(find_record(&bytes, 10..100, false), None);

@@ -10,6 +10,7 @@ mod body;
 mod handshake;
 mod jsstringify;
 mod keys;
+pub mod scheme;
 mod timestamped;
 mod token;
 mod twilio;

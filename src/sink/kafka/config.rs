@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
+use crate::sink::ConfigProblem;
+
 /// Properties hookrelay sets from typed keys; setting them raw would bypass checks.
 const OWNED: &[(&str, &str)] = &[
     ("bootstrap.servers", "brokers"),
@@ -67,7 +69,7 @@ pub struct KafkaSinkConfig {
     /// With `create_topics`: topics this sink creates (or finds) at most. Senders
     /// choose event types; past the cap an event for a new topic is dead-lettered
     /// with the reason instead of creating it. The DLQ topic does not count.
-    #[serde(default = "crate::config::default_max_topics")]
+    #[serde(default = "default_max_topics")]
     pub max_topics: usize,
     /// Topic for events refused for good; without it they go to the dead-letter file.
     pub dlq_topic: Option<String>,
@@ -92,19 +94,24 @@ const fn default_linger_ms() -> u64 {
 const fn default_message_timeout_ms() -> u64 {
     120_000
 }
+const fn default_max_topics() -> usize {
+    crate::sink::DEFAULT_MAX_TOPICS
+}
 const fn broker_default() -> i32 {
     -1
 }
-
-/// A `[sinks.kafka]` problem: the key and why.
-pub type Problem = (String, String);
 
 /// A pass-through librdkafka property, wherever its value comes from (the file,
 /// the environment, a mounted file): properties hookrelay sets from typed keys may
 /// not be set raw, and durability may not be weakened. Values read from the
 /// environment or a file are checked once read, so those roads do not go around.
-fn check_property(k: &str, v: &str, table: &str) -> Result<(), Problem> {
-    let p = |why: String| Err((format!("sinks.kafka.{table}.\"{k}\""), why));
+fn check_property(k: &str, v: &str, table: &str) -> Result<(), ConfigProblem> {
+    let p = |why: String| {
+        Err(ConfigProblem::new(
+            format!("sinks.kafka.{table}.\"{k}\""),
+            why,
+        ))
+    };
     let key = k.trim().to_ascii_lowercase();
     if let Some((_, typed)) = OWNED.iter().find(|(raw, _)| *raw == key) {
         return p(format!("set sinks.kafka.{typed} instead"));
@@ -121,8 +128,8 @@ fn check_property(k: &str, v: &str, table: &str) -> Result<(), Problem> {
 
 impl KafkaSinkConfig {
     /// Checks that need no network; secrets are read by [`Self::client_config`].
-    pub fn validate(&self) -> Result<(), Problem> {
-        let p = |k: &str, why: String| Err((format!("sinks.kafka.{k}"), why));
+    pub fn validate(&self) -> Result<(), ConfigProblem> {
+        let p = |k: &str, why: String| Err(ConfigProblem::new(format!("sinks.kafka.{k}"), why));
         if self.brokers.trim().is_empty() {
             return p("brokers", "must list at least one host:port".into());
         }
@@ -175,7 +182,7 @@ impl KafkaSinkConfig {
 
     /// The producer's properties: our safe defaults, then the pass-through ones,
     /// then secrets from env and files.
-    pub fn client_config(&self) -> Result<ClientConfig, Problem> {
+    pub fn client_config(&self) -> Result<ClientConfig, ConfigProblem> {
         let mut c = ClientConfig::new();
         let host = crate::sink::hostname();
         c.set("bootstrap.servers", &self.brokers)
@@ -200,7 +207,7 @@ impl KafkaSinkConfig {
                     c.set(k, v);
                 }
                 _ => {
-                    return Err((
+                    return Err(ConfigProblem::new(
                         format!("sinks.kafka.librdkafka_from_env.\"{k}\""),
                         format!("environment variable {var} is not set or empty"),
                     ));
@@ -215,13 +222,13 @@ impl KafkaSinkConfig {
                     c.set(k, v);
                 }
                 Ok(_) => {
-                    return Err((
+                    return Err(ConfigProblem::new(
                         format!("sinks.kafka.librdkafka_from_file.\"{k}\""),
                         format!("{} is empty", path.display()),
                     ));
                 }
                 Err(e) => {
-                    return Err((
+                    return Err(ConfigProblem::new(
                         format!("sinks.kafka.librdkafka_from_file.\"{k}\""),
                         format!("cannot read {}: {e}", path.display()),
                     ));
@@ -260,7 +267,7 @@ mod tests {
             "[librdkafka]\n\"linger.ms\" = \"5\"",
         ] {
             let err = parse(bad).validate().unwrap_err();
-            assert!(err.0.starts_with("sinks.kafka.librdkafka."), "{err:?}");
+            assert!(err.key.starts_with("sinks.kafka.librdkafka."), "{err:?}");
         }
     }
 
@@ -278,7 +285,7 @@ mod tests {
         k.validate().unwrap();
         let err = k.client_config().unwrap_err();
         assert_eq!(
-            err.0, "sinks.kafka.librdkafka_from_file.\"acks\"",
+            err.key, "sinks.kafka.librdkafka_from_file.\"acks\"",
             "{err:?}"
         );
         // SAFETY: tests in this module do not read this variable concurrently.
@@ -287,10 +294,10 @@ mod tests {
             "[librdkafka_from_env]\n\"enable.idempotence\" = \"HOOKRELAY_TEST_IDEMPOTENCE\"\n",
         );
         let err = k.client_config().unwrap_err();
-        assert!(err.1.contains("idempotence"), "{err:?}");
+        assert!(err.why.contains("idempotence"), "{err:?}");
         unsafe { std::env::set_var("HOOKRELAY_TEST_LINGER", "50") };
         let k = parse("[librdkafka_from_env]\n\"Linger.MS\" = \"HOOKRELAY_TEST_LINGER\"\n");
-        assert!(k.client_config().unwrap_err().1.contains("linger_ms"));
+        assert!(k.client_config().unwrap_err().why.contains("linger_ms"));
         unsafe { std::env::set_var("HOOKRELAY_TEST_ACKS_ALL", "all") };
         let k = parse("[librdkafka_from_env]\n\"acks\" = \"HOOKRELAY_TEST_ACKS_ALL\"\n");
         assert_eq!(k.client_config().unwrap().get("acks"), Some("all"));
@@ -312,6 +319,6 @@ mod tests {
         assert_eq!(c.get("compression.type"), Some("zstd"));
         let k = parse("[librdkafka_from_env]\n\"sasl.password\" = \"HOOKRELAY_TEST_UNSET_VAR\"\n");
         let err = k.client_config().unwrap_err();
-        assert!(err.1.contains("HOOKRELAY_TEST_UNSET_VAR"), "{err:?}");
+        assert!(err.why.contains("HOOKRELAY_TEST_UNSET_VAR"), "{err:?}");
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 
 use super::config::KafkaSinkConfig;
 use crate::metrics;
-use crate::sink::{Confirmation, Message, Sink, SinkError, cloudevents};
+use crate::sink::{Confirmation, Message, Sink, SinkError, StartError, cloudevents};
 
 /// How often reachability and the producer queue depth are sampled.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
@@ -46,23 +46,20 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// Builds the producer (no network yet) and starts the health probe.
-    pub fn new(cfg: &KafkaSinkConfig) -> anyhow::Result<KafkaSink> {
-        cfg.validate()
-            .map_err(|(k, why)| anyhow::anyhow!("{k}: {why}"))?;
-        let client = cfg
-            .client_config()
-            .map_err(|(k, why)| anyhow::anyhow!("{k}: {why}"))?;
-        let producer: FutureProducer = client
-            .create()
-            .map_err(|e| anyhow::anyhow!("sinks.kafka: cannot create the producer: {e}"))?;
-        let admin =
-            if cfg.create_topics {
-                Some(client.create().map_err(|e| {
-                    anyhow::anyhow!("sinks.kafka: cannot create the admin client: {e}")
-                })?)
-            } else {
-                None
-            };
+    pub fn new(cfg: &KafkaSinkConfig) -> Result<KafkaSink, StartError> {
+        cfg.validate()?;
+        let client = cfg.client_config()?;
+        metrics::register_kafka();
+        let producer: FutureProducer = client.create().map_err(|e| {
+            StartError::Broker(format!("sinks.kafka: cannot create the producer: {e}"))
+        })?;
+        let admin = if cfg.create_topics {
+            Some(client.create().map_err(|e| {
+                StartError::Broker(format!("sinks.kafka: cannot create the admin client: {e}"))
+            })?)
+        } else {
+            None
+        };
         let reachable = Arc::new(AtomicBool::new(false));
         let producer: Shared = Arc::new(std::sync::RwLock::new(producer));
         spawn_health_probe(producer.clone(), reachable.clone());
@@ -156,11 +153,11 @@ impl KafkaSink {
 
     /// Enqueues one message, waiting while librdkafka's queue is full.
     async fn send(&self, topic: &str, m: &Message, extra: &[(&str, &[u8])]) -> Confirmation {
-        let timestamp_ms = (m.event.received_at_ns / 1_000_000) as i64;
+        let timestamp_ms = (m.event.received_at_ns() / 1_000_000) as i64;
         loop {
             let record = FutureRecord::to(topic)
-                .key(m.event.key.as_bytes())
-                .payload(&m.event.body[..])
+                .key(m.event.key().as_bytes())
+                .payload(&m.event.body()[..])
                 .timestamp(timestamp_ms)
                 .headers(self.headers(m, extra));
             match self.producer().send_result(record) {
@@ -263,11 +260,11 @@ impl Sink for KafkaSink {
             self.replace_if_fatal();
             let mut out = Vec::with_capacity(batch.len());
             for m in &batch {
-                if let Err(e) = self.ensure_topic(&m.event.topic).await {
+                if let Err(e) = self.ensure_topic(m.event.topic()).await {
                     out.push(Box::pin(std::future::ready(Err(e))) as Confirmation);
                     continue;
                 }
-                out.push(self.send(&m.event.topic, m, &[]).await);
+                out.push(self.send(m.event.topic(), m, &[]).await);
             }
             out
         })
@@ -283,7 +280,7 @@ impl Sink for KafkaSink {
             self.ensure_topic(&dlq).await?;
             let extra: [(&str, &[u8]); 2] = [
                 (HEADER_DEAD_LETTER_REASON, reason.as_bytes()),
-                (HEADER_ORIGINAL_TOPIC, m.event.topic.as_bytes()),
+                (HEADER_ORIGINAL_TOPIC, m.event.topic().as_bytes()),
             ];
             self.send(&dlq, &m, &extra).await.await
         }))
@@ -336,18 +333,18 @@ fn spawn_health_probe(producer: Shared, reachable: Arc<AtomicBool>) {
 }
 
 /// `hookrelay check --connect`: fetches cluster metadata or says why it cannot.
-pub fn check_connection(cfg: &KafkaSinkConfig) -> Result<String, String> {
-    cfg.validate().map_err(|(k, why)| format!("{k}: {why}"))?;
-    let client = cfg
-        .client_config()
-        .map_err(|(k, why)| format!("{k}: {why}"))?;
+pub fn check_connection(cfg: &KafkaSinkConfig) -> Result<String, StartError> {
+    cfg.validate()?;
+    let client = cfg.client_config()?;
     let producer: BaseProducer = client
         .create()
-        .map_err(|e| format!("sinks.kafka: cannot create the producer: {e}"))?;
+        .map_err(|e| StartError::Broker(format!("sinks.kafka: cannot create the producer: {e}")))?;
     let md = producer
         .client()
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| format!("sinks.kafka: cannot reach {}: {e}", cfg.brokers))?;
+        .map_err(|e| {
+            StartError::Broker(format!("sinks.kafka: cannot reach {}: {e}", cfg.brokers))
+        })?;
     let brokers: Vec<String> = md
         .brokers()
         .iter()

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use lapin::uri::AMQPUri;
 use serde::Deserialize;
 
-/// A `[sinks.rabbitmq]` problem: the key and why.
-pub type Problem = (String, String);
+use crate::sink::ConfigProblem;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,8 +75,8 @@ fn default_ce_prefix() -> String {
 }
 
 impl RabbitmqSinkConfig {
-    pub fn validate(&self) -> Result<(), Problem> {
-        let p = |k: &str, why: String| Err((format!("sinks.rabbitmq.{k}"), why));
+    pub fn validate(&self) -> Result<(), ConfigProblem> {
+        let p = |k: &str, why: String| Err(ConfigProblem::new(format!("sinks.rabbitmq.{k}"), why));
         let uri: AMQPUri = match self.uri.parse() {
             Ok(u) => u,
             Err(e) => return p("uri", format!("not an amqp:// or amqps:// URI: {e}")),
@@ -117,9 +116,9 @@ impl RabbitmqSinkConfig {
     }
 
     /// The URI with credentials and heartbeat applied.
-    pub fn resolved_uri(&self) -> Result<AMQPUri, Problem> {
+    pub fn resolved_uri(&self) -> Result<AMQPUri, ConfigProblem> {
         let mut uri: AMQPUri = self.uri.parse().map_err(|e| {
-            (
+            ConfigProblem::new(
                 "sinks.rabbitmq.uri".to_string(),
                 format!("not an AMQP URI: {e}"),
             )
@@ -131,8 +130,8 @@ impl RabbitmqSinkConfig {
             match std::env::var(var) {
                 Ok(v) if !v.is_empty() => uri.authority.userinfo.password = v,
                 _ => {
-                    return Err((
-                        "sinks.rabbitmq.password_env".into(),
+                    return Err(ConfigProblem::new(
+                        "sinks.rabbitmq.password_env",
                         format!("environment variable {var} is not set or empty"),
                     ));
                 }
@@ -140,15 +139,15 @@ impl RabbitmqSinkConfig {
         }
         if let Some(path) = &self.password_file {
             let v = std::fs::read_to_string(path).map_err(|e| {
-                (
+                ConfigProblem::new(
                     "sinks.rabbitmq.password_file".to_string(),
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
             let v = v.trim_end_matches(['\n', '\r']);
             if v.is_empty() {
-                return Err((
-                    "sinks.rabbitmq.password_file".into(),
+                return Err(ConfigProblem::new(
+                    "sinks.rabbitmq.password_file",
                     format!("{} is empty", path.display()),
                 ));
             }
@@ -223,7 +222,7 @@ mod tests {
         assert!(
             c.resolved_uri()
                 .unwrap_err()
-                .1
+                .why
                 .contains("HOOKRELAY_TEST_UNSET_VAR")
         );
     }
@@ -231,18 +230,21 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         assert_eq!(
-            parse("exchange = \"amq.topic\"").validate().unwrap_err().0,
+            parse("exchange = \"amq.topic\"")
+                .validate()
+                .unwrap_err()
+                .key,
             "sinks.rabbitmq.exchange"
         );
         assert_eq!(
-            parse("channels = 0").validate().unwrap_err().0,
+            parse("channels = 0").validate().unwrap_err().key,
             "sinks.rabbitmq.channels"
         );
         assert_eq!(
-            parse("connect_timeout_ms = 0").validate().unwrap_err().0,
+            parse("connect_timeout_ms = 0").validate().unwrap_err().key,
             "sinks.rabbitmq.connect_timeout_ms"
         );
         let c: RabbitmqSinkConfig = toml::from_str("uri = \"http://x\"").unwrap();
-        assert_eq!(c.validate().unwrap_err().0, "sinks.rabbitmq.uri");
+        assert_eq!(c.validate().unwrap_err().key, "sinks.rabbitmq.uri");
     }
 }

@@ -1,7 +1,9 @@
 //! The RabbitMQ sink: publisher confirms on a durable topic exchange.
 
 mod config;
+mod connection;
 mod sink;
 
 pub use config::RabbitmqSinkConfig;
-pub use sink::{RabbitmqSink, check_connection, properties};
+pub use connection::check_connection;
+pub use sink::{RabbitmqSink, properties};

@@ -1,0 +1,547 @@
+//! Typed, validated configuration.
+//!
+//! One TOML file, unknown keys rejected. [`Config::load`] parses and then
+//! [`Config::validate`] runs every cross-field check and resolves secrets, so
+//! `hookrelay check` and `hookrelay run` refuse exactly the same files with
+//! exactly the same messages, each naming the offending key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sink::SinkKind;
+use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::rabbitmq::RabbitmqSinkConfig;
+
+mod source;
+#[cfg(test)]
+mod tests;
+
+pub use source::{AckMode, OneOrMany, RateLimit, SignatureBody, SourceConfig};
+
+/// Everything hookrelay needs to run, as written in the TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub dedup: DedupConfig,
+    #[serde(default)]
+    pub forward: ForwardConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Destinations by kind; today only `file`.
+    #[serde(default)]
+    pub sinks: SinksConfig,
+    /// Webhook senders by name; the name is the `{source}` in `/webhooks/{source}`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// HTTP listeners and the limits that protect them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where providers POST webhooks.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`; kept off the public port.
+    pub admin_listen: SocketAddr,
+    /// Larger bodies get 413 before they are read.
+    pub max_body_bytes: usize,
+    /// Request body bytes read or held at once over every connection and stream;
+    /// past it a request waits (up to `body_read_timeout_ms`, then 503). Bounds the
+    /// memory senders can make bodies take, signed or not.
+    pub max_in_flight_body_bytes: usize,
+    /// Time allowed for a client to send its request headers (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Time allowed for a client to send its whole body; past it, 408.
+    pub body_read_timeout_ms: u64,
+    /// Connections held at most; at the cap a new one closes the one idle longest,
+    /// or waits (in the kernel backlog) while every one is busy.
+    pub max_connections: usize,
+    /// A connection with no request in progress this long is closed (HTTP/1
+    /// keep-alive and HTTP/2 alike). One that has not completed a request head
+    /// within `header_read_timeout_ms` of connecting is closed too.
+    pub idle_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight requests and the forwarder get before exit.
+    pub drain_deadline_secs: u64,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed for `allowed_cidrs`.
+    pub trusted_proxies: Vec<String>,
+    /// Serve the webhook listener over HTTPS (for senders that require it, without an ingress).
+    pub tls: Option<TlsConfig>,
+    /// Failed signature checks each client address may make (per second, and in a
+    /// burst) before its failures are answered 429 instead of 401. Verified requests
+    /// never spend it, and failures never spend a source's `rate_limit`.
+    pub unverified_rate_limit: RateLimit,
+}
+
+/// PEM files for the native TLS listener; re-read when they change on disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first (cert-manager's `tls.crt`).
+    pub cert_file: PathBuf,
+    /// Private key, PKCS#8, PKCS#1 or SEC1 (cert-manager's `tls.key`).
+    pub key_file: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            max_body_bytes: 1024 * 1024,
+            max_in_flight_body_bytes: 256 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_connections: 10_000,
+            idle_timeout_ms: 60_000,
+            drain_deadline_secs: 30,
+            trusted_proxies: Vec::new(),
+            tls: None,
+            unverified_rate_limit: RateLimit {
+                per_second: 5.0,
+                burst: 100,
+            },
+        }
+    }
+}
+
+/// The durable local log between the HTTP answer and the sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// At this size, new events get 503 + Retry-After until the forwarder catches up.
+    pub max_bytes: u64,
+    /// Segments are deleted whole once every record in them is confirmed.
+    pub segment_bytes: u64,
+    /// While requests arrive concurrently, at least this long between the starts of
+    /// two group commits: fewer, larger fdatasyncs for at most this much latency.
+    /// 0 syncs as soon as the previous sync ends.
+    pub min_sync_interval_us: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./data/spool"),
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            min_sync_interval_us: 1000,
+        }
+    }
+}
+
+/// Repeat suppression: providers retry, and a retry must not publish twice.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// How long an event id is remembered.
+    pub window_secs: u64,
+    /// Memory bound: past this many ids, the oldest are forgotten first.
+    pub max_ids: usize,
+    /// `memory` (per process) or `redis` (shared by replicas).
+    pub backend: DedupBackend,
+    /// `redis://host:6379/0` (or `rediss://`), for `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// Environment variable holding the Redis URL (when it carries a password).
+    pub redis_url_env: Option<String>,
+    /// When Redis cannot answer: `accept` (fail open: maybe a duplicate, counted)
+    /// or `reject` (fail closed: 503 + Retry-After).
+    pub on_redis_error: OnRedisError,
+    /// Per Redis call; past it the failure mode applies.
+    pub redis_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    #[default]
+    Accept,
+    Reject,
+}
+
+impl DedupConfig {
+    /// The Redis URL from the file or the environment.
+    pub fn redis_url(&self) -> Result<String, ConfigError> {
+        match (&self.redis_url, &self.redis_url_env) {
+            (Some(u), _) => Ok(u.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "dedup.redis_url_env",
+                        format!("environment variable {var} is not set or empty"),
+                    )
+                }),
+            (None, None) => Err(invalid(
+                "dedup.redis_url",
+                "backend = \"redis\" needs redis_url or redis_url_env",
+            )),
+        }
+    }
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 24 * 3600,
+            max_ids: 1_000_000,
+            backend: DedupBackend::Memory,
+            redis_url: None,
+            redis_url_env: None,
+            on_redis_error: OnRedisError::Accept,
+            redis_timeout_ms: 500,
+        }
+    }
+}
+
+/// How the forwarder moves events from the spool to the sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Unconfirmed events allowed at the sink at once; throughput is in-flight / round trip.
+    pub max_in_flight: usize,
+    /// Body bytes of those events, at most (give or take one event): what bounds the
+    /// memory they hold when bodies are large (4096 x 1 MiB would be 4 GiB).
+    pub max_in_flight_bytes: usize,
+    /// Events read from the spool and handed to the sink in one call.
+    pub batch_max: usize,
+    /// First retry delay after a retriable sink failure.
+    pub backoff_initial_ms: u64,
+    /// Retry delays double up to this cap (with jitter).
+    pub backoff_max_ms: u64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 4096,
+            max_in_flight_bytes: 32 * 1024 * 1024,
+            batch_max: 512,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `hookrelay=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Where events go that a sink refuses for good, so they are never silently dropped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    pub path: PathBuf,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./data/dead-letter.jsonl"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    pub file: Option<FileSinkConfig>,
+    pub kafka: Option<KafkaSinkConfig>,
+    pub rabbitmq: Option<RabbitmqSinkConfig>,
+}
+
+impl SinksConfig {
+    /// The configured sinks, in a stable order.
+    pub fn kinds(&self) -> Vec<SinkKind> {
+        let mut kinds = Vec::new();
+        if self.file.is_some() {
+            kinds.push(SinkKind::File);
+        }
+        if self.kafka.is_some() {
+            kinds.push(SinkKind::Kafka);
+        }
+        if self.rabbitmq.is_some() {
+            kinds.push(SinkKind::Rabbitmq);
+        }
+        kinds
+    }
+
+    /// The sink a source publishes to: the one it names, else the only one.
+    pub fn for_source(&self, src: &SourceConfig) -> Option<SinkKind> {
+        match &src.sink {
+            Some(name) => SinkKind::from_name(name).filter(|k| self.kinds().contains(k)),
+            None => self.kinds().first().copied(),
+        }
+    }
+}
+
+/// The embedded sink: JSON Lines, one file per topic. For laptops and tests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub dir: PathBuf,
+    /// Files held open at once; past it the least recently written is synced and
+    /// closed (senders choose event types, so topics are not bounded by us).
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// Topic files this sink creates at most (those in `dir` at start count);
+    /// events for a new topic past it are dead-lettered with the reason.
+    #[serde(default = "default_max_topics")]
+    pub max_topics: usize,
+}
+
+const fn default_max_open_files() -> usize {
+    64
+}
+
+const fn default_max_topics() -> usize {
+    crate::sink::DEFAULT_MAX_TOPICS
+}
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {why}")]
+    Invalid { key: String, why: String },
+}
+
+impl From<crate::sink::ConfigProblem> for ConfigError {
+    fn from(p: crate::sink::ConfigProblem) -> ConfigError {
+        ConfigError::Invalid {
+            key: p.key,
+            why: p.why,
+        }
+    }
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file; secrets are not resolved yet.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error names the key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Every check that spans fields or needs the environment.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen == s.admin_listen && s.listen.port() != 0 {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
+        }
+        if s.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        if s.max_body_bytes > crate::spool::MAX_BODY_LEN {
+            return Err(invalid(
+                "server.max_body_bytes",
+                format!(
+                    "must be at most {} (what a spool record carries)",
+                    crate::spool::MAX_BODY_LEN
+                ),
+            ));
+        }
+        if s.max_in_flight_body_bytes < s.max_body_bytes {
+            return Err(invalid(
+                "server.max_in_flight_body_bytes",
+                "must be at least server.max_body_bytes",
+            ));
+        }
+        for (key, v) in [
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+            ("server.body_read_timeout_ms", s.body_read_timeout_ms),
+            ("server.idle_timeout_ms", s.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for p in &s.trusted_proxies {
+            if crate::guard::parse_net(p).is_none() {
+                return Err(invalid(
+                    "server.trusted_proxies",
+                    format!("'{p}' is not a CIDR or IP address"),
+                ));
+            }
+        }
+        if s.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be greater than 0"));
+        }
+        let u = &s.unverified_rate_limit;
+        if !(u.per_second > 0.0 && u.per_second.is_finite()) || u.burst == 0 {
+            return Err(invalid(
+                "server.unverified_rate_limit",
+                "per_second must be > 0 and burst >= 1",
+            ));
+        }
+        let sp = &self.spool;
+        if sp.segment_bytes < 4096 {
+            return Err(invalid("spool.segment_bytes", "must be at least 4096"));
+        }
+        if sp.max_bytes < sp.segment_bytes.saturating_mul(4) {
+            return Err(invalid(
+                "spool.max_bytes",
+                format!(
+                    "must be at least 4 x spool.segment_bytes ({}), so that confirmed segments can be freed",
+                    sp.segment_bytes.saturating_mul(4)
+                ),
+            ));
+        }
+        if sp.min_sync_interval_us > 100_000 {
+            return Err(invalid(
+                "spool.min_sync_interval_us",
+                "must be at most 100000 (100 ms): every 200 may wait this long",
+            ));
+        }
+        if self.dedup.max_ids == 0 {
+            return Err(invalid("dedup.max_ids", "must be greater than 0"));
+        }
+        if self.dedup.backend == DedupBackend::Redis {
+            if self.dedup.redis_url.is_none() && self.dedup.redis_url_env.is_none() {
+                return Err(invalid(
+                    "dedup.redis_url",
+                    "backend = \"redis\" needs redis_url or redis_url_env",
+                ));
+            }
+            if let Some(u) = &self.dedup.redis_url
+                && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+            {
+                return Err(invalid(
+                    "dedup.redis_url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            if self.dedup.redis_timeout_ms == 0 {
+                return Err(invalid("dedup.redis_timeout_ms", "must be greater than 0"));
+            }
+        }
+        let f = &self.forward;
+        if f.max_in_flight == 0 || f.max_in_flight_bytes == 0 || f.batch_max == 0 {
+            return Err(invalid(
+                "forward",
+                "max_in_flight, max_in_flight_bytes and batch_max must be greater than 0",
+            ));
+        }
+        if f.backoff_initial_ms == 0 || f.backoff_max_ms < f.backoff_initial_ms {
+            return Err(invalid(
+                "forward.backoff_max_ms",
+                "need 0 < backoff_initial_ms <= backoff_max_ms",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("'{}' is not a valid filter", self.log.level),
+            ));
+        }
+        if self.sinks.kinds().is_empty() {
+            return Err(invalid(
+                "sinks",
+                "configure at least one sink, e.g. [sinks.file] dir = \"./data/events\"",
+            ));
+        }
+        if self.sources.is_empty() {
+            return Err(invalid(
+                "sources",
+                "configure at least one source, e.g. [sources.quickassist] scheme = \"quickassist\"",
+            ));
+        }
+        if let Some(f) = &self.sinks.file
+            && (f.max_open_files == 0 || f.max_topics == 0)
+        {
+            return Err(invalid(
+                "sinks.file",
+                "max_open_files and max_topics must be greater than 0",
+            ));
+        }
+        if let Some(k) = &self.sinks.kafka {
+            k.validate()?;
+        }
+        if let Some(r) = &self.sinks.rabbitmq {
+            r.validate()?;
+        }
+        for (name, src) in &self.sources {
+            src.validate(name, &self.sinks)?;
+        }
+        Ok(())
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.header_read_timeout_ms)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.body_read_timeout_ms)
+    }
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs(self.server.drain_deadline_secs)
+    }
+}

@@ -1,0 +1,190 @@
+//! The configuration's checks, each naming the key at fault.
+
+use super::*;
+use crate::config::source::AckMode;
+
+const MINIMAL: &str = r#"
+[sinks.file]
+dir = "/tmp/x"
+[sources.quickassist]
+scheme = "quickassist"
+secret_env = "HOOKRELAY_TEST_NEVER_SET"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(MINIMAL).unwrap();
+    c.validate().unwrap();
+    let q = &c.sources["quickassist"];
+    assert_eq!(q.topic, "{source}.{event}");
+    assert_eq!(q.id_from().as_deref(), Some("/data/messageId"));
+    assert_eq!(q.event_from(), "/event");
+    assert_eq!(q.ack, AckMode::Durable);
+    assert_eq!(c.server.max_body_bytes, 1 << 20);
+    assert_eq!(c.spool.max_bytes, 1 << 30);
+    assert_eq!(c.sinks.for_source(q), Some(crate::sink::SinkKind::File));
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = Config::parse(&format!("{MINIMAL}\nbogus_key = 1\n")).unwrap_err();
+    assert!(err.contains("bogus_key"), "{err}");
+    let err = Config::parse("[server]\nlisten_addr = \"x\"\n").unwrap_err();
+    assert!(err.contains("listen_addr"), "{err}");
+}
+
+#[test]
+fn unknown_scheme_lists_the_known_ones() {
+    let err =
+        Config::parse(&MINIMAL.replace("\"quickassist\"\nsecret", "\"nope\"\nsecret")).unwrap_err();
+    assert!(err.contains("nope") && err.contains("quickassist"), "{err}");
+}
+
+#[test]
+fn bad_template_is_named() {
+    let c = Config::parse(&format!("{MINIMAL}topic = \"{{source}}.{{evnt}}\"\n")).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.starts_with("sources.quickassist.topic"), "{err}");
+    assert!(err.contains("{evnt}"), "{err}");
+}
+
+#[test]
+fn topic_template_must_render_to_a_legal_topic() {
+    let c = Config::parse(&format!("{MINIMAL}topic = \"wa events/{{event}}\"\n")).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.starts_with("sources.quickassist.topic"), "{err}");
+    let c = Config::parse(&format!("{MINIMAL}topic = \"wa-{{event}}\"\n")).unwrap();
+    c.validate().unwrap();
+}
+
+#[test]
+fn missing_secret_is_a_named_error() {
+    let c = Config::parse(MINIMAL).unwrap();
+    let err = c.sources["quickassist"]
+        .verifier("quickassist")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sources.quickassist.secret_env"), "{err}");
+    assert!(err.contains("HOOKRELAY_TEST_NEVER_SET"), "{err}");
+}
+
+#[test]
+fn empty_secret_file_is_rejected_and_newline_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let text = MINIMAL.replace(
+        "secret_env = \"HOOKRELAY_TEST_NEVER_SET\"",
+        &format!("secret_file = {:?}", path.display().to_string()),
+    );
+    let c = Config::parse(&text).unwrap();
+    let src = &c.sources["quickassist"];
+    std::fs::write(&path, "\n").unwrap();
+    let err = src.verifier("quickassist").unwrap_err().to_string();
+    assert!(
+        err.starts_with("sources.quickassist.secret_file") && err.contains("empty"),
+        "{err}"
+    );
+    std::fs::write(&path, "s3cret\n").unwrap();
+    let v = src.verifier("quickassist").unwrap();
+    let mut h = hyper::HeaderMap::new();
+    let sig = crate::verify::quickassist_sign(b"s3cret", b"{}");
+    h.insert("x-webhook-signature", sig.parse().unwrap());
+    assert!(v.verify(&h, bytes::Bytes::from_static(b"{}"), "/").is_ok());
+}
+
+#[test]
+fn scheme_options_are_checked_against_the_scheme() {
+    for (extra, key) in [
+        (
+            "public_url = \"https://x\"\n",
+            "sources.quickassist.public_url",
+        ),
+        (
+            "token_header = \"x-token\"\n",
+            "sources.quickassist.token_header",
+        ),
+        (
+            "event_from = \"nowhere\"\n",
+            "sources.quickassist.event_from",
+        ),
+        (
+            "rate_limit = { per_second = 0.0, burst = 1 }\n",
+            "sources.quickassist.rate_limit",
+        ),
+        (
+            "allowed_cidrs = [\"10.0.0.0/33\"]\n",
+            "sources.quickassist.allowed_cidrs",
+        ),
+    ] {
+        let c = Config::parse(&format!("{MINIMAL}{extra}")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with(key), "{extra}: {err}");
+    }
+    let twilio = MINIMAL.replace("\"quickassist\"\nsecret", "\"twilio\"\nsecret");
+    let err = Config::parse(&twilio)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("sources.quickassist.public_url"), "{err}");
+    let meta = MINIMAL.replace("\"quickassist\"\nsecret", "\"meta\"\nsecret");
+    let err = Config::parse(&meta)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("sources.quickassist.verify_token_env"),
+        "{err}"
+    );
+    // Several secrets while rotating.
+    let c = Config::parse(&MINIMAL.replace(
+        "secret_env = \"HOOKRELAY_TEST_NEVER_SET\"",
+        "secret_env = [\"A\", \"B\"]\nsecret_file = \"/x\"",
+    ))
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.sources["quickassist"].secret_sources().len(), 3);
+}
+
+#[test]
+fn broker_ack_needs_a_broker_sink() {
+    let c = Config::parse(&format!("{MINIMAL}ack = \"broker\"\n")).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.starts_with("sources.quickassist.ack"), "{err}");
+}
+
+#[test]
+fn no_sink_and_no_source_are_errors() {
+    let c = Config::parse("[sources.a]\nscheme = \"quickassist\"\nsecret_env = \"X\"\n").unwrap();
+    assert!(c.validate().unwrap_err().to_string().starts_with("sinks"));
+    let c = Config::parse("[sinks.file]\ndir = \"x\"\n").unwrap();
+    assert!(c.validate().unwrap_err().to_string().starts_with("sources"));
+}
+
+#[test]
+fn spool_limits_are_checked() {
+    let c = Config::parse(&format!(
+        "{MINIMAL}[spool]\nmax_bytes = 10000\nsegment_bytes = 8192\n"
+    ))
+    .unwrap();
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("spool.max_bytes")
+    );
+    let c = Config::parse(&format!(
+        "{MINIMAL}[spool]\nmin_sync_interval_us = 100001\n"
+    ))
+    .unwrap();
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("spool.min_sync_interval_us")
+    );
+    let c = Config::parse(&format!("{MINIMAL}[spool]\nmin_sync_interval_us = 0\n")).unwrap();
+    assert!(c.validate().is_ok());
+    assert_eq!(SpoolConfig::default().min_sync_interval_us, 1000);
+}

@@ -1,0 +1,419 @@
+//! The RabbitMQ sink's connection life cycle: one connection with several
+//! confirm-mode channels, connected within `connect_timeout_ms`, the topology
+//! declared (or checked passively), `connection.blocked` followed, and the whole
+//! rebuilt with capped backoff when it fails. `check --connect` shares the passive
+//! declare.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, Event, ExchangeKind};
+use tokio::sync::{Mutex, watch};
+
+use super::config::RabbitmqSinkConfig;
+use crate::metrics;
+use crate::sink::{SinkError, StartError};
+
+/// Reconnect attempts back off from this...
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// ...to this.
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// How often a publish held back by `connection.blocked` checks the connection is alive.
+const BLOCKED_RECHECK: Duration = Duration::from_secs(1);
+
+/// An open connection with its confirm-mode channels.
+pub(super) struct Channels {
+    conn: Connection,
+    pub(super) channels: Vec<Channel>,
+    pub(super) next: AtomicUsize,
+    /// Set when a publish or confirm failed in a way that leaves the connection suspect.
+    pub(super) broken: AtomicBool,
+}
+
+impl Channels {
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+            && self.conn.status().connected()
+            && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+struct Reconnect {
+    not_before: Instant,
+    failures: u32,
+}
+
+/// The connection the sink publishes on, rebuilt when it fails.
+pub(super) struct Broker {
+    cfg: RabbitmqSinkConfig,
+    uri: AMQPUri,
+    live: Mutex<Option<Arc<Channels>>>,
+    reconnect: std::sync::Mutex<Reconnect>,
+    /// `connection.blocked` from the broker (memory or disk alarm): publishing pauses.
+    blocked: watch::Sender<bool>,
+    /// Mirrors whether `live` is usable, for readiness without taking the lock.
+    connected: Arc<AtomicBool>,
+}
+
+/// An AMQP short string. Past 255 bytes it is refused, never cut and never a panic
+/// (lapin's `From` panics): the edge bounds every event field below that, and this
+/// keeps a bug there from stopping delivery for good.
+pub(super) fn short(what: &str, s: &str) -> Result<ShortString, String> {
+    ShortString::try_new(s).map_err(|e| format!("{what} does not fit an AMQP short string: {e}"))
+}
+
+/// A fixed name, known to fit.
+pub(super) fn name(s: &'static str) -> ShortString {
+    ShortString::try_new(s).unwrap_or_default()
+}
+
+pub(super) fn long(b: &[u8]) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(b.to_vec()))
+}
+
+/// True when the broker refused our credentials: a configuration error, not an outage.
+fn is_auth_error(e: &lapin::Error) -> bool {
+    let text = format!("{e:?} {e}").to_ascii_lowercase();
+    matches!(e.kind(), ErrorKind::AuthProviderError(_))
+        || text.contains("access_refused")
+        || text.contains("accessrefused")
+        || text.contains("access-refused")
+        || text.contains("authentication")
+}
+
+impl Broker {
+    /// Connects once at start: refused credentials or a missing exchange (with
+    /// `declare = false`) stop startup; an unreachable broker only warns, since the
+    /// spool absorbs the outage and the sink keeps reconnecting.
+    pub(super) async fn start(cfg: &RabbitmqSinkConfig) -> Result<Broker, StartError> {
+        cfg.validate()?;
+        let uri = cfg.resolved_uri()?;
+        metrics::register_rabbitmq();
+        let sink = Broker {
+            cfg: cfg.clone(),
+            uri,
+            live: Mutex::new(None),
+            reconnect: std::sync::Mutex::new(Reconnect {
+                not_before: Instant::now(),
+                failures: 0,
+            }),
+            blocked: watch::Sender::new(false),
+            connected: Arc::new(AtomicBool::new(false)),
+        };
+        match sink.connect().await {
+            Ok(live) => {
+                *sink.live.lock().await = Some(live);
+            }
+            Err(Fatal(e)) => return Err(StartError::Broker(format!("sinks.rabbitmq: {e}"))),
+            Err(Transient(e)) => {
+                tracing::warn!(target = %cfg.display_target(), error = %e,
+                    "rabbitmq unreachable at start; events wait in the spool until it is back");
+            }
+        }
+        Ok(sink)
+    }
+
+    /// [`Self::open`] within `connect_timeout_ms`: a broker mid-restart can take the
+    /// socket and never answer, and publishing waits on the connect.
+    async fn connect(&self) -> Result<Arc<Channels>, ConnectError> {
+        let limit = Duration::from_millis(self.cfg.connect_timeout_ms);
+        tokio::time::timeout(limit, self.open())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Transient(format!(
+                    "{} did not complete the connection within connect_timeout_ms ({limit:?})",
+                    self.cfg.display_target()
+                )))
+            })
+    }
+
+    async fn open(&self) -> Result<Arc<Channels>, ConnectError> {
+        let target = self.cfg.display_target();
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(
+            format!("hookrelay@{}", crate::sink::hostname()),
+        ));
+        let conn = Connection::connect_uri(self.uri.clone(), props)
+            .await
+            .map_err(|e| {
+                if is_auth_error(&e) {
+                    Fatal(format!("{target} refused the credentials: {e}"))
+                } else {
+                    Transient(format!("cannot connect to {target}: {e}"))
+                }
+            })?;
+        self.declare_topology(&conn).await?;
+        let mut channels = Vec::with_capacity(self.cfg.channels);
+        for _ in 0..self.cfg.channels {
+            let ch = conn
+                .create_channel()
+                .await
+                .map_err(|e| Transient(format!("cannot open a channel: {e}")))?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| Transient(format!("cannot enable publisher confirms: {e}")))?;
+            channels.push(ch);
+        }
+        self.blocked.send_replace(false);
+        metrics::rabbitmq_blocked(false);
+        self.watch_events(&conn);
+        self.connected.store(true, Ordering::Relaxed);
+        tracing::info!(target = %target, channels = channels.len(), exchange = %self.cfg.exchange, "connected to rabbitmq");
+        Ok(Arc::new(Channels {
+            conn,
+            channels,
+            next: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
+        }))
+    }
+
+    /// The exchange (and the alternate exchange with its queue), or a passive check.
+    async fn declare_topology(&self, conn: &Connection) -> Result<(), ConnectError> {
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| Transient(format!("cannot open a channel: {e}")))?;
+        let ex = &self.cfg.exchange;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        if !self.cfg.declare {
+            passive_declare(&ch, ex).await.map_err(|e| {
+                Fatal(format!(
+                    "exchange '{ex}' is not there (declare = false): {e}"
+                ))
+            })?;
+        } else {
+            let mut args = FieldTable::default();
+            if self.cfg.unroutable_queue {
+                let ae = self.cfg.unroutable_name();
+                let ae_name = short("the unroutable exchange", &ae).map_err(Fatal)?;
+                let declared = async {
+                    ch.exchange_declare(
+                        ae_name.clone(),
+                        ExchangeKind::Fanout,
+                        durable,
+                        FieldTable::default(),
+                    )
+                    .await?;
+                    ch.queue_declare(
+                        ae_name.clone(),
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                    ch.queue_bind(
+                        ae_name.clone(),
+                        ae_name.clone(),
+                        name(""),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                };
+                declared.await.map_err(|e| {
+                    Fatal(format!(
+                        "cannot declare the unroutable exchange and queue '{ae}': {e}"
+                    ))
+                })?;
+                args.insert(
+                    name("alternate-exchange"),
+                    AMQPValue::LongString(LongString::from(ae.into_bytes())),
+                );
+            }
+            ch.exchange_declare(
+                short("the exchange", ex).map_err(Fatal)?,
+                ExchangeKind::Topic,
+                durable,
+                args,
+            )
+                .await
+                .map_err(|e| {
+                    Fatal(format!(
+                        "cannot declare exchange '{ex}' (an existing exchange of that name with other settings?): {e}"
+                    ))
+                })?;
+        }
+        let _ = ch.close(200, name("topology declared")).await;
+        Ok(())
+    }
+
+    /// Follows `connection.blocked` / `unblocked` and connection errors.
+    fn watch_events(&self, conn: &Connection) {
+        let mut events = conn.events_listener();
+        let blocked = self.blocked.clone();
+        let connected = self.connected.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Event::ConnectionBlocked(reason) => {
+                        tracing::warn!(%reason, "rabbitmq blocked publishing (resource alarm); events wait in the spool");
+                        blocked.send_replace(true);
+                        metrics::rabbitmq_blocked(true);
+                    }
+                    Event::ConnectionUnblocked => {
+                        tracing::info!("rabbitmq unblocked publishing");
+                        blocked.send_replace(false);
+                        metrics::rabbitmq_blocked(false);
+                    }
+                    Event::Error(e) => {
+                        tracing::warn!(error = %e, "rabbitmq connection error; reconnecting on the next publish");
+                        connected.store(false, Ordering::Relaxed);
+                        // Whatever blocked this connection ended with it; a publish
+                        // waiting on it goes on to reconnect, and the broker blocks the
+                        // next connection afresh if its alarm is still on.
+                        blocked.send_replace(false);
+                        metrics::rabbitmq_blocked(false);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// The usable connection, reconnecting (paced by backoff) when there is none.
+    pub(super) async fn channels(&self) -> Result<Arc<Channels>, SinkError> {
+        let mut guard = self.live.lock().await;
+        if let Some(l) = guard.as_ref() {
+            if l.usable() {
+                return Ok(l.clone());
+            }
+            self.connected.store(false, Ordering::Relaxed);
+            // In the background, bounded: a broker that stopped answering would never
+            // send close-ok, and nothing waits for it.
+            let old = l.clone();
+            let limit = Duration::from_millis(self.cfg.connect_timeout_ms);
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(limit, old.conn.close(200, name("reconnecting"))).await;
+            });
+            *guard = None;
+        }
+        {
+            let r = self.reconnect.lock().unwrap_or_else(|p| p.into_inner());
+            if Instant::now() < r.not_before {
+                return Err(SinkError::Retriable(
+                    "rabbitmq is unreachable; waiting to reconnect".into(),
+                ));
+            }
+        }
+        match self.connect().await {
+            Ok(l) => {
+                *self.reconnect.lock().unwrap_or_else(|p| p.into_inner()) = Reconnect {
+                    not_before: Instant::now(),
+                    failures: 0,
+                };
+                metrics::rabbitmq_connect();
+                *guard = Some(l.clone());
+                Ok(l)
+            }
+            Err(Fatal(e) | Transient(e)) => {
+                let mut r = self.reconnect.lock().unwrap_or_else(|p| p.into_inner());
+                r.failures += 1;
+                let delay =
+                    (RECONNECT_MIN * 2u32.saturating_pow(r.failures.min(16))).min(RECONNECT_MAX);
+                r.not_before = Instant::now() + delay;
+                Err(SinkError::Retriable(e))
+            }
+        }
+    }
+
+    /// Waits while the broker blocks publishing on the connection, not past its end.
+    pub(super) async fn wait_while_blocked(&self) {
+        let mut rx = self.blocked.subscribe();
+        while *rx.borrow_and_update() && self.connected.load(Ordering::Relaxed) {
+            // Also looks at `connected` now and then, not only on a change.
+            let _ = tokio::time::timeout(BLOCKED_RECHECK, rx.changed()).await;
+        }
+    }
+
+    /// Connected and not blocked: readiness for `ack = "broker"`.
+    pub(super) fn ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) && !*self.blocked.borrow()
+    }
+}
+
+enum ConnectError {
+    /// Will not get better by retrying: bad credentials, wrong topology.
+    Fatal(String),
+    /// Broker down or restarting: retry with backoff.
+    Transient(String),
+}
+use ConnectError::{Fatal, Transient};
+
+/// Checks that the exchange exists without declaring it (`declare = false`, and
+/// `check --connect`).
+async fn passive_declare(ch: &Channel, exchange: &str) -> Result<(), String> {
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        short("the exchange", exchange)?,
+        ExchangeKind::Topic,
+        passive,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// `hookrelay check --connect`: connects, then checks the exchange.
+/// Bounded by `connect_timeout_ms`: a broker that never answers fails the check.
+pub async fn check_connection(cfg: &RabbitmqSinkConfig) -> Result<String, StartError> {
+    cfg.validate()?;
+    let limit = Duration::from_millis(cfg.connect_timeout_ms);
+    tokio::time::timeout(limit, check(cfg))
+        .await
+        .unwrap_or_else(|_| {
+            Err(StartError::Broker(format!(
+                "sinks.rabbitmq: {} did not answer within connect_timeout_ms ({limit:?})",
+                cfg.display_target()
+            )))
+        })
+}
+
+async fn check(cfg: &RabbitmqSinkConfig) -> Result<String, StartError> {
+    let uri = cfg.resolved_uri()?;
+    let target = cfg.display_target();
+    let conn = Connection::connect_uri(uri, ConnectionProperties::default())
+        .await
+        .map_err(|e| {
+            StartError::Broker(if is_auth_error(&e) {
+                format!("sinks.rabbitmq: {target} refused the credentials: {e}")
+            } else {
+                format!("sinks.rabbitmq: cannot connect to {target}: {e}")
+            })
+        })?;
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|e| StartError::Broker(format!("sinks.rabbitmq: {e}")))?;
+    let exists = passive_declare(&ch, &cfg.exchange).await;
+    let _ = conn.close(200, name("check done")).await;
+    match (exists, cfg.declare) {
+        (Ok(()), _) => Ok(format!(
+            "rabbitmq: connected to {target}; exchange '{}' exists",
+            cfg.exchange
+        )),
+        (Err(_), true) => Ok(format!(
+            "rabbitmq: connected to {target}; exchange '{}' will be declared on start",
+            cfg.exchange
+        )),
+        (Err(e), false) => Err(StartError::Broker(format!(
+            "sinks.rabbitmq.exchange: '{}' does not exist on {target} and declare = false: {e}",
+            cfg.exchange
+        ))),
+    }
+}
