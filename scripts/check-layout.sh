@@ -33,7 +33,7 @@ for f in files:
     m = module_of(f)
     text = open(f, encoding="utf-8").read()
     # Test code may reach anywhere; only what ships counts.
-    cut = re.search(r"^#\[cfg\(test\)\]\s*\n\s*mod \w+", text, re.M)
+    cut = re.search(r"^#\[cfg\(test\)\]\s*\n\s*mod \w+\s*\{", text, re.M)
     shipped = text[: cut.start()] if cut else text
     is_test_file = os.path.basename(f) == "tests.rs" or f.endswith("tests.rs")
     if not is_test_file:

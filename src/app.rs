@@ -245,7 +245,11 @@ pub async fn run(
     config.validate()?;
     let names: Vec<String> = config.sources.keys().cloned().collect();
     let kinds: Vec<&str> = config.sinks.kinds().iter().map(|k| k.as_str()).collect();
-    metrics::init(&names, &kinds);
+    metrics::init(
+        &names,
+        &kinds,
+        &crate::verify::Failure::ALL.map(|f| f.as_str()),
+    );
     let sinks = build_sinks(&config).await?;
     let rules = source_rules(&config)?;
     // Per-topic series exist from the start for the event types the config knows.
@@ -428,7 +432,7 @@ pub async fn run(
                     forwarder_died.set(true);
                     let why = match result {
                         Ok(()) => "it returned".to_string(),
-                        Err(e) if e.is_panic() => format!("it panicked: {}", crate::sink::panic_text(&*e.into_panic())),
+                        Err(e) if e.is_panic() => format!("it panicked: {}", crate::supervise::panic_text(&*e.into_panic())),
                         Err(e) => e.to_string(),
                     };
                     tracing::error!(reason = %why, "the forwarder stopped while running; not ready, shutting down to be restarted");

@@ -34,7 +34,7 @@ impl DeadLetter {
         // As for the spool: a failed fdatasync is not retried (the event would then be
         // forgotten on the word of a sync that may have lost it).
         if let Err(e) = f.sync_data() {
-            crate::spool::stop_after_failed_sync("dead-letter file", &e);
+            crate::supervise::stop_after_failed_sync("dead-letter file", &e);
         }
         Ok(())
     }

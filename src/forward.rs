@@ -445,7 +445,7 @@ impl Forwarder {
             .unwrap_or_else(|panic| {
                 Some(Err(SinkError::Permanent(format!(
                     "the sink panicked: {}",
-                    crate::sink::panic_text(&*panic)
+                    crate::supervise::panic_text(&*panic)
                 ))))
             });
         if let Some(sent) = sent {

@@ -46,5 +46,6 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod spool;
+pub mod supervise;
 pub mod tls;
 pub mod verify;

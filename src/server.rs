@@ -325,7 +325,7 @@ async fn accept(
     let verified = match src.verifier.verify(&parts.headers, body, path_and_query) {
         Ok(v) => v,
         Err(reason) => {
-            src.metrics.signature_failure(reason);
+            src.metrics.signature_failure(reason.as_str());
             tracing::debug!(reason = reason.as_str(), "signature refused");
             // Failures are charged to the client's address, never to the source's
             // budget; past its own budget the address is told to back off. Either

@@ -80,9 +80,9 @@ impl FileSink {
                 // anywhere else would leave every publish unanswered: stop instead.
                 let run = AssertUnwindSafe(|| writer.run(rx));
                 if let Err(panic) = std::panic::catch_unwind(run) {
-                    crate::spool::stop(&format!(
+                    crate::supervise::stop(&format!(
                         "the file sink's writer panicked: {}",
-                        crate::sink::panic_text(&*panic)
+                        crate::supervise::panic_text(&*panic)
                     ));
                 }
             })?;
@@ -209,7 +209,7 @@ impl Writer {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.write(batch))) {
             Ok(written) => written,
             Err(panic) => {
-                tracing::error!(panic = %crate::sink::panic_text(&*panic),
+                tracing::error!(panic = %crate::supervise::panic_text(&*panic),
                     "the file sink panicked writing a batch; writing it one event at a time");
                 self.buf.clear();
                 let mut refused = Vec::new();
@@ -224,7 +224,7 @@ impl Writer {
                             crate::metrics::sink_panic("file");
                             let why = format!(
                                 "the file sink panicked on this event: {}",
-                                crate::sink::panic_text(&*panic)
+                                crate::supervise::panic_text(&*panic)
                             );
                             refused.push((m.seq, why));
                         }
@@ -309,7 +309,7 @@ impl Writer {
             && let Some(open) = self.files.get(&topic)
         {
             if let Err(e) = open.file.sync_data() {
-                crate::spool::stop_after_failed_sync("file sink", &e);
+                crate::supervise::stop_after_failed_sync("file sink", &e);
             }
             self.unsynced.remove(&topic);
         }
@@ -324,7 +324,7 @@ impl Writer {
         let topics: Vec<String> = self.unsynced.iter().cloned().collect();
         for topic in topics {
             if let Err(e) = self.file(&topic)?.file.sync_data() {
-                crate::spool::stop_after_failed_sync("file sink", &e);
+                crate::supervise::stop_after_failed_sync("file sink", &e);
             }
             self.unsynced.remove(&topic);
         }

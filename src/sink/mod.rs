@@ -14,7 +14,6 @@ mod jsonstr;
 pub mod kafka;
 pub mod rabbitmq;
 
-use std::any::Any;
 use std::borrow::Cow;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -196,7 +195,7 @@ pub async fn publish_caught(sink: &dyn Sink, batch: Vec<Message>) -> Vec<Confirm
     let mut out = match AssertUnwindSafe(sink.publish(batch)).catch_unwind().await {
         Ok(confirmations) => confirmations,
         Err(panic) => {
-            tracing::error!(sink = sink.name(), panic = %panic_text(&*panic),
+            tracing::error!(sink = sink.name(), panic = %crate::supervise::panic_text(&*panic),
                 "the sink panicked handing over a batch; publishing it one event at a time");
             let mut out = Vec::with_capacity(n);
             for m in copy {
@@ -209,7 +208,7 @@ pub async fn publish_caught(sink: &dyn Sink, batch: Vec<Message>) -> Vec<Confirm
                         let why = format!(
                             "the {} sink panicked on this event: {}",
                             sink.name(),
-                            panic_text(&*panic)
+                            crate::supervise::panic_text(&*panic)
                         );
                         Box::pin(std::future::ready(Err(SinkError::Permanent(why))))
                     }
@@ -237,18 +236,9 @@ pub async fn confirmed(c: Confirmation) -> Result<(), SinkError> {
         .unwrap_or_else(|panic| {
             Err(SinkError::Permanent(format!(
                 "the sink panicked confirming this event: {}",
-                panic_text(&*panic)
+                crate::supervise::panic_text(&*panic)
             )))
         })
-}
-
-/// What a panic said, for logs and dead-letter reasons.
-pub fn panic_text(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// This host's name, for client ids and connection names operators see.

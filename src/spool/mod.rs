@@ -43,8 +43,7 @@ pub use record::{
 };
 pub use recover::{Hole, QUARANTINE_DIR};
 
-/// Process exit status when the disk fails a sync: nothing is answered 200 after it.
-pub const EXIT_FSYNC_FAILED: i32 = 74;
+pub use crate::supervise::EXIT_FSYNC_FAILED;
 
 /// Appends queued beyond this wait in their request tasks (backpressure).
 const QUEUE_DEPTH: usize = 16 * 1024;
@@ -513,9 +512,9 @@ impl Spool {
                 // failed sync (what was answered 200 is on disk).
                 let run = std::panic::AssertUnwindSafe(|| writer.run(rx));
                 if let Err(panic) = std::panic::catch_unwind(run) {
-                    fatal(&format!(
+                    crate::supervise::stop(&format!(
                         "the spool writer panicked: {}",
-                        crate::sink::panic_text(&*panic)
+                        crate::supervise::panic_text(&*panic)
                     ));
                 }
             })
@@ -811,7 +810,7 @@ impl Writer {
             // refuse the batch (503); the provider retries.
             tracing::error!(error = %e, "spool write failed; refusing this batch");
             if let Err(e2) = self.file.set_len(before) {
-                fatal(&format!(
+                crate::supervise::stop(&format!(
                     "spool write failed ({e}) and the partial write cannot be undone ({e2})"
                 ));
             }
@@ -822,7 +821,7 @@ impl Writer {
         if let Err(e) = self.faults.sync_data(&self.file) {
             // After a failed fsync the kernel may have dropped the dirty pages: the data's
             // fate is unknown, and retrying could report success for lost writes.
-            fatal(&format!("spool fdatasync failed: {e}"));
+            crate::supervise::stop(&format!("spool fdatasync failed: {e}"));
         }
         metrics::spool_fsync(started.elapsed());
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
@@ -950,26 +949,6 @@ impl Writer {
             let _ = r.send(Err(AppendError::Io(e.to_string())));
         }
     }
-}
-
-/// Stops the process after a failed fdatasync (of the spool, or of anything whose
-/// sync lets the spool forget events): the data's fate is unknown, and a retried
-/// sync can report success for writes the kernel dropped.
-pub fn stop_after_failed_sync(what: &str, e: &io::Error) -> ! {
-    fatal(&format!("{what} fdatasync failed: {e}"))
-}
-
-/// Stops the process: a thread the delivery contract depends on cannot go on (the
-/// file sink's writer panicked outside a write, say). What was answered 200 is in
-/// the spool; the next start delivers it.
-pub fn stop(message: &str) -> ! {
-    fatal(message)
-}
-
-fn fatal(message: &str) -> ! {
-    tracing::error!("{message}; stopping so that nothing unsynced is acknowledged");
-    eprintln!("hookrelay: fatal: {message}");
-    std::process::exit(EXIT_FSYNC_FAILED);
 }
 
 /// Reads a segment from a position with `pread`, buffering nothing: past the synced
