@@ -15,6 +15,9 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "layout (no import cycle, no file over 700 lines outside tests, Event sealed)"
+scripts/check-layout.sh
+
 step "RabbitMQ on 127.0.0.1:5672 (guest/guest) for the integration tests"
 rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 if ! rabbit_up; then

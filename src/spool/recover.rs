@@ -23,6 +23,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, DecodeError, Frame, ReadError, Record, decode, read_frame};
+use super::{OpenError, Recovery, Segment, io_err, segment_path};
+use crate::metrics;
 
 /// Directory (inside the spool's) where damaged bytes are kept.
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -264,5 +266,188 @@ pub fn keep_whole(dir: &Path, segment: &Path) -> io::Result<()> {
     fs::create_dir_all(&qdir)?;
     let name = segment.file_name().unwrap_or_default();
     fs::rename(segment, qdir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+/// What opening found on disk, for the spool to start from.
+pub(super) struct Recovered {
+    pub segments: Vec<Segment>,
+    pub holes: Vec<(u64, Hole)>,
+    /// The sequence the next append gets.
+    pub next_seq: u64,
+    /// The first sequence to deliver.
+    pub cursor: u64,
+    /// Whether the last segment's records end in `record::END` (it was recycled).
+    pub marked_end: bool,
+    /// The last segment holds damage: appends go to a new one.
+    pub sealed_by_damage: bool,
+    pub recovery: Recovery,
+}
+
+/// Reads every segment back, handing each record to `each`; cuts a torn tail and
+/// quarantines damage (see the module doc).
+pub(super) fn recover(dir: &Path, each: &mut impl FnMut(&Record)) -> Result<Recovered, OpenError> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let name = entry.map_err(io_err(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = name
+            .strip_suffix(".seg")
+            .and_then(|b| b.parse::<u64>().ok())
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    let stored = read_cursor(dir);
+    let stored_cursor = stored.map(|(c, _)| c);
+    // Every record before this was fdatasync'd as of the last checkpoint.
+    let synced_end = stored.map_or(0, |(_, synced)| synced);
+
+    let mut recovery = Recovery::default();
+    let mut segments = Vec::new();
+    let mut holes = Vec::new();
+    let mut next_seq = stored_cursor.unwrap_or(0);
+    // Whether the last segment's records end in `record::END` (it was recycled).
+    let mut marked_end = false;
+    // The last segment holds damage: appends go to a new one.
+    let mut sealed_by_damage = false;
+    for (i, &base) in bases.iter().enumerate() {
+        let path = segment_path(dir, base);
+        let last = i + 1 == bases.len();
+        // Every byte of a segment before the last was synced before the next
+        // segment was written to: nothing there is a torn write.
+        let (expect_until, seq_limit) = match bases.get(i + 1) {
+            Some(&next) => (next, next),
+            None => (synced_end, u64::MAX),
+        };
+        let mut scan =
+            scan_segment(&path, base, expect_until, seq_limit, each).map_err(io_err(&path))?;
+        if let Some(tail) = scan.bad_tail.take() {
+            let cut = scan.data_end.saturating_sub(tail.offset);
+            if last && tail.seq >= synced_end {
+                tracing::warn!(segment = %path.display(), offset = tail.offset, bytes = cut, error = %tail.why,
+                    "spool tail is torn; truncating it (it was never synced, so no request was answered 200 for it)");
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                if scan.data_end < scan.file_len {
+                    // Zero the bad bytes, keeping the preallocated space after them.
+                    f.seek(SeekFrom::Start(tail.offset))
+                        .map_err(io_err(&path))?;
+                    f.write_all(&vec![0; cut as usize]).map_err(io_err(&path))?;
+                } else {
+                    f.set_len(tail.offset).map_err(io_err(&path))?;
+                }
+                f.sync_all().map_err(io_err(&path))?;
+                recovery.truncated_bytes += cut;
+                metrics::spool_truncated(cut);
+            } else {
+                // Damage where records are known to be: up to the next segment,
+                // or up to the last synced record.
+                let to_seq = if last {
+                    synced_end.max(tail.seq)
+                } else {
+                    seq_limit
+                };
+                scan.holes.push(Hole {
+                    offset: tail.offset,
+                    len: cut,
+                    from_seq: tail.seq,
+                    to_seq,
+                });
+                scan.next_seq = to_seq;
+                scan.good_len = scan.data_end;
+            }
+        }
+        let damaged = !scan.holes.is_empty();
+        let mut keep = false;
+        if damaged {
+            let file = File::open(&path).map_err(io_err(&path))?;
+            for hole in &scan.holes {
+                if hole.len > 0
+                    && let Err(e) = quarantine(dir, base, &file, hole)
+                {
+                    // Never a reason not to start: the segment is kept whole.
+                    tracing::error!(segment = %path.display(), error = %e,
+                        "cannot copy damaged spool bytes to the quarantine; the segment will be moved there whole once delivered");
+                    keep = true;
+                }
+                tracing::error!(segment = %path.display(), offset = hole.offset, bytes = hole.len,
+                    first_lost_seq = hole.from_seq, lost_records = hole.to_seq - hole.from_seq,
+                    next_seq = hole.to_seq,
+                    "unreadable bytes in the spool where acknowledged records are: kept in quarantine, delivery goes on after them");
+                metrics::spool_quarantined(hole.len, hole.to_seq - hole.from_seq);
+                recovery.quarantined_bytes += hole.len;
+                recovery.lost_records += hole.to_seq - hole.from_seq;
+                holes.push((base, *hole));
+            }
+        }
+        let bytes = if last && !damaged {
+            scan.good_len
+        } else {
+            scan.file_len
+        };
+        segments.push(Segment {
+            base,
+            bytes,
+            // Not if it holds records of the first version, which a later use
+            // would not tell from its own, or bytes of unknown origin.
+            recyclable: !scan.unsequenced && !damaged,
+            keep,
+        });
+        next_seq = scan.next_seq;
+        marked_end = scan.marked_end;
+        sealed_by_damage = last && damaged;
+    }
+    let first_base = segments.first().map_or(next_seq, |s| s.base);
+    let cursor = stored_cursor
+        .unwrap_or(first_base)
+        .clamp(first_base, next_seq);
+    recovery.pending = next_seq - cursor;
+
+    Ok(Recovered {
+        segments,
+        holes,
+        next_seq,
+        cursor,
+        marked_end,
+        sealed_by_damage,
+        recovery,
+    })
+}
+
+/// The persisted cursor and, when recorded, the sequence every record before which
+/// was synced (files written before it was recorded hold the cursor alone).
+pub(super) fn read_cursor(dir: &Path) -> Option<(u64, u64)> {
+    let buf = fs::read(dir.join("cursor")).ok()?;
+    if buf.len() != 12 && buf.len() != 20 {
+        return None;
+    }
+    let (value, crc) = buf.split_at(buf.len() - 4);
+    if crc32c::crc32c(value).to_le_bytes() != crc {
+        tracing::warn!("spool cursor file is corrupt; replaying from the oldest segment");
+        return None;
+    }
+    let word = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&value[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    Some((word(0), if value.len() == 16 { word(8) } else { 0 }))
+}
+
+/// Writes the cursor file atomically (via rename), with the synced end beside it.
+pub(super) fn write_cursor(dir: &Path, cursor: u64, synced_end: u64) -> io::Result<()> {
+    let mut buf = cursor.to_le_bytes().to_vec();
+    buf.extend_from_slice(&synced_end.to_le_bytes());
+    buf.extend_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
+    let tmp = dir.join("cursor.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&buf)?;
+    f.sync_data()?;
+    fs::rename(&tmp, dir.join("cursor"))?;
+    // The rename itself must survive a crash for the synced end to be trusted.
     File::open(dir)?.sync_all()
 }
