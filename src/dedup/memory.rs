@@ -97,7 +97,7 @@ struct Shard {
 pub struct Key(u128);
 
 #[derive(Debug)]
-pub struct Dedup {
+pub struct MemoryWindow {
     shards: Vec<Mutex<Shard>>,
     hashers: (RandomState, RandomState),
     window: Duration,
@@ -106,7 +106,7 @@ pub struct Dedup {
     epoch: Instant,
 }
 
-impl Dedup {
+impl MemoryWindow {
     pub fn new(window: Duration, max_ids: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn reserve_commit_release() {
-        let d = Dedup::new(Duration::from_secs(60), 100);
+        let d = MemoryWindow::new(Duration::from_secs(60), 100);
         let k = d.key("s", "a");
         assert_eq!(d.check(k), Seen::New);
         assert_eq!(d.check(k), Seen::InFlight);
@@ -276,7 +276,7 @@ mod tests {
     /// id for the reservation TTL, not for the window.
     #[test]
     fn reservations_expire() {
-        let d = Dedup::new(Duration::from_secs(3600), 100);
+        let d = MemoryWindow::new(Duration::from_secs(3600), 100);
         let k = d.key("s", "a");
         let t0 = Instant::now();
         assert_eq!(d.check_at(k, t0), Seen::New);
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn window_expires() {
-        let d = Dedup::new(Duration::from_secs(10), 100);
+        let d = MemoryWindow::new(Duration::from_secs(10), 100);
         let k = d.key("s", "a");
         let t0 = Instant::now();
         assert_eq!(d.check_at(k, t0), Seen::New);
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded() {
-        let d = Dedup::new(Duration::from_secs(3600), 1000);
+        let d = MemoryWindow::new(Duration::from_secs(3600), 1000);
         for i in 0..100_000 {
             let k = d.key("s", &i.to_string());
             assert_eq!(d.check(k), Seen::New);
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn remembered_ids_are_duplicates_until_they_age_out() {
-        let d = Dedup::new(Duration::from_secs(60), 100);
+        let d = MemoryWindow::new(Duration::from_secs(60), 100);
         d.remember(d.key("s", "old"), Duration::from_secs(120));
         d.remember(d.key("s", "young"), Duration::from_secs(1));
         assert_eq!(d.check(d.key("s", "old")), Seen::New);

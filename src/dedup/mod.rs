@@ -1,7 +1,7 @@
 //! Repeat suppression: a retry of an event already accepted is answered
 //! "duplicate" and not published again.
 //!
-//! [`Window::Memory`] is per process ([`memory::Dedup`]); [`Window::Redis`] is
+//! [`Window::Memory`] is per process ([`memory::MemoryWindow`]); [`Window::Redis`] is
 //! shared by every replica behind a load balancer ([`redis::RedisWindow`]), so a
 //! provider's retry that lands on another pod is still recognised.
 
@@ -10,7 +10,7 @@ pub mod redis;
 
 use std::time::Duration;
 
-pub use memory::{Dedup, Seen};
+pub use memory::{MemoryWindow, Seen};
 pub use redis::RedisWindow;
 
 /// How long a reservation (an id being accepted) lives without a commit or a
@@ -30,7 +30,7 @@ pub enum Space {
 
 /// The dedup backend in use.
 pub enum Window {
-    Memory(Dedup),
+    Memory(MemoryWindow),
     Redis(RedisWindow),
 }
 
@@ -90,6 +90,6 @@ impl Window {
     }
 
     pub fn memory(window: Duration, max_ids: usize) -> Window {
-        Window::Memory(Dedup::new(window, max_ids))
+        Window::Memory(MemoryWindow::new(window, max_ids))
     }
 }

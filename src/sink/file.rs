@@ -145,7 +145,7 @@ impl Sink for FileSink {
 
 struct Writer {
     dir: PathBuf,
-    files: HashMap<String, Open>,
+    files: HashMap<String, TopicFile>,
     /// Topics written since their last fdatasync (all of them open: a file is synced
     /// before it is closed).
     unsynced: HashSet<String>,
@@ -269,7 +269,7 @@ impl Writer {
         written.map(|()| (!refused.is_empty()).then(|| Arc::new(refused)))
     }
 
-    fn file(&mut self, topic: &str) -> io::Result<&mut Open> {
+    fn file(&mut self, topic: &str) -> io::Result<&mut TopicFile> {
         self.uses += 1;
         if !self.files.contains_key(topic) {
             if self.files.len() >= self.max_open_files {
@@ -281,7 +281,7 @@ impl Writer {
             self.topics.insert(topic.to_string());
             self.files.insert(
                 topic.to_string(),
-                Open {
+                TopicFile {
                     file,
                     len,
                     handed: len,
@@ -333,7 +333,7 @@ impl Writer {
 }
 
 /// Appends the messages' lines to `file` a chunk at a time, in order.
-fn write_lines(file: &mut Open, messages: &[&Message], buf: &mut Vec<u8>) -> io::Result<()> {
+fn write_lines(file: &mut TopicFile, messages: &[&Message], buf: &mut Vec<u8>) -> io::Result<()> {
     for m in messages {
         json_line_into(buf, m, None);
         if buf.len() >= WRITE_CHUNK {
@@ -349,7 +349,7 @@ fn write_lines(file: &mut Open, messages: &[&Message], buf: &mut Vec<u8>) -> io:
 }
 
 /// A topic's file, and how much of it was handed to the disk.
-struct Open {
+struct TopicFile {
     file: File,
     len: u64,
     /// Everything before this offset is written back or on its way.
@@ -358,7 +358,7 @@ struct Open {
     used: u64,
 }
 
-impl Open {
+impl TopicFile {
     fn append(&mut self, lines: &[u8]) -> io::Result<()> {
         self.file.write_all(lines)?;
         self.len += lines.len() as u64;

@@ -67,7 +67,7 @@ struct Model {
     next_id: u64,
 }
 
-struct Open {
+struct Opened {
     spool: Spool,
     reader: Reader,
 }
@@ -75,14 +75,14 @@ struct Open {
 const SEGMENT_BYTES: u64 = 1024;
 const TAIL_BYTES: usize = 600;
 
-fn open(dir: &Path) -> (Open, Recovery) {
+fn open(dir: &Path) -> (Opened, Recovery) {
     // A roll without a spare waits for the zero-filled file rather than starting a
     // plain one: which kind of file a segment gets does not depend on timing.
     let (spool, reader, recovery) =
         Spool::open_with(dir, 1 << 30, SEGMENT_BYTES, |_: &Record| {}, true).unwrap();
     // A few records' worth, so the reader switches between memory and disk.
     spool.shared.tail().max_bytes = TAIL_BYTES;
-    (Open { spool, reader }, recovery)
+    (Opened { spool, reader }, recovery)
 }
 
 fn last_segment(dir: &Path) -> std::path::PathBuf {
@@ -97,7 +97,7 @@ fn last_segment(dir: &Path) -> std::path::PathBuf {
 
 /// Reads up to `n` records as the forwarder does (from memory, else from disk) and
 /// checks them against the model.
-fn deliver(o: &mut Open, m: &mut Model, n: usize) -> Result<(), TestCaseError> {
+fn deliver(o: &mut Opened, m: &mut Model, n: usize) -> Result<(), TestCaseError> {
     let expect = remaining(m).min(n);
     let got = o.reader.take_synced(n, usize::MAX);
     if got.is_empty() {
@@ -120,7 +120,7 @@ fn remaining(m: &Model) -> usize {
     m.log[m.delivered..].iter().flatten().count()
 }
 
-fn check(m: &mut Model, o: &mut Open, got: Vec<Record>) -> Result<(), TestCaseError> {
+fn check(m: &mut Model, o: &mut Opened, got: Vec<Record>) -> Result<(), TestCaseError> {
     for r in got {
         while m.log[m.delivered].is_none() {
             m.delivered += 1;

@@ -13,12 +13,12 @@ use super::{Hole, Record, SpoolState, recover, segment_path};
 /// Reads a segment from a position with `pread`, buffering nothing: past the synced
 /// end of the segment being written the bytes may still be preallocated zeros, and
 /// a read-ahead buffer would keep serving them after the writer put records there.
-struct At<'a> {
+struct Pread<'a> {
     file: &'a File,
     pos: &'a mut u64,
 }
 
-impl Read for At<'_> {
+impl Read for Pread<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = std::os::unix::fs::FileExt::read_at(self.file, buf, *self.pos)?;
         *self.pos += n as u64;
@@ -167,7 +167,7 @@ impl Reader {
         let mut bytes = 0;
         while out.len() < max && self.next_seq < end && (out.is_empty() || bytes < max_body_bytes) {
             let at = self.pos;
-            let mut reading = At {
+            let mut reading = Pread {
                 file: &self.file,
                 pos: &mut self.pos,
             };

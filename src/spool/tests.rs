@@ -8,8 +8,8 @@ fn event(i: u64) -> Accepted {
     crate::event::EventBuilder::new(i).accepted()
 }
 
-fn dedup() -> crate::dedup::Dedup {
-    crate::dedup::Dedup::new(Duration::from_secs(3600), 100_000)
+fn dedup() -> crate::dedup::MemoryWindow {
+    crate::dedup::MemoryWindow::new(Duration::from_secs(3600), 100_000)
 }
 
 async fn append_n(spool: &Spool, range: std::ops::Range<u64>) -> Vec<u64> {

@@ -43,17 +43,17 @@ impl SecretSource {
 /// A shared secret with its HMAC states prepared: keying HMAC hashes two blocks,
 /// which at a 1 KiB body is a fifth of the work; it is done once per secret.
 #[derive(Clone)]
-pub struct Shared {
+pub struct SharedSecret {
     raw: Vec<u8>,
     sha1: Hmac<sha1::Sha1>,
     sha256: Hmac<sha2::Sha256>,
     sha512: Hmac<sha2::Sha512>,
 }
 
-impl Shared {
-    pub fn new(raw: Vec<u8>) -> Shared {
+impl SharedSecret {
+    pub fn new(raw: Vec<u8>) -> SharedSecret {
         // HMAC takes keys of any length: these cannot fail.
-        Shared {
+        SharedSecret {
             sha1: <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&raw).expect("any key length"),
             sha256: <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&raw).expect("any key length"),
             sha512: <Hmac<sha2::Sha512> as KeyInit>::new_from_slice(&raw).expect("any key length"),
@@ -78,7 +78,7 @@ impl Shared {
     }
 }
 
-impl std::ops::Deref for Shared {
+impl std::ops::Deref for SharedSecret {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.raw
@@ -87,7 +87,7 @@ impl std::ops::Deref for Shared {
 
 impl Key {
     pub fn shared(raw: Vec<u8>) -> Key {
-        Key::Shared(Box::new(Shared::new(raw)))
+        Key::Shared(Box::new(SharedSecret::new(raw)))
     }
 }
 
@@ -95,7 +95,7 @@ impl Key {
 #[derive(Clone)]
 pub enum Key {
     /// Shared secret for HMAC schemes, or the expected token for token schemes.
-    Shared(Box<Shared>),
+    Shared(Box<SharedSecret>),
     /// Standard Webhooks `v1a`: the sender's Ed25519 public key.
     Ed25519(ed25519_dalek::VerifyingKey),
 }

@@ -24,16 +24,16 @@ pub const HEADER_DEAD_LETTER_REASON: &str = "hookrelay-dead-letter-reason";
 /// Header carrying the topic a dead-lettered event was meant for.
 pub const HEADER_ORIGINAL_TOPIC: &str = "hookrelay-topic";
 
-type Shared = Arc<std::sync::RwLock<FutureProducer>>;
+type ProducerSlot = Arc<std::sync::RwLock<FutureProducer>>;
 
-fn current(p: &Shared) -> FutureProducer {
+fn current(p: &ProducerSlot) -> FutureProducer {
     p.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 pub struct KafkaSink {
     /// Replaced when librdkafka reports a fatal error (an idempotent producer
     /// that lost its sequence state cannot be used again).
-    producer: Shared,
+    producer: ProducerSlot,
     client: rdkafka::ClientConfig,
     /// Present only with `create_topics = true`.
     admin: Option<AdminClient<DefaultClientContext>>,
@@ -61,7 +61,7 @@ impl KafkaSink {
             None
         };
         let reachable = Arc::new(AtomicBool::new(false));
-        let producer: Shared = Arc::new(std::sync::RwLock::new(producer));
+        let producer: ProducerSlot = Arc::new(std::sync::RwLock::new(producer));
         spawn_health_probe(producer.clone(), reachable.clone());
         let client = client.clone();
         Ok(KafkaSink {
@@ -301,7 +301,7 @@ impl Sink for KafkaSink {
     }
 }
 
-fn spawn_health_probe(producer: Shared, reachable: Arc<AtomicBool>) {
+fn spawn_health_probe(producer: ProducerSlot, reachable: Arc<AtomicBool>) {
     tokio::spawn(async move {
         let mut was = None;
         loop {
