@@ -150,7 +150,7 @@ fn sign(path: &Path, source: &str, body: &Path) -> anyhow::Result<()> {
     };
     let verifier = src.verifier(source)?;
     let path = format!("/webhooks/{source}");
-    for (name, value) in verifier.sign(&bytes, &path).map_err(anyhow::Error::msg)? {
+    for (name, value) in verifier.sign(&bytes, &path)? {
         println!("{name}: {value}");
     }
     Ok(())

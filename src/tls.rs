@@ -21,21 +21,38 @@ use crate::metrics;
 /// How often the certificate files are checked for a renewal.
 const POLL: Duration = Duration::from_secs(2);
 
+/// Why a certificate and key cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{} holds no certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("certificate and key do not match: {0}")]
+    Mismatch(rustls::Error),
+}
+
 /// Loads a PEM chain and key into a signing-ready certificate.
-pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let pem = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Pem { path, source }
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .map_err(pem(cert))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .map_err(pem(cert))?;
     if chain.is_empty() {
-        return Err(format!("{} holds no certificate", cert.display()));
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(pem(key))?;
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
-    CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|e| format!("certificate and key do not match: {e}"))
+    CertifiedKey::from_der(chain, key, &provider).map_err(TlsError::Mismatch)
 }
 
 /// Hands out whichever certificate is current.
@@ -49,7 +66,7 @@ impl ResolvesServerCert for Current {
 }
 
 /// Builds the acceptor and starts watching the files. Must run inside the runtime.
-pub fn acceptor(cert: PathBuf, key: PathBuf) -> Result<TlsAcceptor, String> {
+pub fn acceptor(cert: PathBuf, key: PathBuf) -> Result<TlsAcceptor, TlsError> {
     let current = Arc::new(Current(RwLock::new(Arc::new(load(&cert, &key)?))));
     let mut config = ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,

@@ -339,6 +339,13 @@ const fn default_max_topics() -> usize {
     crate::sink::DEFAULT_MAX_TOPICS
 }
 
+/// TOML that does not parse into a configuration: the message names the key and line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SyntaxError {
+    pub message: String,
+}
+
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -362,10 +369,10 @@ impl From<crate::sink::ConfigProblem> for ConfigError {
     }
 }
 
-fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+fn invalid(key: impl Into<String>, why: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
-        why: why.into(),
+        why: why.to_string(),
     }
 }
 
@@ -376,17 +383,19 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+        let config = Self::parse(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message,
+            message: e.message,
         })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Parses TOML text; the error names the key and line.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    pub fn parse(text: &str) -> Result<Config, SyntaxError> {
+        toml::from_str(text).map_err(|e| SyntaxError {
+            message: e.to_string().trim_end().to_string(),
+        })
     }
 
     /// Every check that spans fields or needs the environment.

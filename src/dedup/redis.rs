@@ -42,15 +42,14 @@ impl RedisWindow {
         window: Duration,
         timeout: Duration,
         fail_open: bool,
-    ) -> Result<RedisWindow, String> {
-        let client = Client::open(url).map_err(|e| format!("not a redis URL: {e}"))?;
+    ) -> Result<RedisWindow, redis::RedisError> {
+        let client = Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(RedisWindow {
             conn,
             check: Script::new(CHECK),

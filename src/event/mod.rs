@@ -337,19 +337,30 @@ enum Location {
     Literal(String),
 }
 
+/// Why a location spec (`event_from`, `id_from`) cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    #[error("'{0}' is not a header name")]
+    HeaderName(String),
+    #[error("'{0}' is not a location: use /json/pointer, header:Name, form:field or literal:text")]
+    Unknown(String),
+    #[error("empty location")]
+    Empty,
+}
+
 /// Places tried in order (`/event/type|/type|form:command`); the first found wins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Locations(Vec<Location>);
 
 impl Locations {
-    pub fn parse(spec: &str) -> Result<Locations, String> {
+    pub fn parse(spec: &str) -> Result<Locations, LocationError> {
         let mut out = Vec::new();
         for part in spec.split('|').map(str::trim) {
             out.push(if part.starts_with('/') {
                 Location::Pointer(part.to_string())
             } else if let Some(h) = part.strip_prefix("header:") {
                 if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    return Err(format!("'{h}' is not a header name"));
+                    return Err(LocationError::HeaderName(h.to_string()));
                 }
                 Location::Header(h.to_ascii_lowercase())
             } else if let Some(f) = part.strip_prefix("form:") {
@@ -357,13 +368,11 @@ impl Locations {
             } else if let Some(l) = part.strip_prefix("literal:") {
                 Location::Literal(l.to_string())
             } else {
-                return Err(format!(
-                    "'{part}' is not a location: use /json/pointer, header:Name, form:field or literal:text"
-                ));
+                return Err(LocationError::Unknown(part.to_string()));
             });
         }
         if out.is_empty() {
-            return Err("empty location".into());
+            return Err(LocationError::Empty);
         }
         Ok(Locations(out))
     }
@@ -499,7 +508,7 @@ pub struct ExtractorSpec<'a> {
 }
 
 impl Extractor {
-    pub fn new(spec: ExtractorSpec<'_>) -> Result<Self, String> {
+    pub fn new(spec: ExtractorSpec<'_>) -> Result<Self, LocationError> {
         let event_from = Locations::parse(spec.event_from)?;
         let id_from = spec.id_from.map(Locations::parse).transpose()?;
         let mut pointers: Vec<Pointer> = Vec::new();

@@ -192,7 +192,7 @@ pub fn generic_sign(
     secret: &[u8],
     body: &[u8],
     now: u64,
-) -> Result<Vec<(String, String)>, String> {
+) -> Vec<(String, String)> {
     let ts = now.to_string();
     let id = format!("evt_{:016x}", fastrand::u64(..));
     let parts = template(&spec.content);
@@ -209,5 +209,5 @@ pub fn generic_sign(
     if let Some(h) = &spec.id_header {
         headers.push((h.to_ascii_lowercase(), id));
     }
-    Ok(headers)
+    headers
 }

@@ -7,6 +7,33 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
+/// Why a secret cannot be used: never its value, only where it came from and what
+/// is wrong with its form.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no secret configured")]
+    NoSecret,
+    #[error("environment variable {0} is not set")]
+    EnvUnset(String),
+    #[error("environment variable {0} is empty")]
+    EnvEmpty(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is empty", .0.display())]
+    FileEmpty(PathBuf),
+    /// The secret is not in the form the scheme takes.
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("invalid whpk_ key: {0}")]
+    PublicKey(String),
+    /// Signing (for `hookrelay sign`, tests) with a key that only verifies.
+    #[error("this key only verifies (a public key); sign with the sender's private key")]
+    VerifyOnly,
+}
+
 /// Where one secret comes from; re-read on rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -16,14 +43,16 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// The raw secret; missing or empty is an error naming the source (never the value).
-    pub fn read(&self) -> Result<Vec<u8>, String> {
+    pub fn read(&self) -> Result<Vec<u8>, KeyError> {
         let bytes = match self {
             SecretSource::Env(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set"))?
+                .map_err(|_| KeyError::EnvUnset(var.clone()))?
                 .into_bytes(),
             SecretSource::File(path) => {
-                let mut b = std::fs::read(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let mut b = std::fs::read(path).map_err(|source| KeyError::Unreadable {
+                    path: path.clone(),
+                    source,
+                })?;
                 while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
                     b.pop();
                 }
@@ -32,8 +61,8 @@ impl SecretSource {
         };
         if bytes.is_empty() {
             return Err(match self {
-                SecretSource::Env(var) => format!("environment variable {var} is empty"),
-                SecretSource::File(path) => format!("{} is empty", path.display()),
+                SecretSource::Env(var) => KeyError::EnvEmpty(var.clone()),
+                SecretSource::File(path) => KeyError::FileEmpty(path.clone()),
             });
         }
         Ok(bytes)

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use hyper::HeaderMap;
 
 pub use handshake::Reply;
-pub use keys::{Alg, Encoding, Key, SecretSource};
+pub use keys::{Alg, Encoding, Key, KeyError, SecretSource};
 
 /// Why a request was refused; the label of `hookrelay_signature_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +180,7 @@ impl Verifier {
         sources: Vec<SecretSource>,
         verify_token: Option<Vec<u8>>,
         handshakes: handshake::Kinds,
-    ) -> Result<Verifier, String> {
+    ) -> Result<Verifier, KeyError> {
         let keys = load_keys(&method, &sources)?;
         Ok(Verifier {
             method,
@@ -192,7 +192,7 @@ impl Verifier {
     }
 
     /// A verifier with literal secrets: for tests, benchmarks and `sign`.
-    pub fn with_secrets(method: Method, secrets: &[&[u8]]) -> Result<Verifier, String> {
+    pub fn with_secrets(method: Method, secrets: &[&[u8]]) -> Result<Verifier, KeyError> {
         let keys = secrets
             .iter()
             .map(|s| decode_key(&method, s.to_vec()))
@@ -207,7 +207,7 @@ impl Verifier {
     }
 
     /// Re-reads every secret source. On any error the secrets in force are kept.
-    pub fn reload(&self) -> Result<usize, String> {
+    pub fn reload(&self) -> Result<usize, KeyError> {
         if self.sources.is_empty() {
             return Ok(self.keys().len());
         }
@@ -297,27 +297,31 @@ impl Verifier {
 
     /// The headers a sender would attach to `body` now, signed with the first secret:
     /// for `hookrelay sign` and tests.
-    pub fn sign(&self, body: &[u8], path_and_query: &str) -> Result<Vec<(String, String)>, String> {
+    pub fn sign(
+        &self,
+        body: &[u8],
+        path_and_query: &str,
+    ) -> Result<Vec<(String, String)>, KeyError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let keys = self.keys();
-        let key = keys.first().ok_or("no secret")?;
+        let key = keys.first().ok_or(KeyError::NoSecret)?;
         sign(&self.method, key, body, path_and_query, now)
     }
 }
 
 /// Decodes a raw secret into the key form the scheme needs.
-fn decode_key(method: &Method, raw: Vec<u8>) -> Result<Key, String> {
+fn decode_key(method: &Method, raw: Vec<u8>) -> Result<Key, KeyError> {
     match method {
         Method::StandardWebhooks { .. } => timestamped::standard_key(&raw),
         _ => Ok(Key::shared(raw)),
     }
 }
 
-fn load_keys(method: &Method, sources: &[SecretSource]) -> Result<Vec<Key>, String> {
+fn load_keys(method: &Method, sources: &[SecretSource]) -> Result<Vec<Key>, KeyError> {
     if sources.is_empty() {
-        return Err("no secret configured".into());
+        return Err(KeyError::NoSecret);
     }
     sources
         .iter()
@@ -332,14 +336,12 @@ pub fn sign(
     body: &[u8],
     path_and_query: &str,
     now: u64,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, KeyError> {
     let shared = |k: &Key| match k {
         Key::Shared(s) => Ok(s.to_vec()),
-        Key::Ed25519(_) => Err(
-            "this key only verifies (a public key); sign with the sender's private key".to_string(),
-        ),
+        Key::Ed25519(_) => Err(KeyError::VerifyOnly),
     };
-    let hex256 = |parts: &[&[u8]]| -> Result<String, String> {
+    let hex256 = |parts: &[&[u8]]| -> Result<String, KeyError> {
         Ok(hex::encode(Alg::Sha256.mac(&shared(key)?, parts)))
     };
     let ts = now.to_string();
@@ -398,7 +400,7 @@ pub fn sign(
                 twilio::sign(&shared(key)?, public_url, path_and_query, body),
             )]
         }
-        Method::Hmac { spec, .. } => body::generic_sign(spec, &shared(key)?, body, now)?,
+        Method::Hmac { spec, .. } => body::generic_sign(spec, &shared(key)?, body, now),
         Method::Basic => vec![(
             "authorization".into(),
             format!("Basic {}", Encoding::Base64.encode(&shared(key)?)),

@@ -4,29 +4,32 @@
 
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 
-use super::keys::{Alg, Encoding, Key, any_mac_matches, base64_decode};
+use super::keys::{Alg, Encoding, Key, KeyError, any_mac_matches, base64_decode};
 use super::{Failure, Request, check_timestamp, single_header};
 
 /// `whsec_<base64>` is an HMAC key; `whpk_<base64>` an Ed25519 public key (`v1a`).
-pub fn standard_key(raw: &[u8]) -> Result<Key, String> {
+pub fn standard_key(raw: &[u8]) -> Result<Key, KeyError> {
     let text = std::str::from_utf8(raw)
-        .map_err(|_| "the secret is not text".to_string())?
+        .map_err(|_| KeyError::Malformed("the secret is not text"))?
         .trim();
     if let Some(pk) = text.strip_prefix("whpk_") {
-        let bytes: [u8; 32] = base64_decode(pk)
-            .and_then(|b| b.try_into().ok())
-            .ok_or("a whpk_ key must be 32 bytes of base64")?;
+        let bytes: [u8; 32] =
+            base64_decode(pk)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(KeyError::Malformed(
+                    "a whpk_ key must be 32 bytes of base64",
+                ))?;
         let key =
-            VerifyingKey::from_bytes(&bytes).map_err(|e| format!("invalid whpk_ key: {e}"))?;
+            VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::PublicKey(e.to_string()))?;
         return Ok(Key::Ed25519(key));
     }
     let b64 = text.strip_prefix("whsec_").unwrap_or(text);
     base64_decode(b64)
         .filter(|b| !b.is_empty())
         .map(Key::shared)
-        .ok_or_else(|| {
-            "a Standard Webhooks secret is whsec_<base64> (or whpk_<base64>)".to_string()
-        })
+        .ok_or(KeyError::Malformed(
+            "a Standard Webhooks secret is whsec_<base64> (or whpk_<base64>)",
+        ))
 }
 
 /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<b64> v1a,<b64> ...`
