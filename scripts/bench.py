@@ -13,55 +13,23 @@ first.
 
 import json
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import AMQP, ROOT, TYPES, free_port, metrics_text, quantiles, scrape, stop, wait_port
+import harness
+
 # BENCH_PROFILE=debug runs the smoke mode on debug builds (scripts/test.sh).
 REL = os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"))
 SECRET = "bench-secret"
-TYPES = ["message.delivered", "message.read", "message.failed", "template.status_update"]
-RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2f"
 
 
 def kafka_consumer(brokers):
     """bench_consumer arguments reading every partition of the four topics (3 each)."""
     return [os.path.join(REL, "examples", "bench_consumer"), "kafka", brokers, "3"] + [f"quickassist.{t}" for t in TYPES]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on {port}")
-
-
-def scrape(admin, name):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def loadgen(port, seconds, warmup, conns, body, rate=0):
@@ -72,31 +40,6 @@ def loadgen(port, seconds, warmup, conns, body, rate=0):
         args += ["--rate", str(rate)]
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def server_quantiles(admin, qs=(0.5, 0.99), prefix='hookrelay_http_request_duration_seconds_bucket{source="quickassist"'):
-    """Quantiles of one of hookrelay's own histograms (seconds), by linear interpolation
-    inside buckets. By default request durations: latency without the load generator's
-    lateness; with the fsync histogram, the spool's fdatasync under the same load."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
-    buckets = []
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-    buckets.sort()
-    total = buckets[-1][1] if buckets else 0
-    out = []
-    for q in qs:
-        target, prev_le, prev_n = q * total, 0.0, 0.0
-        value = None
-        for le, n in buckets:
-            if n >= target and total:
-                value = prev_le if le == float("inf") else prev_le + (le - prev_le) * ((target - prev_n) / max(n - prev_n, 1e-9))
-                break
-            prev_le, prev_n = le, n
-        out.append(value)
-    return out
 
 
 def proc_stats(pid):
@@ -116,52 +59,25 @@ def proc_stats(pid):
 
 
 def hookrelay(tmp, sink_section, extra=""):
-    port, admin = free_port(), free_port()
+    """Starts hookrelay for one case; returns (process, webhook port, admin port)."""
     cfg = os.path.join(tmp, "hookrelay.toml")
+    env_extra = lambda k: os.environ.get(k, "").replace(";", chr(10))
     with open(cfg, "w") as f:
-        f.write(f"""
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-[spool]
-dir = "{tmp}/spool"
-{os.environ.get("SPOOL_EXTRA", "").replace(";", chr(10))}
-[dead_letter]
-path = "{tmp}/dead.jsonl"
-[log]
-level = "warn"
-{sink_section}
-{os.environ.get("SINK_EXTRA", "").replace(";", chr(10))}
-[sources.quickassist]
-scheme = "quickassist"
-secret_env = "BENCH_SECRET"
-{extra}
-""")
+        f.write(harness.config(tmp, f"{sink_section}\n{env_extra('SINK_EXTRA')}", "BENCH_SECRET",
+                               spool_extra=env_extra("SPOOL_EXTRA"), extra=extra))
     env = dict(os.environ, BENCH_SECRET=SECRET)
-    p = subprocess.Popen([os.path.join(REL, "hookrelay"), "run", "--config", cfg], env=env,
-                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "log"), "w"))
-    wait_port(port)
-    wait_port(admin)
-    return p, port, admin
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    return harness.start([os.path.join(REL, "hookrelay"), "run", "--config", cfg], env, os.path.join(tmp, "log"))
 
 
 def case_baseline(a, rate=0):
     """The bare hyper + HMAC server. With `rate`, the open-loop control: the client
     p99 the load generator and the host give when the server adds nothing."""
-    port = free_port()
-    p = subprocess.Popen([os.path.join(REL, "examples", "baseline"), f"127.0.0.1:{port}", SECRET],
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([os.path.join(REL, "examples", "baseline"), "127.0.0.1:0", SECRET],
+                         stderr=subprocess.PIPE, text=True)
     try:
-        wait_port(port)
+        # "baseline listening on 127.0.0.1:PORT": the port it picked.
+        port = harness.port_of(p.stderr.readline().split()[-1])
+        threading.Thread(target=p.stderr.read, daemon=True).start()
         cpu0 = proc_stats(p.pid)[0]
         r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"], rate)
         cpu1 = proc_stats(p.pid)[0]
@@ -227,7 +143,7 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             def sample():
                 while not done.is_set():
                     try:
-                        samples.append((time.time(), scrape(admin, f'hookrelay_sink_published_total{{sink="{sink}"}}')))
+                        samples.append((time.time(), scrape(admin, "hookrelay_sink_published_total", sink=sink)))
                     except OSError:
                         pass
                     # Not faster: every scrape renders on hookrelay's side and would
@@ -246,7 +162,7 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             tracer = threading.Thread(target=rss_sampler, daemon=True)
             tracer.start()
             r = loadgen(port, a["seconds"], a["warmup"], a["conns"], body, rate)
-            accepted = sum(scrape(admin, f'hookrelay_events_total{{source="quickassist",event="{t}",outcome="accepted"}}') for t in TYPES)
+            accepted = scrape(admin, "hookrelay_events_total", source="quickassist", outcome="accepted")
             arrived = received if consumer else samples
             # Everything accepted must arrive; the report says so if it did not.
             deadline = time.time() + 300
@@ -256,8 +172,10 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             sampler.join()
             tracer.join()
             cpu1, rss, peak = proc_stats(p.pid)
-            server_p50, server_p99 = server_quantiles(admin)
-            fsync_p50, fsync_p99 = server_quantiles(admin, prefix="hookrelay_spool_fsync_duration_seconds_bucket")
+            text = metrics_text(admin)
+            server_p50, server_p99 = quantiles(text, "hookrelay_http_request_duration_seconds", (0.5, 0.99),
+                                               source="quickassist")
+            fsync_p50, fsync_p99 = quantiles(text, "hookrelay_spool_fsync_duration_seconds", (0.5, 0.99))
             out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
                    "non_2xx": r["non_2xx"], "accepted": int(accepted), "published": int(samples[-1][1]),
                    "confirmed_rps": round(steady_rate(samples)),
@@ -415,11 +333,11 @@ def main():
                 stop(t)
             elif c in ("rabbitmq", "rabbitmq-broker-ack"):
                 ex = f"hookrelay-bench-{os.getpid()}"
-                section = f'[sinks.rabbitmq]\nuri = "{RABBIT}"\nexchange = "{ex}"'
+                section = f'[sinks.rabbitmq]\nuri = "{AMQP}"\nexchange = "{ex}"'
                 extra = 'ack = "broker"' if c == "rabbitmq-broker-ack" else ""
                 # A durable queue bound with "#", as a subscribing service would have.
                 queue = f"{ex}.{c}"
-                consumer = [os.path.join(REL, "examples", "bench_consumer"), "rabbitmq", RABBIT, ex, queue]
+                consumer = [os.path.join(REL, "examples", "bench_consumer"), "rabbitmq", AMQP, ex, queue]
                 results[c] = case_hookrelay(a, lambda tmp: section, "rabbitmq", extra, consumer=consumer)
                 # Drop the queues (empty exchanges stay).
                 for q in (queue, f"{ex}.unroutable"):

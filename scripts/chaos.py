@@ -21,19 +21,17 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import harness
+from harness import AMQP, ROOT, TYPES, metrics_text, scrape
+
 BIN = os.path.join(ROOT, "target", os.environ.get("CHAOS_PROFILE", "release"))
 SECRET = "chaos-secret"
-TYPES = ["message.delivered", "message.read", "message.failed", "template.status_update"]
-AMQP = "amqp://guest:guest@127.0.0.1:5672/%2f"
 
 
 CHILDREN = []
@@ -50,63 +48,36 @@ def log(msg):
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url, timeout=2):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.status, r.read().decode()
-
-
 class Relay:
-    """One hookrelay process; killed and restarted on the same spool."""
+    """One hookrelay process; killed and restarted on the same spool. The first start
+    picks its ports; restarts keep them, since the sender was told the URL."""
 
     def __init__(self, work, name, sink_section, extra=""):
         self.name = name
-        self.port, self.admin = free_port(), free_port()
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir)
         self.cfg = os.path.join(self.dir, "hookrelay.toml")
-        self.log = open(os.path.join(self.dir, "log"), "a")
-        with open(self.cfg, "w") as f:
-            f.write(f"""
-[server]
-listen = "127.0.0.1:{self.port}"
-admin_listen = "127.0.0.1:{self.admin}"
-[spool]
-dir = "{self.dir}/spool"
-segment_bytes = 4194304
-[dead_letter]
-path = "{self.dir}/dead.jsonl"
-[log]
-level = "warn"
-{extra}
-{sink_section}
-[sources.quickassist]
-scheme = "quickassist"
-secret_env = "CHAOS_SECRET"
-""")
+        self.sink_section, self.extra = sink_section, extra
+        self.port = self.admin = 0
         self.proc = None
-        self.url = f"http://127.0.0.1:{self.port}/webhooks/quickassist"
+        self.url = None
+        self.write_config()
+
+    def write_config(self):
+        with open(self.cfg, "w") as f:
+            f.write(harness.config(self.dir, self.sink_section, "CHAOS_SECRET", spool_extra="segment_bytes = 4194304",
+                                   extra=self.extra, listen=f"127.0.0.1:{self.port}",
+                                   admin=f"127.0.0.1:{self.admin}"))
 
     def start(self):
         env = dict(os.environ, CHAOS_SECRET=SECRET)
-        self.proc = spawn([os.path.join(BIN, "hookrelay"), "run", "--config", self.cfg],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.dir}/log")
-            try:
-                if http_get(f"http://127.0.0.1:{self.admin}/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not come up; see {self.dir}/log")
+        self.proc, port, admin = harness.start([os.path.join(BIN, "hookrelay"), "run", "--config", self.cfg],
+                                               env, os.path.join(self.dir, "log"))
+        CHILDREN.append(self.proc)
+        if not self.port:
+            self.port, self.admin = port, admin
+            self.url = f"http://127.0.0.1:{self.port}/webhooks/quickassist"
+            self.write_config()
 
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
@@ -119,20 +90,10 @@ secret_env = "CHAOS_SECRET"
         self.start()
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return "timeout"
+        return harness.stop(self.proc, 90)
 
-    def metric(self, name):
-        _, text = http_get(f"http://127.0.0.1:{self.admin}/metrics", timeout=5)
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name) and line[len(name)] in " {":
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+    def metric(self, name, **labels):
+        return scrape(self.admin, name, **labels)
 
     def dead_letters(self):
         path = os.path.join(self.dir, "dead.jsonl")
@@ -229,12 +190,10 @@ def diagnose(relays):
                "hookrelay_kafka_")
     for r in relays:
         try:
-            _, text = http_get(f"http://127.0.0.1:{r.admin}/metrics", timeout=5)
-            lines = [l for l in text.splitlines() if l.startswith(watched) and "_bucket" not in l]
+            lines = [l for l in metrics_text(r.admin).splitlines() if l.startswith(watched) and "_bucket" not in l]
         except OSError as e:
             lines = [f"metrics unavailable: {e}"]
         log(f"{r.name} metrics:\n  " + "\n  ".join(lines))
-        r.log.flush()
         with open(os.path.join(r.dir, "log")) as f:
             tail = f.readlines()[-40:]
         log(f"{r.name} log, last {len(tail)} lines:\n" + "".join(tail))
