@@ -1,12 +1,12 @@
 //! Disk habits shared by everything that writes files next to the spool.
 //!
 //! The spool answers 200s after an fdatasync, so its latency is whatever queues in
-//! front of that sync on the device. Measured on this project's virtual disks: a
-//! neighbour that lets 2 MB of page cache reach the disk at once (one fdatasync every
-//! 200 ms at 10 MB/s) makes a concurrent 1 KiB fdatasync take 7 ms instead of 0.2;
-//! 6 MB at once, 15 ms. Handing the same bytes to the disk 128 KiB at a time, as they
-//! are written, brings that back to 1.5 ms at p99.9. Writers other than the spool
-//! use [`start_writeback`] or [`write_back`] for that.
+//! front of that sync on the device. A neighbour that lets megabytes of page cache
+//! reach the disk at once makes a concurrent small fdatasync wait behind them for
+//! many times its own cost; handing the same bytes to the disk a little at a time,
+//! as they are written, keeps the spool's syncs short (figures: docs/benchmarks.md,
+//! "Figures behind choices in the code"). Writers other than the spool use
+//! [`start_writeback`] or [`write_back`] for that.
 
 use std::fs::File;
 use std::io;

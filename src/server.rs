@@ -155,7 +155,7 @@ impl App {
 type Resp = Response<Full<Bytes>>;
 
 /// The webhook path's 200 answers, serialized from borrowed fields: this runs once
-/// per request, where a `serde_json::Value` tree cost 2.5% of the CPU.
+/// per request, where building a `serde_json::Value` tree showed up in profiles.
 #[derive(serde::Serialize)]
 struct Outcome<'a> {
     status: &'static str,

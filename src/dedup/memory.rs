@@ -66,7 +66,7 @@ struct Slot {
 }
 
 /// Hashes an [`Id`] to its first word instead of running SipHash over it again on
-/// every lookup (measured: one SipHash per map operation, four per event).
+/// every lookup: an event makes several map operations, and the id is a hash already.
 #[derive(Debug, Default, Clone, Copy)]
 struct IdHasher(u64);
 

@@ -12,9 +12,8 @@
 //!
 //! A batch is confirmed once its lines are written; the files are fdatasync'd when
 //! the forwarder checkpoints ([`Sink::sync`]), before the spool forgets those
-//! events. One sync per file per checkpoint instead of one per file per batch: on a
-//! virtual disk each fdatasync costs ~150 us of CPU, and four topics made it four
-//! per batch. Between syncs, written lines go to the disk in small steps rather
+//! events. One sync per file per checkpoint instead of one per file per batch: each
+//! fdatasync costs CPU, and every topic's file would add one per batch. Between syncs, written lines go to the disk in small steps rather
 //! than in one burst per checkpoint, which would stall the spool's own syncs (see
 //! [`crate::disk`]).
 

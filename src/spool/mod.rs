@@ -442,10 +442,10 @@ impl Spool {
     /// the same group commit. Only while appends come concurrently (the previous
     /// group held more than one): a lone sender never waits.
     ///
-    /// Why: on a virtual disk each fdatasync costs 90-170 us of CPU. At moderate load
-    /// groups are small and syncs many (open loop at 8,500/s: 2,300-3,300 syncs/s);
-    /// with 1 ms, closed loop here went from 0.49-0.61 to 0.40-0.53 CPU s per 10k
-    /// events and 10-15% more requests/s, at up to `interval` more per 200.
+    /// Why: every fdatasync costs CPU, and at moderate load groups are small and
+    /// syncs many; waiting a little gathers more appends per sync, at up to
+    /// `interval` more per 200 (figures: docs/benchmarks.md, "Figures behind
+    /// choices in the code").
     pub fn pace_syncs(&self, interval: Duration) {
         let us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
         self.shared.sync_interval_us.store(us, Ordering::Relaxed);

@@ -3,9 +3,9 @@
 //!
 //! An fdatasync after appending to a file must also commit the file's new size and
 //! extents to the filesystem journal; after overwriting blocks that already hold
-//! zeros it only flushes the data. Measured on this project's virtual disks: about
-//! 40% less time and a third less CPU per sync, and the writer syncs hundreds to
-//! thousands of times a second. Filling a segment takes a while (64 MiB by
+//! zeros it only flushes the data, which is markedly cheaper, and the writer syncs
+//! hundreds to thousands of times a second (figures: docs/benchmarks.md, "Figures
+//! behind choices in the code"). Filling a segment takes a while (64 MiB by
 //! default), so the next one is prepared in the background while the current one
 //! fills; when none is ready in time the writer creates a plain file, which the
 //! record format reads the same way (zeros after the records mean "no more").
@@ -14,8 +14,8 @@
 //! relay is idle (the first append takes one; the first roll, which comes before any
 //! segment is confirmed, the other), and after that a fill starts only when a
 //! quarter of the current segment is written and no confirmed segment waits to be
-//! recycled. Filling a successor right at each take cost 4.5% of the relay's CPU
-//! samples in a Kafka benchmark profile for a file that recycling then made useless.
+//! recycled: filling a successor right at each take showed up in profiles, for a
+//! file that recycling then made useless.
 //!
 //! The fill must not slow the writer's own syncs down: written in one go, 64 MiB of
 //! dirty pages would reach the disk at once, with every fdatasync of the writer
@@ -27,8 +27,8 @@
 //! Recycling (as PostgreSQL recycles its WAL segments) avoids the fill altogether:
 //! a confirmed segment's blocks are written and its pages most likely still cached,
 //! so the writer overwrites them at the cost of a zero-filled file without anyone
-//! writing 64 MiB of zeros first (the fill was 7% of the relay's CPU samples in a
-//! closed-loop profile, and its writeback lengthened the spool's syncs). Its old
+//! writing 64 MiB of zeros first (the fill's CPU and its writeback, which lengthens
+//! the spool's syncs, both go). Its old
 //! records stay behind the new ones; the record format keeps them from ever reading
 //! as part of the log (see `record`).
 
