@@ -3,29 +3,39 @@
 //!
 //! # Layout
 //!
-//! Data flows one way:
+//! Data flows one way, and imports never form a cycle (`scripts/check-layout.sh`
+//! fails on one):
 //!
 //! ```text
-//! server (guards, limits, routing) -> verify (scheme) -> event (type, id, topic, key)
-//!   -> dedup (memory | redis) -> spool (group commit) -> 200
-//!                             \-> sink directly when ack = "broker" -> 200
-//! spool -> forward (retry, cursor) -> sink (kafka | rabbitmq | file) -> confirm
+//! listener -> server -> guard -> verify -> event -> dedup -> spool -> 200
+//!                                                         \-> forward::publish_direct (ack = "broker") -> 200
+//! spool -> forward -> sink (kafka | rabbitmq | file) -> confirm -> spool cursor
+//!                  \-> deadletter
 //! ```
 //!
-//! - [`config`]: the TOML file, typed and validated.
-//! - [`server`]: the accept path (limits, verify, extract, dedup, store) and the admin endpoints.
-//! - [`listener`]: connection slots and their deadlines, for both listeners.
-//! - [`verify`]: signature schemes; [`verify::Verified`] is the only way onward.
-//! - [`event`]: event type, id, topic and key from a verified body.
-//! - [`dedup`]: the window of ids already accepted, per process or shared in Redis.
-//! - [`spool`]: the segmented log, group commit, replay, cursor.
+//! In the order an event travels:
+//!
+//! - [`listener`]: accepts connections, holds each to its slot and deadlines, for both ports.
+//! - [`tls`]: the optional HTTPS listener, its certificate reloaded from disk.
+//! - [`server`]: one request end to end (limits, verify, extract, dedup, store) and the admin port.
+//! - [`guard`]: sender allow-lists, per-source rate limits, the failed-signature budget.
+//! - [`verify`]: signature schemes and the provider catalogue; [`verify::Verified`] is the only way onward.
+//! - [`event`]: type, id, topic and key from a verified body; the rules every sink can carry.
+//! - [`dedup`]: ids already accepted, per process or shared in Redis.
+//! - [`spool`]: the segmented log: group commit, recovery, the reader, the cursor.
 //! - [`disk`]: writeback in small steps and free space, for the spool's neighbours.
-//! - [`forward`]: spool to sink with many in flight, retry, dead-letter.
-//! - [`sink`]: destinations behind one trait; [`deadletter`] for refusals.
-//! - [`guard`]: per-source sender allow-lists and rate limits.
-//! - [`tls`]: the optional HTTPS listener with certificate reload.
+//! - [`forward`]: spool to sink, many in flight, retry, checkpoints; the broker-ack path.
+//! - [`sink`]: the destinations behind one trait, and the sink kinds.
+//! - [`deadletter`]: where events a sink refused for good are kept, with the reason.
+//!
+//! Around the path:
+//!
+//! - [`config`]: the TOML file, typed and validated; it asks `event` and `verify` for their rules.
 //! - [`metrics`]: every metric name, defined once.
-//! - [`rotation`]: secret files re-read on change and on SIGHUP.
+//! - [`rotation`]: secrets re-read on change and on SIGHUP.
+//! - [`supervise`]: what stops the process when something that must not stop, stops.
+//! - [`faults`]: fault seams for the reliability suite, off unless an env var sets them.
+//! - [`shutdown`]: the signals that start a drain.
 //! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
 
 pub mod app;

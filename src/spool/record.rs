@@ -40,7 +40,7 @@ pub const END: [u8; HEADER_LEN] = [0, 0, 0, 0, b'E', b'N', b'D', b'.'];
 pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
 /// The payload of an event with empty strings and body (version 2; 3 adds the sequence).
 const MIN_PAYLOAD_LEN: usize = 1 + 8 + 6 * 2 + 4;
-/// The largest body a frame carries: what is left of [`MAX_PAYLOAD_LEN`] after the
+/// The largest body a frame carries: what is left of `MAX_PAYLOAD_LEN` after the
 /// longest metadata.
 pub const MAX_BODY_LEN: usize = MAX_PAYLOAD_LEN - MIN_PAYLOAD_LEN - SEQ_LEN - 6 * u16::MAX as usize;
 /// Sequences tried for each candidate frame of version 2 (which does not store its
@@ -159,7 +159,7 @@ pub fn stores_sequence(payload: &[u8]) -> bool {
 pub enum Frame {
     /// The payload of a record whose CRC checks for the sequence asked for.
     Record(Bytes),
-    /// No more records: the end of the file, preallocated zeros, or [`END`]
+    /// No more records: the end of the file, preallocated zeros, or `END`
     /// (`marked`: the bytes after it are left from an earlier use of the file).
     End { marked: bool },
 }
@@ -229,9 +229,9 @@ fn stored_seq(payload: &[u8]) -> u64 {
 /// rules keep such a forgery from being taken for a record: an intact record of an
 /// earlier sequence (left from the file's earlier use) is stepped over whole, never
 /// searched inside; and version 2 frames, which do not store their sequence (the
-/// first [`UNSTORED_SEQ_TRIES`] of the range are tried), are looked for only where
+/// first `UNSTORED_SEQ_TRIES` of the range are tried), are looked for only where
 /// `unstored` says the segment was written with them. The CRC work of one scan is
-/// bounded too ([`CRC_BUDGET`] times the bytes scanned).
+/// bounded too (`CRC_BUDGET` times the bytes scanned).
 pub fn find_record(bytes: &[u8], seqs: Range<u64>, unstored: bool) -> Option<(usize, u64)> {
     if seqs.is_empty() {
         return None;
