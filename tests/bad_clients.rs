@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,16 +27,19 @@ fn rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-/// Writes `head`, then one byte of `drip` every 200 ms until the server closes the
-/// connection; returns how long it stayed open and what the server answered.
+/// Writes `head` (then counts itself in `opened`), then one byte of `drip` every
+/// 200 ms until the server closes the connection; returns how long it stayed open
+/// and what the server answered.
 async fn trickle(
     addr: std::net::SocketAddr,
     head: String,
     drip: &'static [u8],
+    opened: Arc<AtomicUsize>,
 ) -> (Duration, String) {
     let started = Instant::now();
     let mut s = TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(head.as_bytes()).await;
+    opened.fetch_add(1, Ordering::Relaxed);
     let mut buf = vec![0u8; 1024];
     for &b in drip.iter().cycle() {
         tokio::select! {
@@ -70,6 +75,7 @@ async fn slowloris_is_cut_off_while_good_clients_get_200() {
     let sig = sign(b"{}");
 
     let mut slow = Vec::new();
+    let opened = Arc::new(AtomicUsize::new(0));
     for i in 0..300 {
         let head = if i % 2 == 0 {
             // Headers that never end.
@@ -81,9 +87,24 @@ async fn slowloris_is_cut_off_while_good_clients_get_200() {
             )
         };
         let drip: &'static [u8] = if i % 2 == 0 { b"x-slow: 1\r\n" } else { b"{" };
-        slow.push(tokio::spawn(trickle(relay.addr, head, drip)));
+        slow.push(tokio::spawn(trickle(
+            relay.addr,
+            head,
+            drip,
+            opened.clone(),
+        )));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every slow connection open and started before the good client begins.
+    eventually(Duration::from_secs(10), || async {
+        (opened.load(Ordering::Relaxed) == 300).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "only {} of 300 slow connections opened",
+            opened.load(Ordering::Relaxed)
+        )
+    });
 
     // A well-behaved client meanwhile: every event gets its 200, promptly.
     let mut c = relay.connect().await;
@@ -150,7 +171,7 @@ async fn slowloris_is_cut_off_while_good_clients_get_200() {
 #[tokio::test]
 async fn hostile_inputs_get_their_status_and_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path());
+    let mut relay = Relay::start(dir.path());
     let good = event_body("message.read", "fine");
     let gsig = sign(good.as_bytes());
 
@@ -231,7 +252,11 @@ async fn hostile_inputs_get_their_status_and_are_counted() {
     // Still healthy and serving.
     let mut c = relay.connect().await;
     assert_eq!(c.post_signed(&good).await.status, StatusCode::OK);
-    assert!(relay.child.id() > 0);
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "hookrelay exited\n{}",
+        relay.logs()
+    );
 
     let m = relay.metrics().await;
     let conn = |reason: &str| {

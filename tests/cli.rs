@@ -252,10 +252,8 @@ fn health_subcommand_reports_the_admin_listener() {
         .output()
         .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Bound, not listening, for the whole test: connections are refused.
+    let (_reserved, closed) = refused_port();
     let down = Command::new(binary())
         .args(["health", "--admin", &closed.to_string()])
         .output()

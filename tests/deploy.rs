@@ -45,10 +45,8 @@ async fn dashboards_and_rules_name_only_exported_metrics() {
     assert!(names.len() >= 12, "{names:?}");
     let dir = tempfile::tempdir().unwrap();
     // Every sink configured (brokers unreachable: their metrics are registered anyway).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Bound, not listening, for the whole test: connections are refused.
+    let (_reserved, closed) = refused_port();
     let sinks = format!(
         "[sinks.file]\ndir = \"{}\"\n[sinks.kafka]\nbrokers = \"{closed}\"\n[sinks.rabbitmq]\nuri = \"amqp://guest:guest@{closed}/%2f\"\n",
         dir.path().join("events").display()

@@ -4,86 +4,43 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use hyper::StatusCode;
 
-/// Sends distinct signed events from `conns` connections until `stop` is set or
-/// `per_conn` are sent; returns the ids answered 200 "accepted".
-async fn load(
-    addr: std::net::SocketAddr,
-    conns: usize,
-    per_conn: usize,
-    tag: &'static str,
-    stop: Arc<AtomicBool>,
-    acked_count: Arc<AtomicUsize>,
-) -> HashSet<String> {
-    let mut tasks = Vec::new();
-    for c in 0..conns {
-        let stop = stop.clone();
-        let acked_count = acked_count.clone();
-        let tag = tag.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut client =
-                match tokio::time::timeout(Duration::from_secs(5), Client::connect(addr)).await {
-                    Ok(c) => c,
-                    Err(_) => return acked,
-                };
-            for i in 0..per_conn {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let body = event_body(EVENT_TYPES[i % 4], &format!("{tag}-{c}-{i}"));
-                match client.try_post_signed(&body).await {
-                    Ok(r) if r.status == StatusCode::OK => {
-                        assert_eq!(r.json()["status"], "accepted");
-                        acked.push(r.json()["id"].as_str().unwrap().to_string());
-                        acked_count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => panic!("unexpected status {}", r.status),
-                    // The server died or closed the connection: what was not answered
-                    // 200 may or may not be kept; only 200s are promises.
-                    Err(_) => break,
-                }
-            }
-            acked
-        }));
-    }
-    let mut all = HashSet::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
-}
+const LAG: &str = "hookrelay_forward_lag_seconds";
 
-/// Starts a load, SIGKILLs hookrelay after `kill_after` acks, and returns the acked ids.
+/// Sends distinct events from 32 connections, SIGKILLs hookrelay after `kill_after`
+/// acks, and returns the acked ids.
 async fn load_and_kill(
     relay: &mut Relay,
     total: usize,
     kill_after: usize,
     tag: &'static str,
 ) -> HashSet<String> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicUsize::new(0));
     let conns = 32;
-    let handle = tokio::spawn(load(
+    let load = send_concurrently(
         relay.addr,
-        conns,
-        total / conns,
-        tag,
-        stop.clone(),
-        acked.clone(),
-    ));
-    while acked.load(Ordering::Relaxed) < kill_after {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+        Load::each(conns, total / conns),
+        distinct_events(tag),
+    );
+    load.wait_acked(kill_after, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "only {} of {kill_after} events acked before the kill\n{}",
+                load.acked(),
+                relay.logs()
+            )
+        });
     relay.kill();
-    stop.store(true, Ordering::Relaxed);
-    handle.await.unwrap()
+    load.stop();
+    // The server died or closed connections: what was not answered 200 may or may
+    // not be kept; only 200s are promises.
+    let sent = load.finish().await;
+    sent.assert_no_refusals(&relay.logs());
+    sent.acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,46 +168,58 @@ async fn full_spool_answers_503_then_recovers() {
         ),
         1.0
     );
-    assert!(metric(&m, "hookrelay_forward_lag_seconds") >= 0.0);
+    // The lag gauge is the age of the oldest undelivered event: with the sink held
+    // back it grows (`metric` panics on a missing series: it is there).
+    let lag = eventually(Duration::from_secs(10), || async {
+        let lag = metric(&relay.metrics().await, LAG);
+        (lag >= 1.0).then_some(lag)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "{LAG} never reached 1 s with the sink held back\n{}",
+            relay.logs()
+        )
+    });
 
     // The refused event was not remembered: its retry is accepted once there is room.
     std::fs::remove_dir(&blocker).unwrap();
     relay.wait_for_ids(&acked, Duration::from_secs(60));
     let retry_body = event_body("message.read", &format!("full-{}", acked.len()));
-    let mut accepted = false;
-    for _ in 0..100 {
-        let r = c.post_signed(&retry_body).await;
-        if r.status == StatusCode::OK {
-            assert_eq!(r.json()["status"], "accepted");
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(accepted, "never accepted again after the sink recovered");
+    let retried = eventually(Duration::from_secs(20), || async {
+        let (status, json) = relay.post(&retry_body).await;
+        (status == StatusCode::OK).then_some(json)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "never accepted again after the sink recovered\n{}",
+            relay.logs()
+        )
+    });
+    assert_eq!(retried["status"], "accepted");
     assert_eq!(admin.get("/readyz").await.status, StatusCode::OK);
+    // Drained, the lag falls back.
+    eventually(Duration::from_secs(10), || async {
+        (metric(&relay.metrics().await, LAG) < 1.0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{LAG} never fell below 1 s (from {lag} s) after the spool drained"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = Relay::start(dir.path());
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicUsize::new(0));
-    let handle = tokio::spawn(load(
-        relay.addr,
-        16,
-        100_000,
-        "term",
-        stop.clone(),
-        count.clone(),
-    ));
-    while count.load(Ordering::Relaxed) < 500 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let load = send_concurrently(relay.addr, Load::until_stopped(16), distinct_events("term"));
+    load.wait_acked(500, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("only {} events acked\n{}", load.acked(), relay.logs()));
     let status = tokio::task::block_in_place(|| relay.terminate(Duration::from_secs(40)));
-    stop.store(true, Ordering::Relaxed);
-    let acked = handle.await.unwrap();
+    load.stop();
+    let sent = load.finish().await;
+    sent.assert_no_refusals(&relay.logs());
+    let acked = sent.acked;
     assert!(status.success(), "exit status {status:?}\n{}", relay.logs());
     // Drained before exit: everything acked is already in the sink, no restart needed.
     let seen: HashSet<String> = relay.events().iter().map(event_id).collect();
@@ -394,16 +363,8 @@ async fn fsync_failure_stops_the_process_before_answering() {
         "answered {:?} for an unsynced event",
         sixth.map(|r| r.status)
     );
-    let status = tokio::task::block_in_place(|| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = relay.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(std::time::Instant::now() < deadline, "still running");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let status = tokio::task::block_in_place(|| relay.wait_exit(Duration::from_secs(10)))
+        .unwrap_or_else(|| panic!("still running after the failed fdatasync\n{}", relay.logs()));
     assert_eq!(
         status.code(),
         Some(hookrelay::spool::EXIT_FSYNC_FAILED),

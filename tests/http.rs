@@ -318,33 +318,19 @@ async fn sixty_four_connections_each_event_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path());
     let per_conn = 25;
-    let mut tasks = Vec::new();
-    for c in 0..64 {
-        let addr = relay.addr;
-        tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(addr).await;
-            let mut ids = Vec::new();
-            for i in 0..per_conn {
-                let t = EVENT_TYPES[i % 4];
-                let body = event_body(t, &format!("c{c}-{i}"));
-                let r = client.post_signed(&body).await;
-                assert_eq!(r.status, StatusCode::OK);
-                assert_eq!(r.json()["status"], "accepted");
-                ids.push(r.json()["id"].as_str().unwrap().to_string());
-            }
-            ids
-        }));
-    }
-    let mut ids = std::collections::HashSet::new();
-    for t in tasks {
-        ids.extend(t.await.unwrap());
-    }
+    let sent = send_concurrently(relay.addr, Load::each(64, per_conn), distinct_events("c"))
+        .finish()
+        .await;
+    sent.assert_all_accepted(&relay.logs());
+    let ids = sent.acked;
     assert_eq!(ids.len(), 64 * per_conn);
-    let events = relay.wait_for_ids(&ids, Duration::from_secs(30));
-    // Give a straggling duplicate time to show up, then require exactly once.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.wait_for_ids(&ids, Duration::from_secs(30));
+    // With the spool drained no straggling duplicate can still come: exactly once.
+    relay
+        .wait_drained(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|| panic!("the spool never drained\n{}", relay.logs()));
     let events_after = relay.events();
-    assert_eq!(events_after.len(), events.len());
     assert_eq!(events_after.len(), ids.len(), "every event exactly once");
     let m = relay.metrics().await;
     for t in EVENT_TYPES {

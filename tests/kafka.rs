@@ -211,10 +211,8 @@ fn check_connect_reports_metadata_or_the_error() {
     );
     assert!(out.contains("kafka: connected to 1 broker(s)"), "{out}");
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Bound, not listening, for the whole test: connections are refused.
+    let (_reserved, closed) = refused_port();
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,

@@ -4,8 +4,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::kafka::{consume, sink_section};
@@ -15,6 +13,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::RDKafkaRespErr;
 
 const BROKERS: i32 = 3;
+/// librdkafka's `message.timeout.ms` where an outage must fail deliveries.
+const MESSAGE_TIMEOUT: Duration = Duration::from_millis(3000);
 
 fn cluster_with_topics(
     extra: &[&str],
@@ -58,49 +58,32 @@ async fn all_brokers_down_mid_stream_then_back_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start_with_sink(
         dir.path(),
-        &sink_section(&brokers, "message_timeout_ms = 3000"),
+        &sink_section(
+            &brokers,
+            &format!("message_timeout_ms = {}", MESSAGE_TIMEOUT.as_millis()),
+        ),
         "",
     );
 
-    let acked_count = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..16 {
-        let addr = relay.addr;
-        let acked_count = acked_count.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(addr).await;
-            let mut acked = Vec::new();
-            for i in 0..250 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let r = client
-                    .post_signed(&event_body(EVENT_TYPES[i % 4], &format!("down-{c}-{i}")))
-                    .await;
-                // Durable mode: the spool absorbs the outage, HTTP keeps answering 200.
-                assert_eq!(r.status, StatusCode::OK);
-                acked.push(r.json()["id"].as_str().unwrap().to_string());
-                acked_count.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            acked
-        }));
-    }
-    while acked_count.load(Ordering::Relaxed) < 1000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Durable mode: the spool absorbs the outage, HTTP keeps answering 200.
+    let load = send_concurrently(
+        relay.addr,
+        Load::each(16, 250).paced(Duration::from_millis(2)),
+        distinct_events("down"),
+    );
+    load.wait_acked(1000, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("only {} events acked\n{}", load.acked(), relay.logs()));
     all_brokers(&cluster, false);
-    let down_at = acked_count.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let during = acked_count.load(Ordering::Relaxed) - down_at;
+    let down_at = load.acked();
+    // The outage outlasts librdkafka's message timeout on purpose, so deliveries
+    // really fail and are retried.
+    tokio::time::sleep(MESSAGE_TIMEOUT + Duration::from_secs(2)).await;
+    let during = load.acked() - down_at;
     all_brokers(&cluster, true);
-    let mut acked = HashSet::new();
-    for t in tasks {
-        acked.extend(t.await.unwrap());
-    }
-    stop.store(true, Ordering::Relaxed);
+    let sent = load.finish().await;
+    sent.assert_all_accepted(&relay.logs());
+    let acked = sent.acked;
     assert_eq!(acked.len(), 4000);
     assert!(
         during > 100,
@@ -110,17 +93,13 @@ async fn all_brokers_down_mid_stream_then_back_loses_nothing() {
     let topics = topic_names();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     // Read until every acked id is there (duplicates allowed) or time runs out.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut seen = HashSet::new();
-    let mut total = 0;
-    while Instant::now() < deadline {
+    let (mut seen, mut total) = (HashSet::new(), 0);
+    eventually_blocking(Duration::from_secs(90), || {
         let records = consume(&brokers, &names, 3, acked.len() * 2, Duration::from_secs(5));
         total = records.len();
         seen = records.iter().map(|r| r.header("hookrelay-id")).collect();
-        if acked.iter().all(|id| seen.contains(id)) {
-            break;
-        }
-    }
+        acked.iter().all(|id| seen.contains(id)).then_some(())
+    });
     let lost: Vec<_> = acked.iter().filter(|id| !seen.contains(*id)).collect();
     eprintln!(
         "acked {} ({} during the outage); consumed {} records, {} unique, lost {}",
@@ -139,22 +118,18 @@ async fn all_brokers_down_mid_stream_then_back_loses_nothing() {
     );
 
     // The spool drains completely.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = relay.metrics().await;
-        if metric(&m, "hookrelay_spool_events") == 0.0 {
-            // The outage really failed deliveries, and the forwarder retried them.
-            assert!(
-                metric(
-                    &m,
-                    "hookrelay_sink_errors_total{sink=\"kafka\",kind=\"retriable\"}"
-                ) > 0.0
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "spool never drained");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if relay.wait_drained(Duration::from_secs(30)).await.is_none() {
+        panic!("spool never drained\n{}", relay.metrics().await);
     }
+    // The outage really failed deliveries, and the forwarder retried them.
+    let m = relay.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "hookrelay_sink_errors_total{sink=\"kafka\",kind=\"retriable\"}"
+        ) > 0.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,31 +211,30 @@ async fn broker_mode_answers_503_within_the_deadline_when_the_cluster_is_down() 
         "ack = \"broker\"\nack_timeout_ms = 1000\n",
     );
     let mut c = relay.connect().await;
-    let mut admin = Client::connect(relay.admin).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while admin.get("/readyz").await.status != StatusCode::OK {
-        assert!(
-            Instant::now() < deadline,
-            "never ready while the cluster was up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(10), || async {
+        let status = Client::connect(relay.admin)
+            .await
+            .get("/readyz")
+            .await
+            .status;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("never ready while the cluster was up\n{}", relay.logs()));
     // The first publish also creates the topic and fetches its metadata, which can
     // take longer than the 1 s ack timeout on a loaded CI machine: a provider would
     // retry that 503, and so does the test, until the cluster has confirmed once.
-    loop {
-        let r = c.post_signed(&event_body("message.read", "up")).await;
-        if r.status == StatusCode::OK {
-            break;
+    let up = event_body("message.read", "up");
+    eventually(Duration::from_secs(30), || async {
+        let (status, json) = relay.post(&up).await;
+        if status == StatusCode::OK {
+            return Some(());
         }
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.json());
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(20),
-            "the cluster never confirmed while up: {:?}",
-            r.json()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json:?}");
+        None
+    })
+    .await
+    .unwrap_or_else(|| panic!("the cluster never confirmed while up\n{}", relay.logs()));
 
     all_brokers(&cluster, false);
     let started = Instant::now();
@@ -270,27 +244,29 @@ async fn broker_mode_answers_503_within_the_deadline_when_the_cluster_is_down() 
     assert!(r.headers.contains_key("retry-after"));
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     // Readiness follows the cluster in broker mode.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while admin.get("/readyz").await.status != StatusCode::SERVICE_UNAVAILABLE {
-        assert!(
-            Instant::now() < deadline,
-            "still ready with the cluster down"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(15), || async {
+        let status = Client::connect(relay.admin)
+            .await
+            .get("/readyz")
+            .await
+            .status;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("still ready with the cluster down\n{}", relay.logs()));
     // The refused event was not remembered: its retry is accepted once the cluster is back.
     all_brokers(&cluster, true);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = c.post_signed(&event_body("message.read", "down")).await;
-        if r.status == StatusCode::OK {
-            assert_eq!(r.json()["status"], "accepted");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never accepted after the cluster came back"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let down = event_body("message.read", "down");
+    let json = eventually(Duration::from_secs(30), || async {
+        let (status, json) = relay.post(&down).await;
+        (status == StatusCode::OK).then_some(json)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "never accepted after the cluster came back\n{}",
+            relay.logs()
+        )
+    });
+    assert_eq!(json["status"], "accepted");
 }

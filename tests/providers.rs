@@ -3,9 +3,10 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hookrelay::verify::{Method, Verifier};
@@ -270,36 +271,41 @@ async fn secret_files_rotate_without_a_restart() {
 
     // Kubernetes-style update in place: the file changes, the poll picks it up.
     std::fs::write(&secret, "second\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut n = 3;
-    while send(&relay, b"second", n).await != StatusCode::OK {
-        assert!(
-            Instant::now() < deadline,
-            "the rotated secret was never picked up\n{}",
-            relay.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        n += 1;
-    }
+    // Each try is a new event: `rot-{n}`.
+    let n = Cell::new(3);
+    let sent_with = |key: &'static [u8]| {
+        let i = n.get();
+        n.set(i + 1);
+        let sent = send(&relay, key, i);
+        async move { (sent.await == StatusCode::OK).then_some(()) }
+    };
+    eventually(Duration::from_secs(10), || sent_with(b"second"))
+        .await
+        .unwrap_or_else(|| panic!("the rotated secret was never picked up\n{}", relay.logs()));
     assert_eq!(send(&relay, b"first", 100).await, StatusCode::UNAUTHORIZED);
 
     // SIGHUP reloads at once; a broken file keeps the secret in force.
+    let failed = "hookrelay_secret_reloads_total{source=\"quickassist\",outcome=\"error\"}";
+    let failed_before = metric(&relay.metrics().await, failed);
     std::fs::write(&secret, "").unwrap();
     signal(relay.child.id(), "HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(Duration::from_secs(10), || async {
+        (metric(&relay.metrics().await, failed) > failed_before).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the broken secret file was never reloaded\n{}",
+            relay.logs()
+        )
+    });
     assert_eq!(send(&relay, b"second", 101).await, StatusCode::OK);
+    n.set(n.get() + 200);
     std::fs::write(&secret, "third").unwrap();
     signal(relay.child.id(), "HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while send(&relay, b"third", 200 + n).await != StatusCode::OK {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not reload\n{}",
-            relay.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        n += 1;
-    }
+    eventually(Duration::from_secs(5), || sent_with(b"third"))
+        .await
+        .unwrap_or_else(|| panic!("SIGHUP did not reload\n{}", relay.logs()));
     let m = relay.metrics().await;
     assert!(
         metric(
@@ -442,8 +448,20 @@ async fn redis_dedup_is_shared_by_two_replicas() {
         }
     }
     assert_eq!((accepted, duplicates), (20, 40));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let published = a.events().len() + b.events().len();
+    // Every accepted event delivered by one replica or the other, and both spools
+    // empty: nothing more can come, so the count is final.
+    let ids: HashSet<String> = (0..20)
+        .map(|i| format!("{}:{run}-{i}", EVENT_TYPES[i % 4]))
+        .collect();
+    let published = eventually(Duration::from_secs(10), || async {
+        let drained = a.wait_drained(Duration::ZERO).await.is_some()
+            && b.wait_drained(Duration::ZERO).await.is_some();
+        let events: Vec<_> = a.events().into_iter().chain(b.events()).collect();
+        let seen: HashSet<String> = events.iter().map(event_id).collect();
+        (drained && ids.is_subset(&seen)).then_some(events.len())
+    })
+    .await
+    .unwrap_or_else(|| panic!("not every event was delivered\n{}\n{}", a.logs(), b.logs()));
     assert_eq!(
         published, 20,
         "each event published once across both replicas"
@@ -455,30 +473,24 @@ struct OwnRedis(Child, u16);
 
 impl OwnRedis {
     fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // hookrelay takes only redis:// and rediss:// URLs (no unix socket), so a
+        // TCP port, retried should another process take it first.
+        let (child, port) = start_on_free_port("redis-server", Duration::from_secs(10), |port| {
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server (Debian package redis-server) must be installed")
+        });
         OwnRedis(child, port)
     }
 }
@@ -505,8 +517,8 @@ async fn redis_down_fails_open_or_closed_as_configured() {
         assert_eq!(relay.post(&body).await.1["status"], "accepted");
         assert_eq!(relay.post(&body).await.1["status"], "duplicate");
     }
+    // Killed and reaped: its port is closed by the time drop returns.
     drop(redis);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let body = event_body("message.read", &unique("down"));
     let (status, json) = open.post(&body).await;
     assert_eq!(

@@ -4,15 +4,17 @@
 
 mod common;
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::amqp::{self, bind, cleanup, drain, unique};
 use common::*;
 use hyper::StatusCode;
+
+/// `forward.backoff_max_ms` of the broker-restart test.
+const BACKOFF_MAX: Duration = Duration::from_millis(2000);
 
 /// One broker-wide fault at a time.
 static BROKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -134,35 +136,33 @@ impl Drop for AppRunning {
 }
 
 async fn wait_metric(relay: &Relay, series: &str, want: f64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if metric(&relay.metrics().await, series) == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} never reached {want}\n{}",
-            relay.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(within, || async {
+        (metric(&relay.metrics().await, series) == want).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{series} never reached {want}\n{}", relay.logs()));
 }
 
 /// Reads `queue` until every id in `ids` was seen; returns (consumed, duplicates).
 async fn consume_all(queue: &str, ids: &HashSet<String>, within: Duration) -> (usize, usize) {
-    let deadline = Instant::now() + within;
     let (conn, ch) = amqp::channel().await;
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    while Instant::now() < deadline && !ids.iter().all(|id| counts.contains_key(id)) {
-        for m in drain(&ch, queue, 10_000, Duration::from_millis(500)).await {
+    let counts: &RefCell<HashMap<String, usize>> = &RefCell::new(HashMap::new());
+    eventually(within, || async {
+        // What the queue holds now, without waiting.
+        let got = drain(&ch, queue, usize::MAX, Duration::ZERO).await;
+        let mut counts = counts.borrow_mut();
+        for m in got {
             *counts.entry(m.header("hookrelay-id")).or_default() += 1;
         }
-    }
+        ids.iter().all(|id| counts.contains_key(id)).then_some(())
+    })
+    .await;
     let _ = conn.close(200, "done".into()).await;
+    let counts = counts.take();
     let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
     assert!(
         missing.is_empty(),
-        "{} acked events never consumed, e.g. {:?}",
+        "{} acked events never consumed within {within:?}, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(5)]
     );
@@ -175,8 +175,13 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let _one = BROKER.lock().await;
     let ex = unique("hr-restart");
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_sink(dir.path(), "", "", &amqp::sink_section(&ex, ""), "")
-        .replace("[log]", "[forward]\nbackoff_max_ms = 2000\n\n[log]");
+    let config = config_with_sink(dir.path(), "", "", &amqp::sink_section(&ex, ""), "").replace(
+        "[log]",
+        &format!(
+            "[forward]\nbackoff_max_ms = {}\n\n[log]",
+            BACKOFF_MAX.as_millis()
+        ),
+    );
     let relay = Relay::start_with(dir.path(), &config);
     let q = format!("{ex}.all");
     {
@@ -185,53 +190,34 @@ async fn broker_restart_mid_stream_loses_nothing() {
         let _ = conn.close(200, "bound".into()).await;
     }
 
-    let acked_count = Arc::new(AtomicUsize::new(0));
-    let restarted = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..8 {
-        let addr = relay.addr;
-        let acked_count = acked_count.clone();
-        let restarted = restarted.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut client = Client::connect(addr).await;
-            let mut acked = Vec::new();
-            let mut i = 0;
-            // Keep sending until the restart is over, and at least 500 per connection.
-            while i < 500 || !restarted.load(Ordering::Relaxed) {
-                let r = client
-                    .post_signed(&event_body(EVENT_TYPES[i % 4], &format!("rs-{c}-{i}")))
-                    .await;
-                assert_eq!(
-                    r.status,
-                    StatusCode::OK,
-                    "durable mode answers 200 through a broker restart"
-                );
-                acked.push(r.json()["id"].as_str().unwrap().to_string());
-                acked_count.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(3)).await;
-                i += 1;
-            }
-            acked
-        }));
-    }
-    while acked_count.load(Ordering::Relaxed) < 1000 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Durable mode answers 200 through a broker restart. Each connection keeps
+    // sending until the restart is over, and at least 500 events.
+    let load = send_concurrently(
+        relay.addr,
+        Load::until_stopped(8)
+            .at_least(500)
+            .paced(Duration::from_millis(3)),
+        distinct_events("rs"),
+    );
+    load.wait_acked(1000, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("only {} events acked\n{}", load.acked(), relay.logs()));
     let started = Instant::now();
     tokio::task::spawn_blocking(|| {
         let guard = AppRunning;
         rabbitmqctl(&["stop_app"]);
-        std::thread::sleep(Duration::from_secs(3));
+        // The broker stays down on purpose for longer than the relay's longest
+        // retry backoff, so it has to retry more than once.
+        std::thread::sleep(BACKOFF_MAX + Duration::from_secs(1));
         drop(guard); // start_app + await_startup
     })
     .await
     .unwrap();
-    restarted.store(true, Ordering::Relaxed);
+    load.stop();
     let outage = started.elapsed();
-    let mut acked = HashSet::new();
-    for t in tasks {
-        acked.extend(t.await.unwrap());
-    }
+    let sent = load.finish().await;
+    sent.assert_all_accepted(&relay.logs());
+    let acked = sent.acked;
     let (consumed, duplicates) = consume_all(&q, &acked, Duration::from_secs(120)).await;
     eprintln!(
         "broker restart ({outage:?}): acked {}, consumed {consumed}, duplicates {duplicates}, lost 0",
@@ -273,18 +259,28 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     let alarm = Watermark::lower_to_trigger_the_alarm();
     // RabbitMQ blocks a connection (and says so) at its first publish under the alarm,
     // and HTTP keeps answering 200 in durable mode: the spool absorbs the alarm.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = 0;
-    while metric(&relay.metrics().await, "hookrelay_rabbitmq_blocked") != 1.0 {
-        assert!(Instant::now() < deadline, "never blocked\n{}", relay.logs());
-        let r = c
-            .post_signed(&event_body("message.delivered", &format!("alarm-{n}")))
-            .await;
-        assert_eq!(r.status, StatusCode::OK);
-        acked.insert(r.json()["id"].as_str().unwrap().to_string());
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // One event per round until then: the block comes with a publish.
+    let n = Cell::new(0);
+    let alarm_acked = RefCell::new(Vec::new());
+    eventually(Duration::from_secs(30), || {
+        let (n, alarm_acked, relay) = (&n, &alarm_acked, &relay);
+        async move {
+            if metric(&relay.metrics().await, "hookrelay_rabbitmq_blocked") == 1.0 {
+                return Some(());
+            }
+            let body = event_body("message.delivered", &format!("alarm-{}", n.get()));
+            n.set(n.get() + 1);
+            let (status, json) = relay.post(&body).await;
+            assert_eq!(status, StatusCode::OK, "{json:?}");
+            alarm_acked
+                .borrow_mut()
+                .push(json["id"].as_str().unwrap().to_string());
+            None
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("never blocked\n{}", relay.logs()));
+    acked.extend(alarm_acked.take());
     for i in 0..200 {
         let r = c
             .post_signed(&event_body("message.delivered", &format!("during-{i}")))
@@ -325,15 +321,17 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     // dead connection will never bring, and the next connection is blocked afresh.
     let connects = metric(&relay.metrics().await, "hookrelay_rabbitmq_connects_total");
     close_connections_of(relay.child.id());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&relay.metrics().await, "hookrelay_rabbitmq_connects_total") <= connects {
-        assert!(
-            Instant::now() < deadline,
+    eventually(Duration::from_secs(30), || async {
+        (metric(&relay.metrics().await, "hookrelay_rabbitmq_connects_total") > connects)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
             "no reconnect after the blocked connection was closed\n{}",
             relay.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    });
     wait_metric(
         &relay,
         "hookrelay_rabbitmq_blocked",

@@ -3,8 +3,9 @@
 
 mod common;
 
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -118,30 +119,29 @@ async fn https_with_certificate_renewal() {
     let second = self_signed();
     std::fs::write(&key_file, &second.key_pem).unwrap();
     std::fs::write(&cert_file, &second.pem).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut n = 0;
-    loop {
-        n += 1;
-        match https_post(
-            relay.addr,
-            &second.der,
-            &event_body("message.read", &format!("tls-2-{n}")),
-        )
-        .await
-        {
-            Ok((status, presented)) => {
-                assert_eq!(status, StatusCode::OK);
-                assert_eq!(presented, second.der.to_vec());
-                break;
-            }
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "renewed certificate never served: {e}\n{}",
-                relay.logs()
-            ),
+    let n = Cell::new(0);
+    let last_error = RefCell::new(String::new());
+    let (status, presented) = eventually(Duration::from_secs(15), || {
+        n.set(n.get() + 1);
+        let body = event_body("message.read", &format!("tls-2-{}", n.get()));
+        let (der, last_error) = (&second.der, &last_error);
+        async move {
+            https_post(relay.addr, der, &body)
+                .await
+                .map_err(|e| *last_error.borrow_mut() = e)
+                .ok()
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "renewed certificate never served: {}\n{}",
+            last_error.borrow(),
+            relay.logs()
+        )
+    });
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(presented, second.der.to_vec());
     // The old certificate is no longer presented.
     assert!(
         https_post(relay.addr, &first.der, &event_body("message.read", "tls-3"))

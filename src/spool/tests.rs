@@ -319,17 +319,43 @@ async fn the_reader_skips_past_damage_it_finds() {
     );
 }
 
+/// A torn record at the tail of either kind of segment file is cut: a plain file
+/// (the records, then its end) is truncated after the last good record; a
+/// zero-filled one (the records, then preallocated zeros) has the torn bytes zeroed
+/// and keeps its length. Which kind the writer starts with depends on whether a
+/// zero-filled file is ready at the first append, so each is made on purpose.
 #[tokio::test]
 async fn torn_tail_is_truncated_and_counted() {
+    for zero_filled in [false, true] {
+        torn_tail_is_truncated_and_counted_in(zero_filled).await;
+    }
+}
+
+async fn torn_tail_is_truncated_and_counted_in(zero_filled: bool) {
+    const SEGMENT_BYTES: u64 = 1 << 16;
+    let kind = if zero_filled { "zero-filled" } else { "plain" };
     let dir = tempfile::tempdir().unwrap();
     let seg = segment_path(dir.path(), 0);
     let good;
     {
-        let (spool, _r, _) = Spool::open(dir.path(), 1 << 20, 1 << 16, |_: &Record| {}).unwrap();
-        // Either kind of segment file: plain, or zero-filled ahead.
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..20)));
+        // The first append waits for the zero-filled file being prepared. A segment
+        // size no filesystem has twice free makes that preparation fail at once
+        // instead, and the writer keeps the plain file.
+        let segment_bytes = if zero_filled {
+            SEGMENT_BYTES
+        } else {
+            u64::MAX / 2
+        };
+        let (spool, _r, _) =
+            Spool::open_with(dir.path(), 1 << 20, segment_bytes, |_: &Record| {}, true).unwrap();
         append_n(&spool, 0..10).await;
         good = spool.shared.segments()[0].bytes;
+    }
+    let len = fs::metadata(&seg).unwrap().len();
+    if zero_filled {
+        assert_eq!(len, SEGMENT_BYTES, "{kind}: not zero-filled ahead");
+    } else {
+        assert_eq!(len, good, "{kind}: not a plain file");
     }
     // Half a record where the next write would have gone.
     let mut partial = encode(&event(10)).unwrap().to_vec();
@@ -338,19 +364,20 @@ async fn torn_tail_is_truncated_and_counted() {
     std::os::unix::fs::FileExt::write_all_at(&f, &partial[..partial.len() / 2], good).unwrap();
     drop(f);
     let (spool, mut reader, rec) =
-        Spool::open(dir.path(), 1 << 20, 1 << 16, |_: &Record| {}).unwrap();
-    assert_eq!(rec.truncated_bytes, (partial.len() / 2) as u64);
-    assert_eq!(rec.pending, 10);
+        Spool::open(dir.path(), 1 << 20, SEGMENT_BYTES, |_: &Record| {}).unwrap();
+    assert_eq!(rec.truncated_bytes, (partial.len() / 2) as u64, "{kind}");
+    assert_eq!(rec.pending, 10, "{kind}");
     let bytes = fs::read(&seg).unwrap();
-    assert!(bytes.len() as u64 >= good);
+    // Truncated (plain), or zeroed keeping the preallocated space (zero-filled).
+    assert_eq!(bytes.len() as u64, len, "{kind}");
     assert!(
         bytes[good as usize..].iter().all(|&b| b == 0),
-        "the torn bytes are gone"
+        "{kind}: the torn bytes are gone"
     );
-    assert_eq!(append_n(&spool, 10..11).await, vec![10]);
+    assert_eq!(append_n(&spool, 10..11).await, vec![10], "{kind}");
     let got = read_all(&mut reader);
-    assert_eq!(got.len(), 11);
-    assert_eq!(got[10].event.id(), "message.read:10");
+    assert_eq!(got.len(), 11, "{kind}");
+    assert_eq!(got[10].event.id(), "message.read:10", "{kind}");
 }
 
 /// Confirmed segments become later ones; their old records never read as new.

@@ -1,6 +1,7 @@
 //! Helpers for reading back from the machine's real RabbitMQ (127.0.0.1:5672).
 
-use std::time::{Duration, Instant};
+use std::cell::RefCell;
+use std::time::Duration;
 
 use lapin::options::{
     BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -70,25 +71,30 @@ impl Got {
     }
 }
 
-/// Takes messages off `queue` until `want` arrived or `within` passed.
+/// Takes messages off `queue` until `want` arrived or `within` passed; returns
+/// what it took (never more than `want`).
 pub async fn drain(ch: &Channel, queue: &str, want: usize, within: Duration) -> Vec<Got> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + within;
-    while out.len() < want && Instant::now() < deadline {
-        match ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-        {
-            Ok(Some(m)) => out.push(Got {
-                routing_key: m.delivery.routing_key.to_string(),
-                body: m.delivery.data.clone(),
-                properties: m.delivery.properties.clone(),
-            }),
-            Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(e) => panic!("basic_get {queue}: {e}"),
+    let out = &RefCell::new(Vec::new());
+    super::eventually(within, || async move {
+        // Everything there now, then a pause only when the queue is empty.
+        while out.borrow().len() < want {
+            match ch
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+            {
+                Ok(Some(m)) => out.borrow_mut().push(Got {
+                    routing_key: m.delivery.routing_key.to_string(),
+                    body: m.delivery.data.clone(),
+                    properties: m.delivery.properties.clone(),
+                }),
+                Ok(None) => return None,
+                Err(e) => panic!("basic_get {queue}: {e}"),
+            }
         }
-    }
-    out
+        Some(())
+    })
+    .await;
+    out.take()
 }
 
 /// Removes what a test declared: its queues, its exchange and the unroutable pair.

@@ -1,9 +1,8 @@
 //! A real Kafka-compatible broker (tansu) per test binary, and a consumer to read back.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -37,36 +36,25 @@ impl Tansu {
             std::path::Path::new(&bin).exists(),
             "no tansu broker at {bin}: run scripts/test.sh (it builds one with scripts/tansu.sh) or set HOOKRELAY_TANSU"
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
+        let (child, port) = super::start_on_free_port("tansu", Duration::from_secs(20), |port| {
+            let url = format!("tcp://127.0.0.1:{port}");
+            Command::new(&bin)
+                .args([
+                    "broker",
+                    "--storage-engine",
+                    "memory://tansu/",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start tansu")
+        });
         let brokers = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&brokers).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start listening on {brokers}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Tansu { child, brokers }
     }
 }
@@ -121,28 +109,36 @@ pub fn consume(
     }
     consumer.assign(&tpl).expect("assign");
     let mut out = Vec::new();
-    let deadline = Instant::now() + within;
-    while out.len() < want && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let mut headers = HashMap::new();
-            if let Some(h) = m.headers() {
-                for i in 0..h.count() {
-                    let hd = h.get(i);
-                    headers.insert(hd.key.to_string(), hd.value.unwrap_or_default().to_vec());
-                }
+    super::eventually_blocking(within, || {
+        // Everything there now; a poll that waits in vain ends the round.
+        while out.len() < want {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => out.push(record(&m)),
+                Some(Err(_)) | None => return None,
             }
-            out.push(Record {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().unwrap_or_default().to_vec(),
-                value: m.payload().unwrap_or_default().to_vec(),
-                headers,
-                timestamp_ms: m.timestamp().to_millis(),
-            });
+        }
+        Some(())
+    });
+    out
+}
+
+fn record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let mut headers = HashMap::new();
+    if let Some(h) = m.headers() {
+        for i in 0..h.count() {
+            let hd = h.get(i);
+            headers.insert(hd.key.to_string(), hd.value.unwrap_or_default().to_vec());
         }
     }
-    out
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().unwrap_or_default().to_vec(),
+        value: m.payload().unwrap_or_default().to_vec(),
+        headers,
+        timestamp_ms: m.timestamp().to_millis(),
+    }
 }
 
 /// The `[sinks.kafka]` section pointing at `brokers`, plus `extra` lines.

@@ -5,11 +5,13 @@
 pub mod amqp;
 pub mod kafka;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use hyper::client::conn::http1;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 pub const SECRET: &str = "test-secret";
 
@@ -233,17 +235,19 @@ impl Relay {
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
         signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hookrelay did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(within).unwrap_or_else(|| {
+            panic!(
+                "hookrelay did not exit within {within:?} of SIGTERM\n{}",
+                self.logs()
+            )
+        })
+    }
+
+    /// The exit status once the process has exited on its own, `None` if it is
+    /// still running after `within`. Blocking: in an async test, call it inside
+    /// `tokio::task::block_in_place`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        eventually_blocking(within, || self.child.try_wait().unwrap())
     }
 
     pub fn restart(&mut self) {
@@ -278,24 +282,31 @@ impl Relay {
 
     /// Waits until the file sink holds every id in `ids`; panics with the missing ones.
     pub fn wait_for_ids(&self, ids: &HashSet<String>, within: Duration) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + within;
-        loop {
+        let mut missing = Vec::new();
+        eventually_blocking(within, || {
             let events = self.events();
             let seen: HashSet<String> = events.iter().map(event_id).collect();
-            let missing: Vec<&String> = ids.iter().filter(|i| !seen.contains(*i)).collect();
-            if missing.is_empty() {
-                return events;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} acked events never reached the sink, e.g. {:?}\nlogs:\n{}",
-                    missing.len(),
-                    &missing[..missing.len().min(5)],
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            missing = ids.iter().filter(|i| !seen.contains(*i)).cloned().collect();
+            missing.is_empty().then_some(events)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} acked events never reached the sink within {within:?}, e.g. {:?}\nlogs:\n{}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                self.logs()
+            )
+        })
+    }
+
+    /// Waits until the spool holds nothing unconfirmed (`hookrelay_spool_events`
+    /// is 0): everything accepted so far has reached the sink, and no retry of it
+    /// can still come. `None` if that did not happen within `within`.
+    pub async fn wait_drained(&self, within: Duration) -> Option<()> {
+        eventually(within, || async {
+            (metric(&self.metrics().await, "hookrelay_spool_events") == 0.0).then_some(())
+        })
+        .await
     }
 }
 
@@ -340,7 +351,8 @@ pub fn read_events(dir: &Path) -> Vec<serde_json::Value> {
     out
 }
 
-/// Value of one sample in Prometheus text, e.g. `metric(&text, "x_total{a=\"b\"}")`.
+/// Value of one sample in Prometheus text, e.g. `metric(&text, "x_total{a=\"b\"}")`;
+/// panics when the series is not there (a missing series is never read as 0).
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
@@ -373,12 +385,17 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let sender = Self::open(addr).await.expect("connect");
-        Client {
+        Self::try_connect(addr).await.expect("connect")
+    }
+
+    /// Like `connect`, but a refused or failed connection is an `Err`, not a panic.
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let sender = Self::open(addr).await?;
+        Ok(Client {
             sender,
             addr,
             closed: false,
-        }
+        })
     }
 
     async fn open(addr: SocketAddr) -> std::io::Result<http1::SendRequest<Full<Bytes>>> {
@@ -481,4 +498,339 @@ pub async fn raw(addr: SocketAddr, parts: &[(&[u8], Duration)]) -> String {
         .expect("no answer")
         .unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// How often [`eventually`] and [`eventually_blocking`] look again.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Calls `check` until it returns `Some`, every [`POLL`], for at most `within`;
+/// `None` once the time is up.
+///
+/// Every test that waits goes through here, because a wait must say what it
+/// waits for and fail loudly after a bound. A fixed sleep before an assertion
+/// fails on a loaded machine and wastes time on an idle one; a loop without a
+/// bound hangs the suite instead of failing it. The caller says what never
+/// happened, with what helps to see why:
+/// `eventually(..).await.unwrap_or_else(|| panic!("never blocked\n{}", relay.logs()))`.
+///
+/// `check` runs at once (no wait when the state is already there), and once more
+/// after the last pause. The bound counts whole calls: keep each one short.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`eventually`] for synchronous tests and helpers: same contract, the pauses
+/// block the calling thread.
+pub fn eventually_blocking<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Keeps a port bound, and nobody listening on it, for as long as it lives.
+pub struct ReservedPort(TcpSocket);
+
+/// An address where connections are refused, for a test's "broker that is not
+/// there". The port stays bound (not listening) while the guard lives, so no other
+/// test or process can start listening there meanwhile, as it could on a port
+/// bound and dropped at once. SO_REUSEADDR stays off: on Linux, a second socket
+/// could otherwise bind the same port as long as neither listens.
+pub fn refused_port() -> (ReservedPort, SocketAddr) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(false).expect("SO_REUSEADDR off");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind 127.0.0.1:0");
+    let addr = socket.local_addr().expect("local_addr");
+    (ReservedPort(socket), addr)
+}
+
+/// Starts an external server that must be told its port up front (it cannot
+/// report a port-0 bind back), as `spawn(port)` does. The port is only free when
+/// chosen: should something take it before the server binds, the server exits (or
+/// someone else is found listening there) and another port is tried, up to five.
+/// Returns once that very process listens on the port.
+pub fn start_on_free_port(
+    what: &str,
+    within: Duration,
+    mut spawn: impl FnMut(u16) -> Child,
+) -> (Child, u16) {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("pick a port")
+            .port();
+        let mut child = spawn(port);
+        let pid = child.id();
+        let outcome = eventually_blocking(within, || {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(Err(format!("exited ({status})")));
+            }
+            listens_on(pid, port).then_some(Ok(()))
+        });
+        let why = match outcome {
+            Some(Ok(())) => return (child, port),
+            Some(Err(why)) => why,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // Not a port taken by someone else: the server itself is the trouble.
+                assert!(
+                    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                    "{what} did not listen on port {port} within {within:?}"
+                );
+                "someone else listens there".to_string()
+            }
+        };
+        eprintln!("{what} on port {port}: {why}; trying another port ({attempt}/{ATTEMPTS})");
+    }
+    panic!("{what} did not start on any of {ATTEMPTS} ports")
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port` (Linux, from /proc).
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let sockets: HashSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                let f: Vec<&str> = line.split_whitespace().collect();
+                f.len() > 9
+                    && f[3] == "0A" // LISTEN
+                    && f[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+                    && sockets.contains(f[9])
+            })
+    })
+}
+
+/// How [`send_concurrently`] sends: over how many connections, how many events on
+/// each, how fast.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub connections: usize,
+    /// Events each connection sends before [`Sender::stop`] can end it.
+    pub at_least: usize,
+    /// Events each connection sends at most.
+    pub at_most: usize,
+    /// A pause after each answer: a steady stream rather than a burst.
+    pub pause: Duration,
+}
+
+impl Load {
+    /// `per_connection` events on each of `connections`, back to back;
+    /// [`Sender::stop`] ends them early.
+    pub fn each(connections: usize, per_connection: usize) -> Load {
+        Load {
+            connections,
+            at_least: 0,
+            at_most: per_connection,
+            pause: Duration::ZERO,
+        }
+    }
+
+    /// Events on each of `connections` until [`Sender::stop`] (or the relay goes away).
+    pub fn until_stopped(connections: usize) -> Load {
+        Load::each(connections, usize::MAX)
+    }
+
+    /// At least `n` events on each connection, whenever the stop comes.
+    pub fn at_least(self, n: usize) -> Load {
+        Load {
+            at_least: n,
+            ..self
+        }
+    }
+
+    pub fn paced(self, pause: Duration) -> Load {
+        Load { pause, ..self }
+    }
+}
+
+/// Distinct signed events, cycling through [`EVENT_TYPES`]: message id
+/// `{tag}-{connection}-{i}`.
+pub fn distinct_events(tag: &str) -> impl Fn(usize, usize) -> String + Send + Sync + 'static {
+    let tag = tag.to_string();
+    move |c, i| event_body(EVENT_TYPES[i % 4], &format!("{tag}-{c}-{i}"))
+}
+
+/// What [`send_concurrently`] sent, once every connection is done.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Ids answered 200 "accepted": the relay's promises.
+    pub acked: HashSet<String>,
+    /// Answers by status, with the body's `status` for 200s: `"200 accepted"`,
+    /// `"200 duplicate"`, `"503"`.
+    pub statuses: BTreeMap<String, usize>,
+    /// Connections that could not connect or failed mid-request (the relay was
+    /// killed, say); each stopped sending there.
+    pub errors: Vec<String>,
+}
+
+impl Sent {
+    /// Panics unless every answer was 200 "accepted". Failed connections are
+    /// allowed: what was not answered is no promise either way.
+    pub fn assert_no_refusals(&self, logs: &str) {
+        assert!(
+            self.statuses.keys().all(|s| s == "200 accepted"),
+            "answers {:?}\n{logs}",
+            self.statuses
+        );
+    }
+
+    /// Panics unless every event sent was answered 200 "accepted".
+    pub fn assert_all_accepted(&self, logs: &str) {
+        self.assert_no_refusals(logs);
+        assert!(
+            self.errors.is_empty(),
+            "{} connections failed, e.g. {:?}\n{logs}",
+            self.errors.len(),
+            &self.errors[..self.errors.len().min(5)]
+        );
+    }
+}
+
+/// A load [`send_concurrently`] started, running in the background.
+pub struct Sender {
+    acked: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Sent>>,
+}
+
+impl Sender {
+    /// Events answered 200 "accepted" so far, across connections.
+    pub fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` events were accepted; `None` if not within `within`.
+    pub async fn wait_acked(&self, n: usize, within: Duration) -> Option<usize> {
+        eventually(within, || async {
+            let acked = self.acked();
+            (acked >= n).then_some(acked)
+        })
+        .await
+    }
+
+    /// Each connection ends after its current request (and its `at_least`).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for every connection to end; what they sent, merged.
+    pub async fn finish(self) -> Sent {
+        let mut all = Sent::default();
+        for t in self.tasks {
+            let sent = t.await.expect("a sending connection panicked");
+            all.acked.extend(sent.acked);
+            for (s, n) in sent.statuses {
+                *all.statuses.entry(s).or_default() += n;
+            }
+            all.errors.extend(sent.errors);
+        }
+        all
+    }
+}
+
+/// Opens `load.connections` concurrent HTTP/1.1 keep-alive connections to `addr`
+/// and posts signed events on each, `body(connection, i)` the `i`th of a
+/// connection. A connection that cannot connect within 5 s, or fails mid-request,
+/// stops (recorded in [`Sent::errors`]); other answers are counted and sending
+/// goes on. [`Sender::finish`] waits for the result.
+pub fn send_concurrently(
+    addr: SocketAddr,
+    load: Load,
+    body: impl Fn(usize, usize) -> String + Send + Sync + 'static,
+) -> Sender {
+    let acked = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let body = Arc::new(body);
+    let tasks = (0..load.connections)
+        .map(|c| {
+            let (acked, stop, body) = (acked.clone(), stop.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut sent = Sent::default();
+                let mut client =
+                    match tokio::time::timeout(Duration::from_secs(5), Client::try_connect(addr))
+                        .await
+                    {
+                        Ok(Ok(client)) => client,
+                        Ok(Err(e)) => {
+                            sent.errors.push(format!("connection {c}: {e}"));
+                            return sent;
+                        }
+                        Err(_) => {
+                            sent.errors
+                                .push(format!("connection {c}: connect timed out"));
+                            return sent;
+                        }
+                    };
+                let mut i = 0;
+                while i < load.at_most && !(i >= load.at_least && stop.load(Ordering::Relaxed)) {
+                    match client.try_post_signed(&body(c, i)).await {
+                        Ok(r) => {
+                            let json = r.json();
+                            let answer = if r.status == StatusCode::OK {
+                                format!("200 {}", json["status"].as_str().unwrap_or("?"))
+                            } else {
+                                r.status.as_u16().to_string()
+                            };
+                            if answer == "200 accepted" {
+                                sent.acked
+                                    .insert(json["id"].as_str().unwrap_or_default().to_string());
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            *sent.statuses.entry(answer).or_default() += 1;
+                        }
+                        Err(e) => {
+                            sent.errors.push(format!("connection {c}, event {i}: {e}"));
+                            break;
+                        }
+                    }
+                    i += 1;
+                    if !load.pause.is_zero() {
+                        tokio::time::sleep(load.pause).await;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    Sender { acked, stop, tasks }
 }
