@@ -5,7 +5,11 @@
 #     forward -> sink, and lower rooms never reach up;
 #   - no source file under src/ longer than 700 lines, tests aside (a file's inline
 #     `#[cfg(test)] mod tests` block, and files named tests.rs or *tests.rs, do not count);
-#   - no `pub` field in `Event`: only a verified request (or a spool record) makes one.
+#   - no `pub` field in `Event` or `Accepted`, and no `EventBuilder` outside
+#     `#[cfg(test)]`: only a verified request (or a spool record) makes one;
+#   - lower rooms never reach up (edges the design rules out, listed below), the
+#     edge (server.rs) never publishes to a sink itself, and sink kinds are spelled
+#     only in src/sink/.
 # Prints the module graph (who uses whom) either way; exits 1 on any violation.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -91,10 +95,57 @@ for f in files:
             if re.match(r"\s*pub(\(crate\))?\s+\w+\s*:", line):
                 problems.append(f"{f}: Event has a pub field: {line.strip()}")
 
+# `Accepted` (an event from a verified request) keeps its field private, and the
+# test-only builder stays test-only.
+for f in files:
+    text = open(f, encoding="utf-8").read()
+    if re.search(r"pub struct Accepted\(\s*pub", text):
+        problems.append(f"{f}: Accepted has a pub field")
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        if re.search(r"\bstruct EventBuilder\b", line) and "#[cfg(test)]" not in lines[max(0, n - 3):n]:
+            problems.append(f"{f}: EventBuilder is not behind #[cfg(test)]")
+
+# Edges the design rules out even where they would not close a cycle today: the
+# rooms downstream of the edge, and the leaves, never reach back.
+FORBIDDEN = {
+    "event": {"config", "server", "spool", "sink", "forward", "dedup"},
+    "verify": {"config", "server", "event", "spool", "sink"},
+    "spool": {"dedup", "server", "forward", "sink", "config"},
+    "sink": {"config", "server", "forward", "spool", "dedup"},
+    "rotation": {"server", "app"},
+    "metrics": {"verify", "server", "event", "spool", "sink", "config"},
+    "forward": {"server", "app"},
+    "dedup": {"server", "spool", "config"},
+}
+for m, banned in FORBIDDEN.items():
+    for t in sorted(uses.get(m, set()) & banned):
+        problems.append(f"{m} imports {t}: a lower room reaching up")
+
+# The edge knows no broker: publishing for ack = "broker" goes through forward.
+server = open(os.path.join(SRC, "server.rs"), encoding="utf-8").read()
+for call in ("publish_one", ".publish(", "publish_caught"):
+    if call in server:
+        problems.append(f"src/server.rs calls {call}: the edge publishes through forward::publish_direct")
+
+# Sink kinds are a type (sink::SinkKind), not strings spelled around the crate.
+for f in files:
+    if f.startswith(os.path.join(SRC, "sink") + os.sep):
+        continue
+    text = open(f, encoding="utf-8").read()
+    cut = re.search(r"^#\[cfg\(test\)\]\s*\n\s*mod \w+\s*\{", text, re.M)
+    shipped = text[: cut.start()] if cut else text
+    if os.path.basename(f) == "tests.rs":
+        continue
+    for kind in ('"kafka"', '"rabbitmq"', '"file"'):
+        if kind in shipped:
+            problems.append(f"{f}: spells the sink kind {kind}; use sink::SinkKind")
+
 if problems:
     print("\nlayout check FAILED:")
     for p in problems:
         print("  - " + p)
     sys.exit(1)
-print("\nlayout ok: no import cycle, no file over %d lines outside tests, Event fields private" % MAX_LINES)
+print("\nlayout ok: no import cycle or upward import, no file over %d lines outside tests, "
+      "Event and Accepted sealed, the edge publishes through forward, sink kinds typed" % MAX_LINES)
 PY
