@@ -14,14 +14,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{AckMode, Config, ConfigError, DedupBackend, OnRedisError};
+use crate::config::{
+    AckMode, Config, ConfigError, DedupBackend, OnRedisError, SinkConfig, SinkSettings,
+};
 use crate::deadletter::DeadLetter;
 use crate::dedup::{RedisWindow, Space, Window};
 use crate::event::{Extractor, now_ns};
-use crate::forward::{self, Forwarder, Routes};
+
 use crate::metrics::{self, EventLabels, RequestMetrics};
 use crate::server::{self, Ack, App, Limits, Source};
-use crate::sink::{FileSink, KafkaSink, RabbitmqSink, Route, Sink, SinkKind, StartError};
+use crate::sink::{FileSink, KafkaSink, NatsSink, RabbitmqSink, Route, Sink, StartError};
 use crate::spool::{Record, Spool};
 use crate::verify::Verifier;
 
@@ -73,11 +75,13 @@ fn source_rules(config: &Config) -> Result<BTreeMap<String, Rules>, Error> {
 }
 
 /// Every source, ready to serve: its rules, where it stores events, its guards.
+/// `routed` names each source's sinks; `backlogs` are the sinks' spools.
 fn build_sources(
     config: &Config,
     rules: BTreeMap<String, Rules>,
-    sinks: &HashMap<SinkKind, Route>,
-    spool: Option<&Spool>,
+    routes: &BTreeMap<String, Route>,
+    backlogs: &BTreeMap<String, Spool>,
+    routed: &BTreeMap<String, Vec<String>>,
 ) -> Result<HashMap<String, Source>, Error> {
     let mut sources = HashMap::new();
     for (
@@ -89,23 +93,27 @@ fn build_sources(
     ) in rules
     {
         let cfg = &config.sources[&name];
+        let sinks = routed.get(&name).map(Vec::as_slice).unwrap_or_default();
+        let missing = |what: &str| Error::Setup(format!("sources.{name}: {what}"));
         let ack = match cfg.ack {
             AckMode::Durable => Ack::Durable(
-                spool
-                    .cloned()
-                    .ok_or_else(|| Error::Setup(format!("sources.{name}: no spool")))?,
+                sinks
+                    .iter()
+                    .map(|s| {
+                        backlogs
+                            .get(s)
+                            .cloned()
+                            .ok_or_else(|| missing("no backlog"))
+                    })
+                    .collect::<Result<_, _>>()?,
             ),
-            AckMode::Broker => {
-                let route = config
-                    .sinks
-                    .for_source(cfg)
-                    .and_then(|kind| sinks.get(&kind))
-                    .ok_or_else(|| Error::Setup(format!("sources.{name}.sink: not configured")))?;
-                Ack::Broker {
-                    route: route.clone(),
-                    timeout: cfg.ack_timeout(),
-                }
-            }
+            AckMode::Broker => Ack::Broker {
+                routes: sinks
+                    .iter()
+                    .map(|s| routes.get(s).cloned().ok_or_else(|| missing("no sink")))
+                    .collect::<Result<_, _>>()?,
+                timeout: cfg.ack_timeout(),
+            },
         };
         let events = match &cfg.events {
             Some(allow) => EventLabels::new(&name, allow.iter().map(String::as_str)),
@@ -167,7 +175,7 @@ fn connection_budget(config: &Config) -> usize {
     let Some(limit) = raise_fd_limit() else {
         return wanted;
     };
-    let files = config.sinks.file.as_ref().map_or(0, |f| f.max_open_files) as u64;
+    let files = config.sinks.max_open_files();
     let others = RESERVED_FDS + files + server::ADMIN_MAX_CONNECTIONS as u64;
     let room = usize::try_from(limit.saturating_sub(others)).unwrap_or(usize::MAX);
     if wanted <= room {
@@ -183,43 +191,77 @@ fn connection_budget(config: &Config) -> usize {
     budget
 }
 
-/// Opens every configured sink. Must run inside the runtime (producers spawn tasks).
-async fn build_sinks(config: &Config) -> Result<HashMap<SinkKind, Route>, Error> {
-    let mut sinks = HashMap::new();
-    if let Some(file) = &config.sinks.file {
-        let sink: Arc<dyn Sink> = Arc::new(
-            FileSink::open(&file.dir, file.max_open_files, file.max_topics).map_err(io_error(
-                format!("sinks.file.dir: cannot open {}", file.dir.display()),
-            ))?,
-        );
-        sinks.insert(SinkKind::File, Route::new(crate::faults::wrap_sink(sink)));
+/// Opens every configured sink, by name. Must run inside the runtime (producers
+/// spawn tasks).
+async fn build_sinks(config: &Config) -> Result<BTreeMap<String, Route>, Error> {
+    let mut routes = BTreeMap::new();
+    for (name, cfg) in config.sinks.iter() {
+        let sink: Arc<dyn Sink> = match &cfg.settings {
+            SinkSettings::File(file) => Arc::new(
+                FileSink::open(&file.dir, file.max_open_files, file.max_topics).map_err(
+                    io_error(format!(
+                        "sinks.{name}.dir: cannot open {}",
+                        file.dir.display()
+                    )),
+                )?,
+            ),
+            SinkSettings::Kafka(kafka) => {
+                Arc::new(KafkaSink::new(kafka).map_err(|e| renamed(e, cfg, name))?)
+            }
+            SinkSettings::Rabbitmq(rabbitmq) => Arc::new(
+                RabbitmqSink::new(rabbitmq)
+                    .await
+                    .map_err(|e| renamed(e, cfg, name))?,
+            ),
+            SinkSettings::Nats(nats) => Arc::new(
+                NatsSink::new(nats)
+                    .await
+                    .map_err(|e| renamed(e, cfg, name))?,
+            ),
+        };
+        let kind = cfg.settings.kind();
+        let route = Route::new(name, kind, crate::faults::wrap_sink(name, sink));
+        routes.insert(name.to_string(), route);
     }
-    if let Some(kafka) = &config.sinks.kafka {
-        let sink: Arc<dyn Sink> = Arc::new(KafkaSink::new(kafka)?);
-        sinks.insert(SinkKind::Kafka, Route::new(crate::faults::wrap_sink(sink)));
+    Ok(routes)
+}
+
+/// A sink's start error keyed by its name (`sinks.bus...`), not its kind.
+fn renamed(e: StartError, cfg: &SinkConfig, name: &str) -> StartError {
+    match e {
+        StartError::Config(p) => {
+            StartError::Config(crate::config::renamed(p, cfg.settings.kind(), name))
+        }
+        StartError::Broker(why) => {
+            let kind = format!("sinks.{}", cfg.settings.kind().as_str());
+            StartError::Broker(match why.strip_prefix(&kind) {
+                Some(rest) => format!("sinks.{name}{rest}"),
+                None => format!("sinks.{name}: {why}"),
+            })
+        }
     }
-    if let Some(rabbitmq) = &config.sinks.rabbitmq {
-        let sink: Arc<dyn Sink> = Arc::new(RabbitmqSink::new(rabbitmq).await?);
-        sinks.insert(
-            SinkKind::Rabbitmq,
-            Route::new(crate::faults::wrap_sink(sink)),
-        );
-    }
-    Ok(sinks)
 }
 
 /// `hookrelay check`: everything `run` reads before it starts, without connecting.
 pub fn check_offline(config: &Config) -> Result<(), Error> {
     source_rules(config)?;
-    if let Some(kafka) = &config.sinks.kafka {
-        kafka.client_config().map_err(StartError::from)?;
+    for (name, cfg) in config.sinks.iter() {
+        let at = |p| crate::config::renamed(p, cfg.settings.kind(), name);
+        match &cfg.settings {
+            SinkSettings::Kafka(kafka) => {
+                kafka.client_config().map_err(|p| StartError::from(at(p)))?;
+            }
+            SinkSettings::Rabbitmq(rabbitmq) => {
+                rabbitmq
+                    .resolved_uri()
+                    .map_err(|p| StartError::from(at(p)))?;
+            }
+            SinkSettings::File(_) | SinkSettings::Nats(_) => {}
+        }
     }
     if let Some(t) = &config.server.tls {
         crate::tls::load(&t.cert_file, &t.key_file)
             .map_err(|e| Error::Setup(format!("server.tls: {e}")))?;
-    }
-    if let Some(rabbitmq) = &config.sinks.rabbitmq {
-        rabbitmq.resolved_uri().map_err(StartError::from)?;
     }
     Ok(())
 }
@@ -227,11 +269,19 @@ pub fn check_offline(config: &Config) -> Result<(), Error> {
 /// `hookrelay check --connect`: reaches every broker sink, or says why not.
 pub async fn check_connections(config: &Config) -> Result<Vec<String>, StartError> {
     let mut report = Vec::new();
-    if let Some(kafka) = &config.sinks.kafka {
-        report.push(crate::sink::kafka::check_connection(kafka)?);
-    }
-    if let Some(rabbitmq) = &config.sinks.rabbitmq {
-        report.push(crate::sink::rabbitmq::check_connection(rabbitmq).await?);
+    for (name, cfg) in config.sinks.iter() {
+        let line = match &cfg.settings {
+            SinkSettings::Kafka(kafka) => crate::sink::kafka::check_connection(kafka),
+            SinkSettings::Rabbitmq(rabbitmq) => {
+                crate::sink::rabbitmq::check_connection(rabbitmq).await
+            }
+            SinkSettings::Nats(nats) => crate::sink::nats::check_connection(nats).await,
+            SinkSettings::File(_) => continue,
+        };
+        report.push(format!(
+            "sinks.{name}: {}",
+            line.map_err(|e| renamed(e, cfg, name))?
+        ));
     }
     Ok(report)
 }
@@ -243,24 +293,35 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     config.validate()?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let names: Vec<String> = config.sources.keys().cloned().collect();
-    let kinds: Vec<&str> = config.sinks.kinds().iter().map(|k| k.as_str()).collect();
+    let sink_names = config.sinks.names();
     metrics::init(
         &names,
-        &kinds,
+        &sink_names,
         &crate::verify::Failure::ALL.map(|f| f.as_str()),
     );
-    let sinks = build_sinks(&config).await?;
+    let routes = build_sinks(&config).await?;
     let rules = source_rules(&config)?;
+    let routed: BTreeMap<String, Vec<String>> = config
+        .sources
+        .iter()
+        .map(|(name, cfg)| {
+            let sinks = config.sinks.for_source(cfg);
+            (name.clone(), sinks.into_iter().map(String::from).collect())
+        })
+        .collect();
     // Per-topic series exist from the start for the event types the config knows.
     for (name, cfg) in &config.sources {
-        if let Some(route) = config.sinks.for_source(cfg).and_then(|k| sinks.get(&k)) {
-            let known: Vec<&str> = match &cfg.events {
-                Some(allow) => allow.iter().map(String::as_str).collect(),
-                None => cfg.scheme.known_events().to_vec(),
-            };
-            for event in known {
-                route
+        let known: Vec<&str> = match &cfg.events {
+            Some(allow) => allow.iter().map(String::as_str).collect(),
+            None => cfg.scheme.known_events().to_vec(),
+        };
+        for sink in &routed[name] {
+            for event in &known {
+                routes[sink]
                     .metrics
                     .register_topic(&rules[name].extractor.topic_for(event));
             }
@@ -296,60 +357,49 @@ pub async fn run(
             }
         }
     };
-    let durable = config.sources.values().any(|s| s.ack == AckMode::Durable);
+    // A backlog for each sink a durable source routes to, and for each that has
+    // one on disk still; all of them when an earlier version's spool is there.
+    let spool_dir = &config.spool.dir;
+    let old_spool = crate::spool::holds_spool(spool_dir);
+    let backlogged: BTreeMap<String, Route> = routes
+        .iter()
+        .filter(|(sink, _)| {
+            old_spool
+                || crate::spool::holds_spool(&spool_dir.join(sink))
+                || config
+                    .sources
+                    .iter()
+                    .any(|(name, cfg)| cfg.ack == AckMode::Durable && routed[name].contains(*sink))
+        })
+        .map(|(sink, route)| (sink.clone(), route.clone()))
+        .collect();
     let (drain_tx, drain_rx) = watch::channel(None);
-    let mut forwarding: Option<tokio::task::JoinHandle<()>> = None;
-    let mut spool = None;
-    if durable {
-        let (s, reader, recovery) = Spool::open(
-            &config.spool.dir,
-            config.spool.max_bytes,
-            config.spool.segment_bytes,
-            remember,
-        )
-        .map_err(|e| Error::Setup(format!("spool.dir: {e}")))?;
-        s.pace_syncs(Duration::from_micros(config.spool.min_sync_interval_us));
-        tracing::info!(
-            dir = %config.spool.dir.display(),
-            pending = recovery.pending,
-            truncated_bytes = recovery.truncated_bytes,
-            quarantined_bytes = recovery.quarantined_bytes,
-            remembered_ids = dedup.remembered(),
-            "spool opened"
-        );
-        let mut by_source = HashMap::new();
-        for (name, src) in &config.sources {
-            let route = config
-                .sinks
-                .for_source(src)
-                .and_then(|k| sinks.get(&k))
-                .ok_or_else(|| Error::Setup(format!("sources.{name}.sink: not configured")))?;
-            by_source.insert(name.clone(), route.clone());
-        }
-        let default = sinks
-            .values()
-            .next()
-            .cloned()
-            .ok_or_else(|| Error::Setup("sinks: no sink configured".into()))?;
-        let dead_letter = DeadLetter::open(&config.dead_letter.path).map_err(io_error(format!(
+    let mut opened = BTreeMap::new();
+    let mut dead_letter = None;
+    if !backlogged.is_empty() {
+        let dl = DeadLetter::open(&config.dead_letter.path).map_err(io_error(format!(
             "dead_letter.path: cannot open {}",
             config.dead_letter.path.display()
         )))?;
-        let forwarder = Forwarder::new(
-            s.clone(),
-            reader,
-            Routes::new(by_source, default),
-            dead_letter,
-            config.forward.clone(),
-        );
-        forwarding = Some(tokio::spawn(forwarder.run(drain_rx)));
-        spool = Some(s);
+        opened = crate::backlog::open(&config, &backlogged, &routed, &dl, remember)
+            .await
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        tracing::info!(remembered_ids = dedup.remembered(), "backlogs opened");
+        dead_letter = Some(dl);
     }
+    let backlogs: BTreeMap<String, Spool> = opened
+        .iter()
+        .map(|(sink, o)| (sink.clone(), o.spool.clone()))
+        .collect();
     let verifiers: Vec<(String, Arc<Verifier>)> = rules
         .iter()
         .map(|(name, r)| (name.clone(), r.verifier.clone()))
         .collect();
-    let sources = build_sources(&config, rules, &sinks, spool.as_ref())?;
+    let sources = build_sources(&config, rules, &routes, &backlogs, &routed)?;
+    let mut running = match &dead_letter {
+        Some(dl) => crate::backlog::start(opened, &config, dl, &drain_rx),
+        None => crate::backlog::Running::default(),
+    };
 
     let tls = match &config.server.tls {
         Some(t) => Some(
@@ -371,11 +421,9 @@ pub async fn run(
             config.server.admin_listen
         )))?;
 
-    let app_spool = spool.clone();
     let app = Arc::new(App::new(
         sources,
         dedup,
-        spool,
         Limits {
             max_body_bytes: config.server.max_body_bytes,
             header_read_timeout: config.header_read_timeout(),
@@ -400,7 +448,7 @@ pub async fn run(
         webhooks = %crate::listener::local_addr(&listener).map_or_else(String::new, |a| a.to_string()),
         admin = %crate::listener::local_addr(&admin).map_or_else(String::new, |a| a.to_string()),
         sources = ?names,
-        sinks = ?kinds,
+        sinks = ?sink_names,
         tls = config.server.tls.is_some(),
         "listening"
     );
@@ -412,30 +460,25 @@ pub async fn run(
 
     let deadline_len = config.drain_deadline();
     let started = std::cell::Cell::new(None::<Instant>);
-    // Set when the forwarder ended while the process was running: what is accepted
-    // from then on would never be delivered, so stop (non-zero) to be restarted.
-    let forwarder_died = std::cell::Cell::new(false);
+    // Set when a forwarder ended while the process was running: what is accepted
+    // for its sink from then on would never be delivered, so stop (non-zero) to
+    // be restarted.
+    let forwarder_died = std::cell::RefCell::new(None::<String>);
     server::serve(
         listener,
         app.clone(),
         async {
-            let ended = async {
-                match forwarding.as_mut() {
-                    Some(f) => f.await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = shutdown => {}
-                result = ended => {
+                (sink, result) = running.first_to_end() => {
                     app.delivering.store(false, std::sync::atomic::Ordering::Relaxed);
-                    forwarder_died.set(true);
                     let why = match result {
                         Ok(()) => "it returned".to_string(),
                         Err(e) if e.is_panic() => format!("it panicked: {}", crate::supervise::panic_text(&*e.into_panic())),
                         Err(e) => e.to_string(),
                     };
-                    tracing::error!(reason = %why, "the forwarder stopped while running; not ready, shutting down to be restarted");
+                    tracing::error!(sink = %sink, reason = %why, "a forwarder stopped while running; not ready, shutting down to be restarted");
+                    *forwarder_died.borrow_mut() = Some(sink);
                 }
             }
             started.set(Some(Instant::now()));
@@ -446,59 +489,23 @@ pub async fn run(
         tls,
     )
     .await;
-    if forwarder_died.get() {
-        forwarding = None;
-    }
+    let died = forwarder_died.into_inner();
     let deadline = started.get().unwrap_or_else(Instant::now) + deadline_len;
     let _ = drain_tx.send(Some(deadline));
-    if let Some(mut f) = forwarding {
-        // The forwarder stops itself at the deadline, saving the cursor, unless a sink
-        // holds it inside a publish (a blocked broker); then stop it here and save the
-        // cursor it reached from the spool's memory: at worst, duplicates after restart.
-        let grace = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-        let stopped_early = match tokio::time::timeout(grace, &mut f).await {
-            Ok(Ok(())) => false,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "forwarder task failed");
-                true
-            }
-            Err(_) => {
-                f.abort();
-                tracing::warn!("forwarder still busy at the drain deadline; stopped it");
-                true
-            }
-        };
-        if stopped_early && let Some(s) = &app_spool {
-            let sinks = sinks.values().map(|r| r.sink.clone()).collect();
-            // A sink wedged inside a publish may never sync: then keep the old cursor.
-            match tokio::time::timeout(
-                Duration::from_secs(2),
-                forward::checkpoint(s.clone(), sinks),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown")
-                }
-                Err(_) => tracing::warn!(
-                    "sinks did not sync at shutdown; the spool replays from its last checkpoint"
-                ),
-            }
-        }
-    }
-    for route in sinks.values() {
+    let spools = running.spools();
+    running.stop(deadline, died.as_deref()).await;
+    for route in routes.values() {
         let left = deadline.saturating_duration_since(Instant::now());
         route.sink.flush(left.max(Duration::from_millis(100))).await;
     }
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
-    let unconfirmed = app
-        .spool
-        .as_ref()
-        .map_or(0, |s| s.durable_end().saturating_sub(s.cursor()));
+    let unconfirmed: u64 = spools
+        .iter()
+        .map(|s| s.durable_end().saturating_sub(s.cursor()))
+        .sum();
     tracing::info!(unconfirmed, "stopped");
-    if forwarder_died.get() {
+    if died.is_some() {
         return Err(Error::ForwarderStopped);
     }
     Ok(())

@@ -14,12 +14,11 @@ pub const SINK_PANIC_ENV: &str = "HOOKRELAY_FAULT_SINK_PANIC_ID";
 pub const FORWARDER_PANIC_ENV: &str = "HOOKRELAY_FAULT_FORWARDER_PANIC_AFTER";
 
 /// `sink`, or `sink` wrapped to panic on marked events when [`SINK_PANIC_ENV`] is set.
-pub fn wrap_sink(sink: Arc<dyn Sink>) -> Arc<dyn Sink> {
+pub fn wrap_sink(name: &str, sink: Arc<dyn Sink>) -> Arc<dyn Sink> {
     match std::env::var(SINK_PANIC_ENV) {
         Ok(needle) if !needle.is_empty() => {
             tracing::warn!(
-                "{SINK_PANIC_ENV}={needle}: the {} sink panics on events whose id contains it (fault injection)",
-                sink.name()
+                "{SINK_PANIC_ENV}={needle}: the {name} sink panics on events whose id contains it (fault injection)"
             );
             Arc::new(Panicking {
                 inner: sink,
@@ -45,10 +44,6 @@ struct Panicking {
 }
 
 impl Sink for Panicking {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>> {
         Box::pin(async move {
             if batch.iter().any(|m| m.event.id().contains(&self.needle)) {

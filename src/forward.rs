@@ -8,7 +8,7 @@
 //! event never stalls the stream.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,58 +21,27 @@ use crate::config::ForwardConfig;
 use crate::deadletter::DeadLetter;
 use crate::event::Accepted;
 use crate::metrics;
-use crate::sink::{Message, Route, Sink, SinkError};
+use crate::sink::{Message, Route, SinkError};
 use crate::spool::{Reader, Record, Spool};
 
 /// How often the lag gauge and the cursor file are refreshed.
 const TICK: Duration = Duration::from_millis(200);
 
-/// Where each source's events go.
-#[derive(Clone)]
-pub struct Routes {
-    by_source: HashMap<String, Route>,
-    /// For events of a source that is no longer configured (spooled before a config change).
-    default: Route,
-}
-
-impl Routes {
-    pub fn new(by_source: HashMap<String, Route>, default: Route) -> Self {
-        Self { by_source, default }
-    }
-
-    fn for_source(&self, source: &str) -> &Route {
-        self.by_source.get(source).unwrap_or(&self.default)
-    }
-
-    /// Every distinct sink, each once.
-    fn sinks(&self) -> Vec<Arc<dyn Sink>> {
-        let mut all: Vec<Arc<dyn Sink>> = Vec::new();
-        for route in self.by_source.values().chain([&self.default]) {
-            if !all.iter().any(|s| Arc::ptr_eq(s, &route.sink)) {
-                all.push(route.sink.clone());
-            }
-        }
-        all
-    }
-}
-
-/// Saves how far delivery got: takes the confirmed cursor, has every sink make what
+/// Saves how far delivery got: takes the confirmed cursor, has the sink make what
 /// it confirmed durable ([`Sink::sync`]), then persists that cursor and frees the
 /// spool behind it (off the async workers). Returns the cursor persisted.
-pub async fn checkpoint(spool: Spool, sinks: Vec<Arc<dyn Sink>>) -> io::Result<u64> {
+pub async fn checkpoint(spool: Spool, route: Route) -> io::Result<u64> {
     let cursor = spool.cursor();
-    for sink in &sinks {
-        if let Err(e) = sink.sync().await {
-            // The cursor stays where the sinks last made it durable, but the synced
-            // end is recorded all the same: recovery tells damage from a torn write
-            // by it, and a sink failing for hours must not blur that line.
-            let kept = spool.persisted_cursor();
-            let _ = tokio::task::spawn_blocking(move || spool.checkpoint(kept)).await;
-            return Err(io::Error::other(format!(
-                "{} sink cannot sync: {e}",
-                sink.name()
-            )));
-        }
+    if let Err(e) = route.sink.sync().await {
+        // The cursor stays where the sink last made it durable, but the synced
+        // end is recorded all the same: recovery tells damage from a torn write
+        // by it, and a sink failing for hours must not blur that line.
+        let kept = spool.persisted_cursor();
+        let _ = tokio::task::spawn_blocking(move || spool.checkpoint(kept)).await;
+        return Err(io::Error::other(format!(
+            "{} sink cannot sync: {e}",
+            route.name()
+        )));
     }
     tokio::task::spawn_blocking(move || spool.checkpoint(cursor))
         .await
@@ -90,16 +59,37 @@ pub enum DirectError {
     Refused(String),
 }
 
-/// `ack = "broker"`: publishes one accepted event straight to its sink (no spool) and
-/// waits for the confirmation, within `timeout`; counted like the forwarder's
-/// deliveries. The edge calls this and knows nothing else of sinks.
+/// `ack = "broker"`: publishes one accepted event straight to each of its sinks (no
+/// spool) and waits for every confirmation, within `timeout`; counted like the
+/// forwarder's deliveries. The edge calls this and knows nothing else of sinks.
+/// A sink that refuses the event for good makes it `Refused`; else any sink not
+/// confirming makes it `Unconfirmed` (the provider retries; sinks that did confirm
+/// get a duplicate then, which consumers drop by the event id).
 pub async fn publish_direct(
-    route: Route,
+    routes: Arc<[Route]>,
     timeout: Duration,
     event: Accepted,
 ) -> Result<(), DirectError> {
-    let sent = Instant::now();
     let event = Arc::new(event.into_event());
+    let each = routes
+        .iter()
+        .map(|route| publish_one_direct(route, timeout, event.clone()));
+    let mut outcome = Ok(());
+    for result in futures_util::future::join_all(each).await {
+        match (result, &outcome) {
+            (Err(e @ DirectError::Refused(_)), _) | (Err(e), Ok(())) => outcome = Err(e),
+            _ => {}
+        }
+    }
+    outcome
+}
+
+async fn publish_one_direct(
+    route: &Route,
+    timeout: Duration,
+    event: Arc<crate::event::Event>,
+) -> Result<(), DirectError> {
+    let sent = Instant::now();
     let message = Message {
         seq: 0,
         event: event.clone(),
@@ -139,12 +129,15 @@ struct Pending {
 
 type Confirmed = std::pin::Pin<Box<dyn Future<Output = (u64, Result<(), SinkError>)> + Send>>;
 
+/// One sink's forwarder: its own spool (the sink's backlog), reader, in-flight
+/// window and cursor, so that one sink's outage holds only its own events.
 pub struct Forwarder {
     spool: Spool,
     reader: Option<Reader>,
-    routes: Routes,
-    /// The distinct sinks behind `routes`, synced at every checkpoint.
-    sinks: Vec<Arc<dyn Sink>>,
+    route: Route,
+    /// Sources configured now: an event spooled for one that was since removed is
+    /// dead-lettered with that reason instead of being published.
+    sources: Arc<HashSet<String>>,
     dead_letter: DeadLetter,
     cfg: ForwardConfig,
     /// Unconfirmed events by sequence; the first key is the cursor.
@@ -158,6 +151,7 @@ pub struct Forwarder {
     last_warn: Option<Instant>,
     /// Topics whose permanent failures were already logged: once per topic, not per event.
     refused_topics: HashSet<String>,
+    metrics: metrics::ForwardMetrics,
     /// Fault injection: panic after settling this many more events (`crate::faults`).
     panic_after: Option<u64>,
 }
@@ -169,7 +163,8 @@ impl Forwarder {
     pub fn new(
         spool: Spool,
         reader: Reader,
-        routes: Routes,
+        route: Route,
+        sources: Arc<HashSet<String>>,
         dead_letter: DeadLetter,
         cfg: ForwardConfig,
     ) -> Self {
@@ -177,8 +172,9 @@ impl Forwarder {
             next_read: reader.position(),
             spool,
             reader: Some(reader),
-            sinks: routes.sinks(),
-            routes,
+            metrics: metrics::ForwardMetrics::new(route.name()),
+            route,
+            sources,
             dead_letter,
             cfg,
             in_flight: BTreeMap::new(),
@@ -297,7 +293,7 @@ impl Forwarder {
                     }
                     let end = self.spool.durable_end();
                     if (cursor != persisted || end != persisted_end) && saving.is_none() {
-                        let task = tokio::spawn(checkpoint(self.spool.clone(), self.sinks.clone()));
+                        let task = tokio::spawn(checkpoint(self.spool.clone(), self.route.clone()));
                         saving = Some((task, end));
                     }
                 }
@@ -306,7 +302,7 @@ impl Forwarder {
         if let Some((c, _)) = saving {
             let _ = c.await;
         }
-        if let Err(e) = checkpoint(self.spool.clone(), self.sinks.clone()).await {
+        if let Err(e) = checkpoint(self.spool.clone(), self.route.clone()).await {
             tracing::warn!(error = %e, "cannot persist the spool cursor at shutdown");
         }
         self.report();
@@ -320,10 +316,11 @@ impl Forwarder {
             .unwrap_or(self.next_read)
     }
 
-    /// Publishes new or retried messages, grouped by sink, preserving order.
+    /// Publishes new or retried messages, in order. An event of a source no
+    /// longer configured is refused for good (dead-lettered) without publishing.
     async fn dispatch(&mut self, msgs: Vec<Message>) {
-        let mut groups: Vec<(Route, Vec<Message>)> = Vec::new();
         let now = Instant::now();
+        let mut batch = Vec::with_capacity(msgs.len());
         for m in msgs {
             let held = &mut self.in_flight_bytes;
             self.in_flight
@@ -338,23 +335,25 @@ impl Forwarder {
                         sent_at: now,
                     }
                 });
-            let route = self.routes.for_source(m.event.source());
-            match groups
-                .iter_mut()
-                .find(|(r, _)| Arc::ptr_eq(&r.sink, &route.sink))
-            {
-                Some((_, batch)) => batch.push(m),
-                None => groups.push((route.clone(), vec![m])),
-            }
-        }
-        for (route, batch) in groups {
-            let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
-            let confirmations = crate::sink::publish_caught(&*route.sink, batch).await;
-            for (seq, c) in seqs.into_iter().zip(confirmations) {
+            if self.sources.contains(m.event.source()) {
+                batch.push(m);
+            } else {
+                let why = format!("source '{}' was removed from the config", m.event.source());
+                let seq = m.seq;
                 self.confirms.push(Box::pin(
-                    async move { (seq, crate::sink::confirmed(c).await) },
+                    async move { (seq, Err(SinkError::Permanent(why))) },
                 ));
             }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = batch.iter().map(|m| m.seq).collect();
+        let confirmations = crate::sink::publish_caught(&self.route, batch).await;
+        for (seq, c) in seqs.into_iter().zip(confirmations) {
+            self.confirms.push(Box::pin(
+                async move { (seq, crate::sink::confirmed(c).await) },
+            ));
         }
     }
 
@@ -366,7 +365,7 @@ impl Forwarder {
         let Some(p) = self.in_flight.get_mut(&seq) else {
             return;
         };
-        let route = self.routes.for_source(p.msg.event.source()).clone();
+        let route = self.route.clone();
         match result {
             Ok(()) => {
                 p.done = true;
@@ -383,7 +382,7 @@ impl Forwarder {
                 self.retries.push(Reverse((Instant::now() + delay, seq)));
                 let msg = format!(
                     "{} sink failed for topic {} (attempt {}), retrying in {:?}: {reason}",
-                    route.sink.name(),
+                    route.name(),
                     p.msg.event.topic(),
                     p.attempts,
                     delay
@@ -398,7 +397,7 @@ impl Forwarder {
                     self.refused_topics.clear();
                 }
                 if self.refused_topics.insert(msg.event.topic().to_string()) {
-                    tracing::error!(sink = route.sink.name(), topic = %msg.event.topic(), reason = %reason,
+                    tracing::error!(sink = route.name(), topic = %msg.event.topic(), reason = %reason,
                         "events for this topic are refused for good; dead-lettering them (logged once per topic)");
                 }
                 match Self::dead_letter(self.dead_letter.clone(), &route, msg, &reason).await {
@@ -433,7 +432,7 @@ impl Forwarder {
         msg: Message,
         reason: &str,
     ) -> Result<(), String> {
-        let why = format!("{}: {reason}", route.sink.name());
+        let why = format!("{}: {reason}", route.name());
         let to_sink = std::panic::AssertUnwindSafe(async {
             match route.sink.dead_letter(msg.clone(), why.clone()) {
                 Some(sent) => Some(sent.await),
@@ -502,7 +501,14 @@ impl Forwarder {
             .values()
             .next()
             .map_or(Duration::ZERO, |p| age(p.msg.event.received_at_ns()));
-        metrics::forward_state(lag, self.in_flight.len());
+        let state = if !self.spool.has_room() {
+            "full"
+        } else if !self.retries.is_empty() || !self.route.sink.ready() {
+            "retrying"
+        } else {
+            "delivering"
+        };
+        self.metrics.set(lag, self.in_flight.len(), state);
     }
 
     /// At most one warning a second: an outage fails thousands of events at once.
@@ -561,9 +567,6 @@ mod tests {
     }
 
     impl crate::sink::Sink for FlakySink {
-        fn name(&self) -> &'static str {
-            "flaky"
-        }
         fn publish(
             &self,
             batch: Vec<Message>,
@@ -600,9 +603,6 @@ mod tests {
     }
 
     impl crate::sink::Sink for SilentSink {
-        fn name(&self) -> &'static str {
-            "silent"
-        }
         fn publish(
             &self,
             batch: Vec<Message>,
@@ -649,7 +649,8 @@ mod tests {
             let fwd = Forwarder::new(
                 spool,
                 reader,
-                Routes::new(HashMap::new(), Route::new(sink.clone())),
+                route("silent", sink.clone()),
+                sources(),
                 DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
                 cfg,
             );
@@ -664,6 +665,15 @@ mod tests {
                 "from disk: {from_disk}"
             );
         }
+    }
+
+    fn route(name: &str, sink: Arc<dyn crate::sink::Sink>) -> Route {
+        Route::new(name, crate::sink::SinkKind::File, sink)
+    }
+
+    /// The sources the test events come from (`EventBuilder`'s).
+    fn sources() -> Arc<HashSet<String>> {
+        Arc::new(HashSet::from(["q".to_string()]))
     }
 
     fn builder(i: u64, topic: &str) -> crate::event::EventBuilder {
@@ -692,7 +702,6 @@ mod tests {
             poison_topic: "q.poison",
             delivered: Mutex::new(Vec::new()),
         });
-        let route = Route::new(sink.clone());
         let dl_path = dir.path().join("dead.jsonl");
         let cfg = ForwardConfig {
             max_in_flight: 64,
@@ -704,7 +713,8 @@ mod tests {
         let fwd = Forwarder::new(
             spool.clone(),
             reader,
-            Routes::new(HashMap::new(), route),
+            route("flaky", sink.clone()),
+            sources(),
             DeadLetter::open(&dl_path).unwrap(),
             cfg,
         );
@@ -738,9 +748,6 @@ mod tests {
     }
 
     impl crate::sink::Sink for WriteBackSink {
-        fn name(&self) -> &'static str {
-            "write-back"
-        }
         fn publish(
             &self,
             batch: Vec<Message>,
@@ -787,7 +794,8 @@ mod tests {
             let fwd = Forwarder::new(
                 spool.clone(),
                 reader,
-                Routes::new(HashMap::new(), Route::new(sink.clone())),
+                route("write-back", sink.clone()),
+                sources(),
                 DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
                 ForwardConfig::default(),
             );

@@ -7,9 +7,9 @@
 //! fails on one):
 //!
 //! ```text
-//! listener -> server -> guard -> verify -> event -> dedup -> spool -> 200
+//! listener -> server -> guard -> verify -> event -> dedup -> spool (one per sink routed to) -> 200
 //!                                                         \-> forward::publish_direct (ack = "broker") -> 200
-//! spool -> forward -> sink (kafka | rabbitmq | file) -> confirm -> spool cursor
+//! spool -> forward -> sink (kafka | rabbitmq | nats | file) -> confirm -> spool cursor
 //!                  \-> deadletter
 //! ```
 //!
@@ -24,6 +24,7 @@
 //! - [`dedup`]: ids already accepted, per process or shared in Redis.
 //! - [`spool`]: the segmented log: group commit, recovery, the reader, the cursor.
 //! - [`disk`]: writeback in small steps and free space, for the spool's neighbours.
+//! - [`backlog`]: each sink's own spool and forwarder, so one sink's outage is not another's.
 //! - [`forward`]: spool to sink, many in flight, retry, checkpoints; the broker-ack path.
 //! - [`sink`]: the destinations behind one trait, and the sink kinds.
 //! - [`deadletter`]: where events a sink refused for good are kept, with the reason.
@@ -39,6 +40,7 @@
 //! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
 
 pub mod app;
+pub mod backlog;
 pub mod config;
 pub mod deadletter;
 pub mod dedup;

@@ -97,6 +97,14 @@ fn run(path: &Path) -> anyhow::Result<()> {
 fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     hookrelay::app::check_offline(&config)?;
+    let sinks: Vec<String> = config
+        .sinks
+        .iter()
+        .map(|(name, s)| match s.settings.kind().as_str() {
+            kind if kind == name => name.to_string(),
+            kind => format!("{name} ({kind})"),
+        })
+        .collect();
     println!(
         "{}: ok ({} source(s): {}; sink(s): {})",
         path.display(),
@@ -107,14 +115,11 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
             .cloned()
             .collect::<Vec<_>>()
             .join(", "),
-        config
-            .sinks
-            .kinds()
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        sinks.join(", ")
     );
+    for warning in config.warnings() {
+        println!("warning: {warning}");
+    }
     if connect {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -39,6 +39,7 @@ pub const DEAD_LETTERED: &str = "hookrelay_dead_lettered_total";
 pub const SINK_PANICS: &str = "hookrelay_sink_panics_total";
 pub const FORWARD_LAG: &str = "hookrelay_forward_lag_seconds";
 pub const FORWARD_IN_FLIGHT: &str = "hookrelay_forward_in_flight";
+pub const SINK_STATE: &str = "hookrelay_sink_state";
 pub const END_TO_END: &str = "hookrelay_end_to_end_seconds";
 pub const READY: &str = "hookrelay_ready";
 pub const SECRET_RELOADS: &str = "hookrelay_secret_reloads_total";
@@ -118,14 +119,17 @@ fn describe() {
         UNVERIFIED_THROTTLED,
         "Failed signatures answered 429: their client address spent its server.unverified_rate_limit."
     );
-    describe_gauge!(SPOOL_BYTES, "Bytes of spool segments on disk.");
+    describe_gauge!(
+        SPOOL_BYTES,
+        "Bytes of a sink's spool segments on disk (its backlog, by sink)."
+    );
     describe_gauge!(
         SPOOL_MAX_BYTES,
-        "spool.max_bytes: at this size new events get 503."
+        "A sink's backlog budget (sinks.NAME.backlog_max_bytes): at this size, sources routed to it get 503."
     );
     describe_gauge!(
         SPOOL_EVENTS,
-        "Events in the spool not yet confirmed by the sink."
+        "Events in a sink's spool not yet confirmed by it."
     );
     describe_histogram!(
         SPOOL_FSYNC_DURATION,
@@ -155,11 +159,15 @@ fn describe() {
     );
     describe_gauge!(
         FORWARD_LAG,
-        "Age of the oldest event not yet confirmed by the sink."
+        "Age of the oldest event handed to a sink and not yet confirmed by it."
     );
     describe_gauge!(
         FORWARD_IN_FLIGHT,
         "Events handed to a sink and awaiting confirmation."
+    );
+    describe_gauge!(
+        SINK_STATE,
+        "1 for what a sink's forwarder is doing: delivering, retrying (failures being retried) or full (its backlog budget is spent: sources routed to it get 503)."
     );
     describe_histogram!(END_TO_END, "From receipt to sink confirmation.");
     describe_counter!(
@@ -234,14 +242,6 @@ pub fn init(sources: &[String], sinks: &[&str], signature_failures: &[&'static s
         counter!(HTTP_CONNECTION_ERRORS, "reason" => reason).absolute(0);
     }
     counter!(UNVERIFIED_THROTTLED).absolute(0);
-    gauge!(SPOOL_BYTES).set(0.0);
-    gauge!(SPOOL_EVENTS).set(0.0);
-    let _ = histogram!(SPOOL_FSYNC_DURATION);
-    counter!(SPOOL_TRUNCATED_BYTES).absolute(0);
-    counter!(SPOOL_CORRUPT_RECORDS).absolute(0);
-    counter!(SPOOL_QUARANTINED_BYTES).absolute(0);
-    gauge!(FORWARD_LAG).set(0.0);
-    gauge!(FORWARD_IN_FLIGHT).set(0.0);
     gauge!(READY).set(0.0);
     for outcome in ["ok", "error"] {
         counter!(TLS_RELOADS, "outcome" => outcome).absolute(0);
@@ -399,51 +399,63 @@ pub fn unverified_throttled() {
     counter!(UNVERIFIED_THROTTLED).increment(1);
 }
 
-pub fn spool_fsync(elapsed: Duration) {
-    histogram!(SPOOL_FSYNC_DURATION).record(elapsed.as_secs_f64());
-}
-
-/// The spool's size gauges, resolved once: the forwarder sets them on every
-/// confirmation, and a registry lookup each time cost more than the rest of it.
-pub struct SpoolSize {
+/// One spool's series (`sink` label: a spool is one sink's backlog), resolved
+/// once: the forwarder sets the size on every confirmation, and a registry lookup
+/// each time cost more than the rest of it.
+pub struct SpoolMetrics {
     bytes: Gauge,
     events: Gauge,
+    fsync: Histogram,
+    truncated: Counter,
+    quarantined: Counter,
+    corrupt: Counter,
 }
 
-impl SpoolSize {
-    /// Resolves the handles from the installed recorder (install it first).
-    pub fn register() -> Self {
-        Self {
-            bytes: gauge!(SPOOL_BYTES),
-            events: gauge!(SPOOL_EVENTS),
-        }
+impl SpoolMetrics {
+    /// Resolves the handles from the installed recorder (install it first) and
+    /// publishes the limit, so dashboards and alerts can show how full it is.
+    pub fn register(sink: &str, max_bytes: u64) -> Self {
+        let sink = sink.to_string();
+        gauge!(SPOOL_MAX_BYTES, "sink" => sink.clone()).set(max_bytes as f64);
+        let m = Self {
+            bytes: gauge!(SPOOL_BYTES, "sink" => sink.clone()),
+            events: gauge!(SPOOL_EVENTS, "sink" => sink.clone()),
+            fsync: histogram!(SPOOL_FSYNC_DURATION, "sink" => sink.clone()),
+            truncated: counter!(SPOOL_TRUNCATED_BYTES, "sink" => sink.clone()),
+            quarantined: counter!(SPOOL_QUARANTINED_BYTES, "sink" => sink.clone()),
+            corrupt: counter!(SPOOL_CORRUPT_RECORDS, "sink" => sink),
+        };
+        m.truncated.increment(0);
+        m.quarantined.increment(0);
+        m.corrupt.increment(0);
+        m
     }
 
     pub fn set(&self, bytes: u64, events: u64) {
         self.bytes.set(bytes as f64);
         self.events.set(events as f64);
     }
-}
 
-/// The configured limit, so dashboards and alerts can show how full the spool is.
-pub fn spool_limit(bytes: u64) {
-    gauge!(SPOOL_MAX_BYTES).set(bytes as f64);
+    pub fn fsync(&self, elapsed: Duration) {
+        self.fsync.record(elapsed.as_secs_f64());
+    }
+
+    /// A torn tail cut at opening (never answered 200).
+    pub fn truncated(&self, bytes: u64) {
+        self.truncated.increment(bytes);
+    }
+
+    /// Damage found: `bytes` kept in quarantine, `records` lost in them.
+    pub fn quarantined(&self, bytes: u64, records: u64) {
+        self.quarantined.increment(bytes);
+        self.corrupt.increment(records);
+    }
 }
 
 /// One of [`CONNECTION_ERRORS`]: slow, malformed or oversized clients that hyper
 /// answered (400, 431) or cut off itself, which request counters never see.
 pub fn connection_error(reason: &'static str) {
     counter!(HTTP_CONNECTION_ERRORS, "reason" => reason).increment(1);
-}
-
-pub fn spool_truncated(bytes: u64) {
-    counter!(SPOOL_TRUNCATED_BYTES).increment(bytes);
-}
-
-/// Damage found in the spool: `bytes` kept in quarantine, `records` lost in them.
-pub fn spool_quarantined(bytes: u64, records: u64) {
-    counter!(SPOOL_QUARANTINED_BYTES).increment(bytes);
-    counter!(SPOOL_CORRUPT_RECORDS).increment(records);
 }
 
 /// Forwarder counters for one sink, resolved once.
@@ -505,13 +517,45 @@ impl SinkMetrics {
     }
 }
 
+/// An event dead-lettered without reaching its sink's forwarder: spooled for a
+/// sink (or from a source) since removed from the config.
+pub fn dead_lettered(sink: &str) {
+    counter!(DEAD_LETTERED, "sink" => sink.to_string()).increment(1);
+}
+
 pub fn sink_panic(sink: &str) {
     counter!(SINK_PANICS, "sink" => sink.to_string()).increment(1);
 }
 
-pub fn forward_state(lag: Duration, in_flight: usize) {
-    gauge!(FORWARD_LAG).set(lag.as_secs_f64());
-    gauge!(FORWARD_IN_FLIGHT).set(in_flight as f64);
+/// What a sink's forwarder is doing, one of [`SINK_STATES`] at a time.
+pub const SINK_STATES: [&str; 3] = ["delivering", "retrying", "full"];
+
+/// A sink's forwarder gauges: oldest unconfirmed event's age, in flight, state.
+#[derive(Clone)]
+pub struct ForwardMetrics {
+    lag: Gauge,
+    in_flight: Gauge,
+    states: [Gauge; 3],
+}
+
+impl ForwardMetrics {
+    pub fn new(sink: &str) -> Self {
+        let sink = sink.to_string();
+        Self {
+            lag: gauge!(FORWARD_LAG, "sink" => sink.clone()),
+            in_flight: gauge!(FORWARD_IN_FLIGHT, "sink" => sink.clone()),
+            states: SINK_STATES.map(|st| gauge!(SINK_STATE, "sink" => sink.clone(), "state" => st)),
+        }
+    }
+
+    /// `state` is one of [`SINK_STATES`].
+    pub fn set(&self, lag: Duration, in_flight: usize, state: &str) {
+        self.lag.set(lag.as_secs_f64());
+        self.in_flight.set(in_flight as f64);
+        for (g, st) in self.states.iter().zip(SINK_STATES) {
+            g.set(if st == state { 1.0 } else { 0.0 });
+        }
+    }
 }
 
 /// Kafka error by librdkafka code name (a fixed enum: bounded labels).

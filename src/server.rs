@@ -46,10 +46,26 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// When a source's events are answered 200.
 pub enum Ack {
-    /// After the spool's fdatasync.
-    Durable(Spool),
-    /// After the broker confirms, or 503 past `timeout` (see [`forward::publish_direct`]).
-    Broker { route: Route, timeout: Duration },
+    /// After the fdatasync of its record in the backlog of each sink it is routed
+    /// to (one spool per sink, so that one sink's outage fills only its own).
+    Durable(Arc<[Spool]>),
+    /// After every sink it is routed to confirms, or 503 past `timeout` (see
+    /// [`forward::publish_direct`]).
+    Broker {
+        routes: Arc<[Route]>,
+        timeout: Duration,
+    },
+}
+
+impl Ack {
+    /// Whether an event of this source could be made safe now: each of its sinks'
+    /// backlogs writable with room, or each of its brokers reachable.
+    pub fn can_accept(&self) -> bool {
+        match self {
+            Ack::Durable(spools) => spools.iter().all(Spool::has_room),
+            Ack::Broker { routes, .. } => routes.iter().all(|r| r.sink.ready()),
+        }
+    }
 }
 
 /// One configured source, ready to serve.
@@ -85,8 +101,6 @@ pub struct Limits {
 pub struct App {
     pub sources: HashMap<String, Source>,
     pub dedup: Window,
-    /// Absent when every source uses `ack = "broker"`: no volume needed.
-    pub spool: Option<Spool>,
     pub limits: Limits,
     /// Cleared when shutdown starts, so /readyz fails before the listener closes.
     pub accepting: AtomicBool,
@@ -103,12 +117,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(
-        sources: HashMap<String, Source>,
-        dedup: Window,
-        spool: Option<Spool>,
-        limits: Limits,
-    ) -> Self {
+    pub fn new(sources: HashMap<String, Source>, dedup: Window, limits: Limits) -> Self {
         let r = limits.unverified_rate_limit;
         let body_kib = (limits.max_in_flight_body_bytes / 1024).clamp(1, MAX_BODY_PERMITS);
         Self {
@@ -116,7 +125,6 @@ impl App {
             unverified: crate::guard::FailureLimiter::new(r.per_second, r.burst),
             sources,
             dedup,
-            spool,
             limits,
             accepting: AtomicBool::new(true),
             delivering: AtomicBool::new(true),
@@ -126,24 +134,25 @@ impl App {
         }
     }
 
-    /// Ready to accept: not shutting down, the spool writable with room, and
-    /// every broker that answers requests directly (`ack = "broker"`) reachable.
+    /// Ready to accept: not shutting down, delivering, and some source able to
+    /// accept (see [`Ack::can_accept`]). One sink's outage refuses only the sources
+    /// routed to it, so the pod stays in service for the others.
     pub fn ready(&self) -> bool {
         self.accepting.load(Ordering::Relaxed)
             && self.delivering.load(Ordering::Relaxed)
-            && self.spool_has_room()
-            && self.brokers_reachable()
+            && self.sources.values().any(|s| s.ack.can_accept())
     }
 
-    pub fn spool_has_room(&self) -> bool {
-        self.spool.as_ref().is_none_or(Spool::has_room)
-    }
-
-    pub fn brokers_reachable(&self) -> bool {
-        self.sources.values().all(|s| match &s.ack {
-            Ack::Durable(_) => true,
-            Ack::Broker { route, .. } => route.sink.ready(),
-        })
+    /// Sources that cannot accept now, by name, for `/readyz`'s answer.
+    pub fn refusing(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| !s.ack.can_accept())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        names.sort_unstable();
+        names
     }
 
     fn request_id(&self) -> String {
@@ -410,12 +419,12 @@ async fn accept(
     }
     let (id, event_type) = (event.id().to_string(), event.event_type().to_string());
     let stored = match &src.ack {
-        Ack::Durable(spool) => match spool.submit(event).await {
+        Ack::Durable(spools) => match crate::spool::submit_to(spools, event).await {
             Ok(pending) => reservation.store(Stored::Spool(pending)).await,
             Err(e) => Some(Err(append_refused(&e))),
         },
-        Ack::Broker { route, timeout } => {
-            let publish = tokio::spawn(forward::publish_direct(route.clone(), *timeout, event));
+        Ack::Broker { routes, timeout } => {
+            let publish = tokio::spawn(forward::publish_direct(routes.clone(), *timeout, event));
             reservation.store(Stored::Broker(publish)).await
         }
     };
@@ -447,7 +456,8 @@ fn append_refused(e: &AppendError) -> Resp {
 
 /// Where an accepted event is being made safe.
 enum Stored {
-    Spool(Pending),
+    /// One append per sink the source is routed to.
+    Spool(Vec<Pending>),
     /// `ack = "broker"`: the publish runs as a task of its own, so that it completes
     /// (or fails) whether or not the request is still waiting.
     Broker(JoinHandle<Result<(), DirectError>>),
@@ -456,7 +466,16 @@ enum Stored {
 impl Stored {
     async fn outcome(&mut self) -> Result<(), Resp> {
         match self {
-            Stored::Spool(p) => p.await.map(|_| ()).map_err(|e| append_refused(&e)),
+            // Each is dropped once it answered: this may be polled again after a
+            // timeout (by the drop's settling task), and an answered one never is.
+            Stored::Spool(pending) => {
+                while let Some(p) = pending.last_mut() {
+                    let appended = p.await;
+                    pending.pop();
+                    appended.map_err(|e| append_refused(&e))?;
+                }
+                Ok(())
+            }
             Stored::Broker(h) => match h.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e @ DirectError::Unconfirmed(_))) => Err(unavailable(&e.to_string())),
@@ -660,8 +679,7 @@ async fn admin(app: &App, prometheus: &PrometheusHandle, req: Request<Incoming>)
                     serde_json::json!({ "status": "not ready",
                         "accepting": app.accepting.load(Ordering::Relaxed),
                         "delivering": app.delivering.load(Ordering::Relaxed),
-                        "spool_has_room": app.spool_has_room(),
-                        "brokers_reachable": app.brokers_reachable() }),
+                        "sources_refusing": app.refusing() }),
                 )
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use hyper::StatusCode;
 
-const LAG: &str = "hookrelay_forward_lag_seconds";
+const LAG: &str = "hookrelay_forward_lag_seconds{sink=\"file\"}";
 
 /// Sends distinct events from 32 connections, SIGKILLs hookrelay after `kill_after`
 /// acks, and returns the acked ids.
@@ -79,7 +79,7 @@ async fn torn_spool_tail_is_truncated_and_nothing_acked_is_lost() {
     let acked = load_and_kill(&mut relay, 2400, 1000, "torn").await;
 
     // A crash mid-append leaves half a record (and garbage) at the tail.
-    let spool = dir.path().join("spool");
+    let spool = dir.path().join("spool").join("file");
     let mut segs: Vec<_> = std::fs::read_dir(&spool)
         .unwrap()
         .flatten()
@@ -108,7 +108,10 @@ async fn torn_spool_tail_is_truncated_and_nothing_acked_is_lost() {
     let after = std::fs::read(last).unwrap_or_default();
     assert!(after.iter().skip(end).all(|&b| b == 0));
     let m = relay.metrics().await;
-    assert_eq!(metric(&m, "hookrelay_spool_truncated_bytes_total"), 11.0);
+    assert_eq!(
+        metric(&m, "hookrelay_spool_truncated_bytes_total{sink=\"file\"}"),
+        11.0
+    );
     assert!(relay.logs().contains("truncating"), "{}", relay.logs());
 }
 
@@ -326,8 +329,14 @@ async fn disk_full_answers_503_then_accepts_when_space_returns() {
     drop(admin);
     relay.restart();
     let m = relay.metrics().await;
-    assert_eq!(metric(&m, "hookrelay_spool_truncated_bytes_total"), 0.0);
-    assert_eq!(metric(&m, "hookrelay_spool_corrupt_records_total"), 0.0);
+    assert_eq!(
+        metric(&m, "hookrelay_spool_truncated_bytes_total{sink=\"file\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&m, "hookrelay_spool_corrupt_records_total{sink=\"file\"}"),
+        0.0
+    );
     std::fs::remove_dir(&blocker).unwrap();
     relay.wait_for_ids(&acked, Duration::from_secs(60));
 }

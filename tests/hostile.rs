@@ -123,8 +123,10 @@ async fn case01_unframable_fields_are_refused_and_a_kill_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case02_damage_is_quarantined_and_what_follows_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    // A broker that is not there: everything acked stays in the spool.
-    let down = "[sinks.rabbitmq]\nuri = \"amqp://guest:guest@127.0.0.1:1/%2f\"\nconnect_timeout_ms = 200\n";
+    // A broker that is not there: everything acked stays in the sink's backlog. The
+    // sink is named `file` so that the restart below, which gives that name a file
+    // sink that delivers, finds its backlog (a removed sink's would be dead-lettered).
+    let down = "[sinks.file]\ntype = \"rabbitmq\"\nuri = \"amqp://guest:guest@127.0.0.1:1/%2f\"\nconnect_timeout_ms = 200\n";
     let mut relay = Relay::start_with(dir.path(), &config_with_sink(dir.path(), "", "", down, ""));
     let mut c = relay.connect().await;
     let mut acked = Vec::new();
@@ -137,7 +139,9 @@ async fn case02_damage_is_quarantined_and_what_follows_is_delivered() {
     }
     relay.kill();
     // Bit rot in the eleventh record's body.
-    let seg = segments(&dir.path().join("spool")).pop().unwrap();
+    let seg = segments(&dir.path().join("spool").join("file"))
+        .pop()
+        .unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     let at = frames(&bytes)[10];
     bytes[at + 60] ^= 0x20;
@@ -154,15 +158,21 @@ async fn case02_damage_is_quarantined_and_what_follows_is_delivered() {
         .map(|(_, id)| id.clone())
         .collect();
     relay.wait_for_ids(&want, Duration::from_secs(30));
-    let quarantine: Vec<_> = std::fs::read_dir(dir.path().join("spool/quarantine"))
+    let quarantine: Vec<_> = std::fs::read_dir(dir.path().join("spool/file/quarantine"))
         .unwrap()
         .flatten()
         .collect();
     assert_eq!(quarantine.len(), 1);
     let m = relay.metrics().await;
-    assert_eq!(metric(&m, "hookrelay_spool_corrupt_records_total"), 1.0);
-    assert!(metric(&m, "hookrelay_spool_quarantined_bytes_total") > 0.0);
-    assert_eq!(metric(&m, "hookrelay_spool_truncated_bytes_total"), 0.0);
+    assert_eq!(
+        metric(&m, "hookrelay_spool_corrupt_records_total{sink=\"file\"}"),
+        1.0
+    );
+    assert!(metric(&m, "hookrelay_spool_quarantined_bytes_total{sink=\"file\"}") > 0.0);
+    assert_eq!(
+        metric(&m, "hookrelay_spool_truncated_bytes_total{sink=\"file\"}"),
+        0.0
+    );
     assert!(relay.logs().contains("quarantine"), "{}", relay.logs());
 }
 
@@ -315,7 +325,7 @@ async fn case05_a_client_gone_mid_append_does_not_hold_its_id() {
     s.write_all(head.as_bytes()).await.unwrap();
     // Gone once the append is under way: its record is written to the segment
     // (the fdatasync after it is what the fault slows down).
-    let spool = dir.path().join("spool");
+    let spool = dir.path().join("spool").join("file");
     eventually_blocking(Duration::from_secs(10), || {
         segments(&spool)
             .iter()

@@ -308,7 +308,10 @@ async fn health_and_readiness() {
         assert_eq!(metric(&m, &series), 0.0);
     }
     assert_eq!(
-        metric(&m, "hookrelay_spool_fsync_duration_seconds_count"),
+        metric(
+            &m,
+            "hookrelay_spool_fsync_duration_seconds_count{sink=\"file\"}"
+        ),
         0.0
     );
 }

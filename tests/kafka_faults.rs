@@ -194,7 +194,7 @@ async fn a_permanently_refused_topic_is_dead_lettered_and_the_rest_flows() {
         metric(&m, "hookrelay_dead_lettered_total{sink=\"kafka\"}"),
         10.0
     );
-    assert_eq!(metric(&m, "hookrelay_spool_events"), 0.0);
+    assert_eq!(metric(&m, "hookrelay_spool_events{sink=\"kafka\"}"), 0.0);
     // Logged once per topic, not once per event.
     let logs = relay.logs();
     assert_eq!(logs.matches("refused for good").count(), 1, "{logs}");

@@ -289,7 +289,10 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
         acked.insert(r.json()["id"].as_str().unwrap().to_string());
     }
     assert!(
-        metric(&relay.metrics().await, "hookrelay_spool_events") > 0.0,
+        metric(
+            &relay.metrics().await,
+            "hookrelay_spool_events{sink=\"rabbitmq\"}"
+        ) > 0.0,
         "nothing held back while blocked"
     );
     // A broker-mode source cannot confirm: 503 within its deadline, not a hang.
@@ -355,7 +358,7 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     );
     wait_metric(
         &relay,
-        "hookrelay_spool_events",
+        "hookrelay_spool_events{sink=\"rabbitmq\"}",
         0.0,
         Duration::from_secs(30),
     )

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sink::SinkKind;
-use crate::sink::kafka::KafkaSinkConfig;
-use crate::sink::rabbitmq::RabbitmqSinkConfig;
-
+mod sinks;
 mod source;
 #[cfg(test)]
 mod tests;
 
+pub use sinks::{
+    FileSinkConfig, MAX_SINK_NAME_LEN, SinkConfig, SinkSettings, SinksConfig, renamed,
+};
 pub use source::{AckMode, OneOrMany, RateLimit, SignatureBody, SourceConfig};
 
 /// Everything hookrelay needs to run, as written in the TOML file.
@@ -38,7 +38,7 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
-    /// Destinations by kind; today only `file`.
+    /// Destinations by name (see `sinks`).
     #[serde(default)]
     pub sinks: SinksConfig,
     /// Webhook senders by name; the name is the `{source}` in `/webhooks/{source}`.
@@ -283,62 +283,6 @@ impl Default for DeadLetterConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinksConfig {
-    pub file: Option<FileSinkConfig>,
-    pub kafka: Option<KafkaSinkConfig>,
-    pub rabbitmq: Option<RabbitmqSinkConfig>,
-}
-
-impl SinksConfig {
-    /// The configured sinks, in a stable order.
-    pub fn kinds(&self) -> Vec<SinkKind> {
-        let mut kinds = Vec::new();
-        if self.file.is_some() {
-            kinds.push(SinkKind::File);
-        }
-        if self.kafka.is_some() {
-            kinds.push(SinkKind::Kafka);
-        }
-        if self.rabbitmq.is_some() {
-            kinds.push(SinkKind::Rabbitmq);
-        }
-        kinds
-    }
-
-    /// The sink a source publishes to: the one it names, else the only one.
-    pub fn for_source(&self, src: &SourceConfig) -> Option<SinkKind> {
-        match &src.sink {
-            Some(name) => SinkKind::from_name(name).filter(|k| self.kinds().contains(k)),
-            None => self.kinds().first().copied(),
-        }
-    }
-}
-
-/// The embedded sink: JSON Lines, one file per topic. For laptops and tests.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    pub dir: PathBuf,
-    /// Files held open at once; past it the least recently written is synced and
-    /// closed (senders choose event types, so topics are not bounded by us).
-    #[serde(default = "default_max_open_files")]
-    pub max_open_files: usize,
-    /// Topic files this sink creates at most (those in `dir` at start count);
-    /// events for a new topic past it are dead-lettered with the reason.
-    #[serde(default = "default_max_topics")]
-    pub max_topics: usize,
-}
-
-const fn default_max_open_files() -> usize {
-    64
-}
-
-const fn default_max_topics() -> usize {
-    crate::sink::DEFAULT_MAX_TOPICS
-}
-
 /// TOML that does not parse into a configuration: the message names the key and line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -512,36 +456,33 @@ impl Config {
                 format!("'{}' is not a valid filter", self.log.level),
             ));
         }
-        if self.sinks.kinds().is_empty() {
-            return Err(invalid(
-                "sinks",
-                "configure at least one sink, e.g. [sinks.file] dir = \"./data/events\"",
-            ));
-        }
         if self.sources.is_empty() {
             return Err(invalid(
                 "sources",
                 "configure at least one source, e.g. [sources.quickassist] scheme = \"quickassist\"",
             ));
         }
-        if let Some(f) = &self.sinks.file
-            && (f.max_open_files == 0 || f.max_topics == 0)
-        {
-            return Err(invalid(
-                "sinks.file",
-                "max_open_files and max_topics must be greater than 0",
-            ));
-        }
-        if let Some(k) = &self.sinks.kafka {
-            k.validate()?;
-        }
-        if let Some(r) = &self.sinks.rabbitmq {
-            r.validate()?;
-        }
+        self.sinks
+            .validate(self.spool.max_bytes, self.spool.segment_bytes)?;
         for (name, src) in &self.sources {
             src.validate(name, &self.sinks)?;
         }
         Ok(())
+    }
+
+    /// What `check` reports and `run` logs without refusing the file.
+    pub fn warnings(&self) -> Vec<String> {
+        self.sinks
+            .names()
+            .into_iter()
+            .filter(|sink| {
+                !self
+                    .sources
+                    .values()
+                    .any(|src| self.sinks.for_source(src).contains(sink))
+            })
+            .map(|sink| format!("sinks.{sink}: no source routes to it"))
+            .collect()
     }
 
     pub fn header_read_timeout(&self) -> Duration {

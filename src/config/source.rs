@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use super::{ConfigError, SinksConfig, invalid};
 use crate::event::{MAX_EVENT_TYPE_LEN, MAX_SOURCE_LEN, MAX_TOPIC_LEN, is_sane_name};
-use crate::sink::SinkKind;
 use crate::verify::scheme::{IdRules, Scheme};
 
 /// A string or a list of strings, for keys where one or several values make sense.
@@ -93,6 +92,8 @@ pub struct SourceConfig {
     pub ack: AckMode,
     /// Which sink receives this source's events; defaults to the only configured one.
     pub sink: Option<String>,
+    /// Several sinks, each receiving every event (fan-out); instead of `sink`.
+    pub sinks: Option<Vec<String>>,
     /// With `ack = "broker"`: how long to wait for the broker's confirmation before 503.
     #[serde(default = "default_ack_timeout_ms")]
     pub ack_timeout_ms: u64,
@@ -198,14 +199,19 @@ impl SourceConfig {
                 }
             }
         }
-        if self.ack == AckMode::Broker && !sinks.for_source(self).is_some_and(SinkKind::is_broker) {
-            return Err(invalid(
-                key("ack"),
-                format!(
-                    "ack = \"broker\" needs a broker sink (kafka, rabbitmq); sink '{}' supports only \"durable\"",
-                    sinks.for_source(self).map_or("none", SinkKind::as_str)
-                ),
-            ));
+        let routed = sinks.for_source(self);
+        if self.ack == AckMode::Broker {
+            let not_broker = routed
+                .iter()
+                .find(|n| !sinks.get(n).is_some_and(|s| s.settings.kind().is_broker()));
+            if let Some(n) = not_broker {
+                return Err(invalid(
+                    key("ack"),
+                    format!(
+                        "ack = \"broker\" needs broker sinks (kafka, rabbitmq, nats); sink '{n}' supports only \"durable\""
+                    ),
+                ));
+            }
         }
         if self.ack_timeout_ms == 0 || self.ack_timeout_ms > 15_000 {
             return Err(invalid(
@@ -213,30 +219,56 @@ impl SourceConfig {
                 "must be between 1 and 15000: a request waits at most 20 s for its event to be stored, and a dedup reservation lives 30 s",
             ));
         }
-        let names: Vec<&str> = sinks.kinds().iter().map(|k| k.as_str()).collect();
-        match &self.sink {
-            Some(s) if !names.contains(&s.as_str()) => {
-                return Err(invalid(
-                    key("sink"),
-                    format!("unknown sink '{s}', configured sinks: {}", names.join(", ")),
-                ));
+        let names = sinks.names();
+        let field = if self.sinks.is_some() {
+            "sinks"
+        } else {
+            "sink"
+        };
+        match (&self.sink, &self.sinks) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(key("sinks"), "set sink or sinks, not both"));
             }
-            None if names.len() > 1 => {
+            (None, Some(list)) if list.is_empty() => {
+                return Err(invalid(key("sinks"), "name at least one sink"));
+            }
+            (None, None) if names.len() > 1 => {
                 return Err(invalid(
                     key("sink"),
                     format!(
-                        "several sinks are configured ({}): name one",
+                        "several sinks are configured ({}): name one, or several with sinks = [...]",
                         names.join(", ")
                     ),
                 ));
             }
             _ => {}
         }
+        let named = self.sink_names().unwrap_or_default();
+        for (i, s) in named.iter().enumerate() {
+            if !names.contains(&s.as_str()) {
+                return Err(invalid(
+                    key(field),
+                    format!("unknown sink '{s}', configured sinks: {}", names.join(", ")),
+                ));
+            }
+            if named[..i].contains(s) {
+                return Err(invalid(key(field), format!("names sink '{s}' twice")));
+            }
+        }
         Ok(())
     }
 }
 
 impl SourceConfig {
+    /// The sinks this source names (`sink` or `sinks`), if it names any.
+    pub fn sink_names(&self) -> Option<Vec<String>> {
+        match (&self.sink, &self.sinks) {
+            (_, Some(list)) => Some(list.clone()),
+            (Some(one), None) => Some(vec![one.clone()]),
+            (None, None) => None,
+        }
+    }
+
     /// Options that only some schemes take, each checked against the scheme.
     fn validate_scheme_options(&self, name: &str) -> Result<(), ConfigError> {
         let key = |field: &str| format!("sources.{name}.{field}");

@@ -22,7 +22,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(q.ack, AckMode::Durable);
     assert_eq!(c.server.max_body_bytes, 1 << 20);
     assert_eq!(c.spool.max_bytes, 1 << 30);
-    assert_eq!(c.sinks.for_source(q), Some(crate::sink::SinkKind::File));
+    assert_eq!(c.sinks.for_source(q), vec!["file"]);
 }
 
 #[test]

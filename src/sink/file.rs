@@ -90,10 +90,6 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn name(&self) -> &'static str {
-        "file"
-    }
-
     fn publish(
         &self,
         batch: Vec<Message>,

@@ -12,6 +12,7 @@ pub mod cloudevents;
 pub mod file;
 mod jsonstr;
 pub mod kafka;
+pub mod nats;
 pub mod rabbitmq;
 
 use std::borrow::Cow;
@@ -28,6 +29,7 @@ use crate::metrics::SinkMetrics;
 
 pub use file::FileSink;
 pub use kafka::KafkaSink;
+pub use nats::NatsSink;
 pub use rabbitmq::RabbitmqSink;
 
 /// The kinds of sink there are; a sink's kind names it in metrics and config.
@@ -36,16 +38,23 @@ pub enum SinkKind {
     File,
     Kafka,
     Rabbitmq,
+    Nats,
 }
 
 impl SinkKind {
-    pub const ALL: [SinkKind; 3] = [SinkKind::File, SinkKind::Kafka, SinkKind::Rabbitmq];
+    pub const ALL: [SinkKind; 4] = [
+        SinkKind::File,
+        SinkKind::Kafka,
+        SinkKind::Rabbitmq,
+        SinkKind::Nats,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SinkKind::File => "file",
             SinkKind::Kafka => "kafka",
             SinkKind::Rabbitmq => "rabbitmq",
+            SinkKind::Nats => "nats",
         }
     }
 
@@ -55,7 +64,7 @@ impl SinkKind {
 
     /// Confirms from a broker, and so can back `ack = "broker"`.
     pub fn is_broker(self) -> bool {
-        matches!(self, SinkKind::Kafka | SinkKind::Rabbitmq)
+        matches!(self, SinkKind::Kafka | SinkKind::Rabbitmq | SinkKind::Nats)
     }
 }
 
@@ -145,11 +154,9 @@ pub enum SinkError {
     Permanent(String),
 }
 
-/// A destination for events.
+/// A destination for events. It has no name of its own: the configuration names
+/// it (see [`Route`]), and two sinks of one kind differ only in their settings.
 pub trait Sink: Send + Sync + 'static {
-    /// The `sink` label of metrics and the name sources refer to.
-    fn name(&self) -> &'static str;
-
     /// Hands `batch` to the destination. Resolves once the messages are enqueued
     /// (which may wait for room), with one confirmation per message, in order.
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>>;
@@ -189,13 +196,14 @@ pub trait Sink: Send + Sync + 'static {
 /// (permanently: it is dead-lettered with the panic as its reason) and delivery goes
 /// on; a sink returning too few confirmations fails the rest as retriable. Await
 /// each confirmation through [`confirmed`], which catches a panic there too.
-pub async fn publish_caught(sink: &dyn Sink, batch: Vec<Message>) -> Vec<Confirmation> {
+pub async fn publish_caught(route: &Route, batch: Vec<Message>) -> Vec<Confirmation> {
+    let (name, sink) = (route.name(), &*route.sink);
     let n = batch.len();
     let copy = batch.clone();
     let mut out = match AssertUnwindSafe(sink.publish(batch)).catch_unwind().await {
         Ok(confirmations) => confirmations,
         Err(panic) => {
-            tracing::error!(sink = sink.name(), panic = %crate::supervise::panic_text(&*panic),
+            tracing::error!(sink = name, panic = %crate::supervise::panic_text(&*panic),
                 "the sink panicked handing over a batch; publishing it one event at a time");
             let mut out = Vec::with_capacity(n);
             for m in copy {
@@ -204,10 +212,9 @@ pub async fn publish_caught(sink: &dyn Sink, batch: Vec<Message>) -> Vec<Confirm
                     Ok(Some(c)) => c,
                     Ok(None) => missing(),
                     Err(panic) => {
-                        crate::metrics::sink_panic(sink.name());
+                        crate::metrics::sink_panic(name);
                         let why = format!(
-                            "the {} sink panicked on this event: {}",
-                            sink.name(),
+                            "the {name} sink panicked on this event: {}",
                             crate::supervise::panic_text(&*panic)
                         );
                         Box::pin(std::future::ready(Err(SinkError::Permanent(why))))
@@ -255,22 +262,34 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// A sink with its metric handles, shared by the forwarder and broker-mode requests.
+/// A sink under its configured name, with its metric handles: what the forwarder
+/// and broker-mode requests publish through.
 #[derive(Clone)]
 pub struct Route {
+    name: Arc<str>,
+    pub kind: SinkKind,
     pub sink: Arc<dyn Sink>,
     pub metrics: SinkMetrics,
 }
 
 impl Route {
-    pub fn new(sink: Arc<dyn Sink>) -> Self {
-        let metrics = SinkMetrics::new(sink.name());
-        Self { sink, metrics }
+    pub fn new(name: &str, kind: SinkKind, sink: Arc<dyn Sink>) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            sink,
+            metrics: SinkMetrics::new(name),
+        }
+    }
+
+    /// The `sink` label of its metrics and the name sources route to.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Publishes one event and waits for its confirmation (`ack = "broker"`).
     pub async fn publish_one(&self, message: Message) -> Result<(), SinkError> {
-        let mut confirmations = publish_caught(&*self.sink, vec![message]).await;
+        let mut confirmations = publish_caught(self, vec![message]).await;
         match confirmations.pop() {
             Some(c) => confirmed(c).await,
             None => Err(SinkError::Retriable(

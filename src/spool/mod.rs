@@ -15,6 +15,7 @@
 //! - `cursor`: the first sequence not yet confirmed (8 bytes LE + CRC32C). It may
 //!   lag the truth; replaying from an older cursor only causes duplicates.
 
+mod adopt;
 mod faults;
 mod prealloc;
 #[cfg(test)]
@@ -36,9 +37,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::event::Accepted;
+use crate::event::{Accepted, Event};
 use crate::metrics;
 
+pub use adopt::{AdoptError, adopt, holds_spool};
 pub use faults::{FSYNC_AFTER_ENV, FSYNC_DELAY_ENV};
 pub use reader::Reader;
 pub use record::{
@@ -149,7 +151,7 @@ struct SpoolState {
     /// Bytes holding no readable record, by segment, found at opening or by the
     /// reader: it jumps them (see `recover`).
     holes: Mutex<Vec<(u64, Hole)>>,
-    size: metrics::SpoolSize,
+    metrics: metrics::SpoolMetrics,
 }
 
 impl Tail {
@@ -208,7 +210,7 @@ impl SpoolState {
         tracing::error!(segment, offset = hole.offset, bytes = hole.len, first_lost_seq = hole.from_seq,
             lost_records = lost, next_seq = hole.to_seq, error = why, quarantined = %kept,
             "unreadable bytes in the spool: kept in quarantine, delivery goes on after them");
-        metrics::spool_quarantined(hole.len, lost);
+        self.metrics.quarantined(hole.len, lost);
         let mut holes = self.holes();
         if !holes.contains(&(segment, hole)) {
             holes.push((segment, hole));
@@ -259,6 +261,32 @@ impl std::future::Future for Pending {
     }
 }
 
+/// Hands one event to every spool in `spools` (a source routed to several sinks,
+/// each with a backlog of its own), framed once; one [`Pending`] per spool, in
+/// order. When any of them has no room nothing is appended, so that a refused
+/// request leaves no copy behind for the provider's retry to duplicate (a spool
+/// filling between the check and the append still can: a duplicate, never a loss).
+pub async fn submit_to(spools: &[Spool], event: Accepted) -> Result<Vec<Pending>, AppendError> {
+    if spools.len() > 1 && !spools.iter().all(Spool::has_room) {
+        return Err(AppendError::Full);
+    }
+    let frame = encode(&event).map_err(AppendError::Unframable)?;
+    // The body ends the frame. Kept as a slice of it, the event handed to the
+    // forwarder holds one exact allocation instead of pinning the connection's
+    // read buffer (which a small body may share with much more) until confirmed.
+    let mut event = event.into_event();
+    event.share_body(frame.slice(record::body_range(frame.len(), event.body().len())));
+    let Some((last, rest)) = spools.split_last() else {
+        return Ok(Vec::new());
+    };
+    let mut pending = Vec::with_capacity(spools.len());
+    for spool in rest {
+        pending.push(spool.hand_over(frame.clone(), event.clone()).await?);
+    }
+    pending.push(last.hand_over(frame, event).await?);
+    Ok(pending)
+}
+
 /// Handle for appending; cheap to clone into every request task.
 #[derive(Clone)]
 pub struct Spool {
@@ -280,6 +308,13 @@ pub struct Recovery {
     pub quarantined_bytes: u64,
     /// Records lost in that damage.
     pub lost_records: u64,
+}
+
+/// A spool is named by its directory: under `spool.dir` each sink's backlog is
+/// the directory of the sink's name, and its series carry that name.
+fn name_of(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(|| "spool".into(), |n| n.to_string_lossy().into_owned())
 }
 
 pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -309,6 +344,7 @@ impl Spool {
         wait_for_prepared: bool,
     ) -> Result<(Spool, Reader, Recovery), OpenError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let spool_metrics = metrics::SpoolMetrics::register(&name_of(dir), max_bytes);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -329,7 +365,7 @@ impl Spool {
             mut marked_end,
             sealed_by_damage,
             recovery,
-        } = recover::recover(dir, &mut each)?;
+        } = recover::recover(dir, &spool_metrics, &mut each)?;
         let (active, preallocated) = match segments.last() {
             Some(seg) if !sealed_by_damage => {
                 let path = segment_path(dir, seg.base);
@@ -372,11 +408,10 @@ impl Spool {
             spare: spare.clone(),
             recycled: AtomicU64::new(0),
             holes: Mutex::new(holes),
-            size: metrics::SpoolSize::register(),
+            metrics: spool_metrics,
         });
         let lock = Arc::new(lock);
-        shared.size.set(total, next_seq - cursor);
-        metrics::spool_limit(max_bytes);
+        shared.metrics.set(total, next_seq - cursor);
 
         let (durable_tx, durable_rx) = watch::channel(next_seq);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -419,12 +454,11 @@ impl Spool {
     /// awaits it: a caller that may be cancelled keeps the `Pending` to learn the
     /// outcome (the dedup reservation is committed or released by it).
     pub async fn submit(&self, event: Accepted) -> Result<Pending, AppendError> {
-        let frame = encode(&event).map_err(AppendError::Unframable)?;
-        // The body ends the frame. Kept as a slice of it, the event handed to the
-        // forwarder holds one exact allocation instead of pinning the connection's
-        // read buffer (which a small body may share with much more) until confirmed.
-        let mut event = event.into_event();
-        event.share_body(frame.slice(record::body_range(frame.len(), event.body().len())));
+        let mut pending = submit_to(std::slice::from_ref(self), event).await?;
+        pending.pop().ok_or(AppendError::Closed)
+    }
+
+    async fn hand_over(&self, frame: bytes::Bytes, event: Event) -> Result<Pending, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(writer::Append {
@@ -483,7 +517,7 @@ impl Spool {
         let s = &self.shared;
         s.cursor.fetch_max(cursor, Ordering::AcqRel);
         let cursor = s.cursor.load(Ordering::Acquire);
-        s.size.set(
+        s.metrics.set(
             s.bytes.load(Ordering::Acquire),
             self.durable_end().saturating_sub(cursor),
         );
@@ -534,7 +568,7 @@ impl Spool {
             s.full.store(false, Ordering::Relaxed);
         }
         let total = s.bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
-        s.size
+        s.metrics
             .set(total, self.durable_end().saturating_sub(self.cursor()));
         Ok(cursor)
     }

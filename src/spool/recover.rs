@@ -286,7 +286,11 @@ pub(super) struct Recovered {
 
 /// Reads every segment back, handing each record to `each`; cuts a torn tail and
 /// quarantines damage (see the module doc).
-pub(super) fn recover(dir: &Path, each: &mut impl FnMut(&Record)) -> Result<Recovered, OpenError> {
+pub(super) fn recover(
+    dir: &Path,
+    metrics: &metrics::SpoolMetrics,
+    each: &mut impl FnMut(&Record),
+) -> Result<Recovered, OpenError> {
     let mut bases = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let name = entry.map_err(io_err(dir))?.file_name();
@@ -342,7 +346,7 @@ pub(super) fn recover(dir: &Path, each: &mut impl FnMut(&Record)) -> Result<Reco
                 }
                 f.sync_all().map_err(io_err(&path))?;
                 recovery.truncated_bytes += cut;
-                metrics::spool_truncated(cut);
+                metrics.truncated(cut);
             } else {
                 // Damage where records are known to be: up to the next segment,
                 // or up to the last synced record.
@@ -378,7 +382,7 @@ pub(super) fn recover(dir: &Path, each: &mut impl FnMut(&Record)) -> Result<Reco
                     first_lost_seq = hole.from_seq, lost_records = hole.to_seq - hole.from_seq,
                     next_seq = hole.to_seq,
                     "unreadable bytes in the spool where acknowledged records are: kept in quarantine, delivery goes on after them");
-                metrics::spool_quarantined(hole.len, hole.to_seq - hole.from_seq);
+                metrics.quarantined(hole.len, hole.to_seq - hole.from_seq);
                 recovery.quarantined_bytes += hole.len;
                 recovery.lost_records += hole.to_seq - hole.from_seq;
                 holes.push((base, *hole));

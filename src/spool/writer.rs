@@ -16,7 +16,6 @@ use super::{
     segment_path,
 };
 use crate::event::Event;
-use crate::metrics;
 /// One event on its way to the writer, framed by the caller.
 pub(super) struct Append {
     pub(super) frame: Bytes,
@@ -154,7 +153,7 @@ impl Writer {
             // fate is unknown, and retrying could report success for lost writes.
             crate::supervise::stop(&format!("spool fdatasync failed: {e}"));
         }
-        metrics::spool_fsync(started.elapsed());
+        self.shared.metrics.fsync(started.elapsed());
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         self.shared.write_failed.store(false, Ordering::Relaxed);
 
@@ -192,7 +191,7 @@ impl Writer {
             }
         }
         self.durable.send_replace(self.next_seq);
-        self.shared.size.set(
+        self.shared.metrics.set(
             total,
             self.next_seq
                 .saturating_sub(self.shared.cursor.load(Ordering::Acquire)),

@@ -304,7 +304,7 @@ impl Relay {
     /// can still come. `None` if that did not happen within `within`.
     pub async fn wait_drained(&self, within: Duration) -> Option<()> {
         eventually(within, || async {
-            (metric(&self.metrics().await, "hookrelay_spool_events") == 0.0).then_some(())
+            (metric_sum(&self.metrics().await, "hookrelay_spool_events") == 0.0).then_some(())
         })
         .await
     }
@@ -361,6 +361,24 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("series {series} not found in:\n{text}"))
+}
+
+/// The sum of every sample of `name`, whatever its labels (one per sink, say);
+/// panics when there is none.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    let values: Vec<f64> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.trim().parse().ok()
+        })
+        .collect();
+    assert!(!values.is_empty(), "series {name} not found in:\n{text}");
+    values.iter().sum()
 }
 
 pub struct Reply {
@@ -455,6 +473,21 @@ impl Client {
         self.request(
             "POST",
             "/webhooks/quickassist",
+            &[
+                ("x-webhook-signature", &sig),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .await
+    }
+
+    /// Like `post_signed`, to `/webhooks/{source}` (every test source signs with [`SECRET`]).
+    pub async fn post_signed_to(&mut self, source: &str, body: &str) -> Reply {
+        let sig = sign(body.as_bytes());
+        self.request(
+            "POST",
+            &format!("/webhooks/{source}"),
             &[
                 ("x-webhook-signature", &sig),
                 ("content-type", "application/json"),

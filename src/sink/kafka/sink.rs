@@ -248,10 +248,6 @@ fn classify(e: &KafkaError, create_topics: bool) -> SinkError {
 }
 
 impl Sink for KafkaSink {
-    fn name(&self) -> &'static str {
-        "kafka"
-    }
-
     fn publish(
         &self,
         batch: Vec<Message>,

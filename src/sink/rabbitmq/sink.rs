@@ -64,10 +64,6 @@ pub fn properties(cfg: &RabbitmqSinkConfig, m: &Message) -> Result<BasicProperti
 }
 
 impl Sink for RabbitmqSink {
-    fn name(&self) -> &'static str {
-        "rabbitmq"
-    }
-
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>> {
         Box::pin(async move {
             self.broker.wait_while_blocked().await;

@@ -1,0 +1,342 @@
+//! Every sink's backlog: a spool of its own under `spool.dir/NAME`, and the
+//! forwarder that empties it into the sink.
+//!
+//! DESIGN: one spool per sink, not one shared spool with a cursor per sink.
+//! - Isolation is physical. With one shared log, a segment can be deleted only
+//!   when every sink's cursor has passed it, so while one sink is down the log
+//!   keeps everything accepted for every sink: the events of the healthy sinks
+//!   fill the disk behind the stalled cursor and soon every source gets 503, the
+//!   outcome isolation exists to prevent (or the log is compacted, rewriting live
+//!   data, the riskiest code a spool could have). With a spool per sink, a sink's
+//!   budget is the size of its own directory, its cursor, in-flight window,
+//!   recovery and segment deletion are exactly the single-sink code that the
+//!   crash tests already cover, and a sink removed from the config is one
+//!   directory to dead-letter.
+//! - The price: an event routed to N sinks is written N times and waits for N
+//!   fdatasyncs. They run at once (each spool has its own writer thread and group
+//!   commit), so a fan-out 200 waits for the slowest of them, not their sum; the
+//!   cost is CPU and disk bytes (docs/benchmarks.md, the fan-out case). Sources
+//!   routed to one sink, the common case, pay nothing.
+//! - A fan-out event is answered once: 200 after its record is durable in every
+//!   backlog it is routed to, 503 if any refused it (nothing is appended when one
+//!   of them has no room). Each copy stays in its backlog until its sink confirms.
+//!
+//! At opening, records found in a spool no configured sink owns are not left
+//! stranded: the single spool of earlier versions (segments directly in
+//! `spool.dir`) is moved into the backlogs of the sinks its sources route to now,
+//! and the backlog of a removed sink is dead-lettered with that reason.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::task::{JoinError, JoinHandle};
+
+use crate::config::{Config, ForwardConfig};
+use crate::deadletter::DeadLetter;
+use crate::forward::{self, DrainSignal, Forwarder};
+use crate::sink::{Message, Route};
+use crate::spool::{Reader, Record, Spool};
+
+/// Why the backlogs could not be opened; the message names the directory.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BacklogError(String);
+
+/// A sink's backlog as opened, before its forwarder starts.
+pub struct Opened {
+    pub route: Route,
+    pub spool: Spool,
+    reader: Reader,
+}
+
+/// Opens the backlog of each sink in `routes` (by name) under `dir`, with `budget`
+/// bytes each, handing every record found to `each` (the dedup window remembers
+/// them). Then adopts what no sink owns (see the module doc): `sources` maps each
+/// configured source to the sinks it routes to now.
+pub async fn open(
+    config: &Config,
+    routes: &BTreeMap<String, Route>,
+    sources: &BTreeMap<String, Vec<String>>,
+    dead_letter: &DeadLetter,
+    mut each: impl FnMut(&Record),
+) -> Result<BTreeMap<String, Opened>, BacklogError> {
+    let dir = &config.spool.dir;
+    let mut opened = BTreeMap::new();
+    for (name, route) in routes {
+        let budget = config.sinks.backlog_budget(name, config.spool.max_bytes);
+        let path = dir.join(name);
+        let (spool, reader, recovery) =
+            Spool::open(&path, budget, config.spool.segment_bytes, &mut each)
+                .map_err(|e| BacklogError(format!("spool.dir: {e}")))?;
+        spool.pace_syncs(Duration::from_micros(config.spool.min_sync_interval_us));
+        tracing::info!(sink = %name, dir = %path.display(), budget_bytes = budget,
+            pending = recovery.pending, truncated_bytes = recovery.truncated_bytes,
+            quarantined_bytes = recovery.quarantined_bytes, "backlog opened");
+        opened.insert(
+            name.clone(),
+            Opened {
+                route: route.clone(),
+                spool,
+                reader,
+            },
+        );
+    }
+    adopt_strays(config, &opened, sources, dead_letter, &mut each).await?;
+    Ok(opened)
+}
+
+/// The single spool of earlier versions, and backlogs of sinks no longer configured.
+async fn adopt_strays(
+    config: &Config,
+    opened: &BTreeMap<String, Opened>,
+    sources: &BTreeMap<String, Vec<String>>,
+    dead_letter: &DeadLetter,
+    each: &mut impl FnMut(&Record),
+) -> Result<(), BacklogError> {
+    let dir = &config.spool.dir;
+    let segment_bytes = config.spool.segment_bytes;
+    if crate::spool::holds_spool(dir) {
+        let place = |r: &Record| -> Result<Vec<Spool>, String> {
+            let source = r.event.source();
+            let Some(sinks) = sources.get(source) else {
+                let why = format!("source '{source}' was removed from the config");
+                return settle(dead_letter, r, "_removed", &why).map(|()| Vec::new());
+            };
+            sinks
+                .iter()
+                .map(|s| match opened.get(s) {
+                    Some(o) => Ok(o.spool.clone()),
+                    None => Err(format!("sink '{s}' has no backlog")),
+                })
+                .collect()
+        };
+        let moved = crate::spool::adopt(dir, segment_bytes, &mut *each, place)
+            .await
+            .map_err(|e| BacklogError(format!("spool.dir: moving the old spool: {e}")))?;
+        tracing::info!(records = moved, dir = %dir.display(),
+            "moved the spool of an earlier version into the sinks' backlogs");
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if opened.contains_key(&name) || !path.is_dir() || !crate::spool::holds_spool(&path) {
+            continue;
+        }
+        let why = format!("sink '{name}' was removed from the config");
+        let place = |r: &Record| settle(dead_letter, r, &name, &why).map(|()| Vec::new());
+        let n = crate::spool::adopt(&path, segment_bytes, &mut *each, place)
+            .await
+            .map_err(|e| BacklogError(format!("spool.dir: {}: {e}", path.display())))?;
+        if n > 0 {
+            tracing::error!(sink = %name, records = n, dead_letter = %config.dead_letter.path.display(),
+                "the backlog of a sink removed from the config was dead-lettered");
+        }
+    }
+    Ok(())
+}
+
+/// Dead-letters a record no sink will take, counted under `sink`.
+fn settle(dead_letter: &DeadLetter, r: &Record, sink: &str, why: &str) -> Result<(), String> {
+    let m = Message {
+        seq: r.seq,
+        event: Arc::new(r.event.clone()),
+    };
+    dead_letter
+        .write(&m, why)
+        .map_err(|e| format!("cannot dead-letter: {e}"))?;
+    crate::metrics::dead_lettered(sink);
+    Ok(())
+}
+
+/// The forwarders, one per backlog, running (none without backlogs).
+#[derive(Default)]
+pub struct Running {
+    tasks: Vec<(Route, Spool, JoinHandle<()>)>,
+}
+
+/// Starts a forwarder on each backlog. `sources` are the configured sources
+/// (events of others are dead-lettered); `cfg` is `[forward]`, with each sink's
+/// own `max_in_flight` where it sets one.
+pub fn start(
+    opened: BTreeMap<String, Opened>,
+    config: &Config,
+    dead_letter: &DeadLetter,
+    drain: &DrainSignal,
+) -> Running {
+    let sources: Arc<HashSet<String>> = Arc::new(config.sources.keys().cloned().collect());
+    let mut tasks = Vec::new();
+    for (name, o) in opened {
+        let cfg = ForwardConfig {
+            max_in_flight: config
+                .sinks
+                .get(&name)
+                .and_then(|s| s.max_in_flight)
+                .unwrap_or(config.forward.max_in_flight),
+            ..config.forward.clone()
+        };
+        let forwarder = Forwarder::new(
+            o.spool.clone(),
+            o.reader,
+            o.route.clone(),
+            sources.clone(),
+            dead_letter.clone(),
+            cfg,
+        );
+        let task = tokio::spawn(forwarder.run(drain.clone()));
+        tasks.push((o.route, o.spool, task));
+    }
+    Running { tasks }
+}
+
+impl Running {
+    /// Resolves when any forwarder ends, naming its sink; never while none runs.
+    pub async fn first_to_end(&mut self) -> (String, Result<(), JoinError>) {
+        if self.tasks.is_empty() {
+            return std::future::pending().await;
+        }
+        let mut ends: FuturesUnordered<_> = self
+            .tasks
+            .iter_mut()
+            .map(|(route, _, task)| async move { (route.name().to_string(), task.await) })
+            .collect();
+        match ends.next().await {
+            Some(end) => end,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for every forwarder to finish its drain (they stop themselves at
+    /// `deadline`, saving their cursors). One a sink holds inside a publish past
+    /// it is stopped here, and its cursor saved from the spool's memory: at worst,
+    /// duplicates after the restart. `finished` skips one known to have ended.
+    pub async fn stop(self, deadline: Instant, finished: Option<&str>) {
+        let stopping = self.tasks.into_iter().map(|(route, spool, mut task)| async move {
+            if finished == Some(route.name()) {
+                return;
+            }
+            let grace = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+            let stopped_early = match tokio::time::timeout(grace, &mut task).await {
+                Ok(Ok(())) => false,
+                Ok(Err(e)) => {
+                    tracing::error!(sink = route.name(), error = %e, "forwarder task failed");
+                    true
+                }
+                Err(_) => {
+                    task.abort();
+                    tracing::warn!(sink = route.name(), "forwarder still busy at the drain deadline; stopped it");
+                    true
+                }
+            };
+            if stopped_early {
+                // A sink wedged inside a publish may never sync: then keep the old cursor.
+                match tokio::time::timeout(Duration::from_secs(2), forward::checkpoint(spool, route.clone())).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(sink = route.name(), error = %e, "cannot persist the spool cursor at shutdown"),
+                    Err(_) => tracing::warn!(sink = route.name(),
+                        "the sink did not sync at shutdown; its backlog replays from its last checkpoint"),
+                }
+            }
+        });
+        futures_util::future::join_all(stopping).await;
+    }
+
+    /// The backlogs' spools, for counting what is left at the end.
+    pub fn spools(&self) -> Vec<Spool> {
+        self.tasks.iter().map(|(_, s, _)| s.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{FileSink, SinkKind};
+
+    /// The single spool of an earlier version (segments right in `spool.dir`) is
+    /// moved into the backlogs of the sinks its sources route to now, fanned out
+    /// where they fan out; an event of a source since removed is dead-lettered.
+    #[tokio::test]
+    async fn an_earlier_single_spool_moves_into_the_sinks_backlogs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let spool_dir = d.join("spool");
+        {
+            let (spool, _reader, _) =
+                Spool::open(&spool_dir, 1 << 30, 1 << 20, |_: &Record| {}).unwrap();
+            for i in 0..30 {
+                let source = ["fan", "one", "removed"][i % 3];
+                let e = crate::event::EventBuilder::new(i as u64)
+                    .source(source)
+                    .id(format!("{source}-{i}"))
+                    .accepted();
+                spool.append(e).await.unwrap();
+            }
+        }
+        assert!(crate::spool::holds_spool(&spool_dir));
+        let text = format!(
+            "[spool]\ndir = \"{}\"\nsegment_bytes = 1048576\n\
+             [sinks.a]\ntype = \"file\"\ndir = \"{a}\"\n[sinks.b]\ntype = \"file\"\ndir = \"{b}\"\n\
+             [sources.fan]\nscheme = \"quickassist\"\nsecret_env = \"X\"\nsinks = [\"a\", \"b\"]\n\
+             [sources.one]\nscheme = \"quickassist\"\nsecret_env = \"X\"\nsink = \"b\"\n",
+            spool_dir.display(),
+            a = d.join("a").display(),
+            b = d.join("b").display(),
+        );
+        let config = Config::parse(&text).unwrap();
+        let mut routes = BTreeMap::new();
+        for name in ["a", "b"] {
+            let sink = FileSink::open(&d.join(name), 8, 100).unwrap();
+            routes.insert(
+                name.to_string(),
+                Route::new(name, SinkKind::File, Arc::new(sink)),
+            );
+        }
+        let sources: BTreeMap<String, Vec<String>> = [
+            ("fan".to_string(), vec!["a".to_string(), "b".to_string()]),
+            ("one".to_string(), vec!["b".to_string()]),
+        ]
+        .into();
+        let dead = DeadLetter::open(&d.join("dead.jsonl")).unwrap();
+        let mut seen = 0;
+        let opened = open(&config, &routes, &sources, &dead, |_: &Record| seen += 1)
+            .await
+            .unwrap();
+        let pending = |name: &str| {
+            let s = &opened[name].spool;
+            s.durable_end() - s.cursor()
+        };
+        assert_eq!(pending("a"), 10, "the fanned-out source's events");
+        assert_eq!(pending("b"), 20, "both sources' events");
+        let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap();
+        assert_eq!(dead.lines().count(), 10);
+        assert!(dead.contains("source 'removed' was removed from the config"));
+        // Every record was remembered (for dedup) as it was read.
+        assert!(seen >= 30, "{seen}");
+        // The old spool's files are gone; the backlogs stay.
+        assert!(!crate::spool::holds_spool(&spool_dir));
+        assert!(spool_dir.join("a").is_dir() && spool_dir.join("b").is_dir());
+        // Opening again moves nothing twice.
+        drop(opened);
+        let opened = open(
+            &config,
+            &routes,
+            &sources,
+            &DeadLetter::open(&d.join("dead.jsonl")).unwrap(),
+            |_: &Record| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            opened["a"].spool.durable_end() - opened["a"].spool.cursor(),
+            10
+        );
+        assert_eq!(
+            opened["b"].spool.durable_end() - opened["b"].spool.cursor(),
+            20
+        );
+    }
+}

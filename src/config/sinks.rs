@@ -1,0 +1,292 @@
+//! `[sinks.NAME]`: named destinations, several of a kind.
+//!
+//! A table's name is what sources route to (`sink = "bus"`, `sinks = ["bus",
+//! "archive"]`), the `sink` label of its metrics and the directory of its backlog
+//! under `spool.dir`. `type` says what it is; where the name is itself a kind
+//! (`[sinks.kafka]`, the form from before names) `type` may be left out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{ConfigError, SourceConfig, invalid};
+use crate::sink::kafka::KafkaSinkConfig;
+use crate::sink::nats::NatsSinkConfig;
+use crate::sink::rabbitmq::RabbitmqSinkConfig;
+use crate::sink::{ConfigProblem, SinkKind};
+
+/// Longest sink name: it names a directory and a metric label.
+pub const MAX_SINK_NAME_LEN: usize = 64;
+
+/// Every configured sink by name, in name order.
+#[derive(Debug, Clone, Default)]
+pub struct SinksConfig {
+    by_name: BTreeMap<String, SinkConfig>,
+}
+
+/// One named sink: what it is, and the budget of its backlog.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub settings: SinkSettings,
+    /// Bytes of spooled events waiting for this sink at most; past it, sources
+    /// routed to it get 503 (others do not). Default: `spool.max_bytes` shared
+    /// equally by the sinks.
+    pub backlog_max_bytes: Option<u64>,
+    /// Unconfirmed events in flight to this sink at most (default `forward.max_in_flight`).
+    pub max_in_flight: Option<usize>,
+}
+
+/// A sink's own settings, by kind.
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    File(FileSinkConfig),
+    Kafka(KafkaSinkConfig),
+    Rabbitmq(RabbitmqSinkConfig),
+    Nats(NatsSinkConfig),
+}
+
+impl SinkSettings {
+    pub fn kind(&self) -> SinkKind {
+        match self {
+            SinkSettings::File(_) => SinkKind::File,
+            SinkSettings::Kafka(_) => SinkKind::Kafka,
+            SinkSettings::Rabbitmq(_) => SinkKind::Rabbitmq,
+            SinkSettings::Nats(_) => SinkKind::Nats,
+        }
+    }
+}
+
+/// The embedded sink: JSON Lines, one file per topic. For laptops and tests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub dir: PathBuf,
+    /// Files held open at once; past it the least recently written is synced and
+    /// closed (senders choose event types, so topics are not bounded by us).
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// Topic files this sink creates at most (those in `dir` at start count);
+    /// events for a new topic past it are dead-lettered with the reason.
+    #[serde(default = "default_max_topics")]
+    pub max_topics: usize,
+}
+
+const fn default_max_open_files() -> usize {
+    64
+}
+
+const fn default_max_topics() -> usize {
+    crate::sink::DEFAULT_MAX_TOPICS
+}
+
+impl<'de> Deserialize<'de> for SinksConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let tables = BTreeMap::<String, toml::Table>::deserialize(d)?;
+        let mut by_name = BTreeMap::new();
+        for (name, table) in tables {
+            let sink = SinkConfig::from_table(&name, table).map_err(D::Error::custom)?;
+            by_name.insert(name, sink);
+        }
+        Ok(SinksConfig { by_name })
+    }
+}
+
+impl SinkConfig {
+    fn from_table(name: &str, mut table: toml::Table) -> Result<SinkConfig, String> {
+        let at = |key: &str| format!("sinks.{name}.{key}");
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(t)) => SinkKind::from_name(&t).ok_or_else(|| {
+                format!(
+                    "{}: unknown sink type '{t}', expected one of: {}",
+                    at("type"),
+                    kinds_list()
+                )
+            })?,
+            Some(_) => return Err(format!("{}: must be a string", at("type"))),
+            None => SinkKind::from_name(name).ok_or_else(|| {
+                format!(
+                    "sinks.{name}: say what it is, with type = one of: {}",
+                    kinds_list()
+                )
+            })?,
+        };
+        let backlog_max_bytes = take_u64(&mut table, "backlog_max_bytes").map_err(|w| at(&w))?;
+        let max_in_flight = take_u64(&mut table, "max_in_flight")
+            .map_err(|w| at(&w))?
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let value = toml::Value::Table(table);
+        let within = |e: toml::de::Error| format!("sinks.{name}: {}", e.message());
+        let settings = match kind {
+            SinkKind::File => SinkSettings::File(value.try_into().map_err(within)?),
+            SinkKind::Kafka => SinkSettings::Kafka(value.try_into().map_err(within)?),
+            SinkKind::Rabbitmq => SinkSettings::Rabbitmq(value.try_into().map_err(within)?),
+            SinkKind::Nats => SinkSettings::Nats(value.try_into().map_err(within)?),
+        };
+        Ok(SinkConfig {
+            settings,
+            backlog_max_bytes,
+            max_in_flight,
+        })
+    }
+}
+
+/// Removes an optional non-negative integer key; the error is `key: why`.
+fn take_u64(table: &mut toml::Table, key: &str) -> Result<Option<u64>, String> {
+    match table.remove(key) {
+        None => Ok(None),
+        Some(toml::Value::Integer(n)) if n >= 0 => Ok(Some(n as u64)),
+        Some(_) => Err(format!("{key}: must be a non-negative integer")),
+    }
+}
+
+fn kinds_list() -> String {
+    SinkKind::ALL.map(SinkKind::as_str).join(", ")
+}
+
+impl SinksConfig {
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Every sink, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SinkConfig)> {
+        self.by_name.iter().map(|(n, s)| (n.as_str(), s))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SinkConfig> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+
+    /// The sinks a source publishes to: those it names, else the only one there is.
+    /// Names not configured are left out (validation refuses them first).
+    pub fn for_source(&self, src: &SourceConfig) -> Vec<&str> {
+        match src.sink_names() {
+            Some(named) => named
+                .iter()
+                .filter_map(|n| {
+                    self.by_name
+                        .get_key_value(n.as_str())
+                        .map(|(k, _)| k.as_str())
+                })
+                .collect(),
+            None if self.by_name.len() == 1 => self.names(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The file sinks' open files at most, for the descriptor budget.
+    pub fn max_open_files(&self) -> u64 {
+        self.iter()
+            .map(|(_, s)| match &s.settings {
+                SinkSettings::File(f) => f.max_open_files as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Checks every sink's settings, naming the key under `sinks.NAME`.
+    pub(super) fn validate(
+        &self,
+        spool_max_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<(), ConfigError> {
+        if self.by_name.is_empty() {
+            return Err(invalid(
+                "sinks",
+                "configure at least one sink, e.g. [sinks.file] dir = \"./data/events\"",
+            ));
+        }
+        let mut dirs: Vec<(&str, &PathBuf)> = Vec::new();
+        for (name, sink) in &self.by_name {
+            let key = |k: &str| format!("sinks.{name}.{k}");
+            if name.len() > MAX_SINK_NAME_LEN || !crate::event::is_sane_name(name) {
+                return Err(invalid(
+                    format!("sinks.{name}"),
+                    format!(
+                        "a sink name is at most {MAX_SINK_NAME_LEN} characters of [A-Za-z0-9._-], with no empty segment between dots"
+                    ),
+                ));
+            }
+            if let Some(b) = sink.backlog_max_bytes
+                && b < 2 * segment_bytes
+            {
+                return Err(invalid(
+                    key("backlog_max_bytes"),
+                    format!(
+                        "must be at least two spool segments ({} bytes)",
+                        2 * segment_bytes
+                    ),
+                ));
+            }
+            if sink.max_in_flight == Some(0) {
+                return Err(invalid(key("max_in_flight"), "must be greater than 0"));
+            }
+            let rekey =
+                |p: ConfigProblem| -> ConfigError { renamed(p, sink.settings.kind(), name).into() };
+            match &sink.settings {
+                SinkSettings::File(f) => {
+                    if f.max_open_files == 0 || f.max_topics == 0 {
+                        return Err(invalid(
+                            format!("sinks.{name}"),
+                            "max_open_files and max_topics must be greater than 0",
+                        ));
+                    }
+                    if let Some((other, _)) = dirs.iter().find(|(_, d)| **d == f.dir) {
+                        return Err(invalid(
+                            key("dir"),
+                            format!("sinks.{other} writes to the same directory"),
+                        ));
+                    }
+                    dirs.push((name, &f.dir));
+                }
+                SinkSettings::Kafka(k) => k.validate().map_err(rekey)?,
+                SinkSettings::Rabbitmq(r) => r.validate().map_err(rekey)?,
+                SinkSettings::Nats(n) => n.validate().map_err(rekey)?,
+            }
+        }
+        let explicit: u64 = self.iter().filter_map(|(_, s)| s.backlog_max_bytes).sum();
+        if explicit > spool_max_bytes {
+            return Err(invalid(
+                "sinks",
+                format!(
+                    "the sinks' backlog_max_bytes add up to {explicit}, over spool.max_bytes ({spool_max_bytes})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A sink's backlog budget: its own, or an equal share of what `spool.max_bytes`
+    /// leaves after the explicit ones.
+    pub fn backlog_budget(&self, name: &str, spool_max_bytes: u64) -> u64 {
+        if let Some(b) = self.get(name).and_then(|s| s.backlog_max_bytes) {
+            return b;
+        }
+        let explicit: u64 = self.iter().filter_map(|(_, s)| s.backlog_max_bytes).sum();
+        let shared = self
+            .iter()
+            .filter(|(_, s)| s.backlog_max_bytes.is_none())
+            .count();
+        spool_max_bytes.saturating_sub(explicit) / (shared.max(1) as u64)
+    }
+}
+
+/// A sink module's problem, keyed by the sink's name instead of its kind
+/// (`sinks.kafka.acks` becomes `sinks.bus.acks`).
+pub fn renamed(p: ConfigProblem, kind: SinkKind, name: &str) -> ConfigProblem {
+    let from = format!("sinks.{}", kind.as_str());
+    match p.key.strip_prefix(&from) {
+        Some(rest) => ConfigProblem::new(format!("sinks.{name}{rest}"), p.why),
+        None => p,
+    }
+}
