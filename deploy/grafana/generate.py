@@ -12,11 +12,11 @@ PANELS = [
     ("End-to-end latency (p50, p99): receipt to broker confirm", "s",
      ['histogram_quantile(0.5, sum by (le, sink) (rate(hookrelay_end_to_end_seconds_bucket{instance=~"$instance"}[$__rate_interval])))',
       'histogram_quantile(0.99, sum by (le, sink) (rate(hookrelay_end_to_end_seconds_bucket{instance=~"$instance"}[$__rate_interval])))']),
-    ("Spool backlog (events not yet confirmed)", "short",
-     ['sum by (instance) (hookrelay_spool_events{instance=~"$instance"})']),
-    ("Spool fill and oldest unconfirmed event", "s",
-     ['max by (instance) (hookrelay_forward_lag_seconds{instance=~"$instance"})',
-      'max by (instance) (hookrelay_spool_bytes{instance=~"$instance"} / hookrelay_spool_max_bytes{instance=~"$instance"})']),
+    ("Backlog by sink (events not yet confirmed)", "short",
+     ['sum by (instance, sink) (hookrelay_spool_events{instance=~"$instance"})']),
+    ("Backlog fill and oldest unconfirmed event, by sink", "s",
+     ['max by (instance, sink) (hookrelay_forward_lag_seconds{instance=~"$instance"})',
+      'max by (instance, sink) (hookrelay_spool_bytes{instance=~"$instance"} / hookrelay_spool_max_bytes{instance=~"$instance"})']),
     ("Published and errors by sink", "ops",
      ['sum by (sink) (rate(hookrelay_sink_published_total{instance=~"$instance"}[$__rate_interval]))',
       'sum by (sink, kind) (rate(hookrelay_sink_errors_total{instance=~"$instance"}[$__rate_interval]))',
@@ -27,8 +27,10 @@ PANELS = [
      ['sum by (source, event, outcome) (rate(hookrelay_events_total{instance=~"$instance"}[$__rate_interval]))']),
     ("Signature failures by source and reason", "ops",
      ['sum by (source, reason) (rate(hookrelay_signature_failures_total{instance=~"$instance"}[$__rate_interval]))']),
+    ("Sink state (1 = full: its sources get 503)", "short",
+     ['max by (instance, sink) (hookrelay_sink_state{instance=~"$instance", state="full"})']),
     ("Spool fdatasync p99", "s",
-     ['histogram_quantile(0.99, sum by (le, instance) (rate(hookrelay_spool_fsync_duration_seconds_bucket{instance=~"$instance"}[$__rate_interval])))']),
+     ['histogram_quantile(0.99, sum by (le, instance, sink) (rate(hookrelay_spool_fsync_duration_seconds_bucket{instance=~"$instance"}[$__rate_interval])))']),
 ]
 
 panels = []
