@@ -46,6 +46,19 @@ fi
 redis_up || { echo "FAILED: Redis is not reachable on 127.0.0.1:6379; the Redis dedup tests cannot run" >&2; exit 1; }
 echo "up"
 
+step "NATS with JetStream on 127.0.0.1:4222 (shared NATS tests; restart tests start a private nats-server)"
+nats_up() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
+if ! command -v nats-server >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
+fi
+if ! nats_up; then
+  mkdir -p /var/lib/nats-ci
+  (nats-server -js -a 127.0.0.1 -p 4222 -sd /var/lib/nats-ci >/var/lib/nats-ci/log 2>&1 &)
+  for _ in $(seq 30); do nats_up && break; sleep 1; done
+fi
+nats_up || { echo "FAILED: NATS is not reachable on 127.0.0.1:4222; the NATS tests cannot run" >&2; exit 1; }
+echo "up"
+
 step "prlimit (util-linux) for the EMFILE test"
 if ! command -v prlimit >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux
