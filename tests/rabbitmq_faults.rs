@@ -365,3 +365,225 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     .await;
     cleanup(&ex, &[&q]).await;
 }
+
+/// What one source's sender saw: answers by status, and the ids accepted.
+#[derive(Default)]
+struct Seen {
+    acked: HashSet<String>,
+    /// (when, status, the id if accepted) of every answer.
+    answers: Vec<(Instant, u16, String)>,
+}
+
+/// Posts distinct events to `source` until `stop`, a short pause between them.
+fn send_to(
+    relay: &Relay,
+    source: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Seen> {
+    let addr = relay.addr;
+    tokio::spawn(async move {
+        let mut c = Client::connect(addr).await;
+        let mut seen = Seen::default();
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let body = event_body(EVENT_TYPES[i % 4], &format!("{source}-{i}"));
+            let r = c.post_signed_to(source, &body).await;
+            let mut id = String::new();
+            if r.status == StatusCode::OK {
+                id = r.json()["id"].as_str().unwrap().to_string();
+                seen.acked.insert(id.clone());
+            }
+            seen.answers.push((Instant::now(), r.status.as_u16(), id));
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        seen
+    })
+}
+
+/// One sink's outage is not another's. RabbitMQ is stopped for 20 s under load
+/// from three sources: one routed to RabbitMQ only, one fanned out to RabbitMQ and
+/// a file archive, one to a second file sink. The file-only source never gets a
+/// 503 and its sink keeps its usual lag; the RabbitMQ sources get 503 only once
+/// the RabbitMQ backlog's budget is spent; /readyz stays 200; after the broker is
+/// back every acked event is in each sink it was routed to (0 lost per sink).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sinks_outage_refuses_only_the_sources_routed_to_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _one = BROKER.lock().await;
+    let ex = unique("hr-isolation");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A 512 KiB budget for RabbitMQ's backlog: a few seconds of this load.
+    let budget = 512 * 1024;
+    let bus = amqp::sink_section(
+        &ex,
+        &format!("backlog_max_bytes = {budget}\nconfirm_timeout_ms = 2000"),
+    )
+    .replace("[sinks.rabbitmq]", "[sinks.bus]\ntype = \"rabbitmq\"");
+    let sinks = format!(
+        "{bus}\n[sinks.archive]\ntype = \"file\"\ndir = \"{}\"\n[sinks.local]\ntype = \"file\"\ndir = \"{}\"\n",
+        d.join("archive").display(),
+        d.join("local").display()
+    );
+    let mut text = config_with_sink(d, "", "segment_bytes = 131072", &sinks, "sink = \"local\"")
+        .replace("[log]", "[forward]\nbackoff_max_ms = 1000\n\n[log]");
+    for (name, route) in [
+        ("fan", "sinks = [\"bus\", \"archive\"]"),
+        ("busonly", "sink = \"bus\""),
+    ] {
+        text.push_str(&format!(
+            "\n[sources.{name}]\nscheme = \"quickassist\"\nsecret_env = \"HOOKRELAY_TEST_SECRET\"\n{route}\n"
+        ));
+    }
+    let relay = Relay::start_with(d, &text);
+    let q = format!("{ex}.all");
+    {
+        let (conn, ch) = amqp::channel().await;
+        bind(&ch, &q, &ex, "#", true).await;
+        let _ = conn.close(200, "bound".into()).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders = [
+        ("busonly", send_to(&relay, "busonly", stop.clone())),
+        ("fan", send_to(&relay, "fan", stop.clone())),
+        ("quickassist", send_to(&relay, "quickassist", stop.clone())),
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The outage, watched from the admin port every 250 ms.
+    let outage = tokio::task::spawn_blocking(|| {
+        let guard = AppRunning;
+        rabbitmqctl(&["stop_app"]);
+        let down = Instant::now();
+        std::thread::sleep(Duration::from_secs(20));
+        (down, guard)
+    });
+    let mut not_ready = 0;
+    let mut worst_local_lag: f64 = 0.0;
+    let mut bus_full_at = None;
+    while !outage.is_finished() {
+        let mut admin = Client::connect(relay.admin).await;
+        if admin.get("/readyz").await.status != StatusCode::OK {
+            not_ready += 1;
+        }
+        let m = relay.metrics().await;
+        worst_local_lag =
+            worst_local_lag.max(metric(&m, "hookrelay_forward_lag_seconds{sink=\"local\"}"));
+        worst_local_lag = worst_local_lag.max(metric(
+            &m,
+            "hookrelay_forward_lag_seconds{sink=\"archive\"}",
+        ));
+        if bus_full_at.is_none()
+            && metric(&m, "hookrelay_sink_state{sink=\"bus\",state=\"full\"}") == 1.0
+        {
+            bus_full_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (down, guard) = outage.await.unwrap();
+    // The archive holds every fanned-out event accepted so far, while RabbitMQ is still down.
+    let archive_before_restart: HashSet<String> = read_events(&d.join("archive"))
+        .iter()
+        .map(event_id)
+        .collect();
+    drop(guard); // start_app + await_startup
+    let up = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = HashMap::new();
+    for (name, task) in senders {
+        seen.insert(name, task.await.unwrap());
+    }
+    let during = |s: &Seen, status: u16| {
+        s.answers
+            .iter()
+            .filter(|(t, st, _)| *t >= down && *t < up && *st == status)
+            .count()
+    };
+    for (name, s) in &seen {
+        eprintln!(
+            "{name}: acked {}, during the outage: {} accepted, {} refused (503)",
+            s.acked.len(),
+            during(s, 200),
+            during(s, 503)
+        );
+    }
+    eprintln!(
+        "worst file-sink lag during the outage: {worst_local_lag:.2} s; not ready {not_ready} times"
+    );
+
+    let local = &seen["quickassist"];
+    assert!(
+        local.answers.iter().all(|(_, st, _)| *st == 200),
+        "the file-only source was refused while RabbitMQ was down\n{}",
+        relay.logs()
+    );
+    assert_eq!(not_ready, 0, "/readyz failed while a source could accept");
+    assert!(
+        worst_local_lag < 2.0,
+        "the file sinks lagged {worst_local_lag} s"
+    );
+    let busonly = &seen["busonly"];
+    let first_503 = busonly
+        .answers
+        .iter()
+        .find(|(_, st, _)| *st == 503)
+        .map(|(t, _, _)| *t)
+        .unwrap_or_else(|| panic!("RabbitMQ's budget was never spent: no 503 for busonly"));
+    assert!(first_503 >= down, "a 503 before the outage");
+    let full_at = bus_full_at
+        .expect("hookrelay_sink_state{state=\"full\"} never showed RabbitMQ's backlog full");
+    assert!(
+        first_503 + Duration::from_millis(500) >= full_at,
+        "busonly got 503 before RabbitMQ's backlog was full"
+    );
+    assert!(
+        during(busonly, 200) >= 500,
+        "busonly was refused after only {} accepted during the outage",
+        during(busonly, 200)
+    );
+    let fan = &seen["fan"];
+    // Accepted at least 2 s before the broker came back: in the archive by then.
+    let fan_missing: Vec<&String> = fan
+        .answers
+        .iter()
+        .filter(|(t, st, _)| *st == 200 && *t + Duration::from_secs(2) < up)
+        .map(|(_, _, id)| id)
+        .filter(|id| !archive_before_restart.contains(*id))
+        .collect();
+    assert!(
+        fan_missing.is_empty(),
+        "the archive fell behind while RabbitMQ was down: {} missing",
+        fan_missing.len()
+    );
+
+    // Everything is delivered once the broker is back: 0 lost per sink.
+    let to_bus: HashSet<String> = busonly.acked.union(&fan.acked).cloned().collect();
+    let (consumed, duplicates) = consume_all(&q, &to_bus, Duration::from_secs(120)).await;
+    relay
+        .wait_drained(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("backlogs never drained\n{}", relay.logs()));
+    let archive: HashSet<String> = read_events(&d.join("archive"))
+        .iter()
+        .map(event_id)
+        .collect();
+    let local_ids: HashSet<String> = read_events(&d.join("local")).iter().map(event_id).collect();
+    assert!(
+        fan.acked.is_subset(&archive),
+        "fan-out events missing from the archive"
+    );
+    assert!(
+        local.acked.is_subset(&local_ids),
+        "events missing from the local file sink"
+    );
+    eprintln!(
+        "isolation: bus acked {} consumed {consumed} (duplicates {duplicates}) lost 0; archive acked {} lost 0; local acked {} lost 0",
+        to_bus.len(),
+        fan.acked.len(),
+        local.acked.len()
+    );
+    cleanup(&ex, &[&q]).await;
+}

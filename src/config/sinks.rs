@@ -217,14 +217,19 @@ impl SinksConfig {
                     ),
                 ));
             }
-            if let Some(b) = sink.backlog_max_bytes
-                && b < 2 * segment_bytes
-            {
+            let least = segment_bytes.saturating_mul(4);
+            if self.backlog_budget(name, spool_max_bytes) < least {
+                let (k, what) = match sink.backlog_max_bytes {
+                    Some(_) => (key("backlog_max_bytes"), "must be"),
+                    None => (
+                        "spool.max_bytes".to_string(),
+                        "shared by the sinks without a backlog_max_bytes, leaves each",
+                    ),
+                };
                 return Err(invalid(
-                    key("backlog_max_bytes"),
+                    k,
                     format!(
-                        "must be at least two spool segments ({} bytes)",
-                        2 * segment_bytes
+                        "{what} at least 4 x spool.segment_bytes ({least} bytes), so that confirmed segments can be freed"
                     ),
                 ));
             }

@@ -193,3 +193,46 @@ fn spool_limits_are_checked() {
     assert!(c.validate().is_ok());
     assert_eq!(SpoolConfig::default().min_sync_interval_us, 1000);
 }
+
+/// Named sinks: the type from `type` or from the name; a sink's own problems are
+/// keyed by its name; budgets are shared equally unless set.
+#[test]
+fn named_sinks_parse_and_are_checked_under_their_name() {
+    let src =
+        "[sources.q]\nscheme = \"quickassist\"\nsecret_env = \"X\"\nsinks = [\"a\", \"bus\"]\n";
+    let c = Config::parse(&format!(
+        "[spool]\nmax_bytes = 1073741824\n[sinks.a]\ntype = \"file\"\ndir = \"x\"\n\
+         [sinks.bus]\ntype = \"kafka\"\nbrokers = \"k:9092\"\nbacklog_max_bytes = 268435456\n{src}"
+    ))
+    .unwrap();
+    assert_eq!(c.sinks.names(), vec!["a", "bus"]);
+    assert_eq!(
+        c.sinks.get("bus").unwrap().settings.kind(),
+        crate::sink::SinkKind::Kafka
+    );
+    assert_eq!(c.sinks.for_source(&c.sources["q"]), vec!["a", "bus"]);
+    assert_eq!(c.sinks.backlog_budget("bus", c.spool.max_bytes), 268435456);
+    assert_eq!(
+        c.sinks.backlog_budget("a", c.spool.max_bytes),
+        1073741824 - 268435456
+    );
+
+    let c = Config::parse(&format!(
+        "[sinks.a]\ntype = \"file\"\ndir = \"x\"\n[sinks.bus]\ntype = \"kafka\"\nbrokers = \"k:9092\"\nlinger_ms = 100000\n{src}"
+    ))
+    .unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.starts_with("sinks.bus.linger_ms"), "{err}");
+
+    let err = Config::parse("[sinks.bus]\ntype = \"file\"\ndir = \"x\"\nbogus = 1\n")
+        .unwrap_err()
+        .message;
+    assert!(err.contains("sinks.bus") && err.contains("bogus"), "{err}");
+
+    let c = Config::parse(&format!(
+        "[spool]\nsegment_bytes = 1048576\n[sinks.a]\ntype = \"file\"\ndir = \"x\"\nbacklog_max_bytes = 1048576\n[sinks.bus]\ntype = \"file\"\ndir = \"y\"\n{src}"
+    ))
+    .unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.starts_with("sinks.a.backlog_max_bytes"), "{err}");
+}
