@@ -237,3 +237,118 @@ fn check_connect_reports_metadata_or_the_error() {
         "{err}"
     );
 }
+
+/// Two Kafka clusters (two tansu brokers), each a named sink with its own
+/// producer: sources routed to one use their own topic templates, and a source
+/// fanned out to both lands in each cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_kafka_clusters_as_named_sinks_with_fan_out() {
+    let (east, west) = (Tansu::start(), Tansu::start());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sinks = format!(
+        "{}{}",
+        sink_section(&east.brokers, CREATE)
+            .replace("[sinks.kafka]", "[sinks.east]\ntype = \"kafka\""),
+        sink_section(&west.brokers, CREATE)
+            .replace("[sinks.kafka]", "[sinks.west]\ntype = \"kafka\"")
+    );
+    let mut text = config_with_sink(
+        d,
+        "",
+        "",
+        &sinks,
+        "sink = \"east\"\ntopic = \"east.{event}\"",
+    );
+    for (name, route) in [
+        (
+            "westonly",
+            "sink = \"west\"\ntopic = \"{source}.w.{event}\"",
+        ),
+        ("both", "sinks = [\"east\", \"west\"]\ntopic = \"both.all\""),
+    ] {
+        text.push_str(&format!(
+            "\n[sources.{name}]\nscheme = \"quickassist\"\nsecret_env = \"HOOKRELAY_TEST_SECRET\"\n{route}\n"
+        ));
+    }
+    let relay = Relay::start_with(d, &text);
+    let mut c = relay.connect().await;
+    let mut acked: HashMap<&str, Vec<String>> = HashMap::new();
+    for source in ["quickassist", "westonly", "both"] {
+        for (i, t) in EVENT_TYPES.iter().enumerate() {
+            let r = c
+                .post_signed_to(source, &event_body(t, &format!("{source}-{i}")))
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}\n{}", r.json(), relay.logs());
+            acked
+                .entry(source)
+                .or_default()
+                .push(r.json()["id"].as_str().unwrap().to_string());
+        }
+    }
+    let east_topics: Vec<String> = EVENT_TYPES.iter().map(|t| format!("east.{t}")).collect();
+    let west_topics: Vec<String> = EVENT_TYPES
+        .iter()
+        .map(|t| format!("westonly.w.{t}"))
+        .collect();
+    let names = |v: &[String]| -> Vec<String> {
+        v.iter().cloned().chain(["both.all".to_string()]).collect()
+    };
+    let (east_names, west_names) = (names(&east_topics), names(&west_topics));
+    let on_east = consume(
+        &east.brokers,
+        &as_str(&east_names),
+        3,
+        8,
+        Duration::from_secs(60),
+    );
+    let on_west = consume(
+        &west.brokers,
+        &as_str(&west_names),
+        3,
+        8,
+        Duration::from_secs(60),
+    );
+    let ids = |records: &[common::kafka::Record], prefix: &str| -> Vec<String> {
+        let mut v: Vec<String> = records
+            .iter()
+            .filter(|r| r.topic.starts_with(prefix))
+            .map(|r| r.header("hookrelay-id"))
+            .collect();
+        v.sort();
+        v
+    };
+    let sorted = |source: &str| {
+        let mut v = acked[source].clone();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ids(&on_east, "east."),
+        sorted("quickassist"),
+        "{}",
+        relay.logs()
+    );
+    assert_eq!(ids(&on_east, "both."), sorted("both"));
+    assert_eq!(ids(&on_west, "westonly.w."), sorted("westonly"));
+    assert_eq!(ids(&on_west, "both."), sorted("both"));
+    assert_eq!(
+        on_east.len() + on_west.len(),
+        16,
+        "nothing went to the wrong cluster"
+    );
+    relay.wait_drained(Duration::from_secs(10)).await.unwrap();
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(&m, "hookrelay_sink_published_total{sink=\"east\"}"),
+        8.0
+    );
+    assert_eq!(
+        metric(&m, "hookrelay_sink_published_total{sink=\"west\"}"),
+        8.0
+    );
+}
+
+fn as_str(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
