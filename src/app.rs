@@ -206,10 +206,10 @@ async fn build_sinks(config: &Config) -> Result<BTreeMap<String, Route>, Error> 
                 )?,
             ),
             SinkSettings::Kafka(kafka) => {
-                Arc::new(KafkaSink::new(kafka).map_err(|e| renamed(e, cfg, name))?)
+                Arc::new(KafkaSink::new(name, kafka).map_err(|e| renamed(e, cfg, name))?)
             }
             SinkSettings::Rabbitmq(rabbitmq) => Arc::new(
-                RabbitmqSink::new(rabbitmq)
+                RabbitmqSink::new(name, rabbitmq)
                     .await
                     .map_err(|e| renamed(e, cfg, name))?,
             ),

@@ -558,37 +558,68 @@ impl ForwardMetrics {
     }
 }
 
-/// Kafka error by librdkafka code name (a fixed enum: bounded labels).
-pub fn kafka_error(code: &str) {
-    counter!(KAFKA_ERRORS, "code" => code.to_string()).increment(1);
+/// A Kafka sink's own series (`sink` label: two clusters are two sinks).
+#[derive(Clone)]
+pub struct KafkaMetrics {
+    sink: Arc<str>,
+    queue: Gauge,
 }
 
-/// The Kafka sink's own series, at zero (its constructor calls this).
-pub fn register_kafka() {
-    gauge!(KAFKA_QUEUE).set(0.0);
+impl KafkaMetrics {
+    /// Registers the series at zero (the sink's constructor calls this).
+    pub fn new(sink: &str) -> Self {
+        let queue = gauge!(KAFKA_QUEUE, "sink" => sink.to_string());
+        queue.set(0.0);
+        Self {
+            sink: sink.into(),
+            queue,
+        }
+    }
+
+    /// A Kafka error by librdkafka code name (a fixed enum: bounded labels).
+    pub fn error(&self, code: &str) {
+        counter!(KAFKA_ERRORS, "sink" => self.sink.to_string(), "code" => code.to_string())
+            .increment(1);
+    }
+
+    pub fn queue(&self, messages: u64) {
+        self.queue.set(messages as f64);
+    }
 }
 
-/// The RabbitMQ sink's own series, at zero (its constructor calls this).
-pub fn register_rabbitmq() {
-    gauge!(RABBITMQ_BLOCKED).set(0.0);
-    counter!(RABBITMQ_RETURNED).absolute(0);
-    counter!(RABBITMQ_CONNECTS).absolute(0);
+/// A RabbitMQ sink's own series (`sink` label).
+#[derive(Clone)]
+pub struct RabbitmqMetrics {
+    blocked: Gauge,
+    returned: Counter,
+    connects: Counter,
 }
 
-pub fn kafka_queue(messages: u64) {
-    gauge!(KAFKA_QUEUE).set(messages as f64);
-}
+impl RabbitmqMetrics {
+    /// Registers the series at zero (the sink's constructor calls this).
+    pub fn new(sink: &str) -> Self {
+        let m = Self {
+            blocked: gauge!(RABBITMQ_BLOCKED, "sink" => sink.to_string()),
+            returned: counter!(RABBITMQ_RETURNED, "sink" => sink.to_string()),
+            connects: counter!(RABBITMQ_CONNECTS, "sink" => sink.to_string()),
+        };
+        m.blocked.set(0.0);
+        m.returned.increment(0);
+        m.connects.increment(0);
+        m
+    }
 
-pub fn rabbitmq_blocked(blocked: bool) {
-    gauge!(RABBITMQ_BLOCKED).set(if blocked { 1.0 } else { 0.0 });
-}
+    pub fn blocked(&self, blocked: bool) {
+        self.blocked.set(if blocked { 1.0 } else { 0.0 });
+    }
 
-pub fn rabbitmq_returned() {
-    counter!(RABBITMQ_RETURNED).increment(1);
-}
+    pub fn returned(&self) {
+        self.returned.increment(1);
+    }
 
-pub fn rabbitmq_connect() {
-    counter!(RABBITMQ_CONNECTS).increment(1);
+    pub fn connected_again(&self) {
+        self.connects.increment(1);
+    }
 }
 
 pub fn tls_reload(ok: bool) {

@@ -123,7 +123,10 @@ async fn unroutable_events_land_in_the_unroutable_queue() {
     let got_ids: HashSet<String> = got.iter().map(|m| m.header("hookrelay-id")).collect();
     assert_eq!(got_ids, ids, "{}", relay.logs());
     let m = relay.metrics().await;
-    assert_eq!(metric(&m, "hookrelay_rabbitmq_returned_total"), 0.0);
+    assert_eq!(
+        metric(&m, "hookrelay_rabbitmq_returned_total{sink=\"rabbitmq\"}"),
+        0.0
+    );
     assert_eq!(
         metric(&m, "hookrelay_dead_lettered_total{sink=\"rabbitmq\"}"),
         0.0

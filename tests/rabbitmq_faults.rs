@@ -225,7 +225,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     );
     let m = relay.metrics().await;
     assert!(
-        metric(&m, "hookrelay_rabbitmq_connects_total") >= 1.0,
+        metric(&m, "hookrelay_rabbitmq_connects_total{sink=\"rabbitmq\"}") >= 1.0,
         "never reconnected"
     );
     cleanup(&ex, &[&q]).await;
@@ -265,7 +265,11 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     eventually(Duration::from_secs(30), || {
         let (n, alarm_acked, relay) = (&n, &alarm_acked, &relay);
         async move {
-            if metric(&relay.metrics().await, "hookrelay_rabbitmq_blocked") == 1.0 {
+            if metric(
+                &relay.metrics().await,
+                "hookrelay_rabbitmq_blocked{sink=\"rabbitmq\"}",
+            ) == 1.0
+            {
                 return Some(());
             }
             let body = event_body("message.delivered", &format!("alarm-{}", n.get()));
@@ -322,10 +326,16 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     // The connection dies while blocked (closed from the broker's side, as a broker
     // restart would): publishing reconnects instead of waiting for an unblock the
     // dead connection will never bring, and the next connection is blocked afresh.
-    let connects = metric(&relay.metrics().await, "hookrelay_rabbitmq_connects_total");
+    let connects = metric(
+        &relay.metrics().await,
+        "hookrelay_rabbitmq_connects_total{sink=\"rabbitmq\"}",
+    );
     close_connections_of(relay.child.id());
     eventually(Duration::from_secs(30), || async {
-        (metric(&relay.metrics().await, "hookrelay_rabbitmq_connects_total") > connects)
+        (metric(
+            &relay.metrics().await,
+            "hookrelay_rabbitmq_connects_total{sink=\"rabbitmq\"}",
+        ) > connects)
             .then_some(())
     })
     .await
@@ -337,7 +347,7 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     });
     wait_metric(
         &relay,
-        "hookrelay_rabbitmq_blocked",
+        "hookrelay_rabbitmq_blocked{sink=\"rabbitmq\"}",
         1.0,
         Duration::from_secs(30),
     )
@@ -346,7 +356,7 @@ async fn memory_alarm_pauses_publishing_and_everything_arrives_after() {
     drop(alarm);
     wait_metric(
         &relay,
-        "hookrelay_rabbitmq_blocked",
+        "hookrelay_rabbitmq_blocked{sink=\"rabbitmq\"}",
         0.0,
         Duration::from_secs(30),
     )

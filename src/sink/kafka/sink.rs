@@ -42,14 +42,16 @@ pub struct KafkaSink {
     known_topics: Mutex<HashSet<String>>,
     /// Last metadata probe succeeded: readiness in `ack = "broker"` mode.
     reachable: Arc<AtomicBool>,
+    metrics: metrics::KafkaMetrics,
 }
 
 impl KafkaSink {
     /// Builds the producer (no network yet) and starts the health probe.
-    pub fn new(cfg: &KafkaSinkConfig) -> Result<KafkaSink, StartError> {
+    /// `name` labels its series.
+    pub fn new(name: &str, cfg: &KafkaSinkConfig) -> Result<KafkaSink, StartError> {
         cfg.validate()?;
         let client = cfg.client_config()?;
-        metrics::register_kafka();
+        let metrics = metrics::KafkaMetrics::new(name);
         let producer: FutureProducer = client.create().map_err(|e| {
             StartError::Broker(format!("sinks.kafka: cannot create the producer: {e}"))
         })?;
@@ -62,7 +64,7 @@ impl KafkaSink {
         };
         let reachable = Arc::new(AtomicBool::new(false));
         let producer: ProducerSlot = Arc::new(std::sync::RwLock::new(producer));
-        spawn_health_probe(producer.clone(), reachable.clone());
+        spawn_health_probe(producer.clone(), reachable.clone(), metrics.clone());
         let client = client.clone();
         Ok(KafkaSink {
             producer,
@@ -71,6 +73,7 @@ impl KafkaSink {
             cfg: cfg.clone(),
             known_topics: Mutex::new(HashSet::new()),
             reachable,
+            metrics,
         })
     }
 
@@ -106,7 +109,7 @@ impl KafkaSink {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
-                    metrics::kafka_error(&format!("{code:?}"));
+                    self.metrics.error(&format!("{code:?}"));
                     let msg = format!("cannot create topic {topic}: {code}");
                     return Err(match code {
                         RDKafkaErrorCode::InvalidTopic
@@ -163,10 +166,11 @@ impl KafkaSink {
             match self.producer().send_result(record) {
                 Ok(delivery) => {
                     let create_topics = self.cfg.create_topics;
+                    let metrics = self.metrics.clone();
                     return Box::pin(async move {
                         match delivery.await {
                             Ok(Ok(_)) => Ok(()),
-                            Ok(Err((e, _))) => Err(classify(&e, create_topics)),
+                            Ok(Err((e, _))) => Err(classify(&e, create_topics, Some(&metrics))),
                             Err(_) => Err(SinkError::Retriable(
                                 "kafka producer dropped the message".into(),
                             )),
@@ -188,7 +192,7 @@ impl KafkaSink {
     }
 
     fn classify(&self, e: &KafkaError) -> SinkError {
-        classify(e, self.cfg.create_topics)
+        classify(e, self.cfg.create_topics, Some(&self.metrics))
     }
 }
 
@@ -221,11 +225,15 @@ pub fn headers(cloudevents: bool, m: &Message, extra: &[(&str, &[u8])]) -> Owned
 
 /// Permanent: this event can never be written as it is. Everything else is
 /// retried from the spool (broker down, leader moving, timeouts, throttling).
-fn classify(e: &KafkaError, create_topics: bool) -> SinkError {
+fn classify(
+    e: &KafkaError,
+    create_topics: bool,
+    metrics: Option<&metrics::KafkaMetrics>,
+) -> SinkError {
     use RDKafkaErrorCode::*;
     let code = e.rdkafka_error_code();
-    if let Some(c) = code {
-        metrics::kafka_error(&format!("{c:?}"));
+    if let (Some(c), Some(m)) = (code, metrics) {
+        m.error(&format!("{c:?}"));
     }
     let permanent = match code {
         Some(
@@ -297,7 +305,11 @@ impl Sink for KafkaSink {
     }
 }
 
-fn spawn_health_probe(producer: ProducerSlot, reachable: Arc<AtomicBool>) {
+fn spawn_health_probe(
+    producer: ProducerSlot,
+    reachable: Arc<AtomicBool>,
+    metrics: metrics::KafkaMetrics,
+) {
     tokio::spawn(async move {
         let mut was = None;
         loop {
@@ -322,7 +334,7 @@ fn spawn_health_probe(producer: ProducerSlot, reachable: Arc<AtomicBool>) {
             }
             was = Some(ok);
             reachable.store(ok, Ordering::Relaxed);
-            metrics::kafka_queue(queued.max(0) as u64);
+            metrics.queue(queued.max(0) as u64);
             tokio::time::sleep(HEALTH_EVERY).await;
         }
     });
@@ -362,31 +374,31 @@ mod tests {
     fn classification() {
         let e = |c| KafkaError::MessageProduction(c);
         assert!(matches!(
-            classify(&e(RDKafkaErrorCode::MessageSizeTooLarge), false),
+            classify(&e(RDKafkaErrorCode::MessageSizeTooLarge), false, None),
             SinkError::Permanent(_)
         ));
         assert!(matches!(
-            classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed), true),
+            classify(&e(RDKafkaErrorCode::TopicAuthorizationFailed), true, None),
             SinkError::Permanent(_)
         ));
         assert!(matches!(
-            classify(&e(RDKafkaErrorCode::UnknownTopic), false),
+            classify(&e(RDKafkaErrorCode::UnknownTopic), false, None),
             SinkError::Permanent(_)
         ));
         assert!(matches!(
-            classify(&e(RDKafkaErrorCode::UnknownTopic), true),
+            classify(&e(RDKafkaErrorCode::UnknownTopic), true, None),
             SinkError::Retriable(_)
         ));
         assert!(matches!(
-            classify(&e(RDKafkaErrorCode::MessageTimedOut), false),
+            classify(&e(RDKafkaErrorCode::MessageTimedOut), false, None),
             SinkError::Retriable(_)
         ));
         assert!(matches!(
-            classify(&e(RDKafkaErrorCode::AllBrokersDown), false),
+            classify(&e(RDKafkaErrorCode::AllBrokersDown), false, None),
             SinkError::Retriable(_)
         ));
         assert!(matches!(
-            classify(&e(RDKafkaErrorCode::NotLeaderForPartition), false),
+            classify(&e(RDKafkaErrorCode::NotLeaderForPartition), false, None),
             SinkError::Retriable(_)
         ));
     }

@@ -60,6 +60,7 @@ pub(super) struct Broker {
     blocked: watch::Sender<bool>,
     /// Mirrors whether `live` is usable, for readiness without taking the lock.
     connected: Arc<AtomicBool>,
+    pub(super) metrics: metrics::RabbitmqMetrics,
 }
 
 /// An AMQP short string. Past 255 bytes it is refused, never cut and never a panic
@@ -92,10 +93,9 @@ impl Broker {
     /// Connects once at start: refused credentials or a missing exchange (with
     /// `declare = false`) stop startup; an unreachable broker only warns, since the
     /// spool absorbs the outage and the sink keeps reconnecting.
-    pub(super) async fn start(cfg: &RabbitmqSinkConfig) -> Result<Broker, StartError> {
+    pub(super) async fn start(name: &str, cfg: &RabbitmqSinkConfig) -> Result<Broker, StartError> {
         cfg.validate()?;
         let uri = cfg.resolved_uri()?;
-        metrics::register_rabbitmq();
         let sink = Broker {
             cfg: cfg.clone(),
             uri,
@@ -106,6 +106,7 @@ impl Broker {
             }),
             blocked: watch::Sender::new(false),
             connected: Arc::new(AtomicBool::new(false)),
+            metrics: metrics::RabbitmqMetrics::new(name),
         };
         match sink.connect().await {
             Ok(live) => {
@@ -161,7 +162,7 @@ impl Broker {
             channels.push(ch);
         }
         self.blocked.send_replace(false);
-        metrics::rabbitmq_blocked(false);
+        self.metrics.blocked(false);
         self.watch_events(&conn);
         self.connected.store(true, Ordering::Relaxed);
         tracing::info!(target = %target, channels = channels.len(), exchange = %self.cfg.exchange, "connected to rabbitmq");
@@ -253,18 +254,19 @@ impl Broker {
         let mut events = conn.events_listener();
         let blocked = self.blocked.clone();
         let connected = self.connected.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
                 match event {
                     Event::ConnectionBlocked(reason) => {
                         tracing::warn!(%reason, "rabbitmq blocked publishing (resource alarm); events wait in the spool");
                         blocked.send_replace(true);
-                        metrics::rabbitmq_blocked(true);
+                        metrics.blocked(true);
                     }
                     Event::ConnectionUnblocked => {
                         tracing::info!("rabbitmq unblocked publishing");
                         blocked.send_replace(false);
-                        metrics::rabbitmq_blocked(false);
+                        metrics.blocked(false);
                     }
                     Event::Error(e) => {
                         tracing::warn!(error = %e, "rabbitmq connection error; reconnecting on the next publish");
@@ -273,7 +275,7 @@ impl Broker {
                         // waiting on it goes on to reconnect, and the broker blocks the
                         // next connection afresh if its alarm is still on.
                         blocked.send_replace(false);
-                        metrics::rabbitmq_blocked(false);
+                        metrics.blocked(false);
                         break;
                     }
                     _ => {}
@@ -314,7 +316,7 @@ impl Broker {
                     not_before: Instant::now(),
                     failures: 0,
                 };
-                metrics::rabbitmq_connect();
+                self.metrics.connected_again();
                 *guard = Some(l.clone());
                 Ok(l)
             }

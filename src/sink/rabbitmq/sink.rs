@@ -12,7 +12,6 @@ use lapin::types::FieldTable;
 
 use super::config::RabbitmqSinkConfig;
 use super::connection::{Broker, long, name, short};
-use crate::metrics;
 use crate::sink::{BoxFuture, Confirmation, Message, Sink, SinkError, StartError, cloudevents};
 
 pub struct RabbitmqSink {
@@ -24,10 +23,11 @@ impl RabbitmqSink {
     /// Connects once at start: refused credentials or a missing exchange (with
     /// `declare = false`) stop startup; an unreachable broker only warns, since the
     /// spool absorbs the outage and the sink keeps reconnecting.
-    pub async fn new(cfg: &RabbitmqSinkConfig) -> Result<RabbitmqSink, StartError> {
+    /// `name` labels its series.
+    pub async fn new(name: &str, cfg: &RabbitmqSinkConfig) -> Result<RabbitmqSink, StartError> {
         Ok(RabbitmqSink {
             cfg: cfg.clone(),
-            broker: Broker::start(cfg).await?,
+            broker: Broker::start(name, cfg).await?,
         })
     }
 }
@@ -139,11 +139,12 @@ impl Sink for RabbitmqSink {
                     }
                 };
                 let live = live.clone();
+                let metrics = self.broker.metrics.clone();
                 out.push(Box::pin(async move {
                     match tokio::time::timeout(timeout, confirm).await {
                         Ok(Ok(lapin::Confirmation::Ack(None))) => Ok(()),
                         Ok(Ok(lapin::Confirmation::Ack(Some(returned)))) => {
-                            metrics::rabbitmq_returned();
+                            metrics.returned();
                             Err(SinkError::Permanent(format!(
                                 "unroutable (basic.return {} {})",
                                 returned.reply_code, returned.reply_text
@@ -199,10 +200,11 @@ mod tests {
             "uri = \"amqp://guest:guest@{addr}/%2f\"\nconnect_timeout_ms = 300\n"
         ))
         .unwrap();
-        let sink = tokio::time::timeout(Duration::from_secs(5), RabbitmqSink::new(&cfg))
-            .await
-            .expect("the start waited on a silent broker")
-            .unwrap();
+        let sink =
+            tokio::time::timeout(Duration::from_secs(5), RabbitmqSink::new("rabbitmq", &cfg))
+                .await
+                .expect("the start waited on a silent broker")
+                .unwrap();
         assert!(!sink.ready());
         let message = Message {
             seq: 0,
