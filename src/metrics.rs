@@ -405,6 +405,7 @@ pub fn unverified_throttled() {
 pub struct SpoolMetrics {
     bytes: Gauge,
     events: Gauge,
+    max_bytes: Gauge,
     fsync: Histogram,
     truncated: Counter,
     quarantined: Counter,
@@ -416,8 +417,10 @@ impl SpoolMetrics {
     /// publishes the limit, so dashboards and alerts can show how full it is.
     pub fn register(sink: &str, max_bytes: u64) -> Self {
         let sink = sink.to_string();
-        gauge!(SPOOL_MAX_BYTES, "sink" => sink.clone()).set(max_bytes as f64);
+        let max = gauge!(SPOOL_MAX_BYTES, "sink" => sink.clone());
+        max.set(max_bytes as f64);
         let m = Self {
+            max_bytes: max,
             bytes: gauge!(SPOOL_BYTES, "sink" => sink.clone()),
             events: gauge!(SPOOL_EVENTS, "sink" => sink.clone()),
             fsync: histogram!(SPOOL_FSYNC_DURATION, "sink" => sink.clone()),
@@ -434,6 +437,13 @@ impl SpoolMetrics {
     pub fn set(&self, bytes: u64, events: u64) {
         self.bytes.set(bytes as f64);
         self.events.set(events as f64);
+    }
+
+    /// A spool emptied for good (adopted): its gauges read 0 from now on, so no
+    /// alert or drain check waits on a backlog that no longer exists.
+    pub fn retire(&self) {
+        self.set(0, 0);
+        self.max_bytes.set(0.0);
     }
 
     pub fn fsync(&self, elapsed: Duration) {

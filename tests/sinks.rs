@@ -209,6 +209,12 @@ async fn a_removed_sink_or_source_dead_letters_its_spooled_events_with_the_reaso
         metric(&m, "hookrelay_dead_lettered_total{sink=\"gone\"}"),
         old.len() as f64
     );
+    // Its series read 0: nothing waits on a backlog that is gone.
+    assert_eq!(metric(&m, "hookrelay_spool_events{sink=\"gone\"}"), 0.0);
+    relay
+        .wait_drained(Duration::from_secs(10))
+        .await
+        .expect("drained");
     assert_eq!(
         metric(&m, "hookrelay_dead_lettered_total{sink=\"kept\"}"),
         leaves.len() as f64
@@ -324,4 +330,13 @@ fn check_names_unknown_duplicated_and_unused_sinks() {
         ),
     );
     assert!(!ok && out.contains("a sink name is at most"), "{out}");
+    let (ok, out) = check(
+        d,
+        &config(
+            d,
+            "[sinks.quarantine]\ntype = \"file\"\ndir = \"x\"\n",
+            &[("q", "")],
+        ),
+    );
+    assert!(!ok && out.contains("the name is taken"), "{out}");
 }

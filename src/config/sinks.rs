@@ -209,6 +209,12 @@ impl SinksConfig {
         let mut dirs: Vec<(&str, &PathBuf)> = Vec::new();
         for (name, sink) in &self.by_name {
             let key = |k: &str| format!("sinks.{name}.{k}");
+            if name == crate::spool::QUARANTINE_DIR {
+                return Err(invalid(
+                    format!("sinks.{name}"),
+                    "the name is taken: spool.dir/quarantine keeps damaged spool bytes",
+                ));
+            }
             if name.len() > MAX_SINK_NAME_LEN || !crate::event::is_sane_name(name) {
                 return Err(invalid(
                     format!("sinks.{name}"),

@@ -63,6 +63,7 @@ pub async fn adopt(
     for p in waiting {
         p.await?;
     }
+    spool.shared.metrics.retire();
     drop((spool, reader));
     remove(dir).map_err(|e| AdoptError::Remove(dir.display().to_string(), e))?;
     Ok(placed)
