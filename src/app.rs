@@ -95,6 +95,9 @@ fn build_sources(
         let cfg = &config.sources[&name];
         let sinks = routed.get(&name).map(Vec::as_slice).unwrap_or_default();
         let missing = |what: &str| Error::Setup(format!("sources.{name}: {what}"));
+        if sinks.is_empty() {
+            return Err(missing("routes to no sink"));
+        }
         let ack = match cfg.ack {
             AckMode::Durable => Ack::Durable(
                 sinks
@@ -376,14 +379,17 @@ pub async fn run(
     let (drain_tx, drain_rx) = watch::channel(None);
     let mut opened = BTreeMap::new();
     let mut dead_letter = None;
-    if !backlogged.is_empty() {
+    // Held until the process ends: no other process may use these backlogs.
+    let mut _spool_lock = None;
+    if !backlogged.is_empty() || crate::backlog::has_strays(spool_dir, &sink_names) {
         let dl = DeadLetter::open(&config.dead_letter.path).map_err(io_error(format!(
             "dead_letter.path: cannot open {}",
             config.dead_letter.path.display()
         )))?;
-        opened = crate::backlog::open(&config, &backlogged, &routed, &dl, remember)
+        let (o, lock) = crate::backlog::open(&config, &backlogged, &routed, &dl, remember)
             .await
             .map_err(|e| Error::Setup(e.to_string()))?;
+        (opened, _spool_lock) = (o, Some(lock));
         tracing::info!(remembered_ids = dedup.remembered(), "backlogs opened");
         dead_letter = Some(dl);
     }
@@ -494,10 +500,11 @@ pub async fn run(
     let _ = drain_tx.send(Some(deadline));
     let spools = running.spools();
     running.stop(deadline, died.as_deref()).await;
-    for route in routes.values() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        route.sink.flush(left.max(Duration::from_millis(100))).await;
-    }
+    // At once: one wedged sink must not take the others' share of the deadline.
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    futures_util::future::join_all(routes.values().map(|r| r.sink.flush(left))).await;
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
     let unconfirmed: u64 = spools

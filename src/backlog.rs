@@ -27,6 +27,7 @@
 //! and the backlog of a removed sink is dead-lettered with that reason.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,7 @@ use crate::config::{Config, ForwardConfig};
 use crate::deadletter::DeadLetter;
 use crate::forward::{self, DrainSignal, Forwarder};
 use crate::sink::{Message, Route};
-use crate::spool::{Reader, Record, Spool};
+use crate::spool::{Place, Reader, Record, Spool};
 
 /// Why the backlogs could not be opened; the message names the directory.
 #[derive(Debug, thiserror::Error)]
@@ -51,27 +52,30 @@ pub struct Opened {
     reader: Reader,
 }
 
-/// Opens the backlog of each sink in `routes` (by name) under `dir`, with `budget`
-/// bytes each, handing every record found to `each` (the dedup window remembers
-/// them). Then adopts what no sink owns (see the module doc): `sources` maps each
-/// configured source to the sinks it routes to now.
+/// Opens the backlog of each sink in `routes` (by name) under `spool.dir`, handing
+/// every record found to `each` (the dedup window remembers them). Then adopts
+/// what no sink owns (see the module doc), before budgets apply: those records
+/// were acknowledged already. `sources` maps each configured source to the sinks
+/// it routes to now. Holds `spool.dir/hookrelay.lock` from then on, so that two
+/// processes never share the directory (each would take the other's backlogs for
+/// those of removed sinks).
 pub async fn open(
     config: &Config,
     routes: &BTreeMap<String, Route>,
     sources: &BTreeMap<String, Vec<String>>,
     dead_letter: &DeadLetter,
     mut each: impl FnMut(&Record),
-) -> Result<BTreeMap<String, Opened>, BacklogError> {
+) -> Result<(BTreeMap<String, Opened>, Lock), BacklogError> {
     let dir = &config.spool.dir;
+    let lock = Lock::take(dir)?;
     let mut opened = BTreeMap::new();
     for (name, route) in routes {
-        let budget = config.sinks.backlog_budget(name, config.spool.max_bytes);
         let path = dir.join(name);
         let (spool, reader, recovery) =
-            Spool::open(&path, budget, config.spool.segment_bytes, &mut each)
+            Spool::open(&path, u64::MAX, config.spool.segment_bytes, &mut each)
                 .map_err(|e| BacklogError(format!("spool.dir: {e}")))?;
         spool.pace_syncs(Duration::from_micros(config.spool.min_sync_interval_us));
-        tracing::info!(sink = %name, dir = %path.display(), budget_bytes = budget,
+        tracing::info!(sink = %name, dir = %path.display(),
             pending = recovery.pending, truncated_bytes = recovery.truncated_bytes,
             quarantined_bytes = recovery.quarantined_bytes, "backlog opened");
         opened.insert(
@@ -83,8 +87,46 @@ pub async fn open(
             },
         );
     }
+    // The new directories' names must survive a crash with what goes into them.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| BacklogError(format!("spool.dir: {}: {e}", dir.display())))?;
     adopt_strays(config, &opened, sources, dead_letter, &mut each).await?;
-    Ok(opened)
+    for (name, o) in &opened {
+        o.spool
+            .set_max_bytes(config.sinks.backlog_budget(name, config.spool.max_bytes));
+    }
+    Ok((opened, lock))
+}
+
+/// Whether `spool.dir` holds anything to adopt: an earlier version's spool, or a
+/// backlog directory of a sink not in `sinks`.
+pub fn has_strays(spool_dir: &Path, sinks: &[&str]) -> bool {
+    crate::spool::holds_spool(spool_dir) || !stray_backlogs(spool_dir, sinks).is_empty()
+}
+
+/// Backlog directories under `spool_dir` of sinks not in `sinks`: named as a sink
+/// can be (so never the quarantine), holding a spool.
+fn stray_backlogs(spool_dir: &Path, sinks: &[&str]) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(spool_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let candidate = !sinks.contains(&name.as_str())
+                && name != crate::spool::QUARANTINE_DIR
+                && name.len() <= crate::config::MAX_SINK_NAME_LEN
+                && crate::event::is_sane_name(&name)
+                && path.is_dir()
+                && crate::spool::holds_spool(&path);
+            candidate.then_some((name, path))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The single spool of earlier versions, and backlogs of sinks no longer configured.
@@ -96,40 +138,36 @@ async fn adopt_strays(
     each: &mut impl FnMut(&Record),
 ) -> Result<(), BacklogError> {
     let dir = &config.spool.dir;
-    let segment_bytes = config.spool.segment_bytes;
     if crate::spool::holds_spool(dir) {
-        let place = |r: &Record| -> Result<Vec<Spool>, String> {
+        let place = |r: &Record| -> Result<Place, String> {
             let source = r.event.source();
             let Some(sinks) = sources.get(source) else {
-                let why = format!("source '{source}' was removed from the config");
-                return settle(dead_letter, r, "_removed", &why).map(|()| Vec::new());
+                return Ok(Place::DeadLetter(format!(
+                    "source '{source}' was removed from the config"
+                )));
             };
-            sinks
+            let into = sinks
                 .iter()
                 .map(|s| match opened.get(s) {
                     Some(o) => Ok(o.spool.clone()),
                     None => Err(format!("sink '{s}' has no backlog")),
                 })
-                .collect()
+                .collect::<Result<_, _>>()?;
+            Ok(Place::Into(into))
         };
-        let moved = crate::spool::adopt(dir, segment_bytes, &mut *each, place)
+        let settle = |batch| settle(dead_letter, batch, "_removed");
+        let moved = crate::spool::adopt(dir, &mut *each, place, settle)
             .await
             .map_err(|e| BacklogError(format!("spool.dir: moving the old spool: {e}")))?;
         tracing::info!(records = moved, dir = %dir.display(),
             "moved the spool of an earlier version into the sinks' backlogs");
     }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if opened.contains_key(&name) || !path.is_dir() || !crate::spool::holds_spool(&path) {
-            continue;
-        }
+    let names: Vec<&str> = opened.keys().map(String::as_str).collect();
+    for (name, path) in stray_backlogs(dir, &names) {
         let why = format!("sink '{name}' was removed from the config");
-        let place = |r: &Record| settle(dead_letter, r, &name, &why).map(|()| Vec::new());
-        let n = crate::spool::adopt(&path, segment_bytes, &mut *each, place)
+        let place = |_: &Record| Ok(Place::DeadLetter(why.clone()));
+        let settle = |batch| settle(dead_letter, batch, &name);
+        let n = crate::spool::adopt(&path, &mut *each, place, settle)
             .await
             .map_err(|e| BacklogError(format!("spool.dir: {}: {e}", path.display())))?;
         if n > 0 {
@@ -140,17 +178,54 @@ async fn adopt_strays(
     Ok(())
 }
 
-/// Dead-letters a record no sink will take, counted under `sink`.
-fn settle(dead_letter: &DeadLetter, r: &Record, sink: &str, why: &str) -> Result<(), String> {
-    let m = Message {
-        seq: r.seq,
-        event: Arc::new(r.event.clone()),
-    };
+/// Dead-letters records no sink will take (one sync for the batch), counted under `sink`.
+fn settle(
+    dead_letter: &DeadLetter,
+    batch: Vec<(Record, String)>,
+    sink: &str,
+) -> Result<(), String> {
+    let messages: Vec<(Message, String)> = batch
+        .into_iter()
+        .map(|(r, why)| {
+            let m = Message {
+                seq: r.seq,
+                event: Arc::new(r.event),
+            };
+            (m, why)
+        })
+        .collect();
+    let refs: Vec<(&Message, &str)> = messages.iter().map(|(m, w)| (m, w.as_str())).collect();
     dead_letter
-        .write(&m, why)
+        .write_all(&refs)
         .map_err(|e| format!("cannot dead-letter: {e}"))?;
-    crate::metrics::dead_lettered(sink);
+    for _ in &messages {
+        crate::metrics::dead_lettered(sink);
+    }
     Ok(())
+}
+
+/// The exclusive lock on `spool.dir/hookrelay.lock`, released when dropped.
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    fn take(dir: &Path) -> Result<Lock, BacklogError> {
+        let fail = |e: std::io::Error| BacklogError(format!("spool.dir: {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("hookrelay.lock"))
+            .map_err(fail)?;
+        match f.try_lock() {
+            Ok(()) => Ok(Lock(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(BacklogError(format!(
+                "spool.dir: {} is in use by another hookrelay process (lock held on hookrelay.lock)",
+                dir.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+        }
+    }
 }
 
 /// The forwarders, one per backlog, running (none without backlogs).
@@ -277,6 +352,10 @@ mod tests {
             }
         }
         assert!(crate::spool::holds_spool(&spool_dir));
+        // A segment the old spool kept whole for damage: never adopted, never deleted.
+        let kept = spool_dir.join(crate::spool::QUARANTINE_DIR);
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::write(kept.join("00000000000000000000.seg"), b"damaged").unwrap();
         let text = format!(
             "[spool]\ndir = \"{}\"\nsegment_bytes = 1048576\n\
              [sinks.a]\ntype = \"file\"\ndir = \"{a}\"\n[sinks.b]\ntype = \"file\"\ndir = \"{b}\"\n\
@@ -302,7 +381,7 @@ mod tests {
         .into();
         let dead = DeadLetter::open(&d.join("dead.jsonl")).unwrap();
         let mut seen = 0;
-        let opened = open(&config, &routes, &sources, &dead, |_: &Record| seen += 1)
+        let (opened, lock) = open(&config, &routes, &sources, &dead, |_: &Record| seen += 1)
             .await
             .unwrap();
         let pending = |name: &str| {
@@ -319,9 +398,26 @@ mod tests {
         // The old spool's files are gone; the backlogs stay.
         assert!(!crate::spool::holds_spool(&spool_dir));
         assert!(spool_dir.join("a").is_dir() && spool_dir.join("b").is_dir());
+        assert_eq!(
+            std::fs::read(kept.join("00000000000000000000.seg")).unwrap(),
+            b"damaged"
+        );
+        // A second process cannot take the same directory.
+        let again = open(
+            &config,
+            &routes,
+            &sources,
+            &DeadLetter::open(&d.join("dead.jsonl")).unwrap(),
+            |_: &Record| {},
+        )
+        .await;
+        assert!(again.is_err_and(|e| {
+            e.to_string()
+                .contains("in use by another hookrelay process")
+        }));
         // Opening again moves nothing twice.
-        drop(opened);
-        let opened = open(
+        drop((opened, lock));
+        let (opened, _lock) = open(
             &config,
             &routes,
             &sources,

@@ -21,6 +21,10 @@ impl DeadLetter {
             std::fs::create_dir_all(parent)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        // The file's name must survive a crash as well as its lines.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
         Ok(DeadLetter {
             file: Arc::new(Mutex::new(file)),
         })
@@ -28,9 +32,17 @@ impl DeadLetter {
 
     /// Appends and syncs one event. Blocking.
     pub fn write(&self, m: &Message, reason: &str) -> io::Result<()> {
-        let line = json_line(m, Some(reason));
+        self.write_all(&[(m, reason)])
+    }
+
+    /// Appends several events and syncs once. Blocking.
+    pub fn write_all(&self, events: &[(&Message, &str)]) -> io::Result<()> {
+        let mut lines = Vec::new();
+        for (m, reason) in events {
+            lines.extend_from_slice(&json_line(m, Some(reason)));
+        }
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_all(&line)?;
+        f.write_all(&lines)?;
         // As for the spool: a failed fdatasync is not retried (the event would then be
         // forgotten on the word of a sync that may have lost it).
         if let Err(e) = f.sync_data() {

@@ -501,7 +501,7 @@ impl Forwarder {
             .values()
             .next()
             .map_or(Duration::ZERO, |p| age(p.msg.event.received_at_ns()));
-        let state = if !self.spool.has_room() {
+        let state = if !self.spool.has_space() {
             "full"
         } else if !self.retries.is_empty() || !self.route.sink.ready() {
             "retrying"

@@ -439,6 +439,10 @@ impl SpoolMetrics {
         self.events.set(events as f64);
     }
 
+    pub fn set_max(&self, max_bytes: u64) {
+        self.max_bytes.set(max_bytes as f64);
+    }
+
     /// A spool emptied for good (adopted): its gauges read 0 from now on, so no
     /// alert or drain check waits on a backlog that no longer exists.
     pub fn retire(&self) {

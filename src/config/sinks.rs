@@ -265,7 +265,7 @@ impl SinksConfig {
                 SinkSettings::Nats(n) => n.validate().map_err(rekey)?,
             }
         }
-        let explicit: u64 = self.iter().filter_map(|(_, s)| s.backlog_max_bytes).sum();
+        let explicit = self.explicit_budgets();
         if explicit > spool_max_bytes {
             return Err(invalid(
                 "sinks",
@@ -277,13 +277,20 @@ impl SinksConfig {
         Ok(())
     }
 
+    /// The budgets set, added up (saturating: values come from the file).
+    fn explicit_budgets(&self) -> u64 {
+        self.iter()
+            .filter_map(|(_, s)| s.backlog_max_bytes)
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// A sink's backlog budget: its own, or an equal share of what `spool.max_bytes`
     /// leaves after the explicit ones.
     pub fn backlog_budget(&self, name: &str, spool_max_bytes: u64) -> u64 {
         if let Some(b) = self.get(name).and_then(|s| s.backlog_max_bytes) {
             return b;
         }
-        let explicit: u64 = self.iter().filter_map(|(_, s)| s.backlog_max_bytes).sum();
+        let explicit = self.explicit_budgets();
         let shared = self
             .iter()
             .filter(|(_, s)| s.backlog_max_bytes.is_none())

@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::event::{Accepted, Event};
 use crate::metrics;
 
-pub use adopt::{AdoptError, adopt, holds_spool};
+pub use adopt::{AdoptError, Place, adopt, holds_spool};
 pub use faults::{FSYNC_AFTER_ENV, FSYNC_DELAY_ENV};
 pub use reader::Reader;
 pub use record::{
@@ -122,7 +122,9 @@ struct Segment {
 /// State shared by the writer, the forwarder and readiness checks.
 struct SpoolState {
     dir: PathBuf,
-    max_bytes: u64,
+    /// The budget; past it appends are refused (`Full`). Raised while adopting an
+    /// old spool's records, which were acknowledged already (see `backlog`).
+    max_bytes: AtomicU64,
     /// Bytes of all segments on disk, for the size limit.
     bytes: AtomicU64,
     /// First sequence not yet confirmed by the sink.
@@ -267,7 +269,7 @@ impl std::future::Future for Pending {
 /// request leaves no copy behind for the provider's retry to duplicate (a spool
 /// filling between the check and the append still can: a duplicate, never a loss).
 pub async fn submit_to(spools: &[Spool], event: Accepted) -> Result<Vec<Pending>, AppendError> {
-    if spools.len() > 1 && !spools.iter().all(Spool::has_room) {
+    if spools.len() > 1 && !spools.iter().all(Spool::has_space) {
         return Err(AppendError::Full);
     }
     let frame = encode(&event).map_err(AppendError::Unframable)?;
@@ -311,11 +313,16 @@ pub struct Recovery {
 }
 
 /// A spool is named by its directory: under `spool.dir` each sink's backlog is
-/// the directory of the sink's name, and its series carry that name.
-fn name_of(dir: &Path) -> String {
+/// the directory of the sink's name, and its series carry that name. A spool
+/// being adopted (see `adopt`) is labelled [`ADOPTED_LABEL`] instead, which no
+/// sink can be named.
+fn label_of(dir: &Path) -> String {
     dir.file_name()
         .map_or_else(|| "spool".into(), |n| n.to_string_lossy().into_owned())
 }
+
+/// The `sink` label of a spool being adopted.
+pub const ADOPTED_LABEL: &str = "_adopted";
 
 pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
@@ -334,17 +341,43 @@ impl Spool {
         Spool::open_with(dir, max_bytes, segment_bytes, each, false)
     }
 
+    /// Sets the budget (and its gauge): appends past it are refused again.
+    pub fn set_max_bytes(&self, max_bytes: u64) {
+        self.shared.max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.shared.metrics.set_max(max_bytes);
+    }
+
     /// `wait_for_prepared`: a roll waits for the segment being zero-filled instead of
     /// starting a plain one, so that what tests exercise does not depend on timing.
     fn open_with(
         dir: &Path,
         max_bytes: u64,
         segment_bytes: u64,
+        each: impl FnMut(&Record),
+        wait_for_prepared: bool,
+    ) -> Result<(Spool, Reader, Recovery), OpenError> {
+        let label = label_of(dir);
+        Spool::open_labelled(
+            dir,
+            &label,
+            max_bytes,
+            segment_bytes,
+            each,
+            wait_for_prepared,
+        )
+    }
+
+    /// `label` is the `sink` label of its series.
+    fn open_labelled(
+        dir: &Path,
+        label: &str,
+        max_bytes: u64,
+        segment_bytes: u64,
         mut each: impl FnMut(&Record),
         wait_for_prepared: bool,
     ) -> Result<(Spool, Reader, Recovery), OpenError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let spool_metrics = metrics::SpoolMetrics::register(&name_of(dir), max_bytes);
+        let spool_metrics = metrics::SpoolMetrics::register(label, max_bytes);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -394,7 +427,7 @@ impl Spool {
         let total: u64 = segments.iter().map(|s| s.bytes).sum();
         let shared = Arc::new(SpoolState {
             dir: dir.to_path_buf(),
-            max_bytes,
+            max_bytes: AtomicU64::new(max_bytes),
             bytes: AtomicU64::new(total),
             cursor: AtomicU64::new(cursor),
             persisted: AtomicU64::new(cursor),
@@ -487,9 +520,16 @@ impl Spool {
 
     /// Ready to accept: the writer is healthy and the spool has room.
     pub fn has_room(&self) -> bool {
-        !self.shared.write_failed.load(Ordering::Relaxed)
-            && !self.shared.full.load(Ordering::Relaxed)
-            && self.shared.bytes.load(Ordering::Relaxed) < self.shared.max_bytes
+        !self.shared.write_failed.load(Ordering::Relaxed) && self.has_space()
+    }
+
+    /// Below its budget (whatever the writer's health): a failed write is cleared
+    /// only by a later append that succeeds, so what decides whether to try one
+    /// must not wait for it.
+    pub fn has_space(&self) -> bool {
+        !self.shared.full.load(Ordering::Relaxed)
+            && self.shared.bytes.load(Ordering::Relaxed)
+                < self.shared.max_bytes.load(Ordering::Relaxed)
     }
 
     /// Group commits (fdatasyncs) since the spool was opened.

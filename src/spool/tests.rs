@@ -595,3 +595,53 @@ fn a_second_process_cannot_open_it() {
         Err(OpenError::Locked(_))
     ));
 }
+
+/// Adoption moves the old spool's cursor after each batch is safe elsewhere: a
+/// failure half-way (here the dead-letter step) leaves only the rest to place at
+/// the next attempt, not everything again.
+#[tokio::test]
+async fn adoption_resumes_where_a_failure_left_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    {
+        let (spool, _r, _) = Spool::open(&old, 1 << 30, 1 << 20, |_: &Record| {}).unwrap();
+        for i in 0..5000 {
+            spool.append(event(i)).await.unwrap();
+        }
+    }
+    let mut batches = 0;
+    let failing = adopt::adopt(
+        &old,
+        |_: &Record| {},
+        |_: &Record| Ok(Place::DeadLetter("gone".into())),
+        |batch: Vec<(Record, String)>| {
+            batches += 1;
+            assert!(batch.len() <= 4096);
+            if batches == 2 {
+                Err("disk trouble".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    assert!(failing.is_err());
+    let mut placed = Vec::new();
+    let n = adopt::adopt(
+        &old,
+        |_: &Record| {},
+        |r: &Record| {
+            placed.push(r.seq);
+            Ok(Place::DeadLetter("gone".into()))
+        },
+        |_: Vec<(Record, String)>| Ok(()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 5000 - 4096, "only what the failed batch left");
+    assert_eq!(placed.first(), Some(&4096));
+    assert!(
+        !adopt::holds_spool(&old),
+        "the emptied spool's files are gone"
+    );
+}

@@ -106,6 +106,7 @@ impl Writer {
         let room = self
             .shared
             .max_bytes
+            .load(Ordering::Relaxed)
             .saturating_sub(self.shared.bytes.load(Ordering::Acquire));
         let first = self.next_seq;
         for a in batch.drain(..) {
