@@ -105,6 +105,15 @@ pub fn has_strays(spool_dir: &Path, sinks: &[&str]) -> bool {
     crate::spool::holds_spool(spool_dir) || !stray_backlogs(spool_dir, sinks).is_empty()
 }
 
+/// Names of the backlogs under `spool_dir` of sinks not in `sinks`: what the next
+/// start dead-letters (`hookrelay check` warns of them).
+pub fn strays(spool_dir: &Path, sinks: &[&str]) -> Vec<String> {
+    stray_backlogs(spool_dir, sinks)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// Backlog directories under `spool_dir` of sinks not in `sinks`: named as a sink
 /// can be (so never the quarantine), holding a spool.
 fn stray_backlogs(spool_dir: &Path, sinks: &[&str]) -> Vec<(String, PathBuf)> {

@@ -120,6 +120,12 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
     for warning in config.warnings() {
         println!("warning: {warning}");
     }
+    for stray in hookrelay::backlog::strays(&config.spool.dir, &config.sinks.names()) {
+        println!(
+            "warning: {}: a backlog of sink '{stray}', which is not in this config: the next start dead-letters its events",
+            config.spool.dir.join(&stray).display()
+        );
+    }
     if connect {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -170,6 +170,13 @@ async fn a_removed_sink_or_source_dead_letters_its_spooled_events_with_the_reaso
         ),
         &[("stays", "sink = \"kept\"")],
     );
+    // `check` says what the start will do with the removed sink's backlog.
+    let (ok, out) = check(d, &after);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("a backlog of sink 'gone'") && out.contains("dead-letters"),
+        "{out}"
+    );
     std::fs::write(&relay.config, after).unwrap();
     relay.restart();
     eventually_blocking(Duration::from_secs(30), || {
@@ -337,6 +344,15 @@ fn check_names_unknown_duplicated_and_unused_sinks() {
         &config(
             d,
             "[sinks.quarantine]\ntype = \"file\"\ndir = \"x\"\n",
+            &[("q", "")],
+        ),
+    );
+    assert!(!ok && out.contains("the name is taken"), "{out}");
+    let (ok, out) = check(
+        d,
+        &config(
+            d,
+            "[sinks.\"hookrelay.lock\"]\ntype = \"file\"\ndir = \"x\"\n",
             &[("q", "")],
         ),
     );

@@ -209,10 +209,10 @@ impl SinksConfig {
         let mut dirs: Vec<(&str, &PathBuf)> = Vec::new();
         for (name, sink) in &self.by_name {
             let key = |k: &str| format!("sinks.{name}.{k}");
-            if name == crate::spool::QUARANTINE_DIR {
+            if is_reserved(name) {
                 return Err(invalid(
                     format!("sinks.{name}"),
-                    "the name is taken: spool.dir/quarantine keeps damaged spool bytes",
+                    "the name is taken: spool.dir keeps files of that name (quarantine, LOCK, cursor, hookrelay.lock, *.seg, *.prealloc, *.tmp)",
                 ));
             }
             if name.len() > MAX_SINK_NAME_LEN || !crate::event::is_sane_name(name) {
@@ -297,6 +297,17 @@ impl SinksConfig {
             .count();
         spool_max_bytes.saturating_sub(explicit) / (shared.max(1) as u64)
     }
+}
+
+/// Names of what `spool.dir` holds besides backlogs (the quarantine, the files of
+/// an earlier version's spool, the process lock): no sink may be named so.
+fn is_reserved(name: &str) -> bool {
+    matches!(
+        name,
+        crate::spool::QUARANTINE_DIR | "LOCK" | "cursor" | "cursor.tmp" | "hookrelay.lock"
+    ) || [".seg", ".prealloc", ".tmp"]
+        .iter()
+        .any(|s| name.ends_with(s))
 }
 
 /// A sink module's problem, keyed by the sink's name instead of its kind
