@@ -6,11 +6,18 @@
 //! event like a provider does (any non-200 or transport error: back off, try the
 //! next target) until it gets a 200. Writes the hookrelay id of every event that
 //! got a 200 to `--acked`, and progress (`acked N`) to stdout every 200 ms, which
-//! the orchestrator uses to spread its faults over the run.
+//! the orchestrator uses to spread its faults over the run, followed by the
+//! failed attempts so far (`failed {"503":N,"other":N,"transport":N}`: answered
+//! 503, answered another non-200, no answer), which tells which source was
+//! refused when.
 //!
 //! `consume-amqp` / `consume-kafka`: read everything and write the `hookrelay-id`
 //! header of each message, one per line (duplicates included), until the stop
 //! file exists and nothing arrived for two seconds. Both reconnect on their own.
+//!
+//! `consume-nats`: reads a JetStream stream from its first message up to the last
+//! one it holds when the reader starts (run it once the relay has drained), and
+//! writes the `hookrelay-id` header of each, one per line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,7 +74,8 @@ async fn main() -> Result<()> {
         Some("send") => send(&args).await,
         Some("consume-amqp") => consume_amqp(&args).await,
         Some("consume-kafka") => consume_kafka(&args),
-        _ => bail!("usage: chaos_client send|consume-amqp|consume-kafka [flags]"),
+        Some("consume-nats") => consume_nats(&args).await,
+        _ => bail!("usage: chaos_client send|consume-amqp|consume-kafka|consume-nats [flags]"),
     }
 }
 
@@ -80,6 +88,10 @@ struct Sender {
     total: u64,
     acked: AtomicU64,
     retries: AtomicU64,
+    /// Failed attempts: answered 503, answered another non-200, no answer.
+    refused_503: AtomicU64,
+    refused_other: AtomicU64,
+    transport: AtomicU64,
     turn: AtomicUsize,
     give_up: Duration,
     /// Events per second in total (0: as fast as the relay answers), so that a run
@@ -104,6 +116,9 @@ async fn send(args: &[String]) -> Result<()> {
         total: need(args, "--events")?.parse()?,
         acked: AtomicU64::new(0),
         retries: AtomicU64::new(0),
+        refused_503: AtomicU64::new(0),
+        refused_other: AtomicU64::new(0),
+        transport: AtomicU64::new(0),
         turn: AtomicUsize::new(0),
         give_up: Duration::from_secs(flag(args, "--give-up-secs").map_or(Ok(180), |v| v.parse())?),
         rate: flag(args, "--rate").map_or(Ok(0.0), |v| v.parse())?,
@@ -118,6 +133,12 @@ async fn send(args: &[String]) -> Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 println!("acked {}", s.acked.load(Ordering::Relaxed));
+                println!(
+                    "failed {{\"503\":{},\"other\":{},\"transport\":{}}}",
+                    s.refused_503.load(Ordering::Relaxed),
+                    s.refused_other.load(Ordering::Relaxed),
+                    s.transport.load(Ordering::Relaxed)
+                );
             }
         })
     };
@@ -140,10 +161,13 @@ async fn send(args: &[String]) -> Result<()> {
     }
     f.flush()?;
     println!(
-        "done {{\"sent\":{},\"acked\":{},\"abandoned\":{abandoned},\"retries\":{},\"seconds\":{:.1}}}",
+        "done {{\"sent\":{},\"acked\":{},\"abandoned\":{abandoned},\"retries\":{},\"refused_503\":{},\"refused_other\":{},\"transport_errors\":{},\"seconds\":{:.1}}}",
         s.total,
         acked.len(),
         s.retries.load(Ordering::Relaxed),
+        s.refused_503.load(Ordering::Relaxed),
+        s.refused_other.load(Ordering::Relaxed),
+        s.transport.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -181,7 +205,10 @@ impl Sender {
                 }
                 let ok = match &mut conn {
                     Some((_, c)) => self.post(c, target, b.clone(), &sig).await,
-                    None => false,
+                    None => {
+                        self.transport.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
                 };
                 if ok {
                     acked.push(n);
@@ -212,15 +239,24 @@ impl Sender {
             return false;
         };
         if c.ready().await.is_err() {
+            self.transport.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         let fut = c.send_request(req);
         match tokio::time::timeout(Duration::from_secs(30), fut).await {
             Ok(Ok(resp)) => {
-                let ok = resp.status().is_success();
-                ok && resp.into_body().collect().await.is_ok()
+                let status = resp.status();
+                if status == hyper::StatusCode::SERVICE_UNAVAILABLE {
+                    self.refused_503.fetch_add(1, Ordering::Relaxed);
+                } else if !status.is_success() {
+                    self.refused_other.fetch_add(1, Ordering::Relaxed);
+                }
+                status.is_success() && resp.into_body().collect().await.is_ok()
             }
-            _ => false,
+            _ => {
+                self.transport.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 }
@@ -461,4 +497,84 @@ fn caught_up(
             _ => high == 0,
         }
     })
+}
+
+/// Reads stream `--stream` on `--server` from its first message to the last it
+/// holds now, through an ephemeral pull consumer, retrying while the server is
+/// not ready (a JetStream just restarted answers "unavailable" for a moment).
+async fn consume_nats(args: &[String]) -> Result<()> {
+    use async_nats::jetstream::{self, consumer};
+    use futures_util::StreamExt;
+    let server = need(args, "--server")?;
+    let stream = need(args, "--stream")?;
+    let out = PathBuf::from(need(args, "--out")?);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&out)?);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let client = loop {
+        match async_nats::connect(&server).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("consume-nats: connect: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => bail!("connect {server}: {e}"),
+        }
+    };
+    let js = jetstream::new(client);
+    let (s, last) = loop {
+        let attempt = async {
+            let mut s = js.get_stream(&stream).await?;
+            let last = s.info().await?.state.last_sequence;
+            Ok::<_, anyhow::Error>((s, last))
+        };
+        match attempt.await {
+            Ok(v) => break v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("consume-nats: stream {stream}: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => bail!("stream {stream}: {e}"),
+        }
+    };
+    println!("ready");
+    let c = s
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer on {stream}: {e}"))?;
+    let (mut at, mut count) = (0u64, 0u64);
+    while at < last {
+        if Instant::now() > deadline {
+            bail!("stream {stream}: read up to sequence {at} of {last} in 300 s");
+        }
+        let mut batch = c
+            .batch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("fetch: {e}"))?;
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("hookrelay-id"))
+                .map_or(b"?no-id".to_vec(), |v| v.as_str().as_bytes().to_vec());
+            f.write_all(&id)?;
+            f.write_all(b"\n")?;
+            count += 1;
+            at = at.max(
+                m.info()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .stream_sequence,
+            );
+        }
+    }
+    f.flush()?;
+    println!("consumed {count} (stream sequences 1..={last})");
+    Ok(())
 }

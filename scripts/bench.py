@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 
-from harness import AMQP, ROOT, TYPES, free_port, metrics_text, quantiles, scrape, stop, wait_port
+from harness import AMQP, ROOT, TYPES, free_port, metric, metrics_text, quantiles, scrape, stop, wait_port
 import harness
 
 # BENCH_PROFILE=debug runs the smoke mode on debug builds (scripts/test.sh).
@@ -58,13 +58,18 @@ def proc_stats(pid):
     return cpu, rss, hwm
 
 
-def hookrelay(tmp, sink_section, extra=""):
-    """Starts hookrelay for one case; returns (process, webhook port, admin port)."""
+def hookrelay(tmp, sink_section, extra="", sources=None):
+    """Starts hookrelay for one case; returns (process, webhook port, admin port).
+    `sources`: {name: TOML lines} instead of the one quickassist source."""
     cfg = os.path.join(tmp, "hookrelay.toml")
     env_extra = lambda k: os.environ.get(k, "").replace(";", chr(10))
     with open(cfg, "w") as f:
-        f.write(harness.config(tmp, f"{sink_section}\n{env_extra('SINK_EXTRA')}", "BENCH_SECRET",
-                               spool_extra=env_extra("SPOOL_EXTRA"), extra=extra))
+        if sources is None:
+            f.write(harness.config(tmp, f"{sink_section}\n{env_extra('SINK_EXTRA')}", "BENCH_SECRET",
+                                   spool_extra=env_extra("SPOOL_EXTRA"), extra=extra))
+        else:
+            f.write(harness.config_with_sources(tmp, f"{sink_section}\n{env_extra('SINK_EXTRA')}", "BENCH_SECRET",
+                                                sources, spool_extra=env_extra("SPOOL_EXTRA"), extra=extra))
     env = dict(os.environ, BENCH_SECRET=SECRET)
     return harness.start([os.path.join(REL, "hookrelay"), "run", "--config", cfg], env, os.path.join(tmp, "log"))
 
@@ -121,12 +126,20 @@ def start_consumer(argv):
     return c, samples
 
 
-def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every=0, consumer=None):
+def published(admin, sinks):
+    """Events every one of `sinks` has confirmed (the least of their counts)."""
+    text = metrics_text(admin)
+    return min(metric(text, "hookrelay_sink_published_total", sink=s) for s in sinks)
+
+
+def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every=0, consumer=None, sources=None):
     """One hookrelay case. `consumer`: the bench_consumer arguments that subscribe
-    downstream of the sink; the delivered rate is then what it receives."""
+    downstream of the sink; the delivered rate is then what it receives. `sink` may
+    be a list (a fan-out): an event is delivered once every one confirmed it."""
     body = body or a["body"]
+    sinks = [sink] if isinstance(sink, str) else list(sink)
     with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "target", "bench")) as tmp:
-        p, port, admin = hookrelay(tmp, sink_section(tmp), extra)
+        p, port, admin = hookrelay(tmp, sink_section(tmp), extra, sources)
         sub = None
         try:
             received = []
@@ -143,7 +156,7 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             def sample():
                 while not done.is_set():
                     try:
-                        samples.append((time.time(), scrape(admin, "hookrelay_sink_published_total", sink=sink)))
+                        samples.append((time.time(), published(admin, sinks)))
                     except OSError:
                         pass
                     # Not faster: every scrape renders on hookrelay's side and would
@@ -175,7 +188,13 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
             text = metrics_text(admin)
             server_p50, server_p99 = quantiles(text, "hookrelay_http_request_duration_seconds", (0.5, 0.99),
                                                source="quickassist")
+            # The histogram is per sink (each has its own backlog): over all of the
+            # case's, and each on its own when there are several.
             fsync_p50, fsync_p99 = quantiles(text, "hookrelay_spool_fsync_duration_seconds", (0.5, 0.99))
+            fsync_by_sink = {s: [round((q or 0) * 1e6) for q in
+                                 quantiles(text, "hookrelay_spool_fsync_duration_seconds", (0.5, 0.99), sink=s)]
+                             for s in sinks}
+            fsyncs = {s: int(metric(text, "hookrelay_spool_fsync_duration_seconds_count", sink=s)) for s in sinks}
             out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
                    "non_2xx": r["non_2xx"], "accepted": int(accepted), "published": int(samples[-1][1]),
                    "confirmed_rps": round(steady_rate(samples)),
@@ -186,6 +205,10 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
                    "cpu_s_per_10k": round((cpu1 - cpu0) / max(accepted, 1) * 10_000, 3),
                    "idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(peak, 1), "end_rss_mib": round(rss, 1),
                    "conns": a["conns"]}
+            if len(sinks) > 1:
+                out["sinks"] = sinks
+                out["fsync_us_by_sink"] = fsync_by_sink
+                out["fsyncs_by_sink"] = fsyncs
             if rate:
                 out["open_loop_rate"] = rate
             if rss_trace:
@@ -203,6 +226,15 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
 def file_sink(tmp):
     """The file sink's config section, writing under the case's temporary directory."""
     return f'[sinks.file]\ndir = "{tmp}/events"'
+
+
+def two_file_sinks(tmp):
+    """The fan-out case's sinks: two file sinks, each with its own backlog (SINK_EXTRA
+    lands in the second's section)."""
+    return f'[sinks.a]\ntype = "file"\ndir = "{tmp}/events-a"\n[sinks.b]\ntype = "file"\ndir = "{tmp}/events-b"'
+
+
+FANOUT_SOURCES = {"quickassist": 'sinks = ["a", "b"]'}
 
 
 def half_file_rate(results):
@@ -277,7 +309,7 @@ def main():
     a.update(overrides)
     cases = os.environ.get(
         "CASES",
-        "baseline,file,baseline-64c,file-64c,file-open-loop,baseline-open-loop,file-soak,file-256B,file-16KiB,spool,"
+        "baseline,file,fanout,baseline-64c,file-64c,file-open-loop,baseline-open-loop,file-soak,file-256B,file-16KiB,spool,"
         "rabbitmq,rabbitmq-broker-ack,kafka-tansu,kafka-mock",
     ).split(",")
     if cases == ["none"]:
@@ -292,6 +324,11 @@ def main():
                 results[c] = case_baseline(a)
             elif c == "file":
                 results[c] = case_hookrelay(a, file_sink, "file")
+            elif c == "fanout":
+                # The file case with the source routed to two file sinks: every event
+                # written to two backlogs, each with its own group commit, and the 200
+                # after both fdatasyncs (src/backlog.rs).
+                results[c] = case_hookrelay(a, two_file_sinks, ["a", "b"], sources=FANOUT_SOURCES)
             elif c == "baseline-64c":
                 # Fewer connections: each one waits for its group commit, so the relay is
                 # bound by latency (Little's law), not CPU; shown next to the default.
@@ -393,6 +430,18 @@ def main():
                      f"{server} | {fsync} | {r.get('cpu_s_per_10k', '-')} | {rss} |")
         if "rss_trace_mib" in r:
             lines.append(f"|  RSS every 30 s (MiB) | {' '.join(str(x) for x in r['rss_trace_mib'])} | | | | | | | | | | |")
+    if "fanout" in results and "file" in results:
+        f, o = results["file"], results["fanout"]
+        lines += ["", "Fan-out: one source routed to two file sinks (`sinks = [\"a\", \"b\"]`), beside the single file sink:",
+                  "", "| case | accept req/s | vs file | p50 / p99 | CPU s / 10k events | vs file | fdatasync p50 / p99 | fdatasyncs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines.append(f"| file | {f['accept_rps']:.0f} | - | {f['p50_us'] / 1000:.2f} / {f['p99_us'] / 1000:.2f} ms | "
+                     f"{f['cpu_s_per_10k']} | - | {f['fsync_p50_us'] / 1000:.2f} / {f['fsync_p99_us'] / 1000:.2f} ms | - |")
+        per = ", ".join(f"{s}: {v[0] / 1000:.2f} / {v[1] / 1000:.2f} ms" for s, v in o.get("fsync_us_by_sink", {}).items())
+        count = ", ".join(f"{s}: {n}" for s, n in o.get("fsyncs_by_sink", {}).items())
+        lines.append(f"| fanout (2 sinks) | {o['accept_rps']:.0f} | {o['accept_rps'] / max(f['accept_rps'], 1):.0%} | "
+                     f"{o['p50_us'] / 1000:.2f} / {o['p99_us'] / 1000:.2f} ms | {o['cpu_s_per_10k']} | "
+                     f"{o['cpu_s_per_10k'] / max(f['cpu_s_per_10k'], 1e-9):.2f}x | {per} | {count} |")
     if "spool" in results:
         lines += ["", "Spool alone (1 KiB records):", "", "| writers | appends/s | fdatasyncs/s | p50 | p99 |", "|---|---|---|---|---|"]
         for row in results["spool"]["spool"]:

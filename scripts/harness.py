@@ -47,6 +47,16 @@ secret_env = "{secret_env}"
 """
 
 
+def config_with_sources(work, sink_section, secret_env, sources, **kw):
+    """`config` with `sources` instead of its one source: {name: extra TOML lines},
+    each a quickassist source whose secret is in `secret_env`
+    (`{"orders": 'sink = "bus"', "audit": 'sinks = ["bus", "archive"]'}`)."""
+    head = config(work, sink_section, secret_env, **kw)
+    head = head[:head.rindex("[sources.quickassist]")]
+    return head + "".join(f'[sources.{name}]\nscheme = "quickassist"\nsecret_env = "{secret_env}"\n{lines}\n\n'
+                          for name, lines in sources.items())
+
+
 def start(argv, env, log_path, timeout=60):
     """Starts a relay and returns (process, webhook port, admin port) once it listens.
     Its stderr goes to `log_path` (appended). Fails with the log's tail if it exits

@@ -84,7 +84,7 @@ step "benchmark harness smoke run (a few seconds, debug builds: the numbers mean
 scripts/bench.sh --smoke >/dev/null 2>&1 || { echo "FAILED: scripts/bench.sh --smoke" >&2; scripts/bench.sh --smoke; exit 1; }
 echo "ok: target/bench/report.md"
 
-step "chaos, short profiles (RabbitMQ restarts + SIGKILLs, Kafka mock outages, 3 relays sharing Redis)"
+step "chaos, short profiles (RabbitMQ restarts + SIGKILLs, Kafka mock outages, 3 relays sharing Redis, NATS restarts, sink isolation)"
 scripts/chaos.sh --short
 
 step "summary"
