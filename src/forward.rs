@@ -149,6 +149,8 @@ pub struct Forwarder {
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
     confirms: FuturesUnordered<Confirmed>,
     last_warn: Option<Instant>,
+    /// When waiting retries were last brought forward by a success (see `settle`).
+    last_hurry: Option<Instant>,
     /// Topics whose permanent failures were already logged: once per topic, not per event.
     refused_topics: HashSet<String>,
     metrics: metrics::ForwardMetrics,
@@ -182,6 +184,7 @@ impl Forwarder {
             retries: BinaryHeap::new(),
             confirms: FuturesUnordered::new(),
             last_warn: None,
+            last_hurry: None,
             refused_topics: HashSet::new(),
             panic_after: crate::faults::forwarder_panic_after(),
         }
@@ -374,6 +377,7 @@ impl Forwarder {
                     p.sent_at.elapsed(),
                     age(p.msg.event.received_at_ns()),
                 );
+                self.hurry_retries();
             }
             Err(SinkError::Retriable(reason)) => {
                 route.metrics.retriable_error(p.msg.event.topic());
@@ -477,6 +481,30 @@ impl Forwarder {
         if after != before {
             self.spool.confirm_until(after);
         }
+    }
+
+    /// The sink confirmed something: it is back. The events that failed during
+    /// the outage each wait out their own backoff (up to `backoff_max_ms`), the
+    /// oldest longest, and the backlog (and the 503s of its sources) would last
+    /// that long after the broker returned; so they are all made due now. At most
+    /// once a second: a sink failing one topic for good and taking the others must
+    /// not retry that topic at the rate of its successes.
+    fn hurry_retries(&mut self) {
+        let now = Instant::now();
+        if self.retries.is_empty()
+            || self
+                .last_hurry
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_hurry = Some(now);
+        let due: Vec<_> = self
+            .retries
+            .drain()
+            .map(|Reverse((at, seq))| Reverse((at.min(now), seq)))
+            .collect();
+        self.retries.extend(due);
     }
 
     async fn retry_due(&mut self) {
@@ -739,6 +767,82 @@ mod tests {
         let (_s, _r, rec) =
             Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, |_: &Record| {}).unwrap();
         assert_eq!(rec.pending, 0);
+    }
+
+    /// Fails every publish while `down`; counts what it delivered.
+    struct SwitchSink {
+        down: std::sync::atomic::AtomicBool,
+        delivered: AtomicUsize,
+    }
+
+    impl crate::sink::Sink for SwitchSink {
+        fn publish(
+            &self,
+            batch: Vec<Message>,
+        ) -> crate::sink::BoxFuture<'_, Vec<crate::sink::Confirmation>> {
+            let down = self.down.load(Ordering::SeqCst);
+            if !down {
+                self.delivered.fetch_add(batch.len(), Ordering::SeqCst);
+            }
+            Box::pin(async move {
+                (0..batch.len())
+                    .map(|_| {
+                        let r = if down {
+                            Err(SinkError::Retriable("broker down".into()))
+                        } else {
+                            Ok(())
+                        };
+                        Box::pin(std::future::ready(r)) as crate::sink::Confirmation
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    /// Once the sink confirms again, what failed during the outage goes out at
+    /// once, not each after its own backoff (here 5-10 s).
+    #[tokio::test]
+    async fn a_success_after_an_outage_brings_the_waiting_retries_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, reader, _) =
+            Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 16, |_: &Record| {}).unwrap();
+        for i in 0..100 {
+            spool.append(event(i, "q.ok")).await.unwrap();
+        }
+        let sink = Arc::new(SwitchSink {
+            down: true.into(),
+            delivered: AtomicUsize::new(0),
+        });
+        let cfg = ForwardConfig {
+            backoff_initial_ms: 10_000,
+            backoff_max_ms: 10_000,
+            ..ForwardConfig::default()
+        };
+        let fwd = Forwarder::new(
+            spool.clone(),
+            reader,
+            route("switch", sink.clone()),
+            sources(),
+            DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
+            cfg,
+        );
+        let (tx, rx) = watch::channel(None);
+        let running = tokio::spawn(fwd.run(rx));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sink.delivered.load(Ordering::SeqCst), 0);
+        // The broker is back; one new event is confirmed.
+        sink.down.store(false, Ordering::SeqCst);
+        let back = Instant::now();
+        spool.append(event(100, "q.ok")).await.unwrap();
+        while spool.cursor() < 101 {
+            assert!(
+                back.elapsed() < Duration::from_secs(3),
+                "the retries waited out their backoff"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tx.send(Some(Instant::now())).unwrap();
+        running.await.unwrap();
     }
 
     /// Confirms everything at once; its sync fails until `durable` is set.

@@ -33,6 +33,7 @@
 //!
 //! - [`config`]: the TOML file, typed and validated; it asks `event` and `verify` for their rules.
 //! - [`metrics`]: every metric name, defined once.
+//! - [`quiet`]: log lines a flood would repeat, let through once per interval with a count.
 //! - [`rotation`]: secrets re-read on change and on SIGHUP.
 //! - [`supervise`]: what stops the process when something that must not stop, stops.
 //! - [`faults`]: fault seams for the reliability suite, off unless an env var sets them.
@@ -53,6 +54,7 @@ pub mod fuzzing;
 pub mod guard;
 pub mod listener;
 pub mod metrics;
+pub mod quiet;
 pub mod rotation;
 pub mod server;
 pub mod shutdown;

@@ -188,26 +188,15 @@ impl Registry {
 }
 
 /// Logs accept errors at most once per [`ACCEPT_LOG_EVERY`], with a count.
-struct AcceptErrors {
-    last_logged: Option<Instant>,
-    suppressed: u64,
-}
+struct AcceptErrors(crate::quiet::LogEvery);
 
 impl AcceptErrors {
     fn record(&mut self, e: &std::io::Error) {
         metrics::connection_error("accept");
-        let now = Instant::now();
-        if self
-            .last_logged
-            .is_some_and(|t| now.duration_since(t) < ACCEPT_LOG_EVERY)
-        {
-            self.suppressed += 1;
-            return;
+        if let Some(suppressed) = self.0.allow() {
+            tracing::warn!(error = %e, suppressed,
+                "accept failed (counted in hookrelay_http_connection_errors_total{{reason=\"accept\"}}); closing the idlest connection and backing off");
         }
-        tracing::warn!(error = %e, suppressed = self.suppressed,
-            "accept failed (counted in hookrelay_http_connection_errors_total{{reason=\"accept\"}}); closing the idlest connection and backing off");
-        self.last_logged = Some(now);
-        self.suppressed = 0;
     }
 }
 
@@ -226,10 +215,7 @@ pub async fn serve<S, F>(
     let registry = Arc::new(Registry::default());
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut errors = AcceptErrors {
-        last_logged: None,
-        suppressed: 0,
-    };
+    let mut errors = AcceptErrors(crate::quiet::LogEvery::new(ACCEPT_LOG_EVERY));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

@@ -41,6 +41,9 @@ const STORE_DEADLINE: Duration = Duration::from_secs(20);
 /// The most KiB permits the body semaphore holds (tokio's limit is far above).
 const MAX_BODY_PERMITS: usize = u32::MAX as usize;
 
+/// Refusals during an outage come by the thousand: logged once a second, counted always.
+static NOT_ACCEPTED: crate::quiet::LogEvery = crate::quiet::LogEvery::new(Duration::from_secs(1));
+
 /// Seconds a provider is asked to wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
@@ -237,8 +240,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         let r = accept(&app, name, src, req, peer).await;
         let status = r.status().as_u16();
         src.metrics.answered(status, started.elapsed());
-        if status >= 500 {
-            tracing::warn!(request_id = %request_id, source = name, status, "webhook not accepted");
+        if status >= 500
+            && let Some(suppressed) = NOT_ACCEPTED.allow()
+        {
+            tracing::warn!(request_id = %request_id, source = name, status, suppressed,
+                "webhook not accepted (each is counted in hookrelay_http_requests_total; this line at most once a second)");
         } else {
             tracing::debug!(status, "answered");
         }
