@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
@@ -161,22 +160,7 @@ fn check_connect_finds_or_creates_the_stream() {
     let stream = unique("HRCHK");
     let _cleanup = Stream(stream.clone());
     let subjects = stream.to_lowercase();
-    let run = |sink: &str| {
-        let path = d.join("check.toml");
-        std::fs::write(&path, config_with_sink(d, "", "", sink, "")).unwrap();
-        let out = Command::new(binary())
-            .args(["check", "--connect", "--config"])
-            .arg(&path)
-            .env("HOOKRELAY_TEST_SECRET", SECRET)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let run = |sink: &str| check_config(d, &config_with_sink(d, "", "", sink, ""), &["--connect"]);
     let missing = nats_sink("bus", &stream, &subjects)
         .replace("create_stream = true", "create_stream = false");
     let (ok, out) = run(&missing);

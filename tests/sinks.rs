@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -231,21 +230,7 @@ async fn a_removed_sink_or_source_dead_letters_its_spooled_events_with_the_reaso
 }
 
 fn check(data: &Path, text: &str) -> (bool, String) {
-    std::fs::create_dir_all(data).unwrap();
-    let path = data.join("check.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("HOOKRELAY_TEST_SECRET", SECRET)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    check_config(data, text, &[])
 }
 
 /// `hookrelay check` names an unknown sink, a sink named twice, a sink no source

@@ -363,6 +363,28 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("series {series} not found in:\n{text}"))
 }
 
+/// Writes `text` to `data/check.toml` and runs `hookrelay check [extra] --config`
+/// on it: (succeeded, stdout and stderr).
+pub fn check_config(data: &Path, text: &str, extra: &[&str]) -> (bool, String) {
+    std::fs::create_dir_all(data).unwrap();
+    let path = data.join("check.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(binary())
+        .arg("check")
+        .args(extra)
+        .arg("--config")
+        .arg(&path)
+        .env("HOOKRELAY_TEST_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// The sum of every sample of `name`, whatever its labels (one per sink, say);
 /// panics when there is none.
 pub fn metric_sum(text: &str, name: &str) -> f64 {
