@@ -757,10 +757,10 @@ async fn a_server_restart_loses_nothing() {
         "restart: {at_kill} stored at the kill, {} retried ({} while down): {:?}",
         t.retried, t.while_down, t.reasons
     );
-    assert!(
-        t.while_down > 0,
-        "no publish failed while the server was down"
-    );
+    // How many publishes fail, and when, is the client's business: async-nats
+    // buffers publishes while it reconnects, so those made during the outage may
+    // only be acknowledged after it. What must hold: none was refused for good
+    // (`publish_until_stored` panics on that), and every event is stored once.
     assert_eq!(t.stored.len(), N);
     assert!(sink.ready());
     let info = stream_info(&server.url(), "HR_RESTART").await;
