@@ -207,9 +207,7 @@ fn settle(
     dead_letter
         .write_all(&refs)
         .map_err(|e| format!("cannot dead-letter: {e}"))?;
-    for _ in &messages {
-        crate::metrics::dead_lettered(sink);
-    }
+    crate::metrics::dead_lettered(sink, messages.len() as u64);
     Ok(())
 }
 

@@ -533,8 +533,8 @@ impl SinkMetrics {
 
 /// An event dead-lettered without reaching its sink's forwarder: spooled for a
 /// sink (or from a source) since removed from the config.
-pub fn dead_lettered(sink: &str) {
-    counter!(DEAD_LETTERED, "sink" => sink.to_string()).increment(1);
+pub fn dead_lettered(sink: &str, events: u64) {
+    counter!(DEAD_LETTERED, "sink" => sink.to_string()).increment(events);
 }
 
 pub fn sink_panic(sink: &str) {

@@ -175,13 +175,5 @@ pub fn holds_spool(dir: &Path) -> bool {
 /// Frames `record` again for appending to `spools` (its sequence is theirs to give).
 async fn append_record(spools: &[Spool], record: Record) -> Result<Vec<Pending>, AppendError> {
     let frame = encode(&record.event).map_err(AppendError::Unframable)?;
-    let Some((last, rest)) = spools.split_last() else {
-        return Ok(Vec::new());
-    };
-    let mut pending = Vec::with_capacity(spools.len());
-    for spool in rest {
-        pending.push(spool.hand_over(frame.clone(), record.event.clone()).await?);
-    }
-    pending.push(last.hand_over(frame, record.event).await?);
-    Ok(pending)
+    super::hand_over_all(spools, frame, record.event).await
 }

@@ -278,6 +278,16 @@ pub async fn submit_to(spools: &[Spool], event: Accepted) -> Result<Vec<Pending>
     // read buffer (which a small body may share with much more) until confirmed.
     let mut event = event.into_event();
     event.share_body(frame.slice(record::body_range(frame.len(), event.body().len())));
+    hand_over_all(spools, frame, event).await
+}
+
+/// Hands one framed event to each spool's writer (the last one gets the original,
+/// the others a copy); one [`Pending`] per spool, in order.
+async fn hand_over_all(
+    spools: &[Spool],
+    frame: bytes::Bytes,
+    event: Event,
+) -> Result<Vec<Pending>, AppendError> {
     let Some((last, rest)) = spools.split_last() else {
         return Ok(Vec::new());
     };
