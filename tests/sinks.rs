@@ -324,6 +324,18 @@ fn check_names_unknown_duplicated_and_unused_sinks() {
         ),
     );
     assert!(!ok && out.contains("a sink name is at most"), "{out}");
+    let long = format!("[sinks.{}]\ntype = \"file\"\ndir = \"x\"\n", "s".repeat(65));
+    let (ok, out) = check(d, &config(d, &long, &[("q", "")]));
+    assert!(!ok && out.contains("a sink name is at most"), "{out}");
+    let (ok, out) = check(
+        d,
+        &config(
+            d,
+            "[sinks.bus]\ntype = \"file\"\ndir = \"x\"\nbacklog_max_bytes = -1\n",
+            &[("q", "")],
+        ),
+    );
+    assert!(!ok && out.contains("sinks.bus.backlog_max_bytes"), "{out}");
     let (ok, out) = check(
         d,
         &config(
