@@ -265,3 +265,40 @@ proptest! {
         run(ops)?;
     }
 }
+
+/// CI found this one: a torn batch whose first byte is flipped, at the very end
+/// of a crash sequence, after the reader's segment had been recycled.
+#[test]
+fn flipped_first_byte_of_a_whole_torn_batch() {
+    use Op::*;
+    run(vec![
+        Crash {
+            torn: 3,
+            cut: 0,
+            flip: None,
+        },
+        Append(9),
+        Crash {
+            torn: 1,
+            cut: 0,
+            flip: None,
+        },
+        Append(9),
+        Crash {
+            torn: 3,
+            cut: 0,
+            flip: None,
+        },
+        Append(1),
+        Crash {
+            torn: 3,
+            cut: 1000,
+            flip: Some(0),
+        },
+        Deliver(10),
+        Deliver(10),
+        Checkpoint,
+        Restart,
+    ])
+    .unwrap();
+}

@@ -78,12 +78,11 @@ impl Reader {
             recheck: None,
             _lock: lock,
         };
-        // Skip what was confirmed before the restart.
+        // Skip what was confirmed before the restart, and not one record more: a
+        // hole between the segment's start and `from` makes the sequences run ahead
+        // of the count of records read.
         while reader.next_seq < from {
-            if reader
-                .read_batch(((from - reader.next_seq) as usize).min(4096))?
-                .is_empty()
-            {
+            if reader.read_records(4096, usize::MAX, from)?.is_empty() {
                 break;
             }
         }
@@ -147,6 +146,16 @@ impl Reader {
         max: usize,
         max_body_bytes: usize,
     ) -> io::Result<Vec<Record>> {
+        self.read_records(max, max_body_bytes, u64::MAX)
+    }
+
+    /// [`Reader::read_batch_within`], reading no record of sequence `until` or later.
+    fn read_records(
+        &mut self,
+        max: usize,
+        max_body_bytes: usize,
+        until: u64,
+    ) -> io::Result<Vec<Record>> {
         if let Some((segment, offset)) = self.resume_at {
             if !self.seek(segment, offset)? {
                 return Ok(Vec::new());
@@ -165,7 +174,10 @@ impl Reader {
         }
         let mut out: Vec<Record> = Vec::new();
         let mut bytes = 0;
-        while out.len() < max && self.next_seq < end && (out.is_empty() || bytes < max_body_bytes) {
+        while out.len() < max
+            && self.next_seq < end.min(until)
+            && (out.is_empty() || bytes < max_body_bytes)
+        {
             let at = self.pos;
             let mut reading = Pread {
                 file: &self.file,
