@@ -36,6 +36,7 @@ pub const SPOOL_QUARANTINED_BYTES: &str = "hookrelay_spool_quarantined_bytes_tot
 pub const SINK_PUBLISHED: &str = "hookrelay_sink_published_total";
 pub const SINK_ERRORS: &str = "hookrelay_sink_errors_total";
 pub const DEAD_LETTERED: &str = "hookrelay_dead_lettered_total";
+pub const DEAD_LETTERS_STORED: &str = "hookrelay_dead_letters_stored";
 pub const SINK_PANICS: &str = "hookrelay_sink_panics_total";
 pub const FORWARD_LAG: &str = "hookrelay_forward_lag_seconds";
 pub const FORWARD_IN_FLIGHT: &str = "hookrelay_forward_in_flight";
@@ -153,6 +154,10 @@ fn describe() {
         "Sink failures by kind: retriable (retried) or permanent (dead-lettered)."
     );
     describe_counter!(DEAD_LETTERED, "Events written to the dead-letter file.");
+    describe_gauge!(
+        DEAD_LETTERS_STORED,
+        "Events in the dead-letter file not yet removed (redriven or discarded) through the admin API."
+    );
     describe_counter!(
         SINK_PANICS,
         "Events a sink panicked on (a bug): each is dead-lettered with the panic as its reason, and delivery goes on."
@@ -535,6 +540,11 @@ impl SinkMetrics {
 /// sink (or from a source) since removed from the config.
 pub fn dead_lettered(sink: &str, events: u64) {
     counter!(DEAD_LETTERED, "sink" => sink.to_string()).increment(events);
+}
+
+/// Dead letters kept now: the counter above only grows, this falls as they are removed.
+pub fn dead_letters_stored(entries: u64) {
+    gauge!(DEAD_LETTERS_STORED).set(entries as f64);
 }
 
 pub fn sink_panic(sink: &str) {

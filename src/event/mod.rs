@@ -167,6 +167,13 @@ impl Accepted {
     pub fn into_event(self) -> Event {
         self.0
     }
+
+    /// An event the edge accepted once, coming back from the dead letters: the only
+    /// way in besides extraction. The caller holds it to the edge's bounds again
+    /// first, since the file it comes from can be edited by hand.
+    pub(crate) fn restored(event: Event) -> Accepted {
+        Accepted(event)
+    }
 }
 
 impl std::ops::Deref for Accepted {
