@@ -187,7 +187,9 @@ async fn adopt_strays(
     Ok(())
 }
 
-/// Dead-letters records no sink will take (one sync for the batch), counted under `sink`.
+/// Dead-letters records no sink will take (one sync for the batch), counted and
+/// filed under `sink`: the removed sink's name, or `_removed` for records of the
+/// single spool of earlier versions whose source is gone.
 fn settle(
     dead_letter: &DeadLetter,
     batch: Vec<(Record, String)>,
@@ -203,7 +205,10 @@ fn settle(
             (m, why)
         })
         .collect();
-    let refs: Vec<(&Message, &str)> = messages.iter().map(|(m, w)| (m, w.as_str())).collect();
+    let refs: Vec<(&str, &Message, &str)> = messages
+        .iter()
+        .map(|(m, w)| (sink, m, w.as_str()))
+        .collect();
     dead_letter
         .write_all(&refs)
         .map_err(|e| format!("cannot dead-letter: {e}"))?;

@@ -460,7 +460,8 @@ impl Forwarder {
                 }
             }
         }
-        match tokio::task::spawn_blocking(move || file.write(&msg, &why)).await {
+        let sink = route.name().to_string();
+        match tokio::task::spawn_blocking(move || file.write(&sink, &msg, &why)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),

@@ -224,7 +224,12 @@ pub fn edge_request(
     if let Err(e) = crate::sink::rabbitmq::properties(amqp(), &m) {
         panic!("an event the edge accepted is refused by the AMQP sink: {e}");
     }
-    let line = crate::sink::file::json_line(&m, Some("reason"));
+    let refusal = crate::sink::file::Refusal {
+        sink: "sink",
+        reason: "reason",
+        at_ns: 1,
+    };
+    let line = crate::sink::file::json_line(&m, Some(&refusal));
     serde_json::from_slice::<serde_json::Value>(&line).expect("the file line is JSON");
     Some(event)
 }

@@ -8,7 +8,10 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::sink::{Message, file::json_line};
+use crate::sink::{
+    Message,
+    file::{Refusal, json_line},
+};
 
 #[derive(Clone)]
 pub struct DeadLetter {
@@ -30,16 +33,18 @@ impl DeadLetter {
         })
     }
 
-    /// Appends and syncs one event. Blocking.
-    pub fn write(&self, m: &Message, reason: &str) -> io::Result<()> {
-        self.write_all(&[(m, reason)])
+    /// Appends and syncs one event that `sink` refused. Blocking.
+    pub fn write(&self, sink: &str, m: &Message, reason: &str) -> io::Result<()> {
+        self.write_all(&[(sink, m, reason)])
     }
 
-    /// Appends several events and syncs once. Blocking.
-    pub fn write_all(&self, events: &[(&Message, &str)]) -> io::Result<()> {
+    /// Appends several events (each with the sink that refused it) and syncs once.
+    /// Blocking.
+    pub fn write_all(&self, events: &[(&str, &Message, &str)]) -> io::Result<()> {
+        let at_ns = crate::event::now_ns();
         let mut lines = Vec::new();
-        for (m, reason) in events {
-            lines.extend_from_slice(&json_line(m, Some(reason)));
+        for (sink, m, reason) in events {
+            lines.extend_from_slice(&json_line(m, Some(&Refusal { sink, reason, at_ns })));
         }
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         f.write_all(&lines)?;

@@ -378,17 +378,29 @@ impl TopicFile {
     }
 }
 
-/// One JSON line for a message; with a `reason` for the dead-letter file.
-pub fn json_line(m: &Message, reason: Option<&str>) -> Vec<u8> {
+/// What a dead-letter line adds to the event: the sink that refused it, why, and when,
+/// so that the admin can list dead letters by sink and tell old ones from new.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal<'a> {
+    pub sink: &'a str,
+    pub reason: &'a str,
+    /// Nanoseconds since the Unix epoch.
+    pub at_ns: u64,
+}
+
+/// One JSON line for a message; with a [`Refusal`] for the dead-letter file.
+pub fn json_line(m: &Message, refusal: Option<&Refusal<'_>>) -> Vec<u8> {
     let mut out = Vec::with_capacity(m.event.body().len() + 256);
-    json_line_into(&mut out, m, reason);
+    json_line_into(&mut out, m, refusal);
     out
 }
 
 /// Appends one JSON line to `out`, written straight from the borrowed fields: no
 /// intermediate JSON tree, no buffer per line. Keys in a fixed order: `topic`, `key`,
-/// `headers`, then `body` (or `body_hex`) and, for the dead-letter file, `reason`.
-fn json_line_into(out: &mut Vec<u8>, m: &Message, reason: Option<&str>) {
+/// `headers`, then `body` (or `body_hex`) and, for the dead-letter file, `reason`,
+/// `sink` and `dead_lettered_at_ns` (appended after `reason`, which older lines end
+/// with, so that readers of either kind find the keys they know where they were).
+fn json_line_into(out: &mut Vec<u8>, m: &Message, refusal: Option<&Refusal<'_>>) {
     let e = &m.event;
     out.reserve(e.body().len() + 256);
     out.extend_from_slice(b"{\"topic\":");
@@ -416,9 +428,13 @@ fn json_line_into(out: &mut Vec<u8>, m: &Message, reason: Option<&str>) {
             out.push(b'"');
         }
     }
-    if let Some(reason) = reason {
+    if let Some(r) = refusal {
         out.extend_from_slice(b",\"reason\":");
-        jsonstr::write(out, reason);
+        jsonstr::write(out, r.reason);
+        out.extend_from_slice(b",\"sink\":");
+        jsonstr::write(out, r.sink);
+        out.extend_from_slice(b",\"dead_lettered_at_ns\":");
+        out.extend_from_slice(r.at_ns.to_string().as_bytes());
     }
     out.extend_from_slice(b"}\n");
 }
@@ -496,10 +512,18 @@ mod tests {
         let body = s(std::str::from_utf8(m.event.body()).unwrap());
         let line = String::from_utf8(json_line(&m, None)).unwrap();
         assert_eq!(line, format!("{head},\"body\":{body}}}\n"));
-        let line = String::from_utf8(json_line(&m, Some("too \"big\""))).unwrap();
+        let refusal = Refusal {
+            sink: "kafka-eu",
+            reason: "too \"big\"",
+            at_ns: 9,
+        };
+        let line = String::from_utf8(json_line(&m, Some(&refusal))).unwrap();
         assert_eq!(
             line,
-            format!("{head},\"body\":{body},\"reason\":{}}}\n", s("too \"big\""))
+            format!(
+                "{head},\"body\":{body},\"reason\":{},\"sink\":\"kafka-eu\",\"dead_lettered_at_ns\":9}}\n",
+                s("too \"big\"")
+            )
         );
         let m = msg(7, "quickassist.message.read", &[0xff, 0x00, b'a']);
         let line = String::from_utf8(json_line(&m, None)).unwrap();
