@@ -231,6 +231,13 @@ pub fn edge_request(
     };
     let line = crate::sink::file::json_line(&m, Some(&refusal));
     serde_json::from_slice::<serde_json::Value>(&line).expect("the file line is JSON");
+    // Its dead-letter line reads back as the same event, and may be redriven.
+    let dead = crate::deadletter::parse_line(0, line.strip_suffix(b"\n").unwrap_or(&line))
+        .unwrap_or_else(|e| panic!("the dead-letter line does not read back: {e}"));
+    match dead.event() {
+        Ok(back) => assert_eq!(back.into_event(), event, "the dead letter redrives exactly"),
+        Err(e) => panic!("an event the edge accepted cannot be redriven: {e}"),
+    }
     Some(event)
 }
 
