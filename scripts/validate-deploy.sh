@@ -33,7 +33,7 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
         # Point secret and TLS files at stand-ins so that `check` can read them.
         for path in set(re.findall(r'"(/etc/hookrelay/[^"]+)"', toml)):
             local = os.path.join(work, path.strip("/").replace("/", "_"))
-            open(local, "w").write("s3cret\n")
+            open(local, "w").write("s3cret-stand-in-0123456789\n")
             toml = toml.replace(path, local)
         open(os.path.join(work, "hookrelay.toml"), "w").write(toml)
 PY
@@ -50,7 +50,7 @@ PY
   KAFKA_PASSWORD=x RABBITMQ_PASSWORD=x "$bin" check --config "$work/hookrelay.toml"
 }
 
-for values in "" helm/hookrelay/ci/broker-values.yaml helm/hookrelay/ci/kafka-rabbitmq-values.yaml; do
+for values in "" helm/hookrelay/ci/broker-values.yaml helm/hookrelay/ci/kafka-rabbitmq-values.yaml helm/hookrelay/ci/operate-values.yaml; do
   name="${values:-default values}"
   say "helm: $name"
   args=()
@@ -61,6 +61,12 @@ for values in "" helm/hookrelay/ci/broker-values.yaml helm/hookrelay/ci/kafka-ra
   "$KUBERNETES_VALIDATE" --strict --quiet "$work/k8s.yaml"
   check_rendered_config "$work/rendered.yaml"
 done
+
+say "helm: a grace period shorter than preStop + drain deadline is refused"
+if "$HELM" template hookrelay helm/hookrelay --set terminationGracePeriodSeconds=20 >/dev/null 2>"$work/err"; then
+  echo "helm rendered a grace period that cannot cover the drain deadline" >&2; exit 1
+fi
+grep -q "must exceed" "$work/err"
 
 say "kustomize base"
 "$KUBECTL" kustomize deploy/kubernetes >"$work/kustomized.yaml"

@@ -44,6 +44,10 @@ pub enum Error {
     Setup(String),
     #[error("the forwarder stopped while running (see the log); exiting to be restarted")]
     ForwarderStopped,
+    /// Shutdown (or `hookrelay drain`) ended with this many events still in the
+    /// backlogs: exiting non-zero says the pod did not leave its spool empty.
+    #[error("{0} event(s) not delivered before the deadline; they stay in the spool")]
+    Undelivered(u64),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -289,6 +293,57 @@ pub async fn check_connections(config: &Config) -> Result<Vec<String>, StartErro
     Ok(report)
 }
 
+/// The backlogs as opened, before their forwarders start.
+struct Backlogs {
+    opened: BTreeMap<String, crate::backlog::Opened>,
+    dead_letter: Option<DeadLetter>,
+    /// Held until the process ends: no other process may use these backlogs.
+    lock: Option<crate::backlog::Lock>,
+}
+
+/// A backlog for each sink a durable source routes to, and for each that has
+/// one on disk still; all of them when an earlier version's spool is there.
+async fn open_backlogs(
+    config: &Config,
+    routes: &BTreeMap<String, Route>,
+    routed: &BTreeMap<String, Vec<String>>,
+    remember: impl FnMut(&Record),
+) -> Result<Backlogs, Error> {
+    let spool_dir = &config.spool.dir;
+    let old_spool = crate::spool::holds_spool(spool_dir);
+    let backlogged: BTreeMap<String, Route> = routes
+        .iter()
+        .filter(|(sink, _)| {
+            old_spool
+                || crate::spool::holds_spool(&spool_dir.join(sink))
+                || config
+                    .sources
+                    .iter()
+                    .any(|(name, cfg)| cfg.ack == AckMode::Durable && routed[name].contains(*sink))
+        })
+        .map(|(sink, route)| (sink.clone(), route.clone()))
+        .collect();
+    if backlogged.is_empty() && !crate::backlog::has_strays(spool_dir, &config.sinks.names()) {
+        return Ok(Backlogs {
+            opened: BTreeMap::new(),
+            dead_letter: None,
+            lock: None,
+        });
+    }
+    let dl = DeadLetter::open(&config.dead_letter.path).map_err(io_error(format!(
+        "dead_letter.path: cannot open {}",
+        config.dead_letter.path.display()
+    )))?;
+    let (opened, lock) = crate::backlog::open(config, &backlogged, routed, &dl, remember)
+        .await
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    Ok(Backlogs {
+        opened,
+        dead_letter: Some(dl),
+        lock: Some(lock),
+    })
+}
+
 /// Runs hookrelay until `shutdown` resolves, then drains and returns.
 pub async fn run(
     config: Config,
@@ -360,38 +415,14 @@ pub async fn run(
             }
         }
     };
-    // A backlog for each sink a durable source routes to, and for each that has
-    // one on disk still; all of them when an earlier version's spool is there.
-    let spool_dir = &config.spool.dir;
-    let old_spool = crate::spool::holds_spool(spool_dir);
-    let backlogged: BTreeMap<String, Route> = routes
-        .iter()
-        .filter(|(sink, _)| {
-            old_spool
-                || crate::spool::holds_spool(&spool_dir.join(sink))
-                || config
-                    .sources
-                    .iter()
-                    .any(|(name, cfg)| cfg.ack == AckMode::Durable && routed[name].contains(*sink))
-        })
-        .map(|(sink, route)| (sink.clone(), route.clone()))
-        .collect();
     let (drain_tx, drain_rx) = watch::channel(None);
-    let mut opened = BTreeMap::new();
-    let mut dead_letter = None;
-    // Held until the process ends: no other process may use these backlogs.
-    let mut _spool_lock = None;
-    if !backlogged.is_empty() || crate::backlog::has_strays(spool_dir, &sink_names) {
-        let dl = DeadLetter::open(&config.dead_letter.path).map_err(io_error(format!(
-            "dead_letter.path: cannot open {}",
-            config.dead_letter.path.display()
-        )))?;
-        let (o, lock) = crate::backlog::open(&config, &backlogged, &routed, &dl, remember)
-            .await
-            .map_err(|e| Error::Setup(e.to_string()))?;
-        (opened, _spool_lock) = (o, Some(lock));
+    let Backlogs {
+        opened,
+        dead_letter,
+        lock: _spool_lock,
+    } = open_backlogs(&config, &routes, &routed, remember).await?;
+    if !opened.is_empty() {
         tracing::info!(remembered_ids = dedup.remembered(), "backlogs opened");
-        dead_letter = Some(dl);
     }
     let backlogs: BTreeMap<String, Spool> = opened
         .iter()
@@ -402,6 +433,26 @@ pub async fn run(
         .map(|(name, r)| (name.clone(), r.verifier.clone()))
         .collect();
     let sources = build_sources(&config, rules, &routes, &backlogs, &routed)?;
+    let api = Arc::new(crate::admin::Api::new(
+        config.admin.token()?.as_deref(),
+        routes
+            .iter()
+            .map(|(name, route)| {
+                let backlog = opened
+                    .get(name)
+                    .map(|o| (o.spool.clone(), o.control.clone()));
+                (
+                    name.clone(),
+                    crate::admin::SinkView {
+                        route: route.clone(),
+                        backlog,
+                    },
+                )
+            })
+            .collect(),
+        dead_letter.clone(),
+        routed.clone(),
+    ));
     let mut running = match &dead_letter {
         Some(dl) => crate::backlog::start(opened, &config, dl, &drain_rx),
         None => crate::backlog::Running::default(),
@@ -460,9 +511,15 @@ pub async fn run(
     );
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn(server::serve_admin(admin, app.clone(), prometheus, async {
-        let _ = admin_stop_rx.await;
-    }));
+    let admin_task = tokio::spawn(server::serve_admin(
+        admin,
+        app.clone(),
+        api,
+        prometheus,
+        async {
+            let _ = admin_stop_rx.await;
+        },
+    ));
 
     let deadline_len = config.drain_deadline();
     let started = std::cell::Cell::new(None::<Instant>);
@@ -511,9 +568,79 @@ pub async fn run(
         .iter()
         .map(|s| s.durable_end().saturating_sub(s.cursor()))
         .sum();
-    tracing::info!(unconfirmed, "stopped");
     if died.is_some() {
+        tracing::info!(unconfirmed, "stopped");
         return Err(Error::ForwarderStopped);
     }
+    if unconfirmed > 0 {
+        tracing::error!(unconfirmed, deadline = ?deadline_len,
+            "stopped with events not yet delivered: they stay in the spool for the next start (or `hookrelay drain`)");
+        return Err(Error::Undelivered(unconfirmed));
+    }
+    tracing::info!("stopped: every accepted event was delivered");
+    Ok(())
+}
+
+/// `hookrelay drain`: forwards everything in the backlogs under `spool.dir` to
+/// their sinks, with no listener, and returns once they are empty or at
+/// `timeout` (then [`Error::Undelivered`] with the count left). The tool for a
+/// backlog left on a volume whose pod is gone. A paused sink is drained too: the
+/// operator asked for everything to go.
+pub async fn drain(config: Config, timeout: Duration) -> Result<(), Error> {
+    config.validate()?;
+    let sink_names = config.sinks.names();
+    let source_names: Vec<String> = config.sources.keys().cloned().collect();
+    metrics::init(
+        &source_names,
+        &sink_names,
+        &crate::verify::Failure::ALL.map(|f| f.as_str()),
+    );
+    let routes = build_sinks(&config).await?;
+    let routed: BTreeMap<String, Vec<String>> = config
+        .sources
+        .iter()
+        .map(|(name, cfg)| {
+            let sinks = config.sinks.for_source(cfg);
+            (name.clone(), sinks.into_iter().map(String::from).collect())
+        })
+        .collect();
+    let Backlogs {
+        mut opened,
+        dead_letter,
+        lock: _lock,
+    } = open_backlogs(&config, &routes, &routed, |_| {}).await?;
+    let Some(dead_letter) = dead_letter else {
+        tracing::info!("no backlog to drain");
+        return Ok(());
+    };
+    for o in opened.values_mut() {
+        o.control = Arc::new(crate::forward::Control::new(None));
+    }
+    let waiting: u64 = opened
+        .values()
+        .map(|o| o.spool.durable_end().saturating_sub(o.spool.cursor()))
+        .sum();
+    tracing::info!(events = waiting, timeout = ?timeout, "draining the backlogs");
+    let deadline = Instant::now() + timeout;
+    let (_drain_tx, drain_rx) = watch::channel(Some(deadline));
+    let running = crate::backlog::start(opened, &config, &dead_letter, &drain_rx);
+    let spools = running.spools();
+    running.stop(deadline, None).await;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    futures_util::future::join_all(routes.values().map(|r| r.sink.flush(left))).await;
+    let remaining: u64 = spools
+        .iter()
+        .map(|s| s.durable_end().saturating_sub(s.cursor()))
+        .sum();
+    if remaining > 0 {
+        tracing::error!(
+            remaining,
+            "drain deadline reached with events left in the backlogs"
+        );
+        return Err(Error::Undelivered(remaining));
+    }
+    tracing::info!(delivered = waiting, "drained: every backlog is empty");
     Ok(())
 }

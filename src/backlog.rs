@@ -36,7 +36,7 @@ use tokio::task::{JoinError, JoinHandle};
 
 use crate::config::{Config, ForwardConfig};
 use crate::deadletter::DeadLetter;
-use crate::forward::{self, DrainSignal, Forwarder};
+use crate::forward::{self, Control, DrainSignal, Forwarder};
 use crate::sink::{Message, Route};
 use crate::spool::{Place, Reader, Record, Spool};
 
@@ -50,6 +50,8 @@ pub struct Opened {
     pub route: Route,
     pub spool: Spool,
     reader: Reader,
+    /// Pause, state and last error, shared with the admin API.
+    pub control: Arc<Control>,
 }
 
 /// Opens the backlog of each sink in `routes` (by name) under `spool.dir`, handing
@@ -84,6 +86,7 @@ pub async fn open(
                 route: route.clone(),
                 spool,
                 reader,
+                control: Arc::new(Control::new(Some(&path))),
             },
         );
     }
@@ -273,6 +276,7 @@ pub fn start(
             sources.clone(),
             dead_letter.clone(),
             cfg,
+            o.control.clone(),
         );
         let task = tokio::spawn(forwarder.run(drain.clone()));
         tasks.push((o.route, o.spool, task));

@@ -40,6 +40,7 @@
 //! - [`shutdown`]: the signals that start a drain.
 //! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
 
+pub mod admin;
 pub mod app;
 pub mod backlog;
 pub mod config;
@@ -55,6 +56,7 @@ pub mod guard;
 pub mod listener;
 pub mod metrics;
 pub mod quiet;
+pub mod respond;
 pub mod rotation;
 pub mod server;
 pub mod shutdown;

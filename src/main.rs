@@ -44,6 +44,16 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: String,
     },
+    /// Forward everything in the backlogs under `spool.dir` to the sinks, with no
+    /// listener, and exit: 0 once empty, non-zero with the count left at the
+    /// timeout (for a volume whose pod is gone).
+    Drain {
+        #[arg(long, short, env = "HOOKRELAY_CONFIG")]
+        config: PathBuf,
+        /// Give up after this long (e.g. 10m, 1h).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print the signature header(s) a source's sender would attach to a body.
     Sign {
         #[arg(long, short, env = "HOOKRELAY_CONFIG")]
@@ -63,6 +73,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Check { config, connect } => check(&config, connect),
         Command::Health { admin } => health(&admin),
+        Command::Drain { config, timeout } => drain(&config, timeout),
         Command::Sign {
             config,
             source,
@@ -91,6 +102,18 @@ fn run(path: &Path) -> anyhow::Result<()> {
         prometheus,
         hookrelay::shutdown::signal(),
     ))?;
+    Ok(())
+}
+
+fn drain(path: &Path, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    init_logging(&config);
+    let _prometheus = hookrelay::metrics::install()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(hookrelay::app::drain(config, timeout))?;
     Ok(())
 }
 

@@ -53,6 +53,7 @@ pub const KAFKA_QUEUE: &str = "hookrelay_kafka_queue_messages";
 pub const RABBITMQ_BLOCKED: &str = "hookrelay_rabbitmq_blocked";
 pub const RABBITMQ_RETURNED: &str = "hookrelay_rabbitmq_returned_total";
 pub const RABBITMQ_CONNECTS: &str = "hookrelay_rabbitmq_connects_total";
+pub const ADMIN_REQUESTS: &str = "hookrelay_admin_requests_total";
 
 /// Label value for requests whose path names no configured source.
 pub const UNKNOWN_SOURCE: &str = "_unknown";
@@ -96,6 +97,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 }
 
 fn describe() {
+    describe_counter!(
+        ADMIN_REQUESTS,
+        "Admin API calls (/admin/ on the admin listener) by action and HTTP status; 401s are wrong or missing tokens."
+    );
     describe_counter!(
         HTTP_REQUESTS,
         "Webhook requests answered, by source and HTTP status."
@@ -547,19 +552,24 @@ pub fn dead_letters_stored(entries: u64) {
     gauge!(DEAD_LETTERS_STORED).set(entries as f64);
 }
 
+/// One admin API call answered. `action` is one of a fixed set (the routes).
+pub fn admin_request(action: &'static str, status: u16) {
+    counter!(ADMIN_REQUESTS, "action" => action, "status" => status.to_string()).increment(1);
+}
+
 pub fn sink_panic(sink: &str) {
     counter!(SINK_PANICS, "sink" => sink.to_string()).increment(1);
 }
 
 /// What a sink's forwarder is doing, one of [`SINK_STATES`] at a time.
-pub const SINK_STATES: [&str; 3] = ["delivering", "retrying", "full"];
+pub const SINK_STATES: [&str; 4] = ["delivering", "retrying", "full", "paused"];
 
 /// A sink's forwarder gauges: oldest unconfirmed event's age, in flight, state.
 #[derive(Clone)]
 pub struct ForwardMetrics {
     lag: Gauge,
     in_flight: Gauge,
-    states: [Gauge; 3],
+    states: [Gauge; 4],
 }
 
 impl ForwardMetrics {

@@ -29,6 +29,7 @@ use crate::event::{Extracted, Extractor, now_ns};
 use crate::forward::{self, DirectError};
 use crate::listener;
 use crate::metrics::{self, EventLabels, RequestMetrics, UNKNOWN_SOURCE};
+use crate::respond::{Resp, error, json};
 use crate::sink::Route;
 use crate::spool::{AppendError, Pending, Spool};
 use crate::verify::Verifier;
@@ -164,8 +165,6 @@ impl App {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
-
 /// The webhook path's 200 answers, serialized from borrowed fields: this runs once
 /// per request, where building a `serde_json::Value` tree showed up in profiles.
 #[derive(serde::Serialize)]
@@ -173,25 +172,6 @@ struct Outcome<'a> {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
-}
-
-fn json(status: StatusCode, body: impl serde::Serialize) -> Resp {
-    // Serializing plain strings into a Vec cannot fail.
-    let text = serde_json::to_vec(&body).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(text)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error(status: StatusCode, reason: &str) -> Resp {
-    json(
-        status,
-        serde_json::json!({ "status": "error", "error": reason }),
-    )
 }
 
 fn unavailable(reason: &str) -> Resp {
@@ -626,6 +606,7 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 pub async fn serve_admin(
     listener: TcpListener,
     app: Arc<App>,
+    api: Arc<crate::admin::Api>,
     prometheus: PrometheusHandle,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -646,10 +627,16 @@ pub async fn serve_admin(
         listener,
         builder,
         settings,
-        move |req: Request<Incoming>, _peer| {
+        move |req: Request<Incoming>, peer: SocketAddr| {
             let app = app.clone();
+            let api = api.clone();
             let prometheus = prometheus.clone();
-            async move { Ok::<_, Infallible>(admin(&app, &prometheus, req).await) }
+            async move {
+                if req.uri().path().starts_with("/admin/") {
+                    return Ok::<_, Infallible>(api.handle(req, peer).await);
+                }
+                Ok::<_, Infallible>(admin(&app, &prometheus, req).await)
+            }
         },
         shutdown,
         None,

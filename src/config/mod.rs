@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod admin;
 mod sinks;
 mod source;
 #[cfg(test)]
 mod tests;
 
+pub use admin::{AdminConfig, MIN_TOKEN_LEN};
 pub use sinks::{
     FileSinkConfig, MAX_SINK_NAME_LEN, SinkConfig, SinkSettings, SinksConfig, renamed,
 };
@@ -38,6 +40,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    /// The admin API (`/admin/` on the admin listener); off without a token.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Destinations by name (see `sinks`).
     #[serde(default)]
     pub sinks: SinksConfig,
@@ -456,6 +461,7 @@ impl Config {
                 format!("'{}' is not a valid filter", self.log.level),
             ));
         }
+        self.admin.token()?;
         if self.sources.is_empty() {
             return Err(invalid(
                 "sources",

@@ -1,4 +1,8 @@
 {{- define "hookrelay.podTemplate" -}}
+{{- $deadline := int (default 30 (.Values.config.server).drain_deadline_secs) -}}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.preStopSleepSeconds) $deadline) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + config.server.drain_deadline_secs (%d): the kubelet would kill the drain" (int .Values.terminationGracePeriodSeconds) (add (int .Values.preStopSleepSeconds) $deadline)) -}}
+{{- end -}}
 metadata:
   labels:
     {{- include "hookrelay.selectorLabels" . | nindent 4 }}

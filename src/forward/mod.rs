@@ -24,6 +24,10 @@ use crate::metrics;
 use crate::sink::{Message, Route, SinkError};
 use crate::spool::{Reader, Record, Spool};
 
+mod control;
+
+pub use control::{Control, PAUSED_FILE, State, Status};
+
 /// How often the lag gauge and the cursor file are refreshed.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -123,6 +127,8 @@ struct Pending {
     msg: Message,
     attempts: u32,
     done: bool,
+    /// Read (or due for a retry) while the sink is paused: published on resume.
+    parked: bool,
     /// When it was last handed to the sink, for the delivery latency histogram.
     sent_at: Instant,
 }
@@ -156,6 +162,8 @@ pub struct Forwarder {
     metrics: metrics::ForwardMetrics,
     /// Fault injection: panic after settling this many more events (`crate::faults`).
     panic_after: Option<u64>,
+    control: Arc<Control>,
+    paused: watch::Receiver<bool>,
 }
 
 /// `None` while running; `Some(deadline)` once shutdown asks for a drain.
@@ -169,8 +177,11 @@ impl Forwarder {
         sources: Arc<HashSet<String>>,
         dead_letter: DeadLetter,
         cfg: ForwardConfig,
+        control: Arc<Control>,
     ) -> Self {
         Self {
+            paused: control.subscribe(),
+            control,
             next_read: reader.position(),
             spool,
             reader: Some(reader),
@@ -209,7 +220,13 @@ impl Forwarder {
             if reading.is_none()
                 && let Some(mut reader) = self.reader.take()
             {
-                let room = self.cfg.max_in_flight.saturating_sub(self.in_flight.len());
+                // While paused, one record is read and parked: its age is the
+                // backlog's oldest, which the admin API and the lag gauge show.
+                let room = if *self.paused.borrow() {
+                    usize::from(self.in_flight.is_empty())
+                } else {
+                    self.cfg.max_in_flight.saturating_sub(self.in_flight.len())
+                };
                 let room_bytes = self
                     .cfg
                     .max_in_flight_bytes
@@ -239,7 +256,9 @@ impl Forwarder {
                 let caught_up = self.in_flight.is_empty()
                     && reading.is_none()
                     && self.next_read >= self.spool.durable_end();
-                if caught_up || Instant::now() >= deadline {
+                // Paused with nothing at the sink: waiting for the deadline delivers nothing.
+                let held = *self.paused.borrow() && self.in_flight.values().all(|p| p.parked);
+                if caught_up || held || Instant::now() >= deadline {
                     if !caught_up {
                         tracing::warn!(
                             unconfirmed = self.spool.durable_end().saturating_sub(self.cursor()),
@@ -275,6 +294,12 @@ impl Forwarder {
                 }
                 _ = sleep_until_opt(next_retry), if next_retry.is_some() => {
                     self.retry_due().await;
+                }
+                changed = self.paused.changed() => {
+                    if changed.is_ok() && !*self.paused.borrow_and_update() {
+                        self.unpark().await;
+                    }
+                    self.report();
                 }
                 changed = durable.changed(), if self.reader.is_some() => {
                     if changed.is_err() {
@@ -321,23 +346,32 @@ impl Forwarder {
 
     /// Publishes new or retried messages, in order. An event of a source no
     /// longer configured is refused for good (dead-lettered) without publishing.
+    /// While the sink is paused they are kept (parked) instead, for [`Self::unpark`].
     async fn dispatch(&mut self, msgs: Vec<Message>) {
         let now = Instant::now();
+        let parked = *self.paused.borrow();
         let mut batch = Vec::with_capacity(msgs.len());
         for m in msgs {
             let held = &mut self.in_flight_bytes;
             self.in_flight
                 .entry(m.seq)
-                .and_modify(|p| p.sent_at = now)
+                .and_modify(|p| {
+                    p.sent_at = now;
+                    p.parked = parked;
+                })
                 .or_insert_with(|| {
                     *held += m.event.body().len();
                     Pending {
                         msg: m.clone(),
                         attempts: 0,
                         done: false,
+                        parked,
                         sent_at: now,
                     }
                 });
+            if parked {
+                continue;
+            }
             if self.sources.contains(m.event.source()) {
                 batch.push(m);
             } else {
@@ -395,6 +429,10 @@ impl Forwarder {
             }
             Err(SinkError::Permanent(reason)) => {
                 route.metrics.permanent_error(p.msg.event.topic());
+                self.control.error(&format!(
+                    "an event for topic {} was refused for good (dead-lettered): {reason}",
+                    p.msg.event.topic()
+                ));
                 let msg = p.msg.clone();
                 // Remembered topics are bounded: senders choose them.
                 if self.refused_topics.len() >= 1024 {
@@ -508,6 +546,17 @@ impl Forwarder {
         self.retries.extend(due);
     }
 
+    /// Resumed: publishes, in order, what was read or fell due while paused.
+    async fn unpark(&mut self) {
+        let parked: Vec<Message> = self
+            .in_flight
+            .values()
+            .filter(|p| p.parked && !p.done)
+            .map(|p| p.msg.clone())
+            .collect();
+        self.dispatch(parked).await;
+    }
+
     async fn retry_due(&mut self) {
         let now = Instant::now();
         let mut due = Vec::new();
@@ -530,18 +579,25 @@ impl Forwarder {
             .values()
             .next()
             .map_or(Duration::ZERO, |p| age(p.msg.event.received_at_ns()));
-        let state = if !self.spool.has_space() {
-            "full"
+        let state = if *self.paused.borrow() {
+            State::Paused
+        } else if !self.spool.has_space() {
+            State::Blocked
         } else if !self.retries.is_empty() || !self.route.sink.ready() {
-            "retrying"
+            State::Retrying
         } else {
-            "delivering"
+            State::Connected
         };
-        self.metrics.set(lag, self.in_flight.len(), state);
+        self.metrics
+            .set(lag, self.in_flight.len(), state.metric_label());
+        let oldest = self.in_flight.values().next().map(|_| lag);
+        self.control.report(state, self.in_flight.len(), oldest);
     }
 
     /// At most one warning a second: an outage fails thousands of events at once.
+    /// Every one is kept as the sink's last error for the admin API.
     fn warn(&mut self, msg: &str) {
+        self.control.error(msg);
         let now = Instant::now();
         if self
             .last_warn
@@ -682,6 +738,7 @@ mod tests {
                 sources(),
                 DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
                 cfg,
+                Arc::new(Control::new(None)),
             );
             let (_tx, rx) = watch::channel(Some(Instant::now() + Duration::from_millis(500)));
             tokio::time::timeout(Duration::from_secs(10), fwd.run(rx))
@@ -746,6 +803,7 @@ mod tests {
             sources(),
             DeadLetter::open(&dl_path).unwrap(),
             cfg,
+            Arc::new(Control::new(None)),
         );
         let (tx, rx) = watch::channel(Some(Instant::now() + Duration::from_secs(20)));
         tokio::time::timeout(Duration::from_secs(30), fwd.run(rx))
@@ -826,6 +884,7 @@ mod tests {
             sources(),
             DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
             cfg,
+            Arc::new(Control::new(None)),
         );
         let (tx, rx) = watch::channel(None);
         let running = tokio::spawn(fwd.run(rx));
@@ -903,6 +962,7 @@ mod tests {
                 sources(),
                 DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
                 ForwardConfig::default(),
+                Arc::new(Control::new(None)),
             );
             let (_tx, rx) = watch::channel(Some(Instant::now() + Duration::from_secs(5)));
             tokio::time::timeout(Duration::from_secs(10), fwd.run(rx))
