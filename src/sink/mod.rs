@@ -169,7 +169,8 @@ pub trait Sink: Send + Sync + 'static {
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>>;
 
     /// Sends a permanently refused event to the sink's own dead-letter destination
-    /// (a DLQ topic), if it has one; `None` means the forwarder's dead-letter file.
+    /// (a DLQ topic, a dead-letter exchange), if it has one; `None` means the
+    /// forwarder's dead-letter file.
     fn dead_letter(
         &self,
         _message: Message,
