@@ -37,7 +37,7 @@ impl RabbitmqSink {
 }
 
 /// The AMQP properties of a message: persistent, its content type, its event id as
-/// `message-id`, hookrelay's headers as application headers, then `extra` (a dead
+/// `message-id`, hookrelay's headers as application headers plus `extra` (a dead
 /// letter's reason and topic). An event whose fields do not fit is refused for good
 /// (dead-lettered with the reason), never a panic.
 pub fn properties(
