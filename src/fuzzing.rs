@@ -220,9 +220,15 @@ pub fn edge_request(
         seq: 42,
         event: std::sync::Arc::new(event.clone()),
     };
-    let _ = crate::sink::kafka::headers(true, &m, &[("hookrelay-dead-letter-reason", b"x")]);
-    if let Err(e) = crate::sink::rabbitmq::properties(amqp(), &m) {
-        panic!("an event the edge accepted is refused by the AMQP sink: {e}");
+    let dead_letter: [(&str, &[u8]); 2] = [
+        (crate::sink::HEADER_DEAD_LETTER_REASON, b"x"),
+        (crate::sink::HEADER_ORIGINAL_TOPIC, event.topic().as_bytes()),
+    ];
+    let _ = crate::sink::kafka::headers(true, &m, &dead_letter);
+    for extra in [&[][..], &dead_letter[..]] {
+        if let Err(e) = crate::sink::rabbitmq::properties(amqp(), &m, extra) {
+            panic!("an event the edge accepted is refused by the AMQP sink: {e}");
+        }
     }
     let refusal = crate::sink::file::Refusal {
         sink: "sink",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::amqp::{self, bind, cleanup, drain, unique};
@@ -189,6 +189,151 @@ async fn broker_mode_answers_after_the_confirm() {
     );
     let _ = conn.close(200, "done".into()).await;
     cleanup(&ex, &[&q]).await;
+}
+
+/// Without the alternate exchange an event no queue is bound for is returned
+/// (`basic.return`), refused for good, and dead-lettered: to the dead-letter
+/// exchange's queue, byte for byte with the reason and the topic, not to the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_events_go_to_the_dead_letter_exchange_not_the_file() {
+    let ex = unique("hr-dlx");
+    let dlx = format!("{ex}.dead");
+    let dir = tempfile::tempdir().unwrap();
+    let section = amqp::sink_section(
+        &ex,
+        &format!("unroutable_queue = false\ndead_letter_exchange = \"{dlx}\""),
+    );
+    let config = config_with_sink(dir.path(), "", "", &section, "");
+    let relay = Relay::start_with(dir.path(), &config);
+    let mut c = relay.connect().await;
+    let mut sent = HashMap::new();
+    for i in 0..5 {
+        let body = event_body(EVENT_TYPES[i % 4], &format!("dl{i}"));
+        let r = c.post_signed(&body).await;
+        assert_eq!(r.json()["status"], "accepted", "{:?}", r.json());
+        sent.insert(r.json()["id"].as_str().unwrap().to_string(), body);
+    }
+    let (conn, ch) = amqp::channel().await;
+    let got = drain(&ch, &dlx, 5, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 5, "{}", relay.logs());
+    let mut ids = HashSet::new();
+    for m in &got {
+        let id = m.header("hookrelay-id");
+        let body = sent.get(&id).unwrap_or_else(|| panic!("unknown id {id:?}"));
+        assert_eq!(m.body, body.as_bytes(), "{id}");
+        let topic = format!("quickassist.{}", m.header("hookrelay-event"));
+        assert_eq!(m.header("hookrelay-topic"), topic);
+        assert_eq!(m.routing_key, topic);
+        let reason = m.header("hookrelay-dead-letter-reason");
+        assert!(reason.contains("unroutable"), "{reason}");
+        assert_eq!(m.properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            m.properties.message_id().as_ref().map(|s| s.as_str()),
+            Some(id.as_str())
+        );
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 5, "each event dead-lettered once");
+    relay
+        .wait_drained(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("the dead letters were not confirmed\n{}", relay.logs()));
+    let m = relay.metrics().await;
+    assert_eq!(
+        metric(&m, "hookrelay_dead_lettered_total{sink=\"rabbitmq\"}"),
+        5.0
+    );
+    assert_eq!(
+        metric(&m, "hookrelay_rabbitmq_returned_total{sink=\"rabbitmq\"}"),
+        5.0
+    );
+    let file = std::fs::read_to_string(dir.path().join("dead-letter.jsonl")).unwrap_or_default();
+    assert!(file.is_empty(), "the dead-letter file got: {file}");
+
+    let (ok, out) = check_config(dir.path(), &config, &["--connect"]);
+    assert!(
+        ok && out.contains(&format!("dead-letter exchange '{dlx}' exists")),
+        "{out}"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    drop(relay);
+    cleanup(&ex, &[]).await;
+    amqp::cleanup_fanouts(&[&dlx]).await;
+}
+
+/// A dead-letter exchange that routes nowhere (`declare = false`, topology
+/// managed elsewhere and no queue bound yet) returns the dead letter too; the
+/// file takes it. And a missing one with `declare = false` fails `check --connect`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_exchange_that_refuses_leaves_it_to_the_file() {
+    let ex = unique("hr-dlx-nowhere");
+    let dlx = format!("{ex}.dead");
+    let dir = tempfile::tempdir().unwrap();
+    let section = amqp::sink_section(
+        &ex,
+        &format!("declare = false\ndead_letter_exchange = \"{dlx}\""),
+    );
+    let config = config_with_sink(dir.path(), "", "", &section, "");
+    let (ok, out) = check_config(dir.path(), &config, &["--connect"]);
+    assert!(!ok, "{out}");
+    let (conn, ch) = amqp::channel().await;
+    for (name, kind) in [
+        (ex.as_str(), lapin::ExchangeKind::Topic),
+        (dlx.as_str(), lapin::ExchangeKind::Fanout),
+    ] {
+        ch.exchange_declare(
+            name.into(),
+            kind,
+            lapin::options::ExchangeDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        if name == ex {
+            // The main exchange alone: the dead-letter exchange is what is missing.
+            let (ok, out) = check_config(dir.path(), &config, &["--connect"]);
+            assert!(
+                !ok && out.contains("sinks.rabbitmq.dead_letter_exchange")
+                    && out.contains("declare = false"),
+                "{out}"
+            );
+        }
+    }
+    let relay = Relay::start_with(dir.path(), &config);
+    let mut c = relay.connect().await;
+    let mut ids = HashSet::new();
+    for i in 0..3 {
+        let r = c
+            .post_signed(&event_body(EVENT_TYPES[i % 4], &format!("nw{i}")))
+            .await;
+        ids.insert(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let path = dir.path().join("dead-letter.jsonl");
+    let lines = eventually(Duration::from_secs(30), || async {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no dead letters in the file\n{}", relay.logs()));
+    let got: HashSet<String> = lines.iter().map(event_id).collect();
+    assert_eq!(got, ids);
+    for l in &lines {
+        assert!(
+            l["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("unroutable"),
+            "{l}"
+        );
+    }
+    let _ = conn.close(200, "done".into()).await;
+    drop(relay);
+    cleanup(&ex, &[]).await;
+    amqp::cleanup_fanouts(&[&dlx]).await;
 }
 
 #[test]

@@ -466,8 +466,9 @@ impl Forwarder {
         self.advance();
     }
 
-    /// The sink's own dead-letter destination (a DLQ topic) if it has one, else
-    /// the dead-letter file; the file also catches a DLQ that refuses it.
+    /// The sink's own dead-letter destination (a DLQ topic, a dead-letter exchange)
+    /// if it has one, else the dead-letter file; the file also catches a
+    /// destination that refuses it.
     async fn dead_letter(
         file: DeadLetter,
         route: &Route,
@@ -494,7 +495,7 @@ impl Forwarder {
                 Ok(()) => return Ok(()),
                 Err(SinkError::Retriable(e)) => return Err(e),
                 Err(SinkError::Permanent(e)) => {
-                    tracing::error!(error = %e, "the dead-letter topic refused an event; using the dead-letter file");
+                    tracing::error!(error = %e, "the sink's dead-letter topic or exchange refused an event; using the dead-letter file");
                 }
             }
         }

@@ -112,6 +112,13 @@ pub const HEADER_EVENT: &str = "hookrelay-event";
 pub const HEADER_ID: &str = "hookrelay-id";
 pub const HEADER_RECEIVED_AT: &str = "hookrelay-received-at";
 pub const HEADER_CONTENT_TYPE: &str = "content-type";
+/// On a dead letter in a broker's own dead-letter destination (Kafka's DLQ topic,
+/// RabbitMQ's dead-letter exchange): why it was refused, as the dead-letter file's
+/// `reason` says, so it can be triaged without the relay's logs.
+pub const HEADER_DEAD_LETTER_REASON: &str = "hookrelay-dead-letter-reason";
+/// On a dead letter: the topic it was meant for, which the DLQ topic or the
+/// dead-letter exchange's queue no longer tells, so that a replay can restore it.
+pub const HEADER_ORIGINAL_TOPIC: &str = "hookrelay-topic";
 
 /// One event on its way out, with the spool position it came from.
 #[derive(Debug, Clone)]
@@ -162,7 +169,8 @@ pub trait Sink: Send + Sync + 'static {
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>>;
 
     /// Sends a permanently refused event to the sink's own dead-letter destination
-    /// (a DLQ topic), if it has one; `None` means the forwarder's dead-letter file.
+    /// (a DLQ topic, a dead-letter exchange), if it has one; `None` means the
+    /// forwarder's dead-letter file.
     fn dead_letter(
         &self,
         _message: Message,

@@ -117,6 +117,21 @@ pub async fn cleanup(exchange: &str, queues: &[&str]) {
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// Removes fanout exchanges declared with a queue of the same name (the sink's
+/// dead-letter exchange), or by a test.
+pub async fn cleanup_fanouts(names: &[&str]) {
+    let (conn, ch) = channel().await;
+    for name in names {
+        let _ = ch
+            .queue_delete((*name).into(), QueueDeleteOptions::default())
+            .await;
+        let _ = ch
+            .exchange_delete((*name).into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
 /// The `[sinks.rabbitmq]` section for `exchange`, plus `extra` lines.
 pub fn sink_section(exchange: &str, extra: &str) -> String {
     format!("[sinks.rabbitmq]\nuri = \"{URI}\"\nexchange = \"{exchange}\"\n{extra}\n")

@@ -15,14 +15,13 @@ use tokio::sync::Mutex;
 
 use super::config::KafkaSinkConfig;
 use crate::metrics;
-use crate::sink::{Confirmation, Message, Sink, SinkError, StartError, cloudevents};
+use crate::sink::{
+    Confirmation, HEADER_DEAD_LETTER_REASON, HEADER_ORIGINAL_TOPIC, Message, Sink, SinkError,
+    StartError, cloudevents,
+};
 
 /// How often reachability and the producer queue depth are sampled.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
-/// Header naming why an event was dead-lettered (DLQ topic).
-pub const HEADER_DEAD_LETTER_REASON: &str = "hookrelay-dead-letter-reason";
-/// Header carrying the topic a dead-lettered event was meant for.
-pub const HEADER_ORIGINAL_TOPIC: &str = "hookrelay-topic";
 
 type ProducerSlot = Arc<std::sync::RwLock<FutureProducer>>;
 

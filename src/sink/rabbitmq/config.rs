@@ -30,6 +30,12 @@ pub struct RabbitmqSinkConfig {
     /// into the durable queue `{exchange}.unroutable`, so none vanish on day one.
     #[serde(default = "yes")]
     pub unroutable_queue: bool,
+    /// Events refused for good go here (a durable fanout exchange feeding the
+    /// durable queue of the same name, declared with the exchange) instead of the
+    /// local dead-letter file, so they stay on the broker where consumers can be
+    /// pointed at them; the file still catches what this exchange refuses.
+    #[serde(default)]
+    pub dead_letter_exchange: Option<String>,
     /// Heartbeat negotiated with the broker; a dead peer is noticed within ~2 of these.
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_secs: u16,
@@ -74,6 +80,15 @@ fn default_ce_prefix() -> String {
     "cloudEvents:".into()
 }
 
+/// An exchange name we may declare: `amq.` is the broker's own, and 200 bytes
+/// leaves room in the 255-byte short string for the `.unroutable` suffix.
+fn exchange_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.starts_with("amq.") || name.len() > 200 {
+        return Err("must be a non-empty name not starting with 'amq.', at most 200 bytes".into());
+    }
+    Ok(())
+}
+
 impl RabbitmqSinkConfig {
     pub fn validate(&self) -> Result<(), ConfigProblem> {
         let p = |k: &str, why: String| Err(ConfigProblem::new(format!("sinks.rabbitmq.{k}"), why));
@@ -82,14 +97,24 @@ impl RabbitmqSinkConfig {
             Err(e) => return p("uri", format!("not an amqp:// or amqps:// URI: {e}")),
         };
         let _ = uri;
-        if self.exchange.is_empty()
-            || self.exchange.starts_with("amq.")
-            || self.exchange.len() > 200
-        {
-            return p(
-                "exchange",
-                "must be a non-empty name not starting with 'amq.'".into(),
-            );
+        if let Err(why) = exchange_name(&self.exchange) {
+            return p("exchange", why);
+        }
+        if let Some(dlx) = &self.dead_letter_exchange {
+            if let Err(why) = exchange_name(dlx) {
+                return p("dead_letter_exchange", why);
+            }
+            // Dead letters published to either would be routed as events again.
+            if *dlx == self.exchange || *dlx == self.unroutable_name() {
+                return p(
+                    "dead_letter_exchange",
+                    format!(
+                        "must differ from the exchange '{}' and its unroutable exchange '{}'",
+                        self.exchange,
+                        self.unroutable_name()
+                    ),
+                );
+            }
         }
         if self.cloudevents_prefix.len() > 200 {
             return p(
@@ -246,5 +271,35 @@ mod tests {
         );
         let c: RabbitmqSinkConfig = toml::from_str("uri = \"http://x\"").unwrap();
         assert_eq!(c.validate().unwrap_err().key, "sinks.rabbitmq.uri");
+    }
+
+    #[test]
+    fn the_dead_letter_exchange_is_a_name_of_its_own() {
+        assert_eq!(parse("").dead_letter_exchange, None);
+        let ok = parse("dead_letter_exchange = \"hookrelay.dead\"");
+        ok.validate().unwrap();
+        assert_eq!(ok.dead_letter_exchange.as_deref(), Some("hookrelay.dead"));
+        let long = format!("dead_letter_exchange = \"{}\"", "d".repeat(201));
+        for bad in [
+            "dead_letter_exchange = \"\"",
+            "dead_letter_exchange = \"amq.fanout\"",
+            long.as_str(),
+            "dead_letter_exchange = \"hookrelay\"",
+            "dead_letter_exchange = \"hookrelay.unroutable\"",
+            "exchange = \"events\"\ndead_letter_exchange = \"events\"",
+            "exchange = \"events\"\ndead_letter_exchange = \"events.unroutable\"",
+            // Refused even with the unroutable queue off: turning it on later must
+            // not make the two collide.
+            "unroutable_queue = false\ndead_letter_exchange = \"hookrelay.unroutable\"",
+        ] {
+            let err = parse(bad).validate().unwrap_err();
+            assert_eq!(err.key, "sinks.rabbitmq.dead_letter_exchange", "{bad}");
+        }
+        let len200 = parse(&format!("dead_letter_exchange = \"{}\"", "d".repeat(200)));
+        len200.validate().unwrap();
+        assert!(
+            toml::from_str::<RabbitmqSinkConfig>("uri = \"amqp://x\"\ndead_letter_exchange = 3")
+                .is_err()
+        );
     }
 }

@@ -174,68 +174,49 @@ impl Broker {
         }))
     }
 
-    /// The exchange (and the alternate exchange with its queue), or a passive check.
+    /// The exchange (with the alternate exchange and its queue) and the dead-letter
+    /// exchange with its queue, or a passive check of both.
     async fn declare_topology(&self, conn: &Connection) -> Result<(), ConnectError> {
         let ch = conn
             .create_channel()
             .await
             .map_err(|e| Transient(format!("cannot open a channel: {e}")))?;
         let ex = &self.cfg.exchange;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+        let dlx = self.cfg.dead_letter_exchange.as_deref();
         if !self.cfg.declare {
-            passive_declare(&ch, ex).await.map_err(|e| {
-                Fatal(format!(
-                    "exchange '{ex}' is not there (declare = false): {e}"
-                ))
-            })?;
+            passive_declare(&ch, ex, ExchangeKind::Topic)
+                .await
+                .map_err(|e| {
+                    Fatal(format!(
+                        "exchange '{ex}' is not there (declare = false): {e}"
+                    ))
+                })?;
+            if let Some(dlx) = dlx {
+                passive_declare(&ch, dlx, ExchangeKind::Fanout)
+                    .await
+                    .map_err(|e| {
+                        Fatal(format!(
+                            "dead-letter exchange '{dlx}' is not there (declare = false): {e}"
+                        ))
+                    })?;
+            }
         } else {
             let mut args = FieldTable::default();
             if self.cfg.unroutable_queue {
                 let ae = self.cfg.unroutable_name();
-                let ae_name = short("the unroutable exchange", &ae).map_err(Fatal)?;
-                let declared = async {
-                    ch.exchange_declare(
-                        ae_name.clone(),
-                        ExchangeKind::Fanout,
-                        durable,
-                        FieldTable::default(),
-                    )
-                    .await?;
-                    ch.queue_declare(
-                        ae_name.clone(),
-                        QueueDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                    ch.queue_bind(
-                        ae_name.clone(),
-                        ae_name.clone(),
-                        name(""),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                };
-                declared.await.map_err(|e| {
-                    Fatal(format!(
-                        "cannot declare the unroutable exchange and queue '{ae}': {e}"
-                    ))
-                })?;
+                declare_kept(&ch, "the unroutable exchange", &ae).await?;
                 args.insert(
                     name("alternate-exchange"),
                     AMQPValue::LongString(LongString::from(ae.into_bytes())),
                 );
             }
+            if let Some(dlx) = dlx {
+                declare_kept(&ch, "the dead-letter exchange", dlx).await?;
+            }
             ch.exchange_declare(
                 short("the exchange", ex).map_err(Fatal)?,
                 ExchangeKind::Topic,
-                durable,
+                DURABLE,
                 args,
             )
                 .await
@@ -346,6 +327,52 @@ impl Broker {
     }
 }
 
+const DURABLE: ExchangeDeclareOptions = ExchangeDeclareOptions {
+    passive: false,
+    durable: true,
+    auto_delete: false,
+    internal: false,
+    nowait: false,
+};
+
+/// A durable fanout exchange with a durable queue of the same name bound to it:
+/// whatever is published there is kept until someone reads it, even when no
+/// consumer was set up (day one, or the dead letters nobody expected).
+async fn declare_kept(ch: &Channel, what: &str, exchange: &str) -> Result<(), ConnectError> {
+    let id = short(what, exchange).map_err(Fatal)?;
+    let declared = async {
+        ch.exchange_declare(
+            id.clone(),
+            ExchangeKind::Fanout,
+            DURABLE,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(
+            id.clone(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            id.clone(),
+            id.clone(),
+            name(""),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    };
+    declared.await.map_err(|e| {
+        Fatal(format!(
+            "cannot declare {what} and its queue '{exchange}' (an existing one of that name with other settings?): {e}"
+        ))
+    })
+}
+
 enum ConnectError {
     /// Will not get better by retrying: bad credentials, wrong topology.
     Fatal(String),
@@ -354,16 +381,17 @@ enum ConnectError {
 }
 use ConnectError::{Fatal, Transient};
 
-/// Checks that the exchange exists without declaring it (`declare = false`, and
-/// `check --connect`).
-async fn passive_declare(ch: &Channel, exchange: &str) -> Result<(), String> {
+/// Checks that an exchange exists without declaring it (`declare = false`, and
+/// `check --connect`). The broker ignores the kind of a passive declare; it is
+/// given as the one we would declare. A missing exchange closes the channel.
+async fn passive_declare(ch: &Channel, exchange: &str, kind: ExchangeKind) -> Result<(), String> {
     let passive = ExchangeDeclareOptions {
         passive: true,
         ..Default::default()
     };
     ch.exchange_declare(
         short("the exchange", exchange)?,
-        ExchangeKind::Topic,
+        kind,
         passive,
         FieldTable::default(),
     )
@@ -371,8 +399,9 @@ async fn passive_declare(ch: &Channel, exchange: &str) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// `hookrelay check --connect`: connects, then checks the exchange.
-/// Bounded by `connect_timeout_ms`: a broker that never answers fails the check.
+/// `hookrelay check --connect`: connects, then checks the exchange and the
+/// dead-letter exchange. Bounded by `connect_timeout_ms`: a broker that never
+/// answers fails the check.
 pub async fn check_connection(cfg: &RabbitmqSinkConfig) -> Result<String, StartError> {
     cfg.validate()?;
     let limit = Duration::from_millis(cfg.connect_timeout_ms);
@@ -398,24 +427,45 @@ async fn check(cfg: &RabbitmqSinkConfig) -> Result<String, StartError> {
                 format!("sinks.rabbitmq: cannot connect to {target}: {e}")
             })
         })?;
-    let ch = conn
-        .create_channel()
-        .await
-        .map_err(|e| StartError::Broker(format!("sinks.rabbitmq: {e}")))?;
-    let exists = passive_declare(&ch, &cfg.exchange).await;
-    let _ = conn.close(200, name("check done")).await;
-    match (exists, cfg.declare) {
-        (Ok(()), _) => Ok(format!(
-            "rabbitmq: connected to {target}; exchange '{}' exists",
-            cfg.exchange
-        )),
-        (Err(_), true) => Ok(format!(
-            "rabbitmq: connected to {target}; exchange '{}' will be declared on start",
-            cfg.exchange
-        )),
-        (Err(e), false) => Err(StartError::Broker(format!(
-            "sinks.rabbitmq.exchange: '{}' does not exist on {target} and declare = false: {e}",
-            cfg.exchange
-        ))),
+    let mut checks = vec![(
+        "exchange",
+        "exchange",
+        cfg.exchange.as_str(),
+        ExchangeKind::Topic,
+    )];
+    if let Some(dlx) = &cfg.dead_letter_exchange {
+        checks.push((
+            "dead_letter_exchange",
+            "dead-letter exchange",
+            dlx,
+            ExchangeKind::Fanout,
+        ));
     }
+    let found = async {
+        let mut found = Vec::with_capacity(checks.len());
+        for (_, _, exchange, kind) in &checks {
+            // A channel each: a missing exchange closes the one it was checked on.
+            let ch = conn.create_channel().await?;
+            found.push(passive_declare(&ch, exchange, kind.clone()).await);
+        }
+        Ok::<_, lapin::Error>(found)
+    }
+    .await;
+    let _ = conn.close(200, name("check done")).await;
+    let found = found.map_err(|e| StartError::Broker(format!("sinks.rabbitmq: {e}")))?;
+    let mut report = format!("rabbitmq: connected to {target}");
+    for ((key, what, exchange, _), exists) in checks.into_iter().zip(found) {
+        match (exists, cfg.declare) {
+            (Ok(()), _) => report.push_str(&format!("; {what} '{exchange}' exists")),
+            (Err(_), true) => {
+                report.push_str(&format!("; {what} '{exchange}' will be declared on start"))
+            }
+            (Err(e), false) => {
+                return Err(StartError::Broker(format!(
+                    "sinks.rabbitmq.{key}: '{exchange}' does not exist on {target} and declare = false: {e}"
+                )));
+            }
+        }
+    }
+    Ok(report)
 }

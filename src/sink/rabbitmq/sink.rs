@@ -3,16 +3,20 @@
 //! here). Whatever a lost connection left unconfirmed fails as retriable and the
 //! forwarder publishes it again (duplicates allowed, losses not).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 
 use super::config::RabbitmqSinkConfig;
-use super::connection::{Broker, long, name, short};
-use crate::sink::{BoxFuture, Confirmation, Message, Sink, SinkError, StartError, cloudevents};
+use super::connection::{Broker, Channels, long, name, short};
+use crate::sink::{
+    BoxFuture, Confirmation, HEADER_DEAD_LETTER_REASON, HEADER_ORIGINAL_TOPIC, Message, Sink,
+    SinkError, StartError, cloudevents,
+};
 
 pub struct RabbitmqSink {
     cfg: RabbitmqSinkConfig,
@@ -33,9 +37,14 @@ impl RabbitmqSink {
 }
 
 /// The AMQP properties of a message: persistent, its content type, its event id as
-/// `message-id`, hookrelay's headers as application headers. An event whose fields
-/// do not fit is refused for good (dead-lettered with the reason), never a panic.
-pub fn properties(cfg: &RabbitmqSinkConfig, m: &Message) -> Result<BasicProperties, SinkError> {
+/// `message-id`, hookrelay's headers as application headers plus `extra` (a dead
+/// letter's reason and topic). An event whose fields do not fit is refused for good
+/// (dead-lettered with the reason), never a panic.
+pub fn properties(
+    cfg: &RabbitmqSinkConfig,
+    m: &Message,
+    extra: &[(&str, &[u8])],
+) -> Result<BasicProperties, SinkError> {
     let e = &m.event;
     let refuse = |why: String| SinkError::Permanent(why);
     let mut headers = FieldTable::default();
@@ -43,6 +52,9 @@ pub fn properties(cfg: &RabbitmqSinkConfig, m: &Message) -> Result<BasicProperti
         if k != crate::sink::HEADER_CONTENT_TYPE {
             headers.insert(name(k), long(&v));
         }
+    }
+    for (k, v) in extra {
+        headers.insert(short("a header name", k).map_err(refuse)?, long(v));
     }
     if cfg.cloudevents {
         for (k, v) in cloudevents::attributes(e) {
@@ -63,6 +75,84 @@ pub fn properties(cfg: &RabbitmqSinkConfig, m: &Message) -> Result<BasicProperti
         .with_headers(headers))
 }
 
+/// What a nack means for the message: the events are published again (the broker
+/// nacks on an internal error of the queue), a dead letter goes to the file instead.
+#[derive(Clone, Copy)]
+enum OnNack {
+    Retry,
+    Refuse,
+}
+
+impl RabbitmqSink {
+    /// Publishes one message on `live` and hands back its confirmation; a publish
+    /// the connection fails or will not take marks it broken, so the next publish
+    /// reconnects, and fails as retriable.
+    async fn send(
+        &self,
+        live: &Arc<Channels>,
+        exchange: ShortString,
+        routing_key: ShortString,
+        m: &Message,
+        props: BasicProperties,
+        on_nack: OnNack,
+    ) -> Confirmation {
+        let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
+        let failed = |why: String| -> Confirmation {
+            live.broken.store(true, Ordering::Relaxed);
+            Box::pin(std::future::ready(Err(SinkError::Retriable(why))))
+        };
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
+        let published = tokio::time::timeout(
+            timeout,
+            live.channels[i].basic_publish(exchange, routing_key, opts, m.event.body(), props),
+        )
+        .await;
+        let confirm = match published {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return failed(format!("publish failed: {e}")),
+            Err(_) => {
+                return failed("the connection took no publish within confirm_timeout_ms".into());
+            }
+        };
+        let live = live.clone();
+        let metrics = self.broker.metrics.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, confirm).await {
+                Ok(Ok(lapin::Confirmation::Ack(None))) => Ok(()),
+                Ok(Ok(lapin::Confirmation::Ack(Some(returned)))) => {
+                    metrics.returned();
+                    Err(SinkError::Permanent(format!(
+                        "unroutable (basic.return {} {})",
+                        returned.reply_code, returned.reply_text
+                    )))
+                }
+                Ok(Ok(lapin::Confirmation::Nack(_))) => Err(match on_nack {
+                    OnNack::Retry => SinkError::Retriable("broker nacked the message".into()),
+                    OnNack::Refuse => SinkError::Permanent("broker nacked the message".into()),
+                }),
+                Ok(Ok(lapin::Confirmation::NotRequested)) => {
+                    live.broken.store(true, Ordering::Relaxed);
+                    Err(SinkError::Retriable("channel lost confirm mode".into()))
+                }
+                Ok(Err(e)) => {
+                    live.broken.store(true, Ordering::Relaxed);
+                    Err(SinkError::Retriable(format!("confirm failed: {e}")))
+                }
+                Err(_) => {
+                    live.broken.store(true, Ordering::Relaxed);
+                    Err(SinkError::Retriable(
+                        "no confirm within confirm_timeout_ms".into(),
+                    ))
+                }
+            }
+        })
+    }
+}
+
 impl Sink for RabbitmqSink {
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>> {
         Box::pin(async move {
@@ -76,15 +166,6 @@ impl Sink for RabbitmqSink {
                         .collect();
                 }
             };
-            let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
-            let opts = BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            };
-            let mut out = Vec::with_capacity(batch.len());
-            let failed = |why: String| -> Confirmation {
-                Box::pin(std::future::ready(Err(SinkError::Retriable(why))))
-            };
             let exchange = match short("the exchange", &self.cfg.exchange) {
                 Ok(x) => x,
                 Err(why) => {
@@ -95,83 +176,64 @@ impl Sink for RabbitmqSink {
                         .collect();
                 }
             };
+            let mut out = Vec::with_capacity(batch.len());
             for m in &batch {
                 if live.broken.load(Ordering::Relaxed) {
                     // The rest of the batch goes out again on the next connection.
-                    out.push(failed("the connection failed earlier in the batch".into()));
+                    out.push(Box::pin(std::future::ready(Err(SinkError::Retriable(
+                        "the connection failed earlier in the batch".into(),
+                    )))) as Confirmation);
                     continue;
                 }
                 let wire = short("the topic (routing key)", m.event.topic())
                     .map_err(SinkError::Permanent)
-                    .and_then(|key| Ok((key, properties(&self.cfg, m)?)));
-                let (routing_key, props) = match wire {
-                    Ok(w) => w,
-                    Err(refused) => {
-                        out.push(Box::pin(std::future::ready(Err(refused))) as Confirmation);
-                        continue;
+                    .and_then(|key| Ok((key, properties(&self.cfg, m, &[])?)));
+                out.push(match wire {
+                    Ok((routing_key, props)) => {
+                        self.send(
+                            &live,
+                            exchange.clone(),
+                            routing_key,
+                            m,
+                            props,
+                            OnNack::Retry,
+                        )
+                        .await
                     }
-                };
-                let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
-                let published = tokio::time::timeout(
-                    timeout,
-                    live.channels[i].basic_publish(
-                        exchange.clone(),
-                        routing_key,
-                        opts,
-                        m.event.body(),
-                        props,
-                    ),
-                )
-                .await;
-                let confirm = match published {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        live.broken.store(true, Ordering::Relaxed);
-                        out.push(failed(format!("publish failed: {e}")));
-                        continue;
-                    }
-                    Err(_) => {
-                        live.broken.store(true, Ordering::Relaxed);
-                        out.push(failed(
-                            "the connection took no publish within confirm_timeout_ms".into(),
-                        ));
-                        continue;
-                    }
-                };
-                let live = live.clone();
-                let metrics = self.broker.metrics.clone();
-                out.push(Box::pin(async move {
-                    match tokio::time::timeout(timeout, confirm).await {
-                        Ok(Ok(lapin::Confirmation::Ack(None))) => Ok(()),
-                        Ok(Ok(lapin::Confirmation::Ack(Some(returned)))) => {
-                            metrics.returned();
-                            Err(SinkError::Permanent(format!(
-                                "unroutable (basic.return {} {})",
-                                returned.reply_code, returned.reply_text
-                            )))
-                        }
-                        Ok(Ok(lapin::Confirmation::Nack(_))) => {
-                            Err(SinkError::Retriable("broker nacked the message".into()))
-                        }
-                        Ok(Ok(lapin::Confirmation::NotRequested)) => {
-                            live.broken.store(true, Ordering::Relaxed);
-                            Err(SinkError::Retriable("channel lost confirm mode".into()))
-                        }
-                        Ok(Err(e)) => {
-                            live.broken.store(true, Ordering::Relaxed);
-                            Err(SinkError::Retriable(format!("confirm failed: {e}")))
-                        }
-                        Err(_) => {
-                            live.broken.store(true, Ordering::Relaxed);
-                            Err(SinkError::Retriable(
-                                "no confirm within confirm_timeout_ms".into(),
-                            ))
-                        }
-                    }
-                }) as Confirmation);
+                    Err(refused) => Box::pin(std::future::ready(Err(refused))),
+                });
             }
             out
         })
+    }
+
+    /// To `dead_letter_exchange`, routed by the original topic, with the reason
+    /// and the topic as headers. Retriable while the broker is unreachable or
+    /// unsure (the forwarder keeps the event and tries again); permanent when the
+    /// exchange refuses it (returned, nacked, fields that do not fit), so that the
+    /// dead-letter file takes it instead of it holding up the backlog.
+    fn dead_letter(
+        &self,
+        m: Message,
+        reason: String,
+    ) -> Option<BoxFuture<'_, Result<(), SinkError>>> {
+        let dlx = self.cfg.dead_letter_exchange.as_deref()?;
+        Some(Box::pin(async move {
+            let refuse = SinkError::Permanent;
+            let topic = m.event.topic();
+            let exchange = short("the dead-letter exchange", dlx).map_err(refuse)?;
+            let routing_key = short("the topic (routing key)", topic).map_err(refuse)?;
+            let extra: [(&str, &[u8]); 2] = [
+                (HEADER_DEAD_LETTER_REASON, reason.as_bytes()),
+                (HEADER_ORIGINAL_TOPIC, topic.as_bytes()),
+            ];
+            let props = properties(&self.cfg, &m, &extra)?;
+            self.broker.wait_while_blocked().await;
+            let live = self.broker.channels().await?;
+            self.send(&live, exchange, routing_key, &m, props, OnNack::Refuse)
+                .await
+                .await
+        }))
     }
 
     fn ready(&self) -> bool {
