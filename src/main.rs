@@ -55,6 +55,9 @@ enum Command {
         #[arg(long, short)]
         body: PathBuf,
     },
+    /// Look at a spool on disk while no instance runs on it.
+    #[command(subcommand)]
+    Spool(hookrelay::cli::SpoolCommand),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             source,
             body,
         } => sign(&config, &source, &body),
+        Command::Spool(cmd) => hookrelay::cli::spool(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

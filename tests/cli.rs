@@ -260,3 +260,131 @@ fn health_subcommand_reports_the_admin_listener() {
         .unwrap();
     assert!(!down.status.success());
 }
+
+/// Every file under `dir` with its length and modification time.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            out.push((e.path(), m.len(), m.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn inspect(dir: &std::path::Path, json: bool) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(["spool", "inspect", "--dir"]).arg(dir);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().unwrap()
+}
+
+/// `spool inspect` on a sink's backlog left by a stopped instance: what a start
+/// would deliver, counted by type, with nothing on disk changed; refused while a
+/// process holds the spool, whether the instance or anyone holding its LOCK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_inspect_reports_a_stopped_backlog_and_refuses_a_held_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spool = d.join("spool");
+    let (_held, closed) = refused_port();
+    // A broker that is not there: everything stays in the backlog.
+    let sink = format!(
+        "[sinks.bus]\ntype = \"rabbitmq\"\nuri = \"amqp://guest:guest@{closed}/%2f\"\nconnect_timeout_ms = 200\n"
+    );
+    let mut relay = Relay::start_with_sink(d, &sink, "sink = \"bus\"");
+    async fn post(relay: &Relay, range: std::ops::Range<usize>) {
+        for i in range {
+            let (status, body) = relay
+                .post(&event_body(EVENT_TYPES[i % 2], &format!("m-{i}")))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    post(&relay, 0..5).await;
+
+    let o = tokio::task::block_in_place(|| inspect(&spool, false));
+    assert!(!o.status.success(), "inspected a running instance's spool");
+    assert!(
+        stderr(&o).contains(&format!(
+            "{} is held by a running hookrelay (its LOCK is taken): use `hookrelay admin backlog` instead",
+            spool.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    relay.kill();
+
+    let before = snapshot(d);
+    let o = tokio::task::block_in_place(|| inspect(&spool, true));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bus = &v["spools"][0];
+    assert_eq!(v["spools"].as_array().unwrap().len(), 1, "{v:#}");
+    assert_eq!(bus["name"], "bus");
+    assert_eq!(bus["pending"], 5, "{v:#}");
+    assert_eq!(bus["lost_records"], 0);
+    assert!(bus["oldest_pending"].as_str().unwrap().ends_with('Z'));
+    let by_type: Vec<(String, u64)> = bus["pending_by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["source"], "quickassist");
+            (
+                t["event_type"].as_str().unwrap().to_string(),
+                t["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_type,
+        [
+            (EVENT_TYPES[0].to_string(), 3),
+            (EVENT_TYPES[1].to_string(), 2)
+        ]
+    );
+    let o = tokio::task::block_in_place(|| inspect(&spool.join("bus"), false));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let human = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "bus (",
+        "5 event(s)",
+        "quickassist",
+        EVENT_TYPES[0],
+        "RECORDS",
+    ] {
+        assert!(human.contains(needle), "{needle} not in:\n{human}");
+    }
+    assert_eq!(snapshot(d), before, "inspect changed the spool");
+
+    // Anyone holding the backlog's LOCK keeps inspect out.
+    let lock = std::fs::File::open(spool.join("bus").join("LOCK")).unwrap();
+    lock.try_lock().unwrap();
+    let o = tokio::task::block_in_place(|| inspect(&spool, false));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is held by a running hookrelay"),
+        "{}",
+        stderr(&o)
+    );
+    drop(lock);
+
+    // After more events arrived, the report has them.
+    relay.restart();
+    post(&relay, 5..8).await;
+    relay.kill();
+    let o = tokio::task::block_in_place(|| inspect(&spool, true));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["spools"][0]["pending"], 8, "{v:#}");
+}

@@ -109,6 +109,8 @@ pub struct SegmentReport {
     pub base: u64,
     /// Its size on disk, preallocated zeros included.
     pub file_bytes: u64,
+    /// Where its readable records (and holes) end.
+    pub used_bytes: u64,
     /// Readable records in it.
     pub records: u64,
     pub damage: Vec<Damage>,
@@ -332,6 +334,7 @@ fn inspect_one(dir: &Path) -> Result<SpoolReport, InspectError> {
         segments.push(SegmentReport {
             base,
             file_bytes: scan.file_len,
+            used_bytes: scan.good_len,
             records,
             damage,
         });
@@ -347,7 +350,7 @@ fn inspect_one(dir: &Path) -> Result<SpoolReport, InspectError> {
             count,
         })
         .collect();
-    pending_by_type.sort_by(|a, b| b.count.cmp(&a.count));
+    pending_by_type.sort_by_key(|t| std::cmp::Reverse(t.count));
     let archive_dir = dir.join(ARCHIVE_DIR);
     Ok(SpoolReport {
         name: dir
