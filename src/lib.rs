@@ -39,7 +39,7 @@
 //! - [`faults`]: fault seams for the reliability suite, off unless an env var sets them.
 //! - [`shutdown`]: the signals that start a drain.
 //! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
-//! - [`cli`]: the operator's commands: `spool inspect` on a stopped spool.
+//! - [`cli`]: the operator's commands: `spool inspect` on a stopped spool, `admin` against a running instance.
 
 pub mod app;
 pub mod backlog;

@@ -58,6 +58,8 @@ enum Command {
     /// Look at a spool on disk while no instance runs on it.
     #[command(subcommand)]
     Spool(hookrelay::cli::SpoolCommand),
+    /// Ask a running instance's admin API (backlogs, dead letters, pausing, replays).
+    Admin(hookrelay::cli::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
             body,
         } => sign(&config, &source, &body),
         Command::Spool(cmd) => hookrelay::cli::spool(cmd),
+        Command::Admin(args) => hookrelay::cli::admin(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

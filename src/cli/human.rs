@@ -1,5 +1,6 @@
 //! Figures for a person at a terminal: sizes in binary units, ages in the two
-//! largest units that matter, columns aligned.
+//! largest units that matter, columns aligned; and times as a person types them
+//! (`15m` ago as well as RFC 3339).
 
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +47,29 @@ pub fn age_of(rfc3339: &str, now: SystemTime) -> Option<String> {
         Ok(d) => age(d.as_secs_f64()),
         // A clock ahead of ours: say so rather than print a negative age.
         Err(_) => "0s".into(),
+    })
+}
+
+/// RFC 3339 in UTC with milliseconds: what the admin API takes and prints.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A time as typed: `now`, a duration ago (`15m`, `2h30m`, `1d ago`), or RFC
+/// 3339 with any offset.
+pub fn parse_time(s: &str, now: SystemTime) -> anyhow::Result<SystemTime> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("now") {
+        return Ok(now);
+    }
+    let ago = s.strip_suffix("ago").map_or(s, str::trim_end);
+    if let Ok(d) = humantime::parse_duration(ago) {
+        return now
+            .checked_sub(d)
+            .with_context(|| format!("{s}: too far back"));
+    }
+    parse_rfc3339(s).with_context(|| {
+        format!("{s}: not a time (RFC 3339 such as 2024-01-15T10:30:00Z, or a duration ago such as 15m or 2h)")
     })
 }
 
@@ -141,12 +165,18 @@ mod tests {
     }
 
     #[test]
-    fn times_with_offsets_read_as_utc() {
-        let t = |s: &str| parse_rfc3339(s).unwrap();
-        let utc = t("2024-01-15T10:30:00Z");
-        assert_eq!(t("2024-01-15T12:30:00+02:00"), utc);
-        assert_eq!(t("2024-01-15T05:00:00-05:30"), utc);
-        assert!(parse_rfc3339("2024-13-01T00:00:00Z").is_err());
+    fn times_parse_as_typed() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_705_314_600);
+        let at = |s: &str| rfc3339(parse_time(s, now).unwrap());
+        assert_eq!(at("now"), "2024-01-15T10:30:00.000Z");
+        assert_eq!(at("15m"), "2024-01-15T10:15:00.000Z");
+        assert_eq!(at("2h ago"), "2024-01-15T08:30:00.000Z");
+        assert_eq!(at("2024-01-15T10:30:00Z"), "2024-01-15T10:30:00.000Z");
+        assert_eq!(at("2024-01-15t10:30:00.250z"), "2024-01-15T10:30:00.250Z");
+        assert_eq!(at("2024-01-15T12:30:00+02:00"), "2024-01-15T10:30:00.000Z");
+        assert_eq!(at("2024-01-15T05:00:00-05:30"), "2024-01-15T10:30:00.000Z");
+        assert!(parse_time("yesterday", now).is_err());
+        assert!(parse_time("2024-13-01T00:00:00Z", now).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use anyhow::Context;
 use super::human::{age_of, print, size, table};
 use crate::spool::inspect::{CursorState, Damage, DamageKind, Inspection, SpoolReport};
 
+/// The report goes to stdout, refusals to the caller (a held spool exits non-zero).
 pub fn run(dir: &Path, json: bool) -> anyhow::Result<()> {
     let report = crate::spool::inspect(dir)?;
     if json {
@@ -19,6 +20,7 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<()> {
     print(render(&report, SystemTime::now()).as_bytes())
 }
 
+/// `now` is given so that ages do not depend on when a test runs.
 pub fn render(r: &Inspection, now: SystemTime) -> String {
     let mut out = String::new();
     if r.spools.len() > 1 || r.spools.first().is_some_and(|s| s.dir != r.dir) {
