@@ -39,10 +39,12 @@
 //! - [`faults`]: fault seams for the reliability suite, off unless an env var sets them.
 //! - [`shutdown`]: the signals that start a drain.
 //! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
+//! - [`cli`]: the operator's commands: `spool inspect` on a stopped spool, `admin` against a running instance.
 
 pub mod admin;
 pub mod app;
 pub mod backlog;
+pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod dedup;

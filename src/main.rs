@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, short)]
         body: PathBuf,
     },
+    /// Look at a spool on disk while no instance runs on it.
+    #[command(subcommand)]
+    Spool(hookrelay::cli::SpoolCommand),
+    /// Ask a running instance's admin API (backlogs, dead letters, pausing, replays).
+    Admin(hookrelay::cli::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +84,8 @@ fn main() -> ExitCode {
             source,
             body,
         } => sign(&config, &source, &body),
+        Command::Spool(cmd) => hookrelay::cli::spool(cmd),
+        Command::Admin(args) => hookrelay::cli::admin(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@
 
 mod adopt;
 mod faults;
+pub mod inspect;
 mod prealloc;
 #[cfg(test)]
 mod proptests;
@@ -42,6 +43,7 @@ use crate::metrics;
 
 pub use adopt::{AdoptError, Place, adopt, holds_spool};
 pub use faults::{FSYNC_AFTER_ENV, FSYNC_DELAY_ENV};
+pub use inspect::{InspectError, Inspection, inspect};
 pub use reader::Reader;
 pub use record::{
     DecodeError, EncodeError, Frame, MAX_BODY_LEN, ReadError, Record, decode, encode, find_record,
