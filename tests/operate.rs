@@ -397,7 +397,12 @@ async fn a_refused_kafka_topic_is_dead_lettered_and_redriven_after_the_fix() {
         data,
         "",
         "",
-        &common::kafka::sink_section(&brokers, ""),
+        // The producer learns that the topic was fixed from its next metadata
+        // refresh (every 5 minutes by default).
+        &common::kafka::sink_section(
+            &brokers,
+            "librdkafka = { \"topic.metadata.refresh.interval.ms\" = \"500\" }",
+        ),
         &admin_section(),
     );
     let relay = start(data, &config);
@@ -418,6 +423,7 @@ async fn a_refused_kafka_topic_is_dead_lettered_and_redriven_after_the_fix() {
     cluster
         .topic_error(topic, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
         .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let r = ok_json(&admin_cli(
         &relay,
         &[
@@ -431,6 +437,7 @@ async fn a_refused_kafka_topic_is_dead_lettered_and_redriven_after_the_fix() {
         ],
     ));
     assert_eq!(r["redriven"], 5, "{r}");
+    assert_eq!(r["confirmed"], 5, "{r}");
     let records = common::kafka::consume(&brokers, &[topic], 1, 5, Duration::from_secs(30));
     let seen: HashSet<String> = records.iter().map(|r| r.header("hookrelay-id")).collect();
     assert_eq!(seen, ids, "{}", relay.logs());

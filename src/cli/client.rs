@@ -124,9 +124,10 @@ impl AdminClient {
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string));
         let message = match (status, said) {
-            // Every path is under /admin: a 404 the API did not explain is an
-            // instance that serves no admin API at all.
-            (StatusCode::NOT_FOUND, None) => {
+            // Every path is under /admin: a 404 the API did not explain (the
+            // admin port's plain "not found") is an instance that serves no
+            // admin API at all.
+            (StatusCode::NOT_FOUND, said) if said.as_deref().is_none_or(|s| s == "not found") => {
                 return ApiError {
                     status,
                     message: "the admin API is off on this instance (no admin.token_env / admin.token_file configured)".into(),
