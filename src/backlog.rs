@@ -199,6 +199,7 @@ fn settle(
             let m = Message {
                 seq: r.seq,
                 event: Arc::new(r.event),
+                replay: false,
             };
             (m, why)
         })

@@ -219,6 +219,7 @@ pub fn edge_request(
     let m = crate::sink::Message {
         seq: 42,
         event: std::sync::Arc::new(event.clone()),
+        replay: false,
     };
     let _ = crate::sink::kafka::headers(true, &m, &[("hookrelay-dead-letter-reason", b"x")]);
     if let Err(e) = crate::sink::rabbitmq::properties(amqp(), &m) {

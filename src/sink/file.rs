@@ -441,6 +441,7 @@ mod tests {
                     .body(Bytes::copy_from_slice(body))
                     .build(),
             ),
+            replay: false,
         }
     }
 

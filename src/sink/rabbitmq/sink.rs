@@ -39,9 +39,9 @@ pub fn properties(cfg: &RabbitmqSinkConfig, m: &Message) -> Result<BasicProperti
     let e = &m.event;
     let refuse = |why: String| SinkError::Permanent(why);
     let mut headers = FieldTable::default();
-    for (k, v) in m.headers() {
+    for (k, v) in m.headers().iter() {
         if k != crate::sink::HEADER_CONTENT_TYPE {
-            headers.insert(name(k), long(&v));
+            headers.insert(name(k), long(v));
         }
     }
     if cfg.cloudevents {
@@ -216,6 +216,7 @@ mod tests {
                     .body(bytes::Bytes::from_static(b"{}"))
                     .build(),
             ),
+            replay: false,
         };
         let confirmations = tokio::time::timeout(
             Duration::from_secs(5),
