@@ -289,6 +289,26 @@ pub async fn check_connections(config: &Config) -> Result<Vec<String>, StartErro
     Ok(report)
 }
 
+/// How often the archives are pruned besides after each checkpoint that archived:
+/// retention must apply while nothing new is archived (a sink idle for a day).
+const ARCHIVE_PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+fn spawn_archive_pruning(archives: Arc<crate::spool::Archives>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ARCHIVE_PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            let a = archives.clone();
+            let pruned = tokio::task::spawn_blocking(move || a.prune(std::time::SystemTime::now()));
+            match pruned.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the archive"),
+                Err(e) => tracing::warn!(error = %e, "archive pruning failed"),
+            }
+        }
+    });
+}
+
 /// Runs hookrelay until `shutdown` resolves, then drains and returns.
 pub async fn run(
     config: Config,
@@ -377,6 +397,7 @@ pub async fn run(
         .map(|(sink, route)| (sink.clone(), route.clone()))
         .collect();
     let (drain_tx, drain_rx) = watch::channel(None);
+    let archives = crate::backlog::archives(&config);
     let mut opened = BTreeMap::new();
     let mut dead_letter = None;
     // Held until the process ends: no other process may use these backlogs.
@@ -386,9 +407,16 @@ pub async fn run(
             "dead_letter.path: cannot open {}",
             config.dead_letter.path.display()
         )))?;
-        let (o, lock) = crate::backlog::open(&config, &backlogged, &routed, &dl, remember)
-            .await
-            .map_err(|e| Error::Setup(e.to_string()))?;
+        let (o, lock) = crate::backlog::open(
+            &config,
+            &backlogged,
+            &routed,
+            &dl,
+            archives.as_ref(),
+            remember,
+        )
+        .await
+        .map_err(|e| Error::Setup(e.to_string()))?;
         (opened, _spool_lock) = (o, Some(lock));
         tracing::info!(remembered_ids = dedup.remembered(), "backlogs opened");
         dead_letter = Some(dl);
@@ -406,6 +434,9 @@ pub async fn run(
         Some(dl) => crate::backlog::start(opened, &config, dl, &drain_rx),
         None => crate::backlog::Running::default(),
     };
+    if let Some(a) = archives {
+        spawn_archive_pruning(a);
+    }
 
     let tls = match &config.server.tls {
         Some(t) => Some(
