@@ -307,6 +307,7 @@ async fn open_backlogs(
     config: &Config,
     routes: &BTreeMap<String, Route>,
     routed: &BTreeMap<String, Vec<String>>,
+    archives: Option<&Arc<crate::spool::Archives>>,
     remember: impl FnMut(&Record),
 ) -> Result<Backlogs, Error> {
     let spool_dir = &config.spool.dir;
@@ -334,7 +335,7 @@ async fn open_backlogs(
         "dead_letter.path: cannot open {}",
         config.dead_letter.path.display()
     )))?;
-    let (opened, lock) = crate::backlog::open(config, &backlogged, routed, &dl, remember)
+    let (opened, lock) = crate::backlog::open(config, &backlogged, routed, &dl, archives, remember)
         .await
         .map_err(|e| Error::Setup(e.to_string()))?;
     Ok(Backlogs {
@@ -342,6 +343,26 @@ async fn open_backlogs(
         dead_letter: Some(dl),
         lock: Some(lock),
     })
+}
+
+/// How often the archives are pruned besides after each checkpoint that archived:
+/// retention must apply while nothing new is archived (a sink idle for a day).
+const ARCHIVE_PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+fn spawn_archive_pruning(archives: Arc<crate::spool::Archives>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ARCHIVE_PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            let a = archives.clone();
+            let pruned = tokio::task::spawn_blocking(move || a.prune(std::time::SystemTime::now()));
+            match pruned.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the archive"),
+                Err(e) => tracing::warn!(error = %e, "archive pruning failed"),
+            }
+        }
+    });
 }
 
 /// Runs hookrelay until `shutdown` resolves, then drains and returns.
@@ -416,11 +437,12 @@ pub async fn run(
         }
     };
     let (drain_tx, drain_rx) = watch::channel(None);
+    let archives = crate::backlog::archives(&config);
     let Backlogs {
         opened,
         dead_letter,
         lock: _spool_lock,
-    } = open_backlogs(&config, &routes, &routed, remember).await?;
+    } = open_backlogs(&config, &routes, &routed, archives.as_ref(), remember).await?;
     if !opened.is_empty() {
         tracing::info!(remembered_ids = dedup.remembered(), "backlogs opened");
     }
@@ -452,11 +474,16 @@ pub async fn run(
             .collect(),
         dead_letter.clone(),
         routed.clone(),
+        archives.clone(),
+        crate::replay::Jobs::new(config.forward.clone()),
     ));
     let mut running = match &dead_letter {
         Some(dl) => crate::backlog::start(opened, &config, dl, &drain_rx),
         None => crate::backlog::Running::default(),
     };
+    if let Some(a) = &archives {
+        spawn_archive_pruning(a.clone());
+    }
 
     let tls = match &config.server.tls {
         Some(t) => Some(
@@ -608,7 +635,14 @@ pub async fn drain(config: Config, timeout: Duration) -> Result<(), Error> {
         mut opened,
         dead_letter,
         lock: _lock,
-    } = open_backlogs(&config, &routes, &routed, |_| {}).await?;
+    } = open_backlogs(
+        &config,
+        &routes,
+        &routed,
+        crate::backlog::archives(&config).as_ref(),
+        |_| {},
+    )
+    .await?;
     let Some(dead_letter) = dead_letter else {
         tracing::info!("no backlog to drain");
         return Ok(());

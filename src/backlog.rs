@@ -38,7 +38,7 @@ use crate::config::{Config, ForwardConfig};
 use crate::deadletter::DeadLetter;
 use crate::forward::{self, Control, DrainSignal, Forwarder};
 use crate::sink::{Message, Route};
-use crate::spool::{Place, Reader, Record, Spool};
+use crate::spool::{Archives, Place, Reader, Record, Spool};
 
 /// Why the backlogs could not be opened; the message names the directory.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,8 @@ pub struct Opened {
 }
 
 /// Opens the backlog of each sink in `routes` (by name) under `spool.dir`, handing
-/// every record found to `each` (the dedup window remembers them). Then adopts
+/// every record found to `each` (the dedup window remembers them), each keeping
+/// its confirmed segments in `archives` when given (`[archive]`). Then adopts
 /// what no sink owns (see the module doc), before budgets apply: those records
 /// were acknowledged already. `sources` maps each configured source to the sinks
 /// it routes to now. Holds `spool.dir/hookrelay.lock` from then on, so that two
@@ -66,6 +67,7 @@ pub async fn open(
     routes: &BTreeMap<String, Route>,
     sources: &BTreeMap<String, Vec<String>>,
     dead_letter: &DeadLetter,
+    archives: Option<&Arc<Archives>>,
     mut each: impl FnMut(&Record),
 ) -> Result<(BTreeMap<String, Opened>, Lock), BacklogError> {
     let dir = &config.spool.dir;
@@ -77,6 +79,10 @@ pub async fn open(
             Spool::open(&path, u64::MAX, config.spool.segment_bytes, &mut each)
                 .map_err(|e| BacklogError(format!("spool.dir: {e}")))?;
         spool.pace_syncs(Duration::from_micros(config.spool.min_sync_interval_us));
+        if let Some(a) = archives {
+            crate::metrics::archive_init(name);
+            spool.set_archive(Some(a.clone()));
+        }
         tracing::info!(sink = %name, dir = %path.display(),
             pending = recovery.pending, truncated_bytes = recovery.truncated_bytes,
             quarantined_bytes = recovery.quarantined_bytes, "backlog opened");
@@ -106,6 +112,12 @@ pub async fn open(
 /// backlog directory of a sink not in `sinks`.
 pub fn has_strays(spool_dir: &Path, sinks: &[&str]) -> bool {
     crate::spool::holds_spool(spool_dir) || !stray_backlogs(spool_dir, sinks).is_empty()
+}
+
+/// The archives of `[archive]`, if configured: every sink's under `spool.dir`.
+pub fn archives(config: &Config) -> Option<Arc<Archives>> {
+    let a = config.archive.as_ref()?;
+    Some(Archives::new(&config.spool.dir, a.retention(), a.max_bytes))
 }
 
 /// Names of the backlogs under `spool_dir` of sinks not in `sinks`: what the next
@@ -204,6 +216,7 @@ fn settle(
             let m = Message {
                 seq: r.seq,
                 event: Arc::new(r.event),
+                replay: false,
             };
             (m, why)
         })
@@ -397,9 +410,11 @@ mod tests {
         .into();
         let dead = DeadLetter::open(&d.join("dead.jsonl")).unwrap();
         let mut seen = 0;
-        let (opened, lock) = open(&config, &routes, &sources, &dead, |_: &Record| seen += 1)
-            .await
-            .unwrap();
+        let (opened, lock) = open(&config, &routes, &sources, &dead, None, |_: &Record| {
+            seen += 1
+        })
+        .await
+        .unwrap();
         let pending = |name: &str| {
             let s = &opened[name].spool;
             s.durable_end() - s.cursor()
@@ -424,6 +439,7 @@ mod tests {
             &routes,
             &sources,
             &DeadLetter::open(&d.join("dead.jsonl")).unwrap(),
+            None,
             |_: &Record| {},
         )
         .await;
@@ -438,6 +454,7 @@ mod tests {
             &routes,
             &sources,
             &DeadLetter::open(&d.join("dead.jsonl")).unwrap(),
+            None,
             |_: &Record| {},
         )
         .await

@@ -219,6 +219,7 @@ pub fn edge_request(
     let m = crate::sink::Message {
         seq: 42,
         event: std::sync::Arc::new(event.clone()),
+        replay: false,
     };
     let dead_letter: [(&str, &[u8]); 2] = [
         (crate::sink::HEADER_DEAD_LETTER_REASON, b"x"),

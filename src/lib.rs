@@ -28,6 +28,7 @@
 //! - [`forward`]: spool to sink, many in flight, retry, checkpoints; the broker-ack path.
 //! - [`sink`]: the destinations behind one trait, and the sink kinds.
 //! - [`deadletter`]: where events a sink refused for good are kept, with the reason.
+//! - [`replay`]: a time window of a sink's archive (`spool::archive`) sent to it again.
 //!
 //! Around the path:
 //!
@@ -58,6 +59,7 @@ pub mod guard;
 pub mod listener;
 pub mod metrics;
 pub mod quiet;
+pub mod replay;
 pub mod respond;
 pub mod rotation;
 pub mod server;

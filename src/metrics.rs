@@ -33,6 +33,9 @@ pub const SPOOL_FSYNC_DURATION: &str = "hookrelay_spool_fsync_duration_seconds";
 pub const SPOOL_TRUNCATED_BYTES: &str = "hookrelay_spool_truncated_bytes_total";
 pub const SPOOL_CORRUPT_RECORDS: &str = "hookrelay_spool_corrupt_records_total";
 pub const SPOOL_QUARANTINED_BYTES: &str = "hookrelay_spool_quarantined_bytes_total";
+pub const ARCHIVE_BYTES: &str = "hookrelay_archive_bytes";
+pub const ARCHIVE_SEGMENTS: &str = "hookrelay_archive_segments";
+pub const ARCHIVE_PRUNED_BYTES: &str = "hookrelay_archive_pruned_bytes_total";
 pub const SINK_PUBLISHED: &str = "hookrelay_sink_published_total";
 pub const SINK_ERRORS: &str = "hookrelay_sink_errors_total";
 pub const DEAD_LETTERED: &str = "hookrelay_dead_lettered_total";
@@ -152,6 +155,15 @@ fn describe() {
     describe_counter!(
         SPOOL_QUARANTINED_BYTES,
         "Damaged spool bytes copied to quarantine/ and skipped; delivery goes on after them."
+    );
+    describe_gauge!(
+        ARCHIVE_BYTES,
+        "Bytes of a sink's archive (confirmed spool segments kept for replay; [archive])."
+    );
+    describe_gauge!(ARCHIVE_SEGMENTS, "Segments in a sink's archive.");
+    describe_counter!(
+        ARCHIVE_PRUNED_BYTES,
+        "Archived bytes deleted, past archive.retention_hours or to fit archive.max_bytes (oldest first, over every sink)."
     );
     describe_counter!(SINK_PUBLISHED, "Events confirmed by a sink.");
     describe_counter!(
@@ -474,6 +486,25 @@ impl SpoolMetrics {
         self.quarantined.increment(bytes);
         self.corrupt.increment(records);
     }
+}
+
+/// A sink's archive registered at zero, so that its series exist before the
+/// first segment is archived.
+pub fn archive_init(sink: &str) {
+    counter!(ARCHIVE_PRUNED_BYTES, "sink" => sink.to_string()).increment(0);
+    gauge!(ARCHIVE_BYTES, "sink" => sink.to_string()).increment(0.0);
+    gauge!(ARCHIVE_SEGMENTS, "sink" => sink.to_string()).increment(0.0);
+}
+
+/// A sink's archive as its last prune left it.
+pub fn archive_size(sink: &str, bytes: u64, segments: u64) {
+    gauge!(ARCHIVE_BYTES, "sink" => sink.to_string()).set(bytes as f64);
+    gauge!(ARCHIVE_SEGMENTS, "sink" => sink.to_string()).set(segments as f64);
+}
+
+/// Archived bytes of a sink deleted by a prune.
+pub fn archive_pruned(sink: &str, bytes: u64) {
+    counter!(ARCHIVE_PRUNED_BYTES, "sink" => sink.to_string()).increment(bytes);
 }
 
 /// One of [`CONNECTION_ERRORS`]: slow, malformed or oversized clients that hyper

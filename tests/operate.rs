@@ -559,3 +559,76 @@ async fn sigterm_with_the_broker_down_exits_non_zero_and_drain_delivers_it_later
     assert_eq!(pending_in(&after), 0, "{after}");
     cleanup(&exchange, &[&queue]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_window_of_the_archive_arrives_exactly_with_the_replay_header() {
+    let exchange = unique("operate-replay");
+    let fresh = format!("{exchange}-fresh");
+    let (_conn, ch) = amqp::channel().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    // Small segments, so that confirmed ones are archived as the test goes.
+    let config = config_with_sink(
+        data,
+        "",
+        "segment_bytes = 65536\nmax_bytes = 67108864",
+        &amqp::sink_section(&exchange, ""),
+        &format!(
+            "{}\n[archive]\nretention_hours = 1\nmax_bytes = 268435456\n",
+            admin_section()
+        ),
+    );
+    let relay = start(data, &config);
+    let now = || humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    // Nothing is bound: the events go to the unroutable queue, confirmed, then archived.
+    send(&relay, 3000, "message.read", "before").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let since = now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let window = send(&relay, 4000, "message.delivered", "window").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let until = now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send(&relay, 3000, "message.read", "after").await;
+    relay
+        .wait_drained(Duration::from_secs(60))
+        .await
+        .expect("all delivered");
+    // 10,000 events of ~300 bytes fill some 40 segments of 64 KiB.
+    let archived = eventually(Duration::from_secs(10), || async {
+        let b = ok_json(&admin_cli(&relay, &["--json", "backlog"]));
+        (b["archive"]["segments"].as_u64().unwrap_or(0) >= 20).then_some(b)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "confirmed segments archived: {}",
+            ok_json(&admin_cli(&relay, &["--json", "backlog"]))
+        )
+    });
+    assert!(archived["archive"]["bytes"].as_u64().unwrap() > 0);
+
+    bind(&ch, &fresh, &exchange, "#", false).await;
+    let job = ok_json(&admin_cli(
+        &relay,
+        &[
+            "--json", "replay", "--since", &since, "--until", &until, "--sink", "rabbitmq",
+            "--wait",
+        ],
+    ));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["published"], 4000, "{job}");
+    let got = drain(&ch, &fresh, 4001, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 4000, "exactly the window");
+    assert_eq!(ids_of(&got), window);
+    assert!(got.iter().all(|g| g.header("hookrelay-replay") == "true"));
+    // A replay of a window with nothing in it publishes nothing.
+    let empty = ok_json(&admin_cli(
+        &relay,
+        &[
+            "--json", "replay", "--since", "2h", "--until", "90m", "--wait",
+        ],
+    ));
+    assert_eq!(empty["matched"], 0, "{empty}");
+    cleanup(&exchange, &[&fresh]).await;
+}

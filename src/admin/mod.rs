@@ -26,11 +26,13 @@ use crate::deadletter::DeadLetter;
 use crate::forward::{Control, State};
 use crate::metrics;
 use crate::quiet::LogEvery;
+use crate::replay::Jobs;
 use crate::respond::{Resp, error, json};
 use crate::sink::Route;
-use crate::spool::Spool;
+use crate::spool::{Archives, Spool};
 
 mod deadletters;
+mod replay;
 
 /// A request body larger than this is refused (413): every call takes a small
 /// JSON object.
@@ -56,6 +58,9 @@ pub struct Api {
     routed: BTreeMap<String, Vec<String>>,
     /// Held by the redrive in progress (see `deadletters`).
     redriving: tokio::sync::Mutex<()>,
+    /// Every sink's archive, when `[archive]` keeps confirmed events.
+    archives: Option<Arc<Archives>>,
+    replay: Jobs,
 }
 
 /// A call the admin API refused, with its status and reason.
@@ -89,6 +94,8 @@ impl Api {
         sinks: BTreeMap<String, SinkView>,
         dead_letter: Option<DeadLetter>,
         routed: BTreeMap<String, Vec<String>>,
+        archives: Option<Arc<Archives>>,
+        replay: Jobs,
     ) -> Api {
         Api {
             token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
@@ -96,6 +103,8 @@ impl Api {
             dead_letter,
             routed,
             redriving: tokio::sync::Mutex::new(()),
+            archives,
+            replay,
         }
     }
 
@@ -120,7 +129,7 @@ impl Api {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let method = req.method().clone();
         let (action, answer) = match (&method, parts.as_slice()) {
-            (&Method::GET, ["backlog"]) => ("backlog", Ok(self.backlog())),
+            (&Method::GET, ["backlog"]) => ("backlog", self.backlog().await),
             (&Method::GET, ["dead-letters"]) => (
                 "dead_letters_list",
                 self.list_dead_letters(req.uri().query()).await,
@@ -135,6 +144,14 @@ impl Api {
                 };
                 ("dead_letters_redrive", answer)
             }
+            (&Method::POST, ["replay"]) => {
+                let answer = match read_json(req).await {
+                    Ok(body) => self.start_replay(body, peer),
+                    Err(r) => Err(r),
+                };
+                ("replay_start", answer)
+            }
+            (&Method::GET, ["replay", job]) => ("replay_progress", self.replay_progress(job)),
             (&Method::POST, ["sinks", name, op @ ("pause" | "resume")]) => {
                 let pause = *op == "pause";
                 (
@@ -161,7 +178,7 @@ impl Api {
         resp
     }
 
-    fn backlog(&self) -> Resp {
+    async fn backlog(&self) -> Answer {
         let sinks: Vec<serde_json::Value> = self
             .sinks
             .iter()
@@ -208,10 +225,35 @@ impl Api {
             let s = d.stats();
             serde_json::json!({ "count": s.entries, "bytes": s.body_bytes })
         });
-        json(
+        let archive = match &self.archives {
+            Some(a) => {
+                let max_bytes = a.max_bytes();
+                let a = a.clone();
+                let stats = tokio::task::spawn_blocking(move || a.stats())
+                    .await
+                    .map_err(Refusal::internal)?
+                    .map_err(|e| Refusal::internal(format!("cannot read the archive: {e}")))?;
+                let bytes: u64 = stats.iter().map(|s| s.bytes).sum();
+                let segments: u64 = stats.iter().map(|s| s.segments).sum();
+                serde_json::json!({
+                    "bytes": bytes,
+                    "max_bytes": max_bytes,
+                    "segments": segments,
+                    "sinks": stats.iter().map(|s| serde_json::json!({
+                        "sink": s.sink,
+                        "bytes": s.bytes,
+                        "segments": s.segments,
+                        "oldest": s.oldest_ns.map(deadletters::rfc3339),
+                        "newest": s.newest_ns.map(deadletters::rfc3339),
+                    })).collect::<Vec<_>>(),
+                })
+            }
+            None => serde_json::Value::Null,
+        };
+        Ok(json(
             StatusCode::OK,
-            serde_json::json!({ "sinks": sinks, "archive": null, "dead_letters": dead_letters }),
-        )
+            serde_json::json!({ "sinks": sinks, "archive": archive, "dead_letters": dead_letters }),
+        ))
     }
 
     fn pause(&self, name: &str, pause: bool, peer: SocketAddr) -> Answer {

@@ -43,6 +43,8 @@ pub struct Config {
     /// The admin API (`/admin/` on the admin listener); off without a token.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Confirmed events kept for replay; off unless the section is there.
+    pub archive: Option<ArchiveConfig>,
     /// Destinations by name (see `sinks`).
     #[serde(default)]
     pub sinks: SinksConfig,
@@ -143,6 +145,36 @@ impl Default for SpoolConfig {
             segment_bytes: 64 * 1024 * 1024,
             min_sync_interval_us: 1000,
         }
+    }
+}
+
+/// `[archive]`: confirmed spool segments are kept (renamed, not copied) under
+/// each backlog's `archive/` instead of being reused, so that an operator can
+/// replay a time window to a sink. Off by default: it costs disk, and the live
+/// path loses segment recycling (docs/benchmarks.md, "Archive").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Segments last written longer ago than this are deleted.
+    pub retention_hours: u64,
+    /// Over every sink's archive together; past it the oldest segments are
+    /// deleted first (new events are never refused for it). At least two
+    /// segments, so that pruning never empties it of everything but the newest.
+    pub max_bytes: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 24,
+            max_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl ArchiveConfig {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
     }
 }
 
@@ -419,6 +451,18 @@ impl Config {
                 "spool.min_sync_interval_us",
                 "must be at most 100000 (100 ms): every 200 may wait this long",
             ));
+        }
+        if let Some(a) = &self.archive {
+            if a.retention_hours == 0 {
+                return Err(invalid("archive.retention_hours", "must be greater than 0"));
+            }
+            let least = sp.segment_bytes.saturating_mul(2);
+            if a.max_bytes < least {
+                return Err(invalid(
+                    "archive.max_bytes",
+                    format!("must be at least 2 x spool.segment_bytes ({least})"),
+                ));
+            }
         }
         if self.dedup.max_ids == 0 {
             return Err(invalid("dedup.max_ids", "must be greater than 0"));

@@ -236,3 +236,31 @@ fn named_sinks_parse_and_are_checked_under_their_name() {
     let err = c.validate().unwrap_err().to_string();
     assert!(err.starts_with("sinks.a.backlog_max_bytes"), "{err}");
 }
+
+/// `[archive]` is off unless present; present, it gets its defaults, and its
+/// bounds are checked naming the key.
+#[test]
+fn archive_is_off_by_default_and_checked_when_on() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert!(c.archive.is_none());
+    let c = Config::parse(&format!("[archive]\n{MINIMAL}")).unwrap();
+    c.validate().unwrap();
+    let a = c.archive.as_ref().unwrap();
+    assert_eq!((a.retention_hours, a.max_bytes), (24, 1 << 30));
+    assert_eq!(a.retention(), Duration::from_secs(24 * 3600));
+
+    let c = Config::parse(&format!("[archive]\nretention_hours = 0\n{MINIMAL}")).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.starts_with("archive.retention_hours"), "{err}");
+    // Two segments at least: 2 x 64 MiB by default.
+    let c = Config::parse(&format!("[archive]\nmax_bytes = 134217727\n{MINIMAL}")).unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.starts_with("archive.max_bytes"), "{err}");
+    assert!(err.contains("spool.segment_bytes"), "{err}");
+    let c = Config::parse(&format!("[archive]\nmax_bytes = 134217728\n{MINIMAL}")).unwrap();
+    c.validate().unwrap();
+    let err = Config::parse(&format!("[archive]\nretention = 1\n{MINIMAL}"))
+        .unwrap_err()
+        .message;
+    assert!(err.contains("retention"), "{err}");
+}

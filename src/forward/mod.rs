@@ -97,6 +97,7 @@ async fn publish_one_direct(
     let message = Message {
         seq: 0,
         event: event.clone(),
+        replay: false,
     };
     let topic = event.topic();
     match tokio::time::timeout(timeout, route.publish_one(message)).await {
@@ -615,6 +616,7 @@ impl From<Record> for Message {
         Message {
             seq: r.seq,
             event: Arc::new(r.event),
+            replay: false,
         }
     }
 }

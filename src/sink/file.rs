@@ -457,6 +457,7 @@ mod tests {
                     .body(Bytes::copy_from_slice(body))
                     .build(),
             ),
+            replay: false,
         }
     }
 

@@ -119,6 +119,9 @@ pub const HEADER_DEAD_LETTER_REASON: &str = "hookrelay-dead-letter-reason";
 /// On a dead letter: the topic it was meant for, which the DLQ topic or the
 /// dead-letter exchange's queue no longer tells, so that a replay can restore it.
 pub const HEADER_ORIGINAL_TOPIC: &str = "hookrelay-topic";
+/// Present (`true`) on events sent again from the archive, so that consumers can
+/// tell a replay from a provider's retry; absent otherwise.
+pub const HEADER_REPLAY: &str = "hookrelay-replay";
 
 /// One event on its way out, with the spool position it came from.
 #[derive(Debug, Clone)]
@@ -127,14 +130,35 @@ pub struct Message {
     /// Shared: the forwarder keeps each message in flight until it is confirmed and
     /// hands the sink a clone; a clone of the event itself was five string copies.
     pub event: Arc<Event>,
+    /// Sent again from the archive (see `replay`): carries [`HEADER_REPLAY`].
+    pub replay: bool,
+}
+
+/// A message's headers, in a fixed order: the five standard ones, then
+/// [`HEADER_REPLAY`] on a replay. A value, not a `Vec`: building it allocates
+/// nothing beyond the received-at digits.
+pub struct Headers<'a> {
+    standard: [(&'static str, Cow<'a, [u8]>); 5],
+    replay: bool,
+}
+
+impl Headers<'_> {
+    /// Name and value of each, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        let replay = self.replay.then_some((HEADER_REPLAY, &b"true"[..]));
+        self.standard
+            .iter()
+            .map(|(k, v)| (*k, &v[..]))
+            .chain(replay)
+    }
 }
 
 impl Message {
-    /// The standard headers, in a fixed order.
+    /// The headers every sink attaches (see [`Headers`]).
     /// Borrowed from the event: every sink copies them into its own wire format anyway.
-    pub fn headers(&self) -> [(&'static str, Cow<'_, [u8]>); 5] {
+    pub fn headers(&self) -> Headers<'_> {
         let e = &self.event;
-        [
+        let standard = [
             (HEADER_SOURCE, Cow::Borrowed(e.source().as_bytes())),
             (HEADER_EVENT, Cow::Borrowed(e.event_type().as_bytes())),
             (HEADER_ID, Cow::Borrowed(e.id().as_bytes())),
@@ -146,7 +170,11 @@ impl Message {
                 HEADER_CONTENT_TYPE,
                 Cow::Borrowed(e.content_type().as_bytes()),
             ),
-        ]
+        ];
+        Headers {
+            standard,
+            replay: self.replay,
+        }
     }
 }
 
@@ -303,6 +331,70 @@ impl Route {
             None => Err(SinkError::Retriable(
                 "the sink returned no confirmation".into(),
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replayed message carries `hookrelay-replay: true`, after the standard five
+    /// headers, in every sink's wire format; a live one carries no such header.
+    #[test]
+    fn the_replay_header_reaches_every_wire_format() {
+        use rdkafka::message::Headers as _;
+        let event = Arc::new(crate::event::EventBuilder::new(1).received_at_ns(7).build());
+        let amqp: rabbitmq::RabbitmqSinkConfig =
+            toml::from_str("uri = \"amqp://localhost\"\n").unwrap();
+        for replay in [false, true] {
+            let m = Message {
+                seq: 1,
+                event: event.clone(),
+                replay,
+            };
+            let names: Vec<&str> = m.headers().iter().map(|(k, _)| k).collect();
+            let mut want = vec![
+                HEADER_SOURCE,
+                HEADER_EVENT,
+                HEADER_ID,
+                HEADER_RECEIVED_AT,
+                HEADER_CONTENT_TYPE,
+            ];
+            want.extend(replay.then_some(HEADER_REPLAY));
+            assert_eq!(names, want);
+            let flag = replay.then_some("true");
+
+            let k = kafka::headers(false, &m, &[]);
+            let kafka: Vec<&str> = k.iter().map(|h| h.key).collect();
+            assert_eq!(kafka, want);
+            let value = k.iter().find(|h| h.key == HEADER_REPLAY);
+            assert_eq!(value.and_then(|h| h.value), flag.map(str::as_bytes));
+
+            let n = nats::headers(&m).unwrap();
+            assert_eq!(n.get(HEADER_REPLAY).map(|v| v.as_str()), flag);
+
+            let p = rabbitmq::properties(&amqp, &m).unwrap();
+            let value = match p.headers().as_ref().unwrap().inner().get(HEADER_REPLAY) {
+                Some(lapin::types::AMQPValue::LongString(s)) => Some(s.as_bytes().to_vec()),
+                Some(other) => panic!("{other:?}"),
+                None => None,
+            };
+            assert_eq!(value.as_deref(), flag.map(str::as_bytes));
+
+            let line: serde_json::Value =
+                serde_json::from_slice(&file::json_line(&m, None)).unwrap();
+            let keys: Vec<&str> = line["headers"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(keys, want);
+            assert_eq!(
+                line["headers"].get(HEADER_REPLAY).and_then(|v| v.as_str()),
+                flag
+            );
         }
     }
 }

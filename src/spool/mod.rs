@@ -7,15 +7,19 @@
 //! keeps up (the writer hands them over with their place on disk) and reads them
 //! back from disk when it falls behind or after a restart; it publishes them and
 //! moves a persisted cursor forward as the sink confirms; segments wholly behind
-//! the cursor are deleted.
+//! the cursor are recycled or deleted, or, with an archive, moved into it (see
+//! `archive`).
 //!
 //! Layout of the directory:
 //! - `LOCK`: held with an exclusive file lock so two processes never share a spool.
 //! - `{base_seq:020}.seg`: segments; the first record in each has sequence `base_seq`.
 //! - `cursor`: the first sequence not yet confirmed (8 bytes LE + CRC32C). It may
 //!   lag the truth; replaying from an older cursor only causes duplicates.
+//! - `archive/`, `quarantine/`: confirmed segments kept for replay, damaged bytes
+//!   kept for inspection. Nothing that reads the log looks into either.
 
 mod adopt;
+pub mod archive;
 mod faults;
 pub mod inspect;
 mod prealloc;
@@ -42,6 +46,7 @@ use crate::event::{Accepted, Event};
 use crate::metrics;
 
 pub use adopt::{AdoptError, Place, adopt, holds_spool};
+pub use archive::{ARCHIVE_DIR, Archive, Archives};
 pub use faults::{FSYNC_AFTER_ENV, FSYNC_DELAY_ENV};
 pub use inspect::{InspectError, Inspection, inspect};
 pub use reader::Reader;
@@ -155,6 +160,8 @@ struct SpoolState {
     /// Bytes holding no readable record, by segment, found at opening or by the
     /// reader: it jumps them (see `recover`).
     holes: Mutex<Vec<(u64, Hole)>>,
+    /// Where confirmed segments go instead of being reused or deleted, if anywhere.
+    archives: Mutex<Option<Arc<Archives>>>,
     metrics: metrics::SpoolMetrics,
 }
 
@@ -353,6 +360,17 @@ impl Spool {
         Spool::open_with(dir, max_bytes, segment_bytes, each, false)
     }
 
+    /// Keeps confirmed segments in `<dir>/archive/` for replay, pruned by `archives`
+    /// (`None`: reused or deleted, as without an archive). The live path pays only
+    /// for the lost recycling: the writer's next segments are zero-filled ones.
+    pub fn set_archive(&self, archives: Option<Arc<Archives>>) {
+        *self
+            .shared
+            .archives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = archives;
+    }
+
     /// Sets the budget (and its gauge): appends past it are refused again.
     pub fn set_max_bytes(&self, max_bytes: u64) {
         self.shared.max_bytes.store(max_bytes, Ordering::Relaxed);
@@ -453,6 +471,7 @@ impl Spool {
             spare: spare.clone(),
             recycled: AtomicU64::new(0),
             holes: Mutex::new(holes),
+            archives: Mutex::new(None),
             metrics: spool_metrics,
         });
         let lock = Arc::new(lock);
@@ -576,7 +595,8 @@ impl Spool {
     }
 
     /// Persists `upto` (at most the confirmed cursor) as the restart point, then
-    /// deletes the segments wholly behind it; returns the cursor persisted. The caller
+    /// frees the segments wholly behind it (into the archive, with one, which is
+    /// then pruned); returns the cursor persisted. The caller
     /// passes a cursor its sinks have made durable (see `Sink::sync`), which may trail
     /// the one in memory. Blocking (an fsync, a rename, unlinks): run it off the async
     /// workers, where it would stall every connection scheduled on the same worker.
@@ -593,17 +613,22 @@ impl Spool {
                 .count();
             segs.drain(..n).collect()
         };
-        let mut freed = 0;
+        let archives = s.archives.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (mut freed, mut archived) = (0, 0);
         for (i, seg) in behind.iter().enumerate() {
             let path = segment_path(&s.dir, seg.base);
-            let recycled = seg.recyclable
-                && s.spare.offer(&path).unwrap_or_else(|e| {
-                    tracing::debug!(segment = %path.display(), error = %e, "cannot keep a confirmed spool segment for reuse");
-                    false
-                });
+            let recycle = || {
+                seg.recyclable
+                    && s.spare.offer(&path).unwrap_or_else(|e| {
+                        tracing::debug!(segment = %path.display(), error = %e, "cannot keep a confirmed spool segment for reuse");
+                        false
+                    })
+            };
             let gone = if seg.keep {
                 recover::keep_whole(&s.dir, &path)
-            } else if recycled {
+            } else if archives.is_some() {
+                archive::move_in(&s.dir, &path).map(|()| archived += 1)
+            } else if recycle() {
                 Ok(())
             } else {
                 fs::remove_file(&path)
@@ -618,6 +643,9 @@ impl Spool {
         }
         if freed > 0 {
             s.full.store(false, Ordering::Relaxed);
+        }
+        if let Some(a) = archives.filter(|_| archived > 0) {
+            a.archived(&s.dir);
         }
         let total = s.bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
         s.metrics

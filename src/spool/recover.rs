@@ -19,6 +19,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -82,6 +83,22 @@ pub fn scan_segment(
     seq_limit: u64,
     each: &mut dyn FnMut(&Record),
 ) -> io::Result<Scan> {
+    scan_segment_until(path, base, expect_until, seq_limit, &mut |r| {
+        each(&r);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`scan_segment`], handing each record over owned and stopping as soon as `each`
+/// breaks (the archive's reader: it wants the records, and rarely all of them). A
+/// scan cut short reports what it read so far and no tail.
+pub fn scan_segment_until(
+    path: &Path,
+    base: u64,
+    expect_until: u64,
+    seq_limit: u64,
+    each: &mut dyn FnMut(Record) -> ControlFlow<()>,
+) -> io::Result<Scan> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file.try_clone()?);
@@ -108,9 +125,14 @@ pub fn scan_segment(
                 unstored = !record::stores_sequence(&payload);
                 match decode(seq, payload) {
                     Ok(rec) => {
-                        each(&rec);
                         seq += 1;
                         pos += record::HEADER_LEN as u64 + len;
+                        if each(rec).is_break() {
+                            scan.next_seq = seq;
+                            scan.good_len = pos;
+                            scan.data_end = pos;
+                            return Ok(scan);
+                        }
                         continue;
                     }
                     Err(e) => e.to_string(),

@@ -199,10 +199,10 @@ impl KafkaSink {
 /// asked for, and `extra` (the dead-letter reason and topic).
 pub fn headers(cloudevents: bool, m: &Message, extra: &[(&str, &[u8])]) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(12);
-    for (k, v) in m.headers() {
+    for (k, v) in m.headers().iter() {
         h = h.insert(Header {
             key: k,
-            value: Some(&v[..]),
+            value: Some(v),
         });
     }
     if cloudevents {

@@ -133,8 +133,8 @@ pub fn headers(m: &Message) -> Result<HeaderMap, SinkError> {
         h.insert(name, value);
         Ok(())
     };
-    for (name, value) in m.headers() {
-        put(name, &value)?;
+    for (name, value) in m.headers().iter() {
+        put(name, value)?;
     }
     if !m.event.id().is_empty() {
         put(HEADER_MSG_ID, m.event.id().as_bytes())?;

@@ -80,6 +80,7 @@ fn message(n: u64, topic: &str, id: &str, body: impl Into<Bytes>) -> Message {
                 .body(body.into())
                 .build(),
         ),
+        replay: false,
     }
 }
 
@@ -313,6 +314,7 @@ async fn what_nats_cannot_take_is_refused_for_good_and_the_rest_goes_on() {
     let with = |n: u64, b: EventBuilder| Message {
         seq: n,
         event: Arc::new(b.build()),
+        replay: false,
     };
     let max_payload = context(SHARED).await.client().server_info().max_payload;
     let mut batch = vec![good(0)];

@@ -48,9 +48,9 @@ pub fn properties(
     let e = &m.event;
     let refuse = |why: String| SinkError::Permanent(why);
     let mut headers = FieldTable::default();
-    for (k, v) in m.headers() {
+    for (k, v) in m.headers().iter() {
         if k != crate::sink::HEADER_CONTENT_TYPE {
-            headers.insert(name(k), long(&v));
+            headers.insert(name(k), long(v));
         }
     }
     for (k, v) in extra {
@@ -278,6 +278,7 @@ mod tests {
                     .body(bytes::Bytes::from_static(b"{}"))
                     .build(),
             ),
+            replay: false,
         };
         let confirmations = tokio::time::timeout(
             Duration::from_secs(5),
