@@ -591,9 +591,10 @@ pub async fn run(
     futures_util::future::join_all(routes.values().map(|r| r.sink.flush(left))).await;
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
+    // As persisted: a final checkpoint that failed leaves them to the next start.
     let unconfirmed: u64 = spools
         .iter()
-        .map(|s| s.durable_end().saturating_sub(s.cursor()))
+        .map(|s| s.durable_end().saturating_sub(s.persisted_cursor()))
         .sum();
     if died.is_some() {
         tracing::info!(unconfirmed, "stopped");
@@ -650,6 +651,7 @@ pub async fn drain(config: Config, timeout: Duration) -> Result<(), Error> {
     for o in opened.values_mut() {
         o.control = Arc::new(crate::forward::Control::new(None));
     }
+    let dead_before = dead_letter.stats().entries;
     let waiting: u64 = opened
         .values()
         .map(|o| o.spool.durable_end().saturating_sub(o.spool.cursor()))
@@ -664,10 +666,16 @@ pub async fn drain(config: Config, timeout: Duration) -> Result<(), Error> {
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
     futures_util::future::join_all(routes.values().map(|r| r.sink.flush(left))).await;
+    // As persisted: a final checkpoint that failed leaves them to the next run.
     let remaining: u64 = spools
         .iter()
-        .map(|s| s.durable_end().saturating_sub(s.cursor()))
+        .map(|s| s.durable_end().saturating_sub(s.persisted_cursor()))
         .sum();
+    let dead_lettered = dead_letter.stats().entries.saturating_sub(dead_before);
+    if dead_lettered > 0 {
+        tracing::warn!(dead_lettered, path = %config.dead_letter.path.display(),
+            "events refused for good during the drain are in the dead letters, not in a sink: keep that file");
+    }
     if remaining > 0 {
         tracing::error!(
             remaining,

@@ -8,6 +8,7 @@
 //! the new reason. Removal is recorded (fdatasync'd), so repeating a redrive, or
 //! retrying one whose answer was lost, finds nothing left to send.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 
 use super::{Answer, Api, Refusal, query};
-use crate::deadletter::{Filter, Full};
+use crate::deadletter::{DeadLetter, Filter, Full};
 use crate::respond::json;
 use crate::spool::Spool;
 
@@ -65,7 +66,7 @@ fn filter_from(
 }
 
 impl Api {
-    fn store(&self) -> Result<crate::deadletter::DeadLetter, Refusal> {
+    fn store(&self) -> Result<DeadLetter, Refusal> {
         self.dead_letter.clone().ok_or_else(|| {
             Refusal::not_found("no dead-letter file is open (no sink has a backlog)")
         })
@@ -149,11 +150,12 @@ impl Api {
                 "at most {MAX_REDRIVE} ids per redrive"
             )));
         }
-        let ids = r
+        // A repeated id is one dead letter: sent once.
+        let ids: BTreeSet<u64> = r
             .ids
             .iter()
             .map(|i| parse_id(i))
-            .collect::<Result<Vec<u64>, _>>()?;
+            .collect::<Result<_, _>>()?;
         if let Some(to) = &r.to_sink
             && !self.sinks.contains_key(to)
         {
@@ -161,109 +163,128 @@ impl Api {
         }
         let wait = Duration::from_secs(r.wait_secs).min(MAX_WAIT);
         // One at a time: two redrives of the same entries would send them twice.
-        let _one = self.redriving.lock().await;
+        // A second one is refused rather than queued, holding an admin connection.
+        let guard = self.redriving.clone().try_lock_owned().map_err(|_| {
+            Refusal::conflict("a redrive is running already: try again when it has answered")
+        })?;
         let store = self.store()?;
-        let filter = filter_from(
-            r.source.clone(),
-            r.event.clone(),
-            r.reason.clone(),
-            r.sink.clone(),
-        );
-        let wanted = ids.clone();
-        let (found, missing) =
-            tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<Full>, usize)> {
-                if !wanted.is_empty() {
-                    let mut found = Vec::new();
-                    let mut missing = 0;
-                    for id in wanted {
-                        match store.get(id)? {
-                            Some(f) => found.push(f),
-                            None => missing += 1,
-                        }
-                    }
-                    return Ok((found, missing));
-                }
-                let mut found = Vec::new();
+        let requested = ids.len();
+        let ids: Vec<u64> = if ids.is_empty() {
+            let filter = filter_from(
+                r.source.clone(),
+                r.event.clone(),
+                r.reason.clone(),
+                r.sink.clone(),
+            );
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u64>> {
+                let mut ids = Vec::new();
                 let mut after = None;
-                while found.len() < MAX_REDRIVE {
+                while ids.len() < MAX_REDRIVE {
                     let page =
-                        store.list(&filter, after, (MAX_REDRIVE - found.len()).min(MAX_PAGE))?;
-                    for e in page.entries {
-                        if let Some(f) = store.get(e.id)? {
-                            found.push(f);
-                        }
-                    }
+                        store.list(&filter, after, (MAX_REDRIVE - ids.len()).min(MAX_PAGE))?;
+                    ids.extend(page.entries.iter().map(|e| e.id));
                     match page.next {
                         Some(n) => after = Some(n),
                         None => break,
                     }
                 }
-                Ok((found, 0))
+                Ok(ids)
             })
             .await
             .map_err(Refusal::internal)?
-            .map_err(|e| Refusal::internal(format!("cannot read the dead letters: {e}")))?;
-
-        let mut failed = Vec::new();
-        let mut pending = Vec::new();
-        for full in found {
-            let id = full.entry.id;
-            let target = r
-                .to_sink
-                .as_deref()
-                .or(full.entry.sink.as_deref())
-                .or_else(|| self.sink_of_source(&full.entry.source));
-            let spool = match target.and_then(|t| self.sinks.get(t).map(|v| (t, v))) {
-                Some((_, view)) => match &view.backlog {
-                    Some((spool, _)) => spool.clone(),
-                    None => {
-                        failed.push(failure(id, "its sink has no backlog; give to_sink"));
-                        continue;
-                    }
-                },
-                None => {
-                    let why = match target {
-                        Some(t) => format!("sink '{t}' is not configured; give to_sink"),
+            .map_err(|e| Refusal::internal(format!("cannot read the dead letters: {e}")))?
+        } else {
+            ids.into_iter().collect()
+        };
+        let targets: BTreeMap<String, Option<Spool>> = self
+            .sinks
+            .iter()
+            .map(|(name, v)| (name.clone(), v.backlog.as_ref().map(|(s, _)| s.clone())))
+            .collect();
+        let only_sink: BTreeMap<String, String> = self
+            .routed
+            .keys()
+            .filter_map(|src| Some((src.clone(), self.sink_of_source(src)?.to_string())))
+            .collect();
+        let to_sink = r.to_sink.clone();
+        // Its own task: an answer cut off (the caller gone, shutdown) must not cut
+        // a chunk between its append to the backlog and its removal here.
+        let done = tokio::spawn(async move {
+            let _guard = guard;
+            let mut outcome = Redriven::default();
+            let mut rest = ids.as_slice();
+            while !rest.is_empty() {
+                let (chunk, used) = fetch_chunk(&store, rest).await?;
+                rest = &rest[used..];
+                outcome.missing += used - chunk.len();
+                let mut pending = Vec::new();
+                for full in chunk {
+                    let id = full.entry.id;
+                    let target = to_sink
+                        .as_deref()
+                        .or(full.entry.sink.as_deref())
+                        .or_else(|| only_sink.get(&full.entry.source).map(String::as_str));
+                    let spool = match target.map(|t| (t, targets.get(t))) {
+                        Some((_, Some(Some(spool)))) => spool.clone(),
+                        Some((_, Some(None))) => {
+                            outcome
+                                .failed
+                                .push(failure(id, "its sink has no backlog; give to_sink"));
+                            continue;
+                        }
+                        Some((t, None)) => {
+                            outcome.failed.push(failure(
+                                id,
+                                &format!("sink '{t}' is not configured; give to_sink"),
+                            ));
+                            continue;
+                        }
                         None => {
-                            "it names no sink and its source routes to several; give to_sink".into()
+                            outcome.failed.push(failure(
+                                id,
+                                "it names no sink and its source routes to several; give to_sink",
+                            ));
+                            continue;
                         }
                     };
-                    failed.push(failure(id, &why));
-                    continue;
+                    match full.event() {
+                        Ok(event) => match spool.submit(event).await {
+                            Ok(p) => pending.push((id, spool, p)),
+                            Err(e) => outcome
+                                .failed
+                                .push(failure(id, &format!("cannot store it in the backlog: {e}"))),
+                        },
+                        Err(why) => outcome.failed.push(failure(id, &why)),
+                    }
                 }
-            };
-            let event = match full.event() {
-                Ok(e) => e,
-                Err(why) => {
-                    failed.push(failure(id, &why));
-                    continue;
+                let mut stored = Vec::new();
+                for (id, spool, p) in pending {
+                    match p.await {
+                        Ok(seq) => stored.push((id, spool, seq)),
+                        Err(e) => outcome
+                            .failed
+                            .push(failure(id, &format!("cannot store it in the backlog: {e}"))),
+                    }
                 }
-            };
-            match spool.submit(event).await {
-                Ok(p) => pending.push((id, spool, p)),
-                Err(e) => failed.push(failure(id, &format!("cannot store it in the backlog: {e}"))),
+                let removing: Vec<u64> = stored.iter().map(|(id, _, _)| *id).collect();
+                let s = store.clone();
+                tokio::task::spawn_blocking(move || s.remove(&removing))
+                    .await
+                    .map_err(Refusal::internal)?
+                    .map_err(|e| {
+                        Refusal::internal(format!(
+                            "dead letters were queued again but their removal could not be recorded (a repeat would send them twice): {e}"
+                        ))
+                    })?;
+                outcome.stored.extend(stored);
             }
-        }
-        let mut stored: Vec<(u64, Spool, u64)> = Vec::new();
-        for (id, spool, p) in pending {
-            match p.await {
-                Ok(seq) => stored.push((id, spool, seq)),
-                Err(e) => failed.push(failure(id, &format!("cannot store it in the backlog: {e}"))),
-            }
-        }
-        let removed_ids: Vec<u64> = stored.iter().map(|(id, _, _)| *id).collect();
-        let store = self.store()?;
-        let removing = removed_ids.clone();
-        tokio::task::spawn_blocking(move || store.remove(&removing))
-            .await
-            .map_err(Refusal::internal)?
-            .map_err(|e| {
-                Refusal::internal(format!(
-                    "the dead letters were queued again but their removal could not be recorded (a repeat would send them twice): {e}"
-                ))
-            })?;
+            Ok::<_, Refusal>(outcome)
+        });
+        let outcome = done.await.map_err(Refusal::internal)??;
+        let (stored, failed, missing) = (outcome.stored, outcome.failed, outcome.missing);
         tracing::info!(peer = %peer, redriven = stored.len(), failed = failed.len(),
-            ids = r.ids.len(), source = ?r.source, event = ?r.event, reason = ?r.reason, sink = ?r.sink,
+            ids = requested, source = ?r.source, event = ?r.event, reason = ?r.reason, sink = ?r.sink,
             to_sink = ?r.to_sink, "admin: dead letters redriven");
         let confirmed = wait_confirmed(&stored, wait).await;
         Ok(json(
@@ -276,6 +297,45 @@ impl Api {
             }),
         ))
     }
+}
+
+/// What a redrive did, chunk by chunk.
+#[derive(Default)]
+struct Redriven {
+    /// Appended to their backlogs (and removed from the dead letters).
+    stored: Vec<(u64, Spool, u64)>,
+    failed: Vec<serde_json::Value>,
+    /// Ids that were not (or no longer) dead letters.
+    missing: usize,
+}
+
+/// Body bytes one chunk of a redrive holds at most (besides one entry of any size).
+const CHUNK_BYTES: usize = 32 * 1024 * 1024;
+/// Entries one chunk holds at most.
+const CHUNK_ENTRIES: usize = 256;
+
+/// The dead letters of the next chunk of `ids`, and how many ids it used (those
+/// not found are used, and missing).
+async fn fetch_chunk(store: &DeadLetter, ids: &[u64]) -> Result<(Vec<Full>, usize), Refusal> {
+    let store = store.clone();
+    let ids: Vec<u64> = ids.iter().take(CHUNK_ENTRIES).copied().collect();
+    tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<Full>, usize)> {
+        let (mut out, mut bytes, mut used) = (Vec::new(), 0, 0);
+        for id in ids {
+            if !out.is_empty() && bytes >= CHUNK_BYTES {
+                break;
+            }
+            used += 1;
+            if let Some(f) = store.get(id)? {
+                bytes += f.body.len();
+                out.push(f);
+            }
+        }
+        Ok((out, used))
+    })
+    .await
+    .map_err(Refusal::internal)?
+    .map_err(|e| Refusal::internal(format!("cannot read the dead letters: {e}")))
 }
 
 fn failure(id: u64, why: &str) -> serde_json::Value {

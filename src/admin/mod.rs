@@ -57,7 +57,7 @@ pub struct Api {
     /// Each source's sinks: where a dead letter that names no sink goes back to.
     routed: BTreeMap<String, Vec<String>>,
     /// Held by the redrive in progress (see `deadletters`).
-    redriving: tokio::sync::Mutex<()>,
+    redriving: Arc<tokio::sync::Mutex<()>>,
     /// Every sink's archive, when `[archive]` keeps confirmed events.
     archives: Option<Arc<Archives>>,
     replay: Jobs,
@@ -102,7 +102,7 @@ impl Api {
             sinks,
             dead_letter,
             routed,
-            redriving: tokio::sync::Mutex::new(()),
+            redriving: Arc::new(tokio::sync::Mutex::new(())),
             archives,
             replay,
         }
@@ -156,7 +156,7 @@ impl Api {
                 let pause = *op == "pause";
                 (
                     if pause { "pause" } else { "resume" },
-                    self.pause(name, pause, peer),
+                    self.pause(name, pause, peer).await,
                 )
             }
             (_, ["backlog" | "dead-letters" | "sinks" | "replay", ..]) => (
@@ -256,7 +256,7 @@ impl Api {
         ))
     }
 
-    fn pause(&self, name: &str, pause: bool, peer: SocketAddr) -> Answer {
+    async fn pause(&self, name: &str, pause: bool, peer: SocketAddr) -> Answer {
         let view = self
             .sinks
             .get(name)
@@ -266,11 +266,16 @@ impl Api {
                 "sink '{name}' has no backlog (only ack = \"broker\" sources route to it): there is nothing to pause"
             )));
         };
-        let changed = if pause {
-            control.pause()
-        } else {
-            control.resume()
-        }
+        let control = control.clone();
+        let changed = tokio::task::spawn_blocking(move || {
+            if pause {
+                control.pause()
+            } else {
+                control.resume()
+            }
+        })
+        .await
+        .map_err(Refusal::internal)?
         .map_err(|e| Refusal::internal(format!("cannot record the pause on disk: {e}")))?;
         tracing::info!(peer = %peer, sink = name, action = if pause { "pause" } else { "resume" }, changed,
             "admin: sink {}", if pause { "paused" } else { "resumed" });
@@ -295,7 +300,11 @@ fn authorized(req: &Request<Incoming>, token: &[u8; 32]) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 7235).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
     else {
         return false;
     };

@@ -23,6 +23,7 @@ fn msg(e: &Event) -> Message {
     Message {
         seq: 0,
         event: Arc::new(e.clone()),
+        replay: false,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Control {
     /// Where the pause is kept; `None` ignores it (`hookrelay drain` forwards all).
     marker: Option<PathBuf>,
     status: Mutex<Status>,
+    /// Serializes pause and resume: the marker on disk and the state in memory
+    /// change together.
+    switching: Mutex<()>,
 }
 
 /// Error text kept for the admin API, at most this long.
@@ -83,6 +86,7 @@ impl Control {
             paused: watch::Sender::new(paused),
             marker,
             status: Mutex::new(Status::default()),
+            switching: Mutex::new(()),
         }
     }
 
@@ -92,8 +96,9 @@ impl Control {
 
     /// Stops publishing (events in flight still settle). Returns whether it was
     /// running. The marker is synced before the answer, so the pause survives a
-    /// crash right after it.
+    /// crash right after it. Blocking (file syncs).
     pub fn pause(&self) -> io::Result<bool> {
+        let _one = self.switching.lock().unwrap_or_else(|p| p.into_inner());
         let Some(marker) = &self.marker else {
             return Err(io::Error::other(
                 "this sink has no backlog to hold events while paused",
@@ -105,11 +110,12 @@ impl Control {
                 File::open(dir)?.sync_all()?;
             }
         }
-        Ok(self.paused.send_replace(true) != true)
+        Ok(!self.paused.send_replace(true))
     }
 
-    /// Publishes again. Returns whether it was paused.
+    /// Publishes again. Returns whether it was paused. Blocking (file syncs).
     pub fn resume(&self) -> io::Result<bool> {
+        let _one = self.switching.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(marker) = &self.marker {
             match fs::remove_file(marker) {
                 Ok(()) => {

@@ -165,6 +165,9 @@ pub struct Forwarder {
     panic_after: Option<u64>,
     control: Arc<Control>,
     paused: watch::Receiver<bool>,
+    /// Some entry of `in_flight` is parked: the first dispatch after a resume
+    /// publishes those first, so nothing read later overtakes them.
+    any_parked: bool,
 }
 
 /// `None` while running; `Some(deadline)` once shutdown asks for a drain.
@@ -183,6 +186,7 @@ impl Forwarder {
         Self {
             paused: control.subscribe(),
             control,
+            any_parked: false,
             next_read: reader.position(),
             spool,
             reader: Some(reader),
@@ -348,9 +352,22 @@ impl Forwarder {
     /// Publishes new or retried messages, in order. An event of a source no
     /// longer configured is refused for good (dead-lettered) without publishing.
     /// While the sink is paused they are kept (parked) instead, for [`Self::unpark`].
-    async fn dispatch(&mut self, msgs: Vec<Message>) {
+    async fn dispatch(&mut self, mut msgs: Vec<Message>) {
         let now = Instant::now();
         let parked = *self.paused.borrow();
+        if !parked && self.any_parked {
+            self.any_parked = false;
+            let mut first: Vec<Message> = self
+                .in_flight
+                .values()
+                .filter(|p| p.parked && !p.done)
+                .map(|p| p.msg.clone())
+                .collect();
+            msgs.retain(|m| !self.in_flight.get(&m.seq).is_some_and(|p| p.parked));
+            first.append(&mut msgs);
+            msgs = first;
+        }
+        self.any_parked |= parked && !msgs.is_empty();
         let mut batch = Vec::with_capacity(msgs.len());
         for m in msgs {
             let held = &mut self.in_flight_bytes;
@@ -550,13 +567,7 @@ impl Forwarder {
 
     /// Resumed: publishes, in order, what was read or fell due while paused.
     async fn unpark(&mut self) {
-        let parked: Vec<Message> = self
-            .in_flight
-            .values()
-            .filter(|p| p.parked && !p.done)
-            .map(|p| p.msg.clone())
-            .collect();
-        self.dispatch(parked).await;
+        self.dispatch(Vec::new()).await;
     }
 
     async fn retry_due(&mut self) {

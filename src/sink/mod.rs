@@ -374,7 +374,7 @@ mod tests {
             let n = nats::headers(&m).unwrap();
             assert_eq!(n.get(HEADER_REPLAY).map(|v| v.as_str()), flag);
 
-            let p = rabbitmq::properties(&amqp, &m).unwrap();
+            let p = rabbitmq::properties(&amqp, &m, &[]).unwrap();
             let value = match p.headers().as_ref().unwrap().inner().get(HEADER_REPLAY) {
                 Some(lapin::types::AMQPValue::LongString(s)) => Some(s.as_bytes().to_vec()),
                 Some(other) => panic!("{other:?}"),
