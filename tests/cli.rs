@@ -849,7 +849,9 @@ fn admin_redrive_sends_ids_or_a_filter_and_pause_resume_name_the_sink() {
         serde_json::json!({"ids": ["1", "2"], "to_sink": "archive", "wait_secs": 5})
     );
     assert!(
-        stdout(&o).contains("redriven 2, already removed 1, confirmed 2, failed 0"),
+        stdout(&o).contains(
+            "redriven 2, already removed 1, confirmed 2, dead-lettered again 0, failed 0"
+        ),
         "{}",
         stdout(&o)
     );

@@ -336,6 +336,26 @@ async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_r
     ));
     assert_eq!(shown["headers"]["hookrelay-id"], entries[0]["event_id"]);
 
+    // Redriven before the cause is fixed: refused again, and said so.
+    let early = ok_json(&admin_cli(
+        &relay,
+        &[
+            "--json",
+            "dead-letters",
+            "redrive",
+            "--id",
+            first,
+            "--wait",
+            "20",
+        ],
+    ));
+    assert_eq!(early["redriven"], 1, "{early}");
+    assert_eq!(early["confirmed"], 0, "{early}");
+    assert_eq!(early["dead_lettered_again"], 1, "{early}");
+    let relisted = ok_json(&admin_cli(&relay, &["--json", "dead-letters", "list"]));
+    let entries: Vec<serde_json::Value> = relisted["dead_letters"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 10);
+    let first = entries[0]["id"].as_str().unwrap();
     // Fix the cause, then redrive one (named twice: sent once), then the rest.
     bind(&ch, &queue, &exchange, "#", false).await;
     let one = ok_json(&admin_cli(

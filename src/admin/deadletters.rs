@@ -8,7 +8,7 @@
 //! the new reason. Removal is recorded (fdatasync'd), so repeating a redrive, or
 //! retrying one whose answer was lost, finds nothing left to send.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,11 @@ impl Api {
         })?;
         let store = self.store()?;
         let requested = ids.len();
+        // Entries written from here on have ids past this: among them, any sent
+        // again and refused again.
+        let dl_end = store
+            .len()
+            .map_err(|e| Refusal::internal(format!("cannot read the dead letters: {e}")))?;
         let ids: Vec<u64> = if ids.is_empty() {
             let filter = filter_from(
                 r.source.clone(),
@@ -250,7 +255,7 @@ impl Api {
                     };
                     match full.event() {
                         Ok(event) => match spool.submit(event).await {
-                            Ok(p) => pending.push((id, spool, p)),
+                            Ok(p) => pending.push((id, spool, p, full.entry.event_id)),
                             Err(e) => outcome
                                 .failed
                                 .push(failure(id, &format!("cannot store it in the backlog: {e}"))),
@@ -259,9 +264,12 @@ impl Api {
                     }
                 }
                 let mut stored = Vec::new();
-                for (id, spool, p) in pending {
+                for (id, spool, p, event_id) in pending {
                     match p.await {
-                        Ok(seq) => stored.push((id, spool, seq)),
+                        Ok(seq) => {
+                            stored.push((id, spool, seq));
+                            outcome.event_ids.insert(event_id);
+                        }
                         Err(e) => outcome
                             .failed
                             .push(failure(id, &format!("cannot store it in the backlog: {e}"))),
@@ -283,16 +291,36 @@ impl Api {
         });
         let outcome = done.await.map_err(Refusal::internal)??;
         let (stored, failed, missing) = (outcome.stored, outcome.failed, outcome.missing);
+        let event_ids = outcome.event_ids;
         tracing::info!(peer = %peer, redriven = stored.len(), failed = failed.len(),
             ids = requested, source = ?r.source, event = ?r.event, reason = ?r.reason, sink = ?r.sink,
             to_sink = ?r.to_sink, "admin: dead letters redriven");
-        let confirmed = wait_confirmed(&stored, wait).await;
+        let settled = wait_confirmed(&stored, wait).await;
+        // The cursor passes an event refused again too: those are not confirmed.
+        let again = if wait.is_zero() {
+            0
+        } else {
+            let store = self.store()?;
+            tokio::task::spawn_blocking(move || {
+                let after = dl_end.checked_sub(1);
+                store.list(&Filter::default(), after, MAX_REDRIVE).map(|p| {
+                    p.entries
+                        .iter()
+                        .filter(|e| event_ids.contains(&e.event_id))
+                        .count()
+                })
+            })
+            .await
+            .map_err(Refusal::internal)?
+            .map_err(|e| Refusal::internal(format!("cannot read the dead letters: {e}")))?
+        };
         Ok(json(
             StatusCode::OK,
             serde_json::json!({
                 "redriven": stored.len(),
                 "already_removed": missing,
-                "confirmed": confirmed,
+                "confirmed": settled.saturating_sub(again),
+                "dead_lettered_again": again,
                 "failed": failed,
             }),
         ))
@@ -304,6 +332,8 @@ impl Api {
 struct Redriven {
     /// Appended to their backlogs (and removed from the dead letters).
     stored: Vec<(u64, Spool, u64)>,
+    /// Their event ids: to tell the ones dead-lettered again.
+    event_ids: HashSet<String>,
     failed: Vec<serde_json::Value>,
     /// Ids that were not (or no longer) dead letters.
     missing: usize,

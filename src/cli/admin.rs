@@ -384,10 +384,11 @@ async fn redrive(client: &AdminClient, a: super::RedriveArgs, json: bool) -> any
     } else {
         let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         let mut out = format!(
-            "redriven {}, already removed {}, confirmed {}, failed {}\n",
+            "redriven {}, already removed {}, confirmed {}, dead-lettered again {}, failed {}\n",
             n("redriven"),
             n("already_removed"),
             n("confirmed"),
+            n("dead_lettered_again"),
             failed.len()
         );
         if !failed.is_empty() {

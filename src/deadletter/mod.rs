@@ -177,6 +177,11 @@ impl DeadLetter {
 
     /// Live entries after `after` (from the start without it), oldest first, at most
     /// `limit` of them (0 is taken as 1). Reads from `after` on, not from the start.
+    /// The file's length: every entry written later has an id at least this.
+    pub fn len(&self) -> io::Result<u64> {
+        Ok(std::fs::metadata(&self.inner.path)?.len())
+    }
+
     /// Stops after reading [`SCAN_BUDGET`] bytes, with a `next` to go on from, so a
     /// page may be short (even empty) before the end. Blocking.
     pub fn list(&self, filter: &Filter, after: Option<u64>, limit: usize) -> io::Result<Page> {
