@@ -172,7 +172,7 @@ impl Api {
         // Entries written from here on have ids past this: among them, any sent
         // again and refused again.
         let dl_end = store
-            .len()
+            .end()
             .map_err(|e| Refusal::internal(format!("cannot read the dead letters: {e}")))?;
         let ids: Vec<u64> = if ids.is_empty() {
             let filter = filter_from(

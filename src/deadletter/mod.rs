@@ -178,7 +178,7 @@ impl DeadLetter {
     /// Live entries after `after` (from the start without it), oldest first, at most
     /// `limit` of them (0 is taken as 1). Reads from `after` on, not from the start.
     /// The file's length: every entry written later has an id at least this.
-    pub fn len(&self) -> io::Result<u64> {
+    pub fn end(&self) -> io::Result<u64> {
         Ok(std::fs::metadata(&self.inner.path)?.len())
     }
 
