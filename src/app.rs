@@ -293,6 +293,18 @@ pub async fn check_connections(config: &Config) -> Result<Vec<String>, StartErro
     Ok(report)
 }
 
+/// Each source's sinks, by name.
+fn routed(config: &Config) -> BTreeMap<String, Vec<String>> {
+    config
+        .sources
+        .iter()
+        .map(|(name, cfg)| {
+            let sinks = config.sinks.for_source(cfg);
+            (name.clone(), sinks.into_iter().map(String::from).collect())
+        })
+        .collect()
+}
+
 /// The backlogs as opened, before their forwarders start.
 struct Backlogs {
     opened: BTreeMap<String, crate::backlog::Opened>,
@@ -384,14 +396,7 @@ pub async fn run(
     );
     let routes = build_sinks(&config).await?;
     let rules = source_rules(&config)?;
-    let routed: BTreeMap<String, Vec<String>> = config
-        .sources
-        .iter()
-        .map(|(name, cfg)| {
-            let sinks = config.sinks.for_source(cfg);
-            (name.clone(), sinks.into_iter().map(String::from).collect())
-        })
-        .collect();
+    let routed = routed(&config);
     // Per-topic series exist from the start for the event types the config knows.
     for (name, cfg) in &config.sources {
         let known: Vec<&str> = match &cfg.events {
@@ -624,14 +629,7 @@ pub async fn drain(config: Config, timeout: Duration) -> Result<(), Error> {
         &crate::verify::Failure::ALL.map(|f| f.as_str()),
     );
     let routes = build_sinks(&config).await?;
-    let routed: BTreeMap<String, Vec<String>> = config
-        .sources
-        .iter()
-        .map(|(name, cfg)| {
-            let sinks = config.sinks.for_source(cfg);
-            (name.clone(), sinks.into_iter().map(String::from).collect())
-        })
-        .collect();
+    let routed = routed(&config);
     let Backlogs {
         mut opened,
         dead_letter,

@@ -109,6 +109,45 @@ fn ids_of(got: &[amqp::Got]) -> HashSet<String> {
     got.iter().map(|g| g.header("hookrelay-id")).collect()
 }
 
+/// An exchange of the test's own on the real RabbitMQ, a channel to read back
+/// from it, and a data directory for the relay.
+struct Rabbit {
+    exchange: String,
+    queue: String,
+    ch: lapin::Channel,
+    _conn: lapin::Connection,
+    dir: tempfile::TempDir,
+}
+
+impl Rabbit {
+    async fn new(prefix: &str) -> Rabbit {
+        let exchange = unique(prefix);
+        let (_conn, ch) = amqp::channel().await;
+        Rabbit {
+            queue: format!("{exchange}-q"),
+            exchange,
+            ch,
+            _conn,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config of a relay publishing to the exchange, with the admin API on.
+    fn config(&self, spool_extra: &str, sink_extra: &str, extra: &str) -> String {
+        config_with_sink(
+            self.data(),
+            "",
+            spool_extra,
+            &amqp::sink_section(&self.exchange, sink_extra),
+            &format!("{}{extra}", admin_section()),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_is_off_without_a_token_and_refuses_a_wrong_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,19 +247,9 @@ async fn the_admin_api_is_off_without_a_token_and_refuses_a_wrong_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_all() {
-    let exchange = unique("operate-pause");
-    let queue = format!("{exchange}-q");
-    let (_conn, ch) = amqp::channel().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    let config = config_with_sink(
-        data,
-        "",
-        "",
-        &amqp::sink_section(&exchange, ""),
-        &admin_section(),
-    );
-    let relay = start(data, &config);
+    let r = Rabbit::new("operate-pause").await;
+    let (exchange, queue, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
+    let relay = start(data, &r.config("", "", ""));
     bind(&ch, &queue, &exchange, "#", false).await;
 
     let paused = ok_json(&admin_cli(&relay, &["--json", "pause", "rabbitmq"]));
@@ -261,24 +290,14 @@ async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_a
         .wait_drained(Duration::from_secs(10))
         .await
         .expect("backlog empty");
-    cleanup(&exchange, &[&queue]).await;
+    cleanup(exchange, &[queue]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_routable() {
-    let exchange = unique("operate-dl");
-    let queue = format!("{exchange}-q");
-    let (_conn, ch) = amqp::channel().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    let config = config_with_sink(
-        data,
-        "",
-        "",
-        &amqp::sink_section(&exchange, "unroutable_queue = false"),
-        &admin_section(),
-    );
-    let relay = start(data, &config);
+    let r = Rabbit::new("operate-dl").await;
+    let (exchange, queue, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
+    let relay = start(data, &r.config("", "unroutable_queue = false", ""));
     // No queue is bound yet: every event comes back unroutable, for good.
     let ids = send(&relay, 10, "message.failed", "dl").await;
     let listed = eventually(Duration::from_secs(20), || async {
@@ -403,7 +422,7 @@ async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_r
             .await
             .is_empty()
     );
-    cleanup(&exchange, &[&queue]).await;
+    cleanup(exchange, &[queue]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,19 +502,9 @@ async fn a_refused_kafka_topic_is_dead_lettered_and_redriven_after_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_broker_up_delivers_the_backlog_and_exits_0() {
-    let exchange = unique("operate-term");
-    let queue = format!("{exchange}-q");
-    let (_conn, ch) = amqp::channel().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
-    let config = config_with_sink(
-        data,
-        "",
-        "",
-        &amqp::sink_section(&exchange, ""),
-        &admin_section(),
-    );
-    let mut relay = start(data, &config);
+    let r = Rabbit::new("operate-term").await;
+    let (exchange, queue, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
+    let mut relay = start(data, &r.config("", "", ""));
     bind(&ch, &queue, &exchange, "#", false).await;
     // Held back, so that SIGTERM finds a backlog to deliver.
     ok_json(&admin_cli(&relay, &["--json", "pause", "rabbitmq"]));
@@ -507,7 +516,7 @@ async fn sigterm_with_the_broker_up_delivers_the_backlog_and_exits_0() {
     assert_eq!(ids_of(&got), ids);
     let report = ok_json(&inspect(&data.join("spool")));
     assert_eq!(pending_in(&report), 0, "{report}");
-    cleanup(&exchange, &[&queue]).await;
+    cleanup(exchange, &[queue]).await;
 }
 
 /// Declares the exchange the relay will publish to (as it does with
@@ -595,23 +604,17 @@ async fn sigterm_with_the_broker_down_exits_non_zero_and_drain_delivers_it_later
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_window_of_the_archive_arrives_exactly_with_the_replay_header() {
-    let exchange = unique("operate-replay");
-    let fresh = format!("{exchange}-fresh");
-    let (_conn, ch) = amqp::channel().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path();
     // Small segments, so that confirmed ones are archived as the test goes.
-    let config = config_with_sink(
+    let r = Rabbit::new("operate-replay").await;
+    let (exchange, fresh, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
+    let relay = start(
         data,
-        "",
-        "segment_bytes = 65536\nmax_bytes = 67108864",
-        &amqp::sink_section(&exchange, ""),
-        &format!(
-            "{}\n[archive]\nretention_hours = 1\nmax_bytes = 268435456\n",
-            admin_section()
+        &r.config(
+            "segment_bytes = 65536\nmax_bytes = 67108864",
+            "",
+            "\n[archive]\nretention_hours = 1\nmax_bytes = 268435456\n",
         ),
     );
-    let relay = start(data, &config);
     let now = || humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     // Nothing is bound: the events go to the unroutable queue, confirmed, then archived.
     send(&relay, 3000, "message.read", "before").await;
@@ -663,5 +666,5 @@ async fn a_replayed_window_of_the_archive_arrives_exactly_with_the_replay_header
         ],
     ));
     assert_eq!(empty["matched"], 0, "{empty}");
-    cleanup(&exchange, &[&fresh]).await;
+    cleanup(exchange, &[fresh]).await;
 }
