@@ -236,6 +236,10 @@ def two_file_sinks(tmp):
 
 FANOUT_SOURCES = {"quickassist": 'sinks = ["a", "b"]'}
 
+# The archive case's section: confirmed segments kept (renamed into the backlog's
+# archive/) instead of recycled, pruned to four 64 MiB segments as the run goes.
+ARCHIVE = "[archive]\nretention_hours = 1\nmax_bytes = 268435456"
+
 
 def half_file_rate(results):
     """Half the closed-loop file case's maximum: the open-loop cases' fixed rate."""
@@ -309,7 +313,7 @@ def main():
     a.update(overrides)
     cases = os.environ.get(
         "CASES",
-        "baseline,file,fanout,baseline-64c,file-64c,file-open-loop,baseline-open-loop,file-soak,file-256B,file-16KiB,spool,"
+        "baseline,file,fanout,file-archive,baseline-64c,file-64c,file-open-loop,baseline-open-loop,file-soak,file-256B,file-16KiB,spool,"
         "rabbitmq,rabbitmq-broker-ack,kafka-tansu,kafka-mock",
     ).split(",")
     if cases == ["none"]:
@@ -329,6 +333,14 @@ def main():
                 # written to two backlogs, each with its own group commit, and the 200
                 # after both fdatasyncs (src/backlog.rs).
                 results[c] = case_hookrelay(a, two_file_sinks, ["a", "b"], sources=FANOUT_SOURCES)
+            elif c == "file-archive":
+                # The file case with [archive] on: no confirmed segment is recycled, so
+                # every roll takes a zero-filled one (src/spool/archive.rs).
+                results[c] = case_hookrelay(a, file_sink, "file", extra=ARCHIVE)
+            elif c == "file-archive-open-loop":
+                # At the file-open-loop case's rate: CPU per event at equal load, which
+                # varies less on a shared host than the closed loop's maximum.
+                results[c] = case_hookrelay(a, file_sink, "file", extra=ARCHIVE, rate=half_file_rate(results))
             elif c == "baseline-64c":
                 # Fewer connections: each one waits for its group commit, so the relay is
                 # bound by latency (Little's law), not CPU; shown next to the default.
@@ -442,6 +454,21 @@ def main():
         lines.append(f"| fanout (2 sinks) | {o['accept_rps']:.0f} | {o['accept_rps'] / max(f['accept_rps'], 1):.0%} | "
                      f"{o['p50_us'] / 1000:.2f} / {o['p99_us'] / 1000:.2f} ms | {o['cpu_s_per_10k']} | "
                      f"{o['cpu_s_per_10k'] / max(f['cpu_s_per_10k'], 1e-9):.2f}x | {per} | {count} |")
+    pairs = [(f, o) for f, o in (("file", "file-archive"), ("file-open-loop", "file-archive-open-loop"))
+             if f in results and o in results]
+    if pairs:
+        lines += ["", "Archive: the file case with `[archive]` on (confirmed segments kept, not recycled), "
+                  "beside the same case without:", "",
+                  "| case | accept req/s | vs without | p50 / p99 | CPU s / 10k events | vs without | fdatasync p50 / p99 |",
+                  "|---|---|---|---|---|---|---|"]
+        for without, with_archive in pairs:
+            f = results[without]
+            for name in (without, with_archive):
+                r = results[name]
+                lines.append(f"| {name} | {r['accept_rps']:.0f} | {r['accept_rps'] / max(f['accept_rps'], 1):.0%} | "
+                             f"{r['p50_us'] / 1000:.2f} / {r['p99_us'] / 1000:.2f} ms | {r['cpu_s_per_10k']} | "
+                             f"{r['cpu_s_per_10k'] / max(f['cpu_s_per_10k'], 1e-9):.2f}x | "
+                             f"{r['fsync_p50_us'] / 1000:.2f} / {r['fsync_p99_us'] / 1000:.2f} ms |")
     if "spool" in results:
         lines += ["", "Spool alone (1 KiB records):", "", "| writers | appends/s | fdatasyncs/s | p50 | p99 |", "|---|---|---|---|---|"]
         for row in results["spool"]["spool"]:

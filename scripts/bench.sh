@@ -3,6 +3,8 @@
 #   scripts/bench.sh                      # every case, 10 s each after a 2 s warm-up
 #   CASES=baseline,file SECONDS_PER_CASE=5 scripts/bench.sh
 #   CASES=baseline,file,fanout scripts/bench.sh   # one source routed to two file sinks, beside one
+#   CASES=baseline,file,file-archive,file-open-loop,file-archive-open-loop scripts/bench.sh
+#                                         # the file case with [archive] on, beside it (closed, open loop)
 #   CASES=baseline,file,file-soak SOAK_SECONDS=60 scripts/bench.sh    # shorter soak (default 300 s)
 #   SPOOL_EXTRA='min_sync_interval_us = 0' SINK_EXTRA='linger_ms = 5' CASES=... scripts/bench.sh
 #                                         # A/B a setting (";" separates lines; added to [spool] / the sink's section)
@@ -15,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p target/bench
 if [ "${1:-}" = "--smoke" ]; then
   cargo build --locked --bins --examples
-  export BENCH_PROFILE=debug SECONDS_PER_CASE=1 WARMUP=0.5 CONNS=16 CASES="${CASES:-baseline,file,fanout,file-open-loop,spool,rabbitmq,kafka-mock}"
+  export BENCH_PROFILE=debug SECONDS_PER_CASE=1 WARMUP=0.5 CONNS=16 CASES="${CASES:-baseline,file,fanout,file-archive,file-open-loop,spool,rabbitmq,kafka-mock}"
   python3 scripts/bench.py
   exit 0
 fi

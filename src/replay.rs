@@ -84,7 +84,8 @@ pub struct Progress {
     pub matched: u64,
     /// Confirmed by their sink.
     pub published: u64,
-    /// Refused for good by their sink, or still failing at the deadline.
+    /// Refused for good by their sink, or still failing at the deadline. Matched
+    /// events neither published nor failed were never sent (the job stopped).
     pub failed: u64,
     pub error: Option<String>,
     pub started_at_ns: u64,
@@ -566,6 +567,30 @@ mod tests {
             ..spec
         };
         assert!(jobs.start(empty, target()).unwrap_err().contains("empty"));
+    }
+
+    /// Finished jobs are forgotten oldest first past the last [`REMEMBERED`].
+    #[tokio::test]
+    async fn the_last_jobs_are_remembered() {
+        let root = tempfile::tempdir().unwrap();
+        let empty = Archive::open(&root.path().join("none"));
+        let silent = Route::new("s", SinkKind::File, Arc::new(Silent));
+        let jobs = Jobs::default();
+        let spec = ReplaySpec {
+            since_ns: 0,
+            until_ns: u64::MAX,
+            ..ReplaySpec::default()
+        };
+        let mut ids = Vec::new();
+        for _ in 0..REMEMBERED + 6 {
+            let target = vec![("s".to_string(), empty.clone(), silent.clone())];
+            let job = jobs.start(spec.clone(), target).unwrap();
+            assert_eq!(finished(&jobs, job).await.state, State::Done);
+            ids.push(job);
+        }
+        let listed: Vec<u64> = jobs.list().iter().map(|p| p.job).collect();
+        assert_eq!(listed, ids[6..]);
+        assert!(jobs.get(ids[5]).is_none());
     }
 
     /// Fails the first `retriable` publishes, refuses event `e1` for good.

@@ -151,11 +151,14 @@ impl Default for SpoolConfig {
 /// `[archive]`: confirmed spool segments are kept (renamed, not copied) under
 /// each backlog's `archive/` instead of being reused, so that an operator can
 /// replay a time window to a sink. Off by default: it costs disk, and the live
-/// path loses segment recycling (docs/benchmarks.md, "Archive").
+/// path loses segment recycling (docs/benchmarks.md, "Archive"). A segment is
+/// archived once it is sealed (`spool.segment_bytes` written) and confirmed: at
+/// a low rate the newest events wait that long before they can be replayed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
-    /// Segments last written longer ago than this are deleted.
+    /// Segments last written longer ago than this are deleted (whole: a segment
+    /// goes when its newest event is this old).
     pub retention_hours: u64,
     /// Over every sink's archive together; past it the oldest segments are
     /// deleted first (new events are never refused for it). At least two
