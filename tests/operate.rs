@@ -250,7 +250,7 @@ async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_a
     let r = Rabbit::new("operate-pause").await;
     let (exchange, queue, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
     let relay = start(data, &r.config("", "", ""));
-    bind(&ch, &queue, &exchange, "#", false).await;
+    bind(ch, queue, exchange, "#", false).await;
 
     let paused = ok_json(&admin_cli(&relay, &["--json", "pause", "rabbitmq"]));
     assert_eq!(paused["paused"], true);
@@ -275,7 +275,7 @@ async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_a
     // Nothing published while paused.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        drain(&ch, &queue, 1, Duration::from_millis(200))
+        drain(ch, queue, 1, Duration::from_millis(200))
             .await
             .is_empty()
     );
@@ -284,7 +284,7 @@ async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_a
 
     let resumed = ok_json(&admin_cli(&relay, &["--json", "resume", "rabbitmq"]));
     assert_eq!(resumed["paused"], false);
-    let got = drain(&ch, &queue, 1000, Duration::from_secs(60)).await;
+    let got = drain(ch, queue, 1000, Duration::from_secs(60)).await;
     assert_eq!(ids_of(&got), ids, "{}", relay.logs());
     relay
         .wait_drained(Duration::from_secs(10))
@@ -376,7 +376,7 @@ async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_r
     assert_eq!(entries.len(), 10);
     let first = entries[0]["id"].as_str().unwrap();
     // Fix the cause, then redrive one (named twice: sent once), then the rest.
-    bind(&ch, &queue, &exchange, "#", false).await;
+    bind(ch, queue, exchange, "#", false).await;
     let one = ok_json(&admin_cli(
         &relay,
         &[
@@ -396,7 +396,7 @@ async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_r
     ));
     assert_eq!(r["redriven"], 9, "{r}");
     assert_eq!(r["confirmed"], 9, "{r}");
-    let got = drain(&ch, &queue, 10, Duration::from_secs(30)).await;
+    let got = drain(ch, queue, 10, Duration::from_secs(30)).await;
     assert_eq!(ids_of(&got), ids);
     let empty = ok_json(&admin_cli(&relay, &["--json", "dead-letters", "list"]));
     assert!(
@@ -418,7 +418,7 @@ async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_r
     assert_eq!(again.json()["already_removed"], 10);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        drain(&ch, &queue, 1, Duration::from_millis(300))
+        drain(ch, queue, 1, Duration::from_millis(300))
             .await
             .is_empty()
     );
@@ -505,14 +505,14 @@ async fn sigterm_with_the_broker_up_delivers_the_backlog_and_exits_0() {
     let r = Rabbit::new("operate-term").await;
     let (exchange, queue, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
     let mut relay = start(data, &r.config("", "", ""));
-    bind(&ch, &queue, &exchange, "#", false).await;
+    bind(ch, queue, exchange, "#", false).await;
     // Held back, so that SIGTERM finds a backlog to deliver.
     ok_json(&admin_cli(&relay, &["--json", "pause", "rabbitmq"]));
     let ids = send(&relay, 300, "message.read", "term").await;
     ok_json(&admin_cli(&relay, &["--json", "resume", "rabbitmq"]));
     let status = tokio::task::block_in_place(|| relay.terminate(Duration::from_secs(30)));
     assert!(status.success(), "{status:?}\n{}", relay.logs());
-    let got = drain(&ch, &queue, 300, Duration::from_secs(30)).await;
+    let got = drain(ch, queue, 300, Duration::from_secs(30)).await;
     assert_eq!(ids_of(&got), ids);
     let report = ok_json(&inspect(&data.join("spool")));
     assert_eq!(pending_in(&report), 0, "{report}");
@@ -644,7 +644,7 @@ async fn a_replayed_window_of_the_archive_arrives_exactly_with_the_replay_header
     });
     assert!(archived["archive"]["bytes"].as_u64().unwrap() > 0);
 
-    bind(&ch, &fresh, &exchange, "#", false).await;
+    bind(ch, fresh, exchange, "#", false).await;
     let job = ok_json(&admin_cli(
         &relay,
         &[
@@ -654,7 +654,7 @@ async fn a_replayed_window_of_the_archive_arrives_exactly_with_the_replay_header
     ));
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["published"], 4000, "{job}");
-    let got = drain(&ch, &fresh, 4001, Duration::from_secs(30)).await;
+    let got = drain(ch, fresh, 4001, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 4000, "exactly the window");
     assert_eq!(ids_of(&got), window);
     assert!(got.iter().all(|g| g.header("hookrelay-replay") == "true"));
