@@ -372,6 +372,8 @@ mod tests {
             assert_eq!(value.and_then(|h| h.value), flag.map(str::as_bytes));
 
             let n = nats::headers(&m).unwrap();
+            // A replay must not be dropped by JetStream's duplicate window.
+            assert_eq!(n.get(nats::HEADER_MSG_ID).is_some(), flag.is_none());
             assert_eq!(n.get(HEADER_REPLAY).map(|v| v.as_str()), flag);
 
             let p = rabbitmq::properties(&amqp, &m, &[]).unwrap();

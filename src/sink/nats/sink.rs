@@ -113,7 +113,9 @@ impl NatsSink {
     }
 }
 
-/// The NATS headers of a message: hookrelay's and `Nats-Msg-Id`. A value NATS
+/// The NATS headers of a message: hookrelay's and `Nats-Msg-Id`, except on a
+/// replay: that is a deliberate second delivery, which JetStream's duplicate
+/// window would otherwise drop. A value NATS
 /// cannot carry (not UTF-8, or holding CR, LF or another control byte, which the
 /// edge already keeps out) refuses the event for good; never a panic.
 pub fn headers(m: &Message) -> Result<HeaderMap, SinkError> {
@@ -136,7 +138,7 @@ pub fn headers(m: &Message) -> Result<HeaderMap, SinkError> {
     for (name, value) in m.headers().iter() {
         put(name, value)?;
     }
-    if !m.event.id().is_empty() {
+    if !m.event.id().is_empty() && !m.replay {
         put(HEADER_MSG_ID, m.event.id().as_bytes())?;
     }
     Ok(h)
