@@ -198,6 +198,15 @@ async fn adopt_strays(
             tracing::error!(sink = %name, records = n, dead_letter = %config.dead_letter.path.display(),
                 "the backlog of a sink removed from the config was dead-lettered");
         }
+        // A pause belongs to the sink that is gone: one added back later under
+        // the same name starts delivering.
+        match std::fs::remove_file(path.join(crate::forward::PAUSED_FILE)) {
+            Ok(()) => tracing::info!(sink = %name, "the pause of a removed sink was cleared"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(sink = %name, error = %e, "cannot clear the pause of a removed sink")
+            }
+        }
     }
     Ok(())
 }
@@ -449,7 +458,7 @@ mod tests {
         }));
         // Opening again moves nothing twice.
         drop((opened, lock));
-        let (opened, _lock) = open(
+        let (opened, lock) = open(
             &config,
             &routes,
             &sources,
@@ -466,6 +475,33 @@ mod tests {
         assert_eq!(
             opened["b"].spool.durable_end() - opened["b"].spool.cursor(),
             20
+        );
+        // Sink a, paused, is removed: its backlog is dead-lettered and its pause
+        // cleared, so that a sink added back under that name delivers.
+        drop((opened, lock));
+        let paused = spool_dir.join("a").join(crate::forward::PAUSED_FILE);
+        std::fs::write(&paused, b"").unwrap();
+        routes.remove("a");
+        let only_b: BTreeMap<String, Vec<String>> = [
+            ("fan".to_string(), vec!["b".to_string()]),
+            ("one".to_string(), vec!["b".to_string()]),
+        ]
+        .into();
+        let _reopened = open(
+            &config,
+            &routes,
+            &only_b,
+            &DeadLetter::open(&d.join("dead.jsonl")).unwrap(),
+            None,
+            |_: &Record| {},
+        )
+        .await
+        .unwrap();
+        assert!(!paused.exists(), "the removed sink's pause was kept");
+        let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap();
+        assert_eq!(
+            dead.matches("sink 'a' was removed from the config").count(),
+            10
         );
     }
 }
