@@ -39,7 +39,9 @@
 //! - [`supervise`]: what stops the process when something that must not stop, stops.
 //! - [`faults`]: fault seams for the reliability suite, off unless an env var sets them.
 //! - [`shutdown`]: the signals that start a drain.
-//! - [`app`]: wiring and the shutdown sequence; `main.rs` only parses arguments.
+//! - [`app`]: wiring and the shutdown sequence (and `hookrelay drain`); `main.rs` only parses arguments.
+//! - [`admin`]: the admin API under `/admin/` (token, backlog, pause, dead letters, replay).
+//! - [`respond`]: the JSON answers both ports share.
 //! - [`cli`]: the operator's commands: `spool inspect` on a stopped spool, `admin` against a running instance.
 
 pub mod admin;
