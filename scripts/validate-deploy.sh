@@ -50,6 +50,24 @@ PY
   KAFKA_PASSWORD=x RABBITMQ_PASSWORD=x "$bin" check --config "$work/hookrelay.toml"
 }
 
+# Every ServiceMonitor selects exactly one Service (with the port it scrapes): two
+# would scrape each pod twice, doubling every sum(rate()) and breaking one-to-one joins.
+one_scraped_service() { "$VENV_PYTHON" - "$1" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+services = [d for d in docs if d.get("kind") == "Service"]
+for sm in (d for d in docs if d.get("kind") == "ServiceMonitor"):
+    want = sm["spec"]["selector"].get("matchLabels", {})
+    ports = {e["port"] for e in sm["spec"]["endpoints"]}
+    hits = [s["metadata"]["name"] for s in services
+            if all(s["metadata"].get("labels", {}).get(k) == v for k, v in want.items())
+            and ports & {p.get("name") for p in s["spec"]["ports"]}]
+    if len(hits) != 1:
+        sys.exit(f"ServiceMonitor {sm['metadata']['name']} selects {len(hits)} Services ({', '.join(hits)}): want exactly 1")
+    print(f"ServiceMonitor {sm['metadata']['name']} scrapes Service {hits[0]} only")
+PY
+}
+
 for values in "" helm/hookrelay/ci/broker-values.yaml helm/hookrelay/ci/kafka-rabbitmq-values.yaml helm/hookrelay/ci/operate-values.yaml; do
   name="${values:-default values}"
   say "helm: $name"
@@ -60,6 +78,7 @@ for values in "" helm/hookrelay/ci/broker-values.yaml helm/hookrelay/ci/kafka-ra
   k8s_only "$work/rendered.yaml" "$work/k8s.yaml"
   "$KUBERNETES_VALIDATE" --strict --quiet "$work/k8s.yaml"
   check_rendered_config "$work/rendered.yaml"
+  one_scraped_service "$work/rendered.yaml"
 done
 
 say "helm: a grace period shorter than preStop + drain deadline is refused"
