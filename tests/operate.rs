@@ -196,53 +196,43 @@ async fn the_admin_api_is_off_without_a_token_and_refuses_a_wrong_one() {
         "{m}"
     );
     // Unknown calls and bad bodies get clear statuses.
-    assert_eq!(
-        api(&on, "GET", "/admin/nope", Some(TOKEN), "").await.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        api(&on, "DELETE", "/admin/backlog", Some(TOKEN), "")
-            .await
-            .status,
-        StatusCode::METHOD_NOT_ALLOWED
-    );
-    assert_eq!(
-        api(&on, "POST", "/admin/sinks/nosuch/pause", Some(TOKEN), "")
-            .await
-            .status,
-        StatusCode::NOT_FOUND
-    );
     let big = "x".repeat(100 * 1024);
-    assert_eq!(
-        api(
-            &on,
+    for (method, path, body, want) in [
+        ("GET", "/admin/nope", "", StatusCode::NOT_FOUND),
+        (
+            "DELETE",
+            "/admin/backlog",
+            "",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "POST",
+            "/admin/sinks/nosuch/pause",
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+        (
             "POST",
             "/admin/dead-letters/redrive",
-            Some(TOKEN),
-            &big
-        )
-        .await
-        .status,
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
-    assert_eq!(
-        api(
-            &on,
+            big.as_str(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
             "POST",
             "/admin/dead-letters/redrive",
-            Some(TOKEN),
-            "{not json"
-        )
-        .await
-        .status,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        api(&on, "GET", "/admin/dead-letters?limit=x", Some(TOKEN), "")
-            .await
-            .status,
-        StatusCode::BAD_REQUEST
-    );
+            "{not json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "GET",
+            "/admin/dead-letters?limit=x",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let r = api(&on, method, path, Some(TOKEN), body).await;
+        assert_eq!(r.status, want, "{method} {path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
