@@ -270,3 +270,33 @@ async fn broker_mode_answers_503_within_the_deadline_when_the_cluster_is_down() 
     });
     assert_eq!(json["status"], "accepted");
 }
+
+/// `hookrelay_sink_up` follows the cluster within seconds, with no event sent:
+/// an outage shows before anything has failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_up_follows_the_cluster_within_seconds() {
+    let cluster = cluster_with_topics(&[]);
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_sink(dir.path(), &sink_section(&brokers, ""), "");
+    let up = |want: f64| {
+        let relay = &relay;
+        async move {
+            let started = Instant::now();
+            eventually(Duration::from_secs(8), || async {
+                (metric(&relay.metrics().await, "hookrelay_sink_up{sink=\"kafka\"}") == want)
+                    .then_some(())
+            })
+            .await
+            .map(|()| started.elapsed())
+        }
+    };
+    up(1.0).await.expect("up at start");
+    all_brokers(&cluster, false);
+    let took = up(0.0)
+        .await
+        .expect("hookrelay_sink_up 0 within 8 s of the cluster going down");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    all_brokers(&cluster, true);
+    up(1.0).await.expect("hookrelay_sink_up back to 1");
+}

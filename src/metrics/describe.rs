@@ -5,6 +5,10 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 use super::*;
 
 pub(super) fn describe() {
+    describe_gauge!(
+        SINK_UP,
+        "1 while the sink's broker answers (Kafka: a metadata request every 2 s; RabbitMQ: connected and not blocked; NATS: connected; a file sink: always), 0 otherwise; refreshed every second, backlog or not."
+    );
     describe_counter!(
         ADMIN_REQUESTS,
         "Admin API calls (/admin/ on the admin listener) by action and HTTP status; 401s are wrong or missing tokens."

@@ -57,6 +57,7 @@ pub const RABBITMQ_BLOCKED: &str = "hookrelay_rabbitmq_blocked";
 pub const RABBITMQ_RETURNED: &str = "hookrelay_rabbitmq_returned_total";
 pub const RABBITMQ_CONNECTS: &str = "hookrelay_rabbitmq_connects_total";
 pub const ADMIN_REQUESTS: &str = "hookrelay_admin_requests_total";
+pub const SINK_UP: &str = "hookrelay_sink_up";
 
 /// Label value for requests whose path names no configured source.
 pub const UNKNOWN_SOURCE: &str = "_unknown";
@@ -448,6 +449,11 @@ pub fn dead_lettered(sink: &str, events: u64) {
 /// Dead letters kept now: the counter above only grows, this falls as they are removed.
 pub fn dead_letters_stored(entries: u64) {
     gauge!(DEAD_LETTERS_STORED).set(entries as f64);
+}
+
+/// Whether a sink's broker answers now (see [`SINK_UP`]'s description).
+pub fn sink_up(sink: &str, up: bool) {
+    gauge!(SINK_UP, "sink" => sink.to_string()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// One admin API call answered. `action` is one of a fixed set (the routes).

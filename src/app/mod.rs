@@ -14,6 +14,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod upkeep;
+use upkeep::{spawn_archive_pruning, spawn_sink_watch};
+
 use crate::config::{
     AckMode, Config, ConfigError, DedupBackend, OnRedisError, SinkConfig, SinkSettings,
 };
@@ -357,26 +360,6 @@ async fn open_backlogs(
     })
 }
 
-/// How often the archives are pruned besides after each checkpoint that archived:
-/// retention must apply while nothing new is archived (a sink idle for a day).
-const ARCHIVE_PRUNE_EVERY: Duration = Duration::from_secs(10);
-
-fn spawn_archive_pruning(archives: Arc<crate::spool::Archives>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ARCHIVE_PRUNE_EVERY);
-        loop {
-            tick.tick().await;
-            let a = archives.clone();
-            let pruned = tokio::task::spawn_blocking(move || a.prune(std::time::SystemTime::now()));
-            match pruned.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the archive"),
-                Err(e) => tracing::warn!(error = %e, "archive pruning failed"),
-            }
-        }
-    });
-}
-
 /// Runs hookrelay until `shutdown` resolves, then drains and returns.
 pub async fn run(
     config: Config,
@@ -489,6 +472,7 @@ pub async fn run(
     if let Some(a) = &archives {
         spawn_archive_pruning(a.clone());
     }
+    spawn_sink_watch(routes.values().cloned().collect());
 
     let tls = match &config.server.tls {
         Some(t) => Some(

@@ -1,0 +1,45 @@
+//! Background upkeep while running: the archive's pruning and the sinks' up gauge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics;
+use crate::sink::Route;
+
+/// How often `hookrelay_sink_up` is refreshed from each sink's own view.
+const SINK_UP_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps `hookrelay_sink_up` following every sink, those only `ack = "broker"`
+/// sources publish to included: an outage shows in seconds, before any event
+/// has failed.
+pub(super) fn spawn_sink_watch(routes: Vec<Route>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SINK_UP_EVERY);
+        loop {
+            tick.tick().await;
+            for r in &routes {
+                metrics::sink_up(r.name(), r.sink.ready());
+            }
+        }
+    });
+}
+
+/// How often the archives are pruned besides after each checkpoint that archived:
+/// retention must apply while nothing new is archived (a sink idle for a day).
+const ARCHIVE_PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+pub(super) fn spawn_archive_pruning(archives: Arc<crate::spool::Archives>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ARCHIVE_PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            let a = archives.clone();
+            let pruned = tokio::task::spawn_blocking(move || a.prune(std::time::SystemTime::now()));
+            match pruned.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the archive"),
+                Err(e) => tracing::warn!(error = %e, "archive pruning failed"),
+            }
+        }
+    });
+}
