@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::{Answer, Api, Refusal, query};
 use crate::deadletter::{DeadLetter, Filter, Full};
+use crate::event::rfc3339_millis as rfc3339;
 use crate::respond::json;
 use crate::spool::Spool;
 
@@ -405,10 +406,4 @@ fn entry_json(e: &crate::deadletter::Entry) -> serde_json::Value {
         "dead_lettered_at": e.dead_lettered_at_ns.map(rfc3339),
         "size": e.size,
     })
-}
-
-/// Nanoseconds since the epoch as RFC 3339 (UTC, milliseconds).
-pub(crate) fn rfc3339(ns: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns);
-    humantime::format_rfc3339_millis(t).to_string()
 }

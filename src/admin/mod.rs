@@ -243,8 +243,8 @@ impl Api {
                         "sink": s.sink,
                         "bytes": s.bytes,
                         "segments": s.segments,
-                        "oldest": s.oldest_ns.map(deadletters::rfc3339),
-                        "newest": s.newest_ns.map(deadletters::rfc3339),
+                        "oldest": s.oldest_ns.map(crate::event::rfc3339_millis),
+                        "newest": s.newest_ns.map(crate::event::rfc3339_millis),
                     })).collect::<Vec<_>>(),
                 })
             }

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hyper::StatusCode;
 use serde::Deserialize;
 
-use super::deadletters::rfc3339;
 use super::{Answer, Api, Refusal};
+use crate::event::rfc3339_millis as rfc3339;
 use crate::replay::{Progress, ReplaySpec};
 use crate::respond::json;
 

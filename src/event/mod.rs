@@ -246,6 +246,13 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// An event's clock reading (nanoseconds since the epoch) as RFC 3339, UTC, in
+/// milliseconds: how operators' tools show it.
+pub fn rfc3339_millis(ns: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// Why a verified body is still refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ExtractError {

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -363,8 +362,8 @@ fn inspect_one(dir: &Path) -> Result<SpoolReport, InspectError> {
         next_seq,
         pending: stats.count,
         lost_records,
-        oldest_pending: stats.oldest_ns.map(rfc3339),
-        newest_pending: stats.newest_ns.map(rfc3339),
+        oldest_pending: stats.oldest_ns.map(crate::event::rfc3339_millis),
+        newest_pending: stats.newest_ns.map(crate::event::rfc3339_millis),
         pending_by_type,
         quarantine: files_in(&dir.join(QUARANTINE_DIR))?,
         archive: if archive_dir.is_dir() {
@@ -387,10 +386,6 @@ impl PendingStats {
         );
         *self.by_type.entry(key).or_default() += 1;
     }
-}
-
-fn rfc3339(ns: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }
 
 /// Regular files directly in `dir` (none when it does not exist).
@@ -472,7 +467,7 @@ mod tests {
             spool.confirm_until(20);
         }
         // The preparation thread may still be finishing a file.
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(std::time::Duration::from_millis(300));
         let before = snapshot(root.path());
 
         let one = inspect(&dir).unwrap();
@@ -540,7 +535,7 @@ mod tests {
                 spool.append(EventBuilder::new(i).accepted()).await.unwrap();
             }
         }
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(std::time::Duration::from_millis(300));
         let seg = segment_path(&dir, 0);
         let scan = recover::scan_segment(&seg, 0, 0, u64::MAX, &mut |_| {}).unwrap();
         let f = fs::OpenOptions::new().write(true).open(&seg).unwrap();
