@@ -369,6 +369,17 @@ mod tests {
     use super::*;
     use crate::sink::{FileSink, SinkKind};
 
+    /// Opens the backlogs again, as a restart does, with the test's dead letters.
+    async fn reopen(
+        config: &Config,
+        routes: &BTreeMap<String, Route>,
+        sources: &BTreeMap<String, Vec<String>>,
+        d: &Path,
+    ) -> Result<(BTreeMap<String, Opened>, Lock), BacklogError> {
+        let dead = DeadLetter::open(&d.join("dead.jsonl")).unwrap();
+        open(config, routes, sources, &dead, None, |_: &Record| {}).await
+    }
+
     /// The single spool of an earlier version (segments right in `spool.dir`) is
     /// moved into the backlogs of the sinks its sources route to now, fanned out
     /// where they fan out; an event of a source since removed is dead-lettered.
@@ -443,31 +454,14 @@ mod tests {
             b"damaged"
         );
         // A second process cannot take the same directory.
-        let again = open(
-            &config,
-            &routes,
-            &sources,
-            &DeadLetter::open(&d.join("dead.jsonl")).unwrap(),
-            None,
-            |_: &Record| {},
-        )
-        .await;
+        let again = reopen(&config, &routes, &sources, d).await;
         assert!(again.is_err_and(|e| {
             e.to_string()
                 .contains("in use by another hookrelay process")
         }));
         // Opening again moves nothing twice.
         drop((opened, lock));
-        let (opened, lock) = open(
-            &config,
-            &routes,
-            &sources,
-            &DeadLetter::open(&d.join("dead.jsonl")).unwrap(),
-            None,
-            |_: &Record| {},
-        )
-        .await
-        .unwrap();
+        let (opened, lock) = reopen(&config, &routes, &sources, d).await.unwrap();
         assert_eq!(
             opened["a"].spool.durable_end() - opened["a"].spool.cursor(),
             10
@@ -487,16 +481,7 @@ mod tests {
             ("one".to_string(), vec!["b".to_string()]),
         ]
         .into();
-        let _reopened = open(
-            &config,
-            &routes,
-            &only_b,
-            &DeadLetter::open(&d.join("dead.jsonl")).unwrap(),
-            None,
-            |_: &Record| {},
-        )
-        .await
-        .unwrap();
+        let _reopened = reopen(&config, &routes, &only_b, d).await.unwrap();
         assert!(!paused.exists(), "the removed sink's pause was kept");
         let dead = std::fs::read_to_string(d.join("dead.jsonl")).unwrap();
         assert_eq!(
