@@ -229,6 +229,37 @@ async fn the_admin_api_is_off_without_a_token_and_refuses_a_wrong_one() {
             "",
             StatusCode::BAD_REQUEST,
         ),
+        (
+            "GET",
+            "/admin/dead-letters/not-an-id",
+            "",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/admin/dead-letters/redrive",
+            "{}",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/admin/replay",
+            r#"{"since":"yesterday"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/admin/replay",
+            r#"{"since":1,"bogus":1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/admin/replay",
+            r#"{"since":1}"#,
+            StatusCode::CONFLICT,
+        ),
+        ("GET", "/admin/replay/x", "", StatusCode::BAD_REQUEST),
     ] {
         let r = api(&on, method, path, Some(TOKEN), body).await;
         assert_eq!(r.status, want, "{method} {path}");

@@ -66,11 +66,6 @@ impl Api {
     pub(super) fn start_replay(&self, body: serde_json::Value, peer: SocketAddr) -> Answer {
         let r: Replay =
             serde_json::from_value(body).map_err(|e| Refusal::bad(format!("replay: {e}")))?;
-        let Some(archives) = &self.archives else {
-            return Err(Refusal::conflict(
-                "the archive is off: nothing is kept to replay (configure [archive])",
-            ));
-        };
         let since_ns = instant("since", &r.since)?;
         let until_ns = match &r.until {
             Some(u) => instant("until", u)?,
@@ -88,6 +83,11 @@ impl Api {
         {
             return Err(Refusal::bad(format!("sink: no sink named '{s}'")));
         }
+        let Some(archives) = &self.archives else {
+            return Err(Refusal::conflict(
+                "the archive is off: nothing is kept to replay (configure [archive])",
+            ));
+        };
         let targets = self
             .sinks
             .iter()

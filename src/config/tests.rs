@@ -264,3 +264,59 @@ fn archive_is_off_by_default_and_checked_when_on() {
         .message;
     assert!(err.contains("retention"), "{err}");
 }
+
+/// `[admin]`: off without a token; a token that is missing, short, not a header
+/// value, or given twice is refused naming the key; a file's whitespace is trimmed.
+#[test]
+fn admin_token_is_checked_where_it_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |admin: &str| Config::parse(&format!("{MINIMAL}\n[admin]\n{admin}\n")).unwrap();
+    assert_eq!(Config::parse(MINIMAL).unwrap().admin.token().unwrap(), None);
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        format!("token_file = {:?}", p.display().to_string())
+    };
+    let good = with(&file("good", "  0123456789abcdefXYZ\n"));
+    assert_eq!(
+        good.admin.token().unwrap().as_deref(),
+        Some("0123456789abcdefXYZ")
+    );
+    for (admin, key, why) in [
+        (
+            "token_env = \"HOOKRELAY_TEST_NEVER_SET\"",
+            "admin.token_env",
+            "not set",
+        ),
+        (&file("short", "short"), "admin.token_file", "at least 16"),
+        (
+            &file("spaces", "0123456789 abcdef 0123"),
+            "admin.token_file",
+            "printable",
+        ),
+        (
+            &file("control", "0123456789abcdef\u{7}x"),
+            "admin.token_file",
+            "printable",
+        ),
+        (
+            &format!("token_env = \"X\"\n{}", file("both", "0123456789abcdefXYZ")),
+            "admin.token_env",
+            "not both",
+        ),
+        (
+            &format!(
+                "token_file = {:?}",
+                dir.path().join("missing").display().to_string()
+            ),
+            "admin.token_file",
+            "cannot read",
+        ),
+    ] {
+        let err = with(admin).admin.token().unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(why), "{admin}: {err}");
+    }
+    // A long token is fine: it is hashed, never copied into a header here.
+    let long = with(&file("long", &"t".repeat(4096)));
+    assert_eq!(long.admin.token().unwrap().map(|t| t.len()), Some(4096));
+}
