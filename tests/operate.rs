@@ -92,6 +92,20 @@ fn pending_in(report: &serde_json::Value) -> u64 {
         .sum()
 }
 
+/// Binds `queue` to every topic of `exchange`, on a connection of its own.
+async fn bind_fresh(queue: &str, exchange: &str) {
+    let (_conn, ch) = amqp::channel().await;
+    bind(&ch, queue, exchange, "#", false).await;
+}
+
+/// Takes up to `want` messages off `queue`, on a connection of its own: a channel
+/// left idle while a test waits on the relay was once found in an error state on
+/// a loaded CI host.
+async fn drain_fresh(queue: &str, want: usize, within: Duration) -> Vec<amqp::Got> {
+    let (_conn, ch) = amqp::channel().await;
+    drain(&ch, queue, want, within).await
+}
+
 async fn send(relay: &Relay, n: usize, event: &str, tag: &str) -> HashSet<String> {
     let mut c = relay.connect().await;
     let mut ids = HashSet::new();
@@ -109,25 +123,20 @@ fn ids_of(got: &[amqp::Got]) -> HashSet<String> {
     got.iter().map(|g| g.header("hookrelay-id")).collect()
 }
 
-/// An exchange of the test's own on the real RabbitMQ, a channel to read back
-/// from it, and a data directory for the relay.
+/// An exchange of the test's own on the real RabbitMQ and a data directory for
+/// the relay.
 struct Rabbit {
     exchange: String,
     queue: String,
-    ch: lapin::Channel,
-    _conn: lapin::Connection,
     dir: tempfile::TempDir,
 }
 
 impl Rabbit {
     async fn new(prefix: &str) -> Rabbit {
         let exchange = unique(prefix);
-        let (_conn, ch) = amqp::channel().await;
         Rabbit {
             queue: format!("{exchange}-q"),
             exchange,
-            ch,
-            _conn,
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -269,9 +278,9 @@ async fn the_admin_api_is_off_without_a_token_and_refuses_a_wrong_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_all() {
     let r = Rabbit::new("operate-pause").await;
-    let (exchange, queue, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
+    let (exchange, queue, data) = (&r.exchange, &r.queue, r.data());
     let relay = start(data, &r.config("", "", ""));
-    bind(ch, queue, exchange, "#", false).await;
+    bind_fresh(queue, exchange).await;
 
     let paused = ok_json(&admin_cli(&relay, &["--json", "pause", "rabbitmq"]));
     assert_eq!(paused["paused"], true);
@@ -296,7 +305,7 @@ async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_a
     // Nothing published while paused.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        drain(ch, queue, 1, Duration::from_millis(200))
+        drain_fresh(queue, 1, Duration::from_millis(200))
             .await
             .is_empty()
     );
@@ -305,7 +314,7 @@ async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_a
 
     let resumed = ok_json(&admin_cli(&relay, &["--json", "resume", "rabbitmq"]));
     assert_eq!(resumed["paused"], false);
-    let got = drain(ch, queue, 1000, Duration::from_secs(60)).await;
+    let got = drain_fresh(queue, 1000, Duration::from_secs(60)).await;
     assert_eq!(ids_of(&got), ids, "{}", relay.logs());
     relay
         .wait_drained(Duration::from_secs(10))
@@ -317,7 +326,7 @@ async fn a_paused_sink_keeps_accepting_into_its_backlog_and_resume_delivers_it_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_routable() {
     let r = Rabbit::new("operate-dl").await;
-    let (exchange, queue, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
+    let (exchange, queue, data) = (&r.exchange, &r.queue, r.data());
     let relay = start(data, &r.config("", "unroutable_queue = false", ""));
     // No queue is bound yet: every event comes back unroutable, for good.
     let ids = send(&relay, 10, "message.failed", "dl").await;
@@ -397,7 +406,7 @@ async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_r
     assert_eq!(entries.len(), 10);
     let first = entries[0]["id"].as_str().unwrap();
     // Fix the cause, then redrive one (named twice: sent once), then the rest.
-    bind(ch, queue, exchange, "#", false).await;
+    bind_fresh(queue, exchange).await;
     let one = ok_json(&admin_cli(
         &relay,
         &[
@@ -417,7 +426,7 @@ async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_r
     ));
     assert_eq!(r["redriven"], 9, "{r}");
     assert_eq!(r["confirmed"], 9, "{r}");
-    let got = drain(ch, queue, 10, Duration::from_secs(30)).await;
+    let got = drain_fresh(queue, 10, Duration::from_secs(30)).await;
     assert_eq!(ids_of(&got), ids);
     let empty = ok_json(&admin_cli(&relay, &["--json", "dead-letters", "list"]));
     assert!(
@@ -439,7 +448,7 @@ async fn unroutable_rabbitmq_events_are_dead_lettered_listed_and_redriven_once_r
     assert_eq!(again.json()["already_removed"], 10);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        drain(ch, queue, 1, Duration::from_millis(300))
+        drain_fresh(queue, 1, Duration::from_millis(300))
             .await
             .is_empty()
     );
@@ -524,16 +533,16 @@ async fn a_refused_kafka_topic_is_dead_lettered_and_redriven_after_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_broker_up_delivers_the_backlog_and_exits_0() {
     let r = Rabbit::new("operate-term").await;
-    let (exchange, queue, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
+    let (exchange, queue, data) = (&r.exchange, &r.queue, r.data());
     let mut relay = start(data, &r.config("", "", ""));
-    bind(ch, queue, exchange, "#", false).await;
+    bind_fresh(queue, exchange).await;
     // Held back, so that SIGTERM finds a backlog to deliver.
     ok_json(&admin_cli(&relay, &["--json", "pause", "rabbitmq"]));
     let ids = send(&relay, 300, "message.read", "term").await;
     ok_json(&admin_cli(&relay, &["--json", "resume", "rabbitmq"]));
     let status = tokio::task::block_in_place(|| relay.terminate(Duration::from_secs(30)));
     assert!(status.success(), "{status:?}\n{}", relay.logs());
-    let got = drain(ch, queue, 300, Duration::from_secs(30)).await;
+    let got = drain_fresh(queue, 300, Duration::from_secs(30)).await;
     assert_eq!(ids_of(&got), ids);
     let report = ok_json(&inspect(&data.join("spool")));
     assert_eq!(pending_in(&report), 0, "{report}");
@@ -560,7 +569,6 @@ async fn bind_later(ch: &lapin::Channel, _queue: &str, exchange: &str) {
 async fn sigterm_with_the_broker_down_exits_non_zero_and_drain_delivers_it_later() {
     let exchange = unique("operate-drain");
     let queue = format!("{exchange}-q");
-    let (_conn, ch) = amqp::channel().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     // The broker is "down": nothing listens where the sink connects.
@@ -599,8 +607,11 @@ async fn sigterm_with_the_broker_down_exits_non_zero_and_drain_delivers_it_later
     );
 
     // The broker is back (the same sink, its real address): drain delivers it all.
-    bind_later(&ch, &queue, &exchange).await;
-    bind(&ch, &queue, &exchange, "#", false).await;
+    {
+        let (_conn, ch) = amqp::channel().await;
+        bind_later(&ch, &queue, &exchange).await;
+    }
+    bind_fresh(&queue, &exchange).await;
     let up = std::fs::read_to_string(data.join("hookrelay.toml"))
         .unwrap()
         .replace(&down_uri, amqp::URI);
@@ -616,7 +627,7 @@ async fn sigterm_with_the_broker_down_exits_non_zero_and_drain_delivers_it_later
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = drain(&ch, &queue, 200, Duration::from_secs(30)).await;
+    let got = drain_fresh(&queue, 200, Duration::from_secs(30)).await;
     assert_eq!(ids_of(&got), ids);
     let after = ok_json(&inspect(&data.join("spool")));
     assert_eq!(pending_in(&after), 0, "{after}");
@@ -627,7 +638,7 @@ async fn sigterm_with_the_broker_down_exits_non_zero_and_drain_delivers_it_later
 async fn a_replayed_window_of_the_archive_arrives_exactly_with_the_replay_header() {
     // Small segments, so that confirmed ones are archived as the test goes.
     let r = Rabbit::new("operate-replay").await;
-    let (exchange, fresh, ch, data) = (&r.exchange, &r.queue, &r.ch, r.data());
+    let (exchange, fresh, data) = (&r.exchange, &r.queue, r.data());
     let relay = start(
         data,
         &r.config(
@@ -665,7 +676,7 @@ async fn a_replayed_window_of_the_archive_arrives_exactly_with_the_replay_header
     });
     assert!(archived["archive"]["bytes"].as_u64().unwrap() > 0);
 
-    bind(ch, fresh, exchange, "#", false).await;
+    bind_fresh(fresh, exchange).await;
     let job = ok_json(&admin_cli(
         &relay,
         &[
@@ -675,7 +686,7 @@ async fn a_replayed_window_of_the_archive_arrives_exactly_with_the_replay_header
     ));
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["published"], 4000, "{job}");
-    let got = drain(ch, fresh, 4001, Duration::from_secs(30)).await;
+    let got = drain_fresh(fresh, 4001, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 4000, "exactly the window");
     assert_eq!(ids_of(&got), window);
     assert!(got.iter().all(|g| g.header("hookrelay-replay") == "true"));
