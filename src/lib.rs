@@ -44,6 +44,11 @@
 //! - [`respond`]: the JSON answers both ports share.
 //! - [`cli`]: the operator's commands: `spool inspect` on a stopped spool, `admin` against a running instance.
 
+/// The release, as in Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit built (see `build.rs`): in `--version` and `hookrelay_build_info`.
+pub const COMMIT: &str = env!("HOOKRELAY_COMMIT");
+
 pub mod admin;
 pub mod app;
 pub mod backlog;

@@ -15,7 +15,7 @@ use hookrelay::config::{Config, LogFormat};
 #[derive(Parser)]
 #[command(
     name = "hookrelay",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("HOOKRELAY_COMMIT"), ")"),
     about = "Signed webhooks in, durable events out to Kafka, RabbitMQ or files."
 )]
 struct Cli {
@@ -222,8 +222,11 @@ fn health(admin: &str) -> anyhow::Result<()> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // Colour only for a person at a terminal: a log collector reading a pipe
+    // would store the escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

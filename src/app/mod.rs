@@ -494,7 +494,7 @@ pub async fn run(
             config.server.admin_listen
         )))?;
 
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         sources,
         dedup,
         Limits {
@@ -512,10 +512,12 @@ pub async fn run(
             unverified_rate_limit: config.server.unverified_rate_limit,
             max_in_flight_body_bytes: config.server.max_in_flight_body_bytes,
         },
-    ));
+    );
+    app.access_log = config.log.access;
+    let app = Arc::new(app);
     metrics::spawn_upkeep(prometheus.clone());
     crate::rotation::spawn(verifiers);
-    metrics::ready(true);
+    upkeep::spawn_ready_watch(app.clone());
 
     tracing::info!(
         webhooks = %crate::listener::local_addr(&listener).map_or_else(String::new, |a| a.to_string()),

@@ -1,4 +1,5 @@
-//! Background upkeep while running: the archive's pruning and the sinks' up gauge.
+//! Background upkeep while running: the archive's pruning, the sinks' up gauge and
+//! the readiness gauge.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,19 @@ pub(super) fn spawn_sink_watch(routes: Vec<Route>) {
             for r in &routes {
                 metrics::sink_up(r.name(), r.sink.ready());
             }
+        }
+    });
+}
+
+/// Keeps `hookrelay_ready` following what `/readyz` would answer, every second,
+/// whether or not anything polls it: a sink's outage shows on a dashboard even
+/// where no probe runs (`hookrelay drain`, a scrape-only setup).
+pub(super) fn spawn_ready_watch(app: Arc<crate::server::App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SINK_UP_EVERY);
+        loop {
+            tick.tick().await;
+            metrics::ready(app.ready());
         }
     });
 }

@@ -6,6 +6,10 @@ use super::*;
 
 pub(super) fn describe() {
     describe_gauge!(
+        BUILD_INFO,
+        "Always 1; its labels say which release and commit this process runs."
+    );
+    describe_gauge!(
         SINK_UP,
         "1 while the sink's broker answers (Kafka: a metadata request every 2 s; RabbitMQ: connected and not blocked; NATS: connected; a file sink: always), 0 otherwise; refreshed every second, backlog or not."
     );

@@ -18,6 +18,7 @@ pub use metrics_exporter_prometheus::BuildError;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 mod describe;
+pub mod process;
 use describe::describe;
 
 pub const HTTP_REQUESTS: &str = "hookrelay_http_requests_total";
@@ -58,6 +59,7 @@ pub const RABBITMQ_RETURNED: &str = "hookrelay_rabbitmq_returned_total";
 pub const RABBITMQ_CONNECTS: &str = "hookrelay_rabbitmq_connects_total";
 pub const ADMIN_REQUESTS: &str = "hookrelay_admin_requests_total";
 pub const SINK_UP: &str = "hookrelay_sink_up";
+pub const BUILD_INFO: &str = "hookrelay_build_info";
 
 /// Label value for requests whose path names no configured source.
 pub const UNKNOWN_SOURCE: &str = "_unknown";
@@ -68,6 +70,9 @@ pub const MAX_EVENT_LABELS: usize = 64;
 
 /// Statuses the webhook endpoint answers; each gets a zero series per source.
 pub const STATUSES: &[u16] = &[200, 400, 401, 403, 404, 405, 408, 413, 429, 500, 502, 503];
+/// The request-duration histogram's `class` label. The webhook listener answers
+/// nothing in 1xx or 3xx; were it to, those would count as `2xx` (not an error).
+pub const STATUS_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
 /// Outcomes of an event that passed verification.
 pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "filtered"];
 /// Results per topic at a sink.
@@ -100,6 +105,13 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     Ok(handle)
 }
 
+/// The exposition text: the recorder's series, then the process's own (read now).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    process::render(&mut text);
+    text
+}
+
 /// Registers the process-wide series at zero.
 pub fn init(sources: &[String], sinks: &[&str], signature_failures: &[&'static str]) {
     for s in sources.iter().map(String::as_str).chain([UNKNOWN_SOURCE]) {
@@ -107,7 +119,9 @@ pub fn init(sources: &[String], sinks: &[&str], signature_failures: &[&'static s
             counter!(HTTP_REQUESTS, "source" => s.to_string(), "status" => status.to_string())
                 .absolute(0);
         }
-        let _ = histogram!(HTTP_REQUEST_DURATION, "source" => s.to_string());
+        for class in STATUS_CLASSES {
+            let _ = histogram!(HTTP_REQUEST_DURATION, "source" => s.to_string(), "class" => class);
+        }
     }
     for s in sources {
         for outcome in ["ok", "error"] {
@@ -133,6 +147,7 @@ pub fn init(sources: &[String], sinks: &[&str], signature_failures: &[&'static s
     }
     counter!(UNVERIFIED_THROTTLED).absolute(0);
     gauge!(READY).set(0.0);
+    gauge!(BUILD_INFO, "version" => crate::VERSION, "commit" => crate::COMMIT).set(1.0);
     for outcome in ["ok", "error"] {
         counter!(TLS_RELOADS, "outcome" => outcome).absolute(0);
     }
@@ -146,7 +161,9 @@ pub fn init(sources: &[String], sinks: &[&str], signature_failures: &[&'static s
 pub struct RequestMetrics {
     by_status: Arc<HashMap<u16, Counter>>,
     source: Arc<str>,
-    duration: Histogram,
+    /// By status class, indexed as [`STATUS_CLASSES`]: a flood of fast 401s must
+    /// not hide a slow accept path.
+    durations: Arc<[Histogram; 3]>,
 }
 
 impl RequestMetrics {
@@ -161,7 +178,9 @@ impl RequestMetrics {
         Self {
             by_status: Arc::new(by_status),
             source: Arc::from(source),
-            duration: histogram!(HTTP_REQUEST_DURATION, "source" => source.to_string()),
+            durations: Arc::new(STATUS_CLASSES.map(
+                |class| histogram!(HTTP_REQUEST_DURATION, "source" => source.to_string(), "class" => class),
+            )),
         }
     }
 
@@ -171,7 +190,12 @@ impl RequestMetrics {
             None => counter!(HTTP_REQUESTS, "source" => self.source.to_string(), "status" => status.to_string())
                 .increment(1),
         }
-        self.duration.record(elapsed.as_secs_f64());
+        let class = match status {
+            ..400 => 0,
+            400..500 => 1,
+            _ => 2,
+        };
+        self.durations[class].record(elapsed.as_secs_f64());
     }
 
     /// One failed signature check; `reason` is one of those given to [`init`].
