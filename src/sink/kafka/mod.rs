@@ -1,6 +1,7 @@
 //! The Kafka sink: an idempotent, acks=all producer with many messages in flight.
 
 mod config;
+mod context;
 mod sink;
 
 pub use config::{Compression, KafkaSinkConfig};

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use tokio::sync::Mutex;
 
 use super::config::KafkaSinkConfig;
+use super::context::Context;
 use crate::metrics;
 use crate::sink::{
     Confirmation, HEADER_DEAD_LETTER_REASON, HEADER_ORIGINAL_TOPIC, Message, Sink, SinkError,
@@ -23,9 +23,11 @@ use crate::sink::{
 /// How often reachability and the producer queue depth are sampled.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
-type ProducerSlot = Arc<std::sync::RwLock<FutureProducer>>;
+/// Every client the sink makes counts and quiets what librdkafka reports (`context`).
+type SinkProducer = FutureProducer<Context>;
+type ProducerSlot = Arc<std::sync::RwLock<SinkProducer>>;
 
-fn current(p: &ProducerSlot) -> FutureProducer {
+fn current(p: &ProducerSlot) -> SinkProducer {
     p.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
@@ -35,13 +37,15 @@ pub struct KafkaSink {
     producer: ProducerSlot,
     client: rdkafka::ClientConfig,
     /// Present only with `create_topics = true`.
-    admin: Option<AdminClient<DefaultClientContext>>,
+    admin: Option<AdminClient<Context>>,
     cfg: KafkaSinkConfig,
     /// Topics created (or found to exist) by us: created once per name.
     known_topics: Mutex<HashSet<String>>,
     /// Last metadata probe succeeded: readiness in `ack = "broker"` mode.
     reachable: Arc<AtomicBool>,
     metrics: metrics::KafkaMetrics,
+    /// The `sink` label, for the contexts of producers made later.
+    name: String,
 }
 
 impl KafkaSink {
@@ -51,11 +55,12 @@ impl KafkaSink {
         cfg.validate()?;
         let client = cfg.client_config()?;
         let metrics = metrics::KafkaMetrics::new(name);
-        let producer: FutureProducer = client.create().map_err(|e| {
+        let context = || Context::new(name, Some(metrics.clone()));
+        let producer: SinkProducer = client.create_with_context(context()).map_err(|e| {
             StartError::Broker(format!("sinks.kafka: cannot create the producer: {e}"))
         })?;
         let admin = if cfg.create_topics {
-            Some(client.create().map_err(|e| {
+            Some(client.create_with_context(context()).map_err(|e| {
                 StartError::Broker(format!("sinks.kafka: cannot create the admin client: {e}"))
             })?)
         } else {
@@ -73,6 +78,7 @@ impl KafkaSink {
             known_topics: Mutex::new(HashSet::new()),
             reachable,
             metrics,
+            name: name.to_string(),
         })
     }
 
@@ -128,7 +134,7 @@ impl KafkaSink {
         headers(self.cfg.cloudevents, m, extra)
     }
 
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> SinkProducer {
         current(&self.producer)
     }
 
@@ -142,7 +148,8 @@ impl KafkaSink {
         let Some((code, reason)) = guard.client().fatal_error() else {
             return;
         };
-        match self.client.create::<FutureProducer>() {
+        let context = Context::new(&self.name, Some(self.metrics.clone()));
+        match self.client.create_with_context::<_, SinkProducer>(context) {
             Ok(fresh) => {
                 tracing::error!(?code, %reason, "kafka producer hit a fatal error; replaced it");
                 *guard = fresh;
@@ -343,9 +350,11 @@ fn spawn_health_probe(
 pub fn check_connection(cfg: &KafkaSinkConfig) -> Result<String, StartError> {
     cfg.validate()?;
     let client = cfg.client_config()?;
-    let producer: BaseProducer = client
-        .create()
-        .map_err(|e| StartError::Broker(format!("sinks.kafka: cannot create the producer: {e}")))?;
+    let producer: BaseProducer<Context> = client
+        .create_with_context(Context::new("check", None))
+        .map_err(|e| {
+        StartError::Broker(format!("sinks.kafka: cannot create the producer: {e}"))
+    })?;
     let md = producer
         .client()
         .fetch_metadata(None, Duration::from_secs(10))
