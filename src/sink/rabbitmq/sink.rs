@@ -20,8 +20,13 @@ use crate::sink::{
 
 pub struct RabbitmqSink {
     cfg: RabbitmqSinkConfig,
-    broker: Broker,
+    broker: Arc<Broker>,
 }
+
+/// How often the connection is looked at, and a lost one tried again, with nothing
+/// to publish: `hookrelay_sink_up` (and `ack = "broker"` readiness) come back with
+/// the broker, not with the next event.
+const RECONNECT_IDLE_EVERY: Duration = Duration::from_secs(1);
 
 impl RabbitmqSink {
     /// Connects once at start: refused credentials or a missing exchange (with
@@ -29,9 +34,22 @@ impl RabbitmqSink {
     /// spool absorbs the outage and the sink keeps reconnecting.
     /// `name` labels its series.
     pub async fn new(name: &str, cfg: &RabbitmqSinkConfig) -> Result<RabbitmqSink, StartError> {
+        let broker = Arc::new(Broker::start(name, cfg).await?);
+        let weak = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RECONNECT_IDLE_EVERY).await;
+                // Ends with the sink.
+                let Some(broker) = weak.upgrade() else { return };
+                // Notices a dead connection lapin did not report, and reconnects
+                // (paced by the broker's own backoff); a failure is the next
+                // publish's to report.
+                let _ = broker.channels().await;
+            }
+        });
         Ok(RabbitmqSink {
             cfg: cfg.clone(),
-            broker: Broker::start(name, cfg).await?,
+            broker,
         })
     }
 }
