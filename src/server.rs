@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::dedup::{Seen, Space, Ticket, Window};
+use crate::event::trace::{self, TraceContext};
 use crate::event::{Extracted, Extractor, now_ns};
 use crate::forward::{self, DirectError};
 use crate::listener;
@@ -118,6 +119,8 @@ pub struct App {
     unknown: RequestMetrics,
     request_ids: AtomicU64,
     id_prefix: u32,
+    /// One info line per request (`[log] access`).
+    pub access_log: bool,
 }
 
 impl App {
@@ -135,6 +138,7 @@ impl App {
             unknown: RequestMetrics::new(UNKNOWN_SOURCE),
             request_ids: AtomicU64::new(0),
             id_prefix: fastrand::u32(..),
+            access_log: false,
         }
     }
 
@@ -199,7 +203,12 @@ fn close(mut r: Resp) -> Resp {
 /// Routes one request on the webhook listener.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     let started = Instant::now();
-    let request_id = app.request_id();
+    // The caller's own id when it sent a usable one, so its logs and ours join.
+    let request_id = match trace::request_id(req.headers()) {
+        Some(id) => id.to_string(),
+        None => app.request_id(),
+    };
+    let trace = TraceContext::for_request(req.headers());
     let source_name = req
         .uri()
         .path()
@@ -209,7 +218,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let source = source_name
         .as_deref()
         .and_then(|s| app.sources.get(s).map(|src| (s, src)));
-    let span = tracing::debug_span!("request", id = %request_id, source = source.map_or(UNKNOWN_SOURCE, |s| s.0));
+    let source_label = source.map_or(UNKNOWN_SOURCE, |s| s.0);
+    let trace_id = trace.trace_id();
+    let span = tracing::debug_span!("request", id = %request_id, trace_id = %trace_id, source = source_label);
     let mut resp = async {
         let Some((name, src)) = source else {
             let r = error(StatusCode::NOT_FOUND, "unknown source");
@@ -217,13 +228,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
             tracing::debug!(status = 404, "unknown source");
             return r;
         };
-        let r = accept(&app, name, src, req, peer).await;
+        let r = accept(&app, name, src, req, peer, &trace).await;
         let status = r.status().as_u16();
         src.metrics.answered(status, started.elapsed());
         if status >= 500
             && let Some(suppressed) = NOT_ACCEPTED.allow()
         {
-            tracing::warn!(request_id = %request_id, source = name, status, suppressed,
+            tracing::warn!(request_id = %request_id, trace_id = %trace_id, source = name, status, suppressed,
                 "webhook not accepted (each is counted in hookrelay_http_requests_total; this line at most once a second)");
         } else {
             tracing::debug!(status, "answered");
@@ -232,10 +243,29 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     }
     .instrument(span)
     .await;
+    let event_id = resp.extensions_mut().remove::<EventId>();
+    if app.access_log {
+        tracing::info!(target: ACCESS_LOG, source = source_label, status = resp.status().as_u16(),
+            event_id = event_id.as_ref().map(|e| e.0.as_str()),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = %request_id, trace_id = %trace_id, peer = %peer.ip(), "request");
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(trace::REQUEST_ID_HEADER, v);
     }
     resp
+}
+
+/// The `tracing` target of the access log (`[log] access = true`).
+pub const ACCESS_LOG: &str = "hookrelay::access";
+
+/// The id of the event a 200 was for, handed from `accept` to the access log.
+#[derive(Clone)]
+struct EventId(String);
+
+fn with_event_id(mut r: Resp, id: &str) -> Resp {
+    r.extensions_mut().insert(EventId(id.to_string()));
+    r
 }
 
 fn reply(r: crate::verify::Reply) -> Resp {
@@ -254,6 +284,7 @@ async fn accept(
     src: &Source,
     req: Request<Incoming>,
     peer: SocketAddr,
+    trace: &TraceContext,
 ) -> Resp {
     if !src.allowed_nets.is_empty() {
         let ip = crate::guard::client_ip(peer.ip(), req.headers(), &app.limits.trusted_proxies);
@@ -351,7 +382,7 @@ async fn accept(
         .extractor
         .extract(verified, &parts.headers, content_type, received_at_ns)
     {
-        Ok(Extracted::Publish(e)) => e,
+        Ok(Extracted::Publish(e)) => e.traced(trace),
         Ok(Extracted::Filtered { event_type }) => {
             src.events.record(&event_type, "filtered");
             let filtered = Outcome {
@@ -393,7 +424,7 @@ async fn accept(
             status: "duplicate",
             id: Some(event.id()),
         };
-        return json(StatusCode::OK, duplicate);
+        return with_event_id(json(StatusCode::OK, duplicate), event.id());
     }
     // The source's budget is spent by new, verified events only: neither a flood of
     // unsigned requests nor replays of one captured request can drain it.
@@ -427,7 +458,7 @@ async fn accept(
                 status: "accepted",
                 id: Some(&id),
             };
-            json(StatusCode::OK, accepted)
+            with_event_id(json(StatusCode::OK, accepted), &id)
         }
         Err(resp) => resp,
     }
@@ -650,7 +681,7 @@ async fn admin(app: &App, prometheus: &PrometheusHandle, req: Request<Incoming>)
             // Rendering takes a millisecond or more with per-topic series: off the
             // workers, where it would delay webhooks queued behind it.
             let prometheus = prometheus.clone();
-            let text = tokio::task::spawn_blocking(move || prometheus.render())
+            let text = tokio::task::spawn_blocking(move || crate::metrics::render(&prometheus))
                 .await
                 .unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(text)));
@@ -663,7 +694,6 @@ async fn admin(app: &App, prometheus: &PrometheusHandle, req: Request<Incoming>)
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => {
             let ready = app.ready();
-            crate::metrics::ready(ready);
             if ready {
                 json(StatusCode::OK, serde_json::json!({ "status": "ready" }))
             } else {

@@ -297,6 +297,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `hookrelay=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// One line per webhook request at info (source, status, event id, duration,
+    /// request and trace ids, peer), under the target `hookrelay::access`. Off by
+    /// default: at the provider's volume it is most of the log.
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -304,6 +308,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".to_string(),
+            access: false,
         }
     }
 }

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::event::trace::TraceContext;
 use crate::event::{
     Accepted, Event, MAX_CONTENT_TYPE_LEN, MAX_EVENT_ID_LEN, MAX_EVENT_TYPE_LEN, MAX_KEY_LEN,
     MAX_SOURCE_LEN, MAX_TOPIC_LEN, is_sane_name,
 };
 use crate::sink::{
     HEADER_CONTENT_TYPE, HEADER_EVENT, HEADER_ID, HEADER_RECEIVED_AT, HEADER_SOURCE,
+    HEADER_TRACEPARENT,
 };
 
 /// A dead letter as listed: everything but the body and the raw headers, so a page
@@ -188,6 +190,17 @@ fn sink_in_reason(reason: &str) -> Option<String> {
 }
 
 impl Full {
+    /// The trace the event was published in, kept through a redrive; a value that
+    /// is not a valid `traceparent` (the file is editable) is dropped.
+    fn traceparent(&self) -> String {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == HEADER_TRACEPARENT)
+            .filter(|(_, v)| TraceContext::parse(v).is_some())
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
     /// The event as the edge accepted it, to be appended to a spool again. Refused,
     /// saying why, when a field is out of the edge's bounds (a hand-edited line):
     /// no sink or spool could carry it, and the edge would never have let it in.
@@ -238,6 +251,7 @@ impl Full {
             e.content_type.clone(),
             e.received_at_ns,
             self.body.clone(),
+            self.traceparent(),
         )))
     }
 }

@@ -16,6 +16,7 @@ fn event(n: u64, source: &str, event_type: &str, body: &[u8]) -> Event {
         "application/json".to_string(),
         1_700_000_000_000_000_000 + n,
         Bytes::copy_from_slice(body),
+        format!("00-4bf92f3577b34da6a3ce929d0e0e{n:04x}-00f067aa0ba902b7-01"),
     )
 }
 
@@ -263,7 +264,8 @@ fn get_returns_the_body_byte_for_byte() {
             "hookrelay-event",
             "hookrelay-id",
             "hookrelay-received-at",
-            "content-type"
+            "content-type",
+            "traceparent"
         ]
     );
     assert_eq!(first.headers[3].1, "1700000000000000001");

@@ -4,6 +4,7 @@
 //! alphabet here, at the edge, rather than failing later at the broker.
 
 mod pointer;
+pub mod trace;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -83,6 +84,9 @@ pub struct Event {
     content_type: String,
     received_at_ns: u64,
     body: Bytes,
+    /// The W3C `traceparent` published with it (see [`trace`]); empty for events
+    /// stored before version 4 of the spool record, which carried none.
+    traceparent: String,
 }
 
 impl Event {
@@ -136,6 +140,7 @@ impl Event {
         content_type: String,
         received_at_ns: u64,
         body: Bytes,
+        traceparent: String,
     ) -> Event {
         Event {
             source,
@@ -146,7 +151,13 @@ impl Event {
             content_type,
             received_at_ns,
             body,
+            traceparent,
         }
+    }
+
+    /// The `traceparent` header value its messages carry, or empty (see [`trace`]).
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
     }
 
     /// Points the body at another buffer holding the same bytes (the spool frame the
@@ -173,6 +184,12 @@ impl Accepted {
     /// first, since the file it comes from can be edited by hand.
     pub(crate) fn restored(event: Event) -> Accepted {
         Accepted(event)
+    }
+
+    /// Joins the request's trace: its messages carry this `traceparent`.
+    pub fn traced(mut self, trace: &trace::TraceContext) -> Accepted {
+        self.0.traceparent = trace.traceparent();
+        self
     }
 }
 
@@ -201,6 +218,7 @@ impl EventBuilder {
             content_type: DEFAULT_CONTENT_TYPE.into(),
             received_at_ns: now_ns(),
             body: Bytes::from(format!("{{\"n\":{n}}}")),
+            traceparent: String::new(),
         })
     }
     pub(crate) fn source(mut self, v: &str) -> Self {
@@ -229,6 +247,10 @@ impl EventBuilder {
     }
     pub(crate) fn body(mut self, v: impl Into<Bytes>) -> Self {
         self.0.body = v.into();
+        self
+    }
+    pub(crate) fn traceparent(mut self, v: impl Into<String>) -> Self {
+        self.0.traceparent = v.into();
         self
     }
     pub(crate) fn build(self) -> Event {
@@ -625,6 +647,7 @@ impl Extractor {
             received_at_ns,
             body: body.clone(),
             event_type,
+            traceparent: String::new(),
         })))
     }
 }

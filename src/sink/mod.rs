@@ -119,6 +119,9 @@ pub const HEADER_DEAD_LETTER_REASON: &str = "hookrelay-dead-letter-reason";
 /// On a dead letter: the topic it was meant for, which the DLQ topic or the
 /// dead-letter exchange's queue no longer tells, so that a replay can restore it.
 pub const HEADER_ORIGINAL_TOPIC: &str = "hookrelay-topic";
+/// The W3C trace context (see `event::trace`): the provider's trace continued, or
+/// a new one, so a consumer's span joins the request that brought the event.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
 /// Present (`true`) on events sent again from the archive, so that consumers can
 /// tell a replay from a provider's retry; absent otherwise.
 pub const HEADER_REPLAY: &str = "hookrelay-replay";
@@ -135,20 +138,25 @@ pub struct Message {
 }
 
 /// A message's headers, in a fixed order: the five standard ones, then
-/// [`HEADER_REPLAY`] on a replay. A value, not a `Vec`: building it allocates
-/// nothing beyond the received-at digits.
+/// [`HEADER_TRACEPARENT`] when the event has one, then [`HEADER_REPLAY`] on a
+/// replay. A value, not a `Vec`: building it allocates nothing beyond the
+/// received-at digits.
 pub struct Headers<'a> {
     standard: [(&'static str, Cow<'a, [u8]>); 5],
+    traceparent: &'a str,
     replay: bool,
 }
 
 impl Headers<'_> {
     /// Name and value of each, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        let trace = (!self.traceparent.is_empty())
+            .then_some((HEADER_TRACEPARENT, self.traceparent.as_bytes()));
         let replay = self.replay.then_some((HEADER_REPLAY, &b"true"[..]));
         self.standard
             .iter()
             .map(|(k, v)| (*k, &v[..]))
+            .chain(trace)
             .chain(replay)
     }
 }
@@ -173,6 +181,7 @@ impl Message {
         ];
         Headers {
             standard,
+            traceparent: e.traceparent(),
             replay: self.replay,
         }
     }
@@ -339,15 +348,18 @@ impl Route {
 mod tests {
     use super::*;
 
-    /// A replayed message carries `hookrelay-replay: true`, after the standard five
-    /// headers, in every sink's wire format; a live one carries no such header.
+    /// A replayed message carries `hookrelay-replay: true`, and a traced one its
+    /// `traceparent`, after the standard five headers, in every sink's wire format;
+    /// others carry no such header.
     #[test]
-    fn the_replay_header_reaches_every_wire_format() {
+    fn the_replay_and_trace_headers_reach_every_wire_format() {
         use rdkafka::message::Headers as _;
-        let event = Arc::new(crate::event::EventBuilder::new(1).received_at_ns(7).build());
         let amqp: rabbitmq::RabbitmqSinkConfig =
             toml::from_str("uri = \"amqp://localhost\"\n").unwrap();
-        for replay in [false, true] {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (replay, traced) in [(false, false), (true, false), (false, true), (true, true)] {
+            let event = crate::event::EventBuilder::new(1).received_at_ns(7);
+            let event = Arc::new(if traced { event.traceparent(tp) } else { event }.build());
             let m = Message {
                 seq: 1,
                 event: event.clone(),
@@ -361,20 +373,25 @@ mod tests {
                 HEADER_RECEIVED_AT,
                 HEADER_CONTENT_TYPE,
             ];
+            want.extend(traced.then_some(HEADER_TRACEPARENT));
             want.extend(replay.then_some(HEADER_REPLAY));
             assert_eq!(names, want);
             let flag = replay.then_some("true");
+            let trace = traced.then_some(tp);
 
             let k = kafka::headers(false, &m, &[]);
             let kafka: Vec<&str> = k.iter().map(|h| h.key).collect();
             assert_eq!(kafka, want);
             let value = k.iter().find(|h| h.key == HEADER_REPLAY);
             assert_eq!(value.and_then(|h| h.value), flag.map(str::as_bytes));
+            let value = k.iter().find(|h| h.key == HEADER_TRACEPARENT);
+            assert_eq!(value.and_then(|h| h.value), trace.map(str::as_bytes));
 
             let n = nats::headers(&m).unwrap();
             // A replay must not be dropped by JetStream's duplicate window.
             assert_eq!(n.get(nats::HEADER_MSG_ID).is_some(), flag.is_none());
             assert_eq!(n.get(HEADER_REPLAY).map(|v| v.as_str()), flag);
+            assert_eq!(n.get(HEADER_TRACEPARENT).map(|v| v.as_str()), trace);
 
             let p = rabbitmq::properties(&amqp, &m, &[]).unwrap();
             let value = match p.headers().as_ref().unwrap().inner().get(HEADER_REPLAY) {
@@ -383,6 +400,13 @@ mod tests {
                 None => None,
             };
             assert_eq!(value.as_deref(), flag.map(str::as_bytes));
+            let headers = p.headers().as_ref().unwrap().inner();
+            let value = match headers.get(HEADER_TRACEPARENT) {
+                Some(lapin::types::AMQPValue::LongString(s)) => Some(s.as_bytes().to_vec()),
+                Some(other) => panic!("{other:?}"),
+                None => None,
+            };
+            assert_eq!(value.as_deref(), trace.map(str::as_bytes));
 
             let line: serde_json::Value =
                 serde_json::from_slice(&file::json_line(&m, None)).unwrap();
@@ -396,6 +420,12 @@ mod tests {
             assert_eq!(
                 line["headers"].get(HEADER_REPLAY).and_then(|v| v.as_str()),
                 flag
+            );
+            assert_eq!(
+                line["headers"]
+                    .get(HEADER_TRACEPARENT)
+                    .and_then(|v| v.as_str()),
+                trace
             );
         }
     }

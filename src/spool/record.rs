@@ -1,14 +1,22 @@
 //! The on-disk record: `len u32 | crc32c u32 | payload`, little endian.
 //!
-//! The payload (version 3) is `version u8 | received_at_ns u64 | six strings, each
-//! len u16 + bytes | body_len u32 | body | seq u64`. The CRC covers all of it, the
+//! The payload (version 4) is `version u8 | received_at_ns u64 | seven strings, each
+//! len u16 + bytes | body_len u32 | body | seq u64`; the seventh string, new in
+//! version 4, is the event's `traceparent` (empty when none). The CRC covers all of it, the
 //! record's sequence number included, so a torn write (crash mid-append) or a
 //! flipped bit is recognised on replay, and a record left in a recycled segment from
 //! its earlier use never reads as one of the current log: its sequence differs.
 //! Because the sequence is stored, recovery can also find where valid records start
 //! again after bad bytes ([`find_record`]) instead of giving up on what follows.
-//! Version 2 frames (the CRC covers the sequence, which is not stored) and version 1
-//! frames (the CRC covers the payload alone) are still read.
+//! Version 3 frames (six strings), version 2 frames (the CRC covers the sequence,
+//! which is not stored) and version 1 frames (the CRC covers the payload alone) are
+//! still read.
+//!
+//! From version 3 on every version keeps the frame's outline: the CRC covers the
+//! whole payload and the sequence is its last 8 bytes. So an intact frame of a
+//! version newer than this binary knows is recognised as such
+//! ([`DecodeError::Newer`]), and the spool refuses to open rather than take it for
+//! damage and quarantine it: a downgrade stops with a message, never drops.
 //!
 //! Where the records end: segments are zero-filled ahead of the writer (see
 //! `prealloc`), so an all-zero header marks the end (no frame has one, its length is
@@ -23,8 +31,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::event::Event;
 
-/// Version of the frames written: the sequence is stored at the payload's end.
-const VERSION: u8 = 3;
+/// Version of the frames written: seven strings, the sequence stored at the end.
+pub const VERSION: u8 = 4;
+/// Six strings (no `traceparent`), the sequence stored at the end.
+const VERSION_SIX_STRINGS: u8 = 3;
 /// Frames whose CRC covers the sequence, which is not stored.
 const VERSION_SEQUENCED: u8 = 2;
 /// Frames of this version have a CRC of the payload alone.
@@ -38,11 +48,13 @@ const SEQ_LEN: usize = 8;
 pub const END: [u8; HEADER_LEN] = [0, 0, 0, 0, b'E', b'N', b'D', b'.'];
 /// Larger lengths are corruption, not records (bodies are capped far below this).
 pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
-/// The payload of an event with empty strings and body (version 2; 3 adds the sequence).
+/// The payload of an event with empty strings and body (version 2; 3 adds the
+/// sequence, 4 a seventh string).
 const MIN_PAYLOAD_LEN: usize = 1 + 8 + 6 * 2 + 4;
 /// The largest body a frame carries: what is left of `MAX_PAYLOAD_LEN` after the
 /// longest metadata.
-pub const MAX_BODY_LEN: usize = MAX_PAYLOAD_LEN - MIN_PAYLOAD_LEN - SEQ_LEN - 6 * u16::MAX as usize;
+pub const MAX_BODY_LEN: usize =
+    MAX_PAYLOAD_LEN - MIN_PAYLOAD_LEN - 2 - SEQ_LEN - 7 * u16::MAX as usize;
 /// Sequences tried for each candidate frame of version 2 (which does not store its
 /// sequence) when looking for valid records after bad bytes.
 const UNSTORED_SEQ_TRIES: u64 = 1024;
@@ -70,6 +82,12 @@ pub enum DecodeError {
     OtherSequence(u64),
     #[error("malformed payload: {0}")]
     Malformed(&'static str),
+    /// An intact record of a version this binary does not know: written by a newer
+    /// hookrelay. Not damage: nothing may be skipped or quarantined over it.
+    #[error(
+        "a spool record of version {0}, written by a newer hookrelay (this one reads versions 1 to {VERSION}): run that release on this spool, or drain it with that release first (`hookrelay drain`), before going back"
+    )]
+    Newer(u8),
 }
 
 /// Why an event cannot be framed. The edge bounds every field far below these
@@ -85,13 +103,14 @@ pub struct EncodeError {
 /// The CRC in the header covers the payload only until [`seal`] adds the sequence.
 /// Refuses rather than cuts: a frame is either exactly the event or not written.
 pub fn encode(e: &Event) -> Result<Bytes, EncodeError> {
-    let strs: [(&'static str, &[u8]); 6] = [
+    let strs: [(&'static str, &[u8]); 7] = [
         ("source", e.source().as_bytes()),
         ("event type", e.event_type().as_bytes()),
         ("event id", e.id().as_bytes()),
         ("topic", e.topic().as_bytes()),
         ("key", e.key().as_bytes()),
         ("content type", e.content_type().as_bytes()),
+        ("traceparent", e.traceparent().as_bytes()),
     ];
     for (field, s) in strs {
         if s.len() > u16::MAX as usize {
@@ -151,7 +170,7 @@ pub fn is_sequenced(payload: &[u8]) -> bool {
 
 /// Whether a payload stores its sequence (version 3 on).
 pub fn stores_sequence(payload: &[u8]) -> bool {
-    payload.first() == Some(&VERSION)
+    payload.first().is_some_and(|v| *v >= VERSION_SIX_STRINGS)
 }
 
 /// What lies at a position in a segment.
@@ -191,9 +210,12 @@ pub fn read_frame(r: &mut impl Read, seq: u64) -> Result<Frame, ReadError> {
 fn check(payload: &[u8], crc: u32, seq: u64) -> Result<(), DecodeError> {
     let mut expected = crc32c::crc32c(payload);
     match payload.first() {
-        Some(&VERSION) if payload.len() >= SEQ_LEN => {
+        Some(&v) if v >= VERSION_SIX_STRINGS && payload.len() >= SEQ_LEN => {
             if expected != crc {
                 return Err(DecodeError::BadCrc);
+            }
+            if v > VERSION {
+                return Err(DecodeError::Newer(v));
             }
             let stored = stored_seq(payload);
             return if stored == seq {
@@ -281,8 +303,10 @@ fn candidate(
         *budget = budget.saturating_sub(n);
     };
     match payload[0] {
-        VERSION => {
-            if len < MIN_PAYLOAD_LEN + SEQ_LEN || !well_formed(&payload[..len - SEQ_LEN]) {
+        v @ (VERSION | VERSION_SIX_STRINGS) => {
+            if len < MIN_PAYLOAD_LEN + SEQ_LEN
+                || !well_formed(&payload[..len - SEQ_LEN], strings(v))
+            {
                 return Candidate::No;
             }
             let seq = stored_seq(payload);
@@ -301,7 +325,7 @@ fn candidate(
             }
         }
         VERSION_SEQUENCED if unstored => {
-            if !well_formed(payload) {
+            if !well_formed(payload, 6) {
                 return Candidate::No;
             }
             spend(len);
@@ -317,13 +341,18 @@ fn candidate(
     }
 }
 
+/// Strings in a payload of a known version.
+fn strings(version: u8) -> usize {
+    if version >= VERSION { 7 } else { 6 }
+}
+
 /// Whether the metadata lengths of a payload (without a stored sequence) add up.
-fn well_formed(mut p: &[u8]) -> bool {
+fn well_formed(mut p: &[u8], strings: usize) -> bool {
     if p.len() < MIN_PAYLOAD_LEN {
         return false;
     }
     p.advance(1 + 8);
-    for _ in 0..6 {
+    for _ in 0..strings {
         if p.remaining() < 2 {
             return false;
         }
@@ -374,12 +403,14 @@ pub fn decode(seq: u64, mut payload: Bytes) -> Result<Record, DecodeError> {
         String::from_utf8(p.split_to(len).to_vec()).map_err(|_| DecodeError::Malformed("utf-8"))
     }
     need(&payload, 9)?;
-    match payload.get_u8() {
-        VERSION => {
+    let version = payload.get_u8();
+    match version {
+        VERSION | VERSION_SIX_STRINGS => {
             need(&payload, 8 + SEQ_LEN)?;
             payload.truncate(payload.len() - SEQ_LEN);
         }
         VERSION_SEQUENCED | VERSION_UNSEQUENCED => {}
+        v if v > VERSION => return Err(DecodeError::Newer(v)),
         _ => return Err(DecodeError::Malformed("unknown version")),
     }
     let received_at_ns = payload.get_u64_le();
@@ -389,6 +420,11 @@ pub fn decode(seq: u64, mut payload: Bytes) -> Result<Record, DecodeError> {
     let topic = string(&mut payload)?;
     let key = string(&mut payload)?;
     let content_type = string(&mut payload)?;
+    let traceparent = if version == VERSION {
+        string(&mut payload)?
+    } else {
+        String::new()
+    };
     need(&payload, 4)?;
     let body_len = payload.get_u32_le() as usize;
     if payload.remaining() != body_len {
@@ -405,6 +441,7 @@ pub fn decode(seq: u64, mut payload: Bytes) -> Result<Record, DecodeError> {
             content_type,
             received_at_ns,
             payload,
+            traceparent,
         ),
     })
 }
@@ -493,32 +530,46 @@ mod tests {
         assert!(read_frame(&mut &unsealed[..], 9).is_err());
     }
 
-    /// Frames written by version 2 (sequence in the CRC, not stored) and version 1
-    /// (no sequence at all) still read after an upgrade.
+    /// An encoded frame as versions 1 to 3 wrote it: six strings (the event's
+    /// `traceparent` must be empty), the version byte given, sequence stored or
+    /// not, CRC over the payload, then the sequence when given.
+    fn old_frame(e: &Event, version: u8, seq: Option<u64>) -> Vec<u8> {
+        assert!(e.traceparent().is_empty());
+        let mut framed = encode(e).unwrap().to_vec();
+        // The empty seventh string sits just before the body length.
+        let at = framed.len() - SEQ_LEN - e.body().len() - 4 - 2;
+        assert_eq!(&framed[at..at + 2], &[0, 0]);
+        framed.drain(at..at + 2);
+        if version < VERSION_SIX_STRINGS {
+            framed.truncate(framed.len() - SEQ_LEN);
+        }
+        let len = (framed.len() - HEADER_LEN) as u32;
+        framed[..4].copy_from_slice(&len.to_le_bytes());
+        framed[HEADER_LEN] = version;
+        if version == VERSION_SIX_STRINGS {
+            let n = framed.len();
+            framed[n - SEQ_LEN..].copy_from_slice(&seq.unwrap().to_le_bytes());
+            let crc = crc32c::crc32c(&framed[HEADER_LEN..]);
+            framed[4..8].copy_from_slice(&crc.to_le_bytes());
+            return framed;
+        }
+        let mut crc = crc32c::crc32c(&framed[HEADER_LEN..]);
+        if let Some(s) = seq {
+            crc = crc32c::crc32c_append(crc, &s.to_le_bytes());
+        }
+        framed[4..8].copy_from_slice(&crc.to_le_bytes());
+        framed
+    }
+
+    /// Frames written by version 3 (six strings), version 2 (sequence in the CRC,
+    /// not stored) and version 1 (no sequence at all) still read after an upgrade.
     #[test]
     fn older_frames_still_read() {
         let e = event(4);
-        let v2 = |seq: Option<u64>| {
-            let mut framed = encode(&e).unwrap().to_vec();
-            framed.truncate(framed.len() - SEQ_LEN);
-            let len = (framed.len() - HEADER_LEN) as u32;
-            framed[..4].copy_from_slice(&len.to_le_bytes());
-            framed[HEADER_LEN] = if seq.is_some() {
-                VERSION_SEQUENCED
-            } else {
-                VERSION_UNSEQUENCED
-            };
-            let mut crc = crc32c::crc32c(&framed[HEADER_LEN..]);
-            if let Some(s) = seq {
-                crc = crc32c::crc32c_append(crc, &s.to_le_bytes());
-            }
-            framed[4..8].copy_from_slice(&crc.to_le_bytes());
-            framed
-        };
-        let framed = v2(None);
+        let framed = old_frame(&e, VERSION_UNSEQUENCED, None);
         let payload1 = payload(read_frame(&mut &framed[..], 77).unwrap());
         assert_eq!(decode(77, payload1).unwrap().event, e);
-        let framed = v2(Some(78));
+        let framed = old_frame(&e, VERSION_SEQUENCED, Some(78));
         let payload2 = payload(read_frame(&mut &framed[..], 78).unwrap());
         assert_eq!(decode(78, payload2).unwrap().event, e);
         assert!(read_frame(&mut &framed[..], 79).is_err());
@@ -529,6 +580,48 @@ mod tests {
         assert_eq!(find_record(&bytes, 79..2000, true), None);
         // Only where the segment was written with them.
         assert_eq!(find_record(&bytes, 70..2000, false), None);
+
+        let v3 = old_frame(&e, VERSION_SIX_STRINGS, Some(80));
+        let payload3 = payload(read_frame(&mut &v3[..], 80).unwrap());
+        assert!(stores_sequence(&payload3));
+        assert_eq!(decode(80, payload3).unwrap().event, e);
+        let mut bytes = vec![0xCD; 31];
+        bytes.extend_from_slice(&v3);
+        assert_eq!(find_record(&bytes, 70..2000, false), Some((31, 80)));
+    }
+
+    #[test]
+    fn the_traceparent_round_trips() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let e = builder(5).traceparent(tp).build();
+        let framed = sealed(&e, 3);
+        let back = decode(3, payload(read_frame(&mut &framed[..], 3).unwrap())).unwrap();
+        assert_eq!(back.event.traceparent(), tp);
+        assert_eq!(back.event, e);
+    }
+
+    /// An intact frame of a version this binary does not know was written by a newer
+    /// release: it is reported as such (the spool refuses to open), never read as
+    /// damage to be quarantined; the same bytes with a flipped bit are damage.
+    #[test]
+    fn a_newer_version_is_refused_not_taken_for_damage() {
+        let mut framed = encode(&event(6)).unwrap().to_vec();
+        framed[HEADER_LEN] = VERSION + 1;
+        let crc = crc32c::crc32c(&framed[HEADER_LEN..framed.len() - SEQ_LEN]);
+        framed[4..8].copy_from_slice(&crc.to_le_bytes());
+        seal(&mut framed, 12);
+        match read_frame(&mut &framed[..], 12) {
+            Err(ReadError::Decode(DecodeError::Newer(v))) => assert_eq!(v, VERSION + 1),
+            other => panic!("{other:?}"),
+        }
+        let message = DecodeError::Newer(VERSION + 1).to_string();
+        assert!(message.contains("newer hookrelay"), "{message}");
+        let mut flipped = framed.clone();
+        flipped[HEADER_LEN + 3] ^= 1;
+        assert!(matches!(
+            read_frame(&mut &flipped[..], 12),
+            Err(ReadError::Decode(DecodeError::BadCrc))
+        ));
     }
 
     #[test]

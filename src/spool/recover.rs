@@ -135,8 +135,13 @@ pub fn scan_segment_until(
                         }
                         continue;
                     }
+                    Err(e @ DecodeError::Newer(_)) => return Err(io::Error::other(e)),
                     Err(e) => e.to_string(),
                 }
+            }
+            // Written by a newer release: refuse the spool rather than quarantine it.
+            Err(ReadError::Decode(e @ DecodeError::Newer(_))) => {
+                return Err(io::Error::other(format!("{}: {e}", path.display())));
             }
             Ok(Frame::End { marked }) if seq >= expect_until => {
                 scan.marked_end = marked;

@@ -889,3 +889,38 @@ pub fn send_concurrently(
         .collect();
     Sender { acked, stop, tasks }
 }
+
+/// A provider's W3C `traceparent` for the correlation tests.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// `(trace id, parent span id, flags)` of a well-formed version-00 `traceparent`.
+pub fn traceparent_parts(s: &str) -> Option<(String, String, String)> {
+    let p: Vec<&str> = s.split('-').collect();
+    let hex = |v: &str, n: usize| {
+        v.len() == n && v.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    (p.len() == 4
+        && p[0] == "00"
+        && hex(p[1], 32)
+        && hex(p[2], 16)
+        && hex(p[3], 2)
+        && p[1] != "0".repeat(32)
+        && p[2] != "0".repeat(16))
+    .then(|| (p[1].to_string(), p[2].to_string(), p[3].to_string()))
+}
+
+/// Checks what a message published for a request carried as `traceparent`: the
+/// provider's trace continued under the relay's own span when `sent` is a valid
+/// one, a new trace otherwise.
+pub fn assert_continues(sent: Option<&str>, published: &str) {
+    let (trace, span, flags) =
+        traceparent_parts(published).unwrap_or_else(|| panic!("not a traceparent: {published:?}"));
+    match sent.and_then(traceparent_parts) {
+        Some((t, s, f)) => {
+            assert_eq!(trace, t, "the provider's trace");
+            assert_ne!(span, s, "the relay's own span, not the provider's");
+            assert_eq!(flags, f);
+        }
+        None => assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736", "a new trace"),
+    }
+}
