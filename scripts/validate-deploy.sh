@@ -96,6 +96,32 @@ say "prometheus rules"
 cmp deploy/prometheus/alerts.yaml helm/hookrelay/files/alerts.yaml
 cmp deploy/prometheus/recording.yaml helm/hookrelay/files/recording.yaml
 
+# --- Alert unit tests and runbook links ---
+say "prometheus rule unit tests"
+"$PROMTOOL" test rules deploy/prometheus/tests/*.yaml
+say "every alert: a runbook section and a test that fires it"
+"$VENV_PYTHON" - deploy/prometheus/alerts.yaml docs/runbook.md deploy/prometheus/tests/*.yaml <<'PY'
+import re, sys, yaml
+alerts_file, runbook, tests = sys.argv[1], sys.argv[2], sys.argv[3:]
+base = "https://github.com/hookrelay/hookrelay/blob/main/docs/runbook.md#"
+# GitHub's heading anchors: lowercase, punctuation other than - and _ dropped, spaces to -.
+text = re.sub(r"^```.*?^```", "", open(runbook).read(), flags=re.M | re.S)
+anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+           for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+fired = {t["alertname"] for f in tests for g in yaml.safe_load(open(f))["tests"]
+         for t in g.get("alert_rule_test", []) if t.get("exp_alerts")}
+bad = []
+for g in yaml.safe_load(open(alerts_file))["groups"]:
+    for r in (r for r in g["rules"] if "alert" in r):
+        url = r.get("annotations", {}).get("runbook_url", "")
+        if not url.startswith(base) or url[len(base):] not in anchors:
+            bad.append(f"{r['alert']}: runbook_url {url!r} is not a heading of {runbook}")
+        if r["alert"] not in fired:
+            bad.append(f"{r['alert']}: no test in deploy/prometheus/tests/ expects it to fire")
+sys.exit("\n".join(bad) or None)
+PY
+# --- end of alert tests ---
+
 say "grafana dashboard queries"
 "$VENV_PYTHON" - deploy/grafana/hookrelay.json "$work/dashboard-rules.yaml" <<'PY'
 import json, sys, yaml
