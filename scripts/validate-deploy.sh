@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Offline checks of the deploy artifacts (no cluster, no Docker engine here):
-# helm lint/template for three values files with every manifest validated against
-# the Kubernetes schemas, the chart's rendered hookrelay.toml checked by hookrelay
-# itself, the kustomize base, Prometheus rules and the Grafana dashboard's queries
-# through promtool, and docker-compose.yml against the compose spec.
+# helm lint/template for the defaults and every values file in helm/hookrelay/ci,
+# with every manifest validated against the Kubernetes schemas, the chart's rendered
+# hookrelay.toml checked by hookrelay itself, the kustomize base, Prometheus rules and
+# the Grafana dashboard's queries through promtool, and docker-compose.yml against
+# the compose spec.
 # Usage: scripts/validate-deploy.sh [path/to/hookrelay binary]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -68,7 +69,49 @@ for sm in (d for d in docs if d.get("kind") == "ServiceMonitor"):
 PY
 }
 
-for values in "" helm/hookrelay/ci/broker-values.yaml helm/hookrelay/ci/kafka-rabbitmq-values.yaml helm/hookrelay/ci/operate-values.yaml; do
+# The listen ports of the rendered hookrelay.toml are where everything points: the
+# container ports, the probes, every Service's targetPort, the NetworkPolicy's ports
+# and the ServiceMonitor's endpoint (names resolved through the container's ports).
+ports_follow_config() { "$VENV_PYTHON" - "$1" <<'PY'
+import sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+cfg = next(tomllib.loads(d["data"]["hookrelay.toml"]) for d in docs
+           if d["kind"] == "ConfigMap" and "hookrelay.toml" in d.get("data", {}))
+want = {"webhooks": int(cfg["server"]["listen"].rsplit(":", 1)[1]),
+        "admin": int(cfg["server"]["admin_listen"].rsplit(":", 1)[1])}
+(pod,) = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+main = next(c for c in pod["containers"] if c["name"] == "hookrelay")
+named = {p["name"]: p["containerPort"] for p in main["ports"]}
+resolve = lambda port: named.get(port) if isinstance(port, str) else port
+bad = []
+if named != want:
+    bad.append(f"containerPorts {named}")
+for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    if resolve(main[probe]["httpGet"]["port"]) != want["admin"]:
+        bad.append(f"{probe} port {main[probe]['httpGet']['port']}")
+services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+for name, svc in services.items():
+    for p in svc["spec"]["ports"]:
+        if resolve(p["targetPort"]) != want.get(p["name"]):
+            bad.append(f"Service {name} port {p['name']} targetPort {p['targetPort']}")
+for np in (d for d in docs if d["kind"] == "NetworkPolicy"):
+    got = {resolve(p["port"]) for rule in np["spec"]["ingress"] for p in rule.get("ports", [])}
+    if got != set(want.values()):
+        bad.append(f"NetworkPolicy {np['metadata']['name']} ports {sorted(got, key=str)}")
+for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+    selected = [s for s in services.values() if all(
+        s["metadata"].get("labels", {}).get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())]
+    for e in sm["spec"]["endpoints"]:
+        targets = {resolve(p["targetPort"]) for s in selected for p in s["spec"]["ports"] if p["name"] == e["port"]}
+        if targets != {want["admin"]}:
+            bad.append(f"ServiceMonitor {sm['metadata']['name']} endpoint {e['port']} reaches {sorted(targets, key=str)}")
+if bad:
+    sys.exit(f"not on hookrelay.toml's ports (webhooks {want['webhooks']}, admin {want['admin']}): " + "; ".join(bad))
+print(f"ports follow hookrelay.toml: webhooks {want['webhooks']}, admin {want['admin']}")
+PY
+}
+
+for values in "" helm/hookrelay/ci/*.yaml; do
   name="${values:-default values}"
   say "helm: $name"
   args=()
@@ -79,6 +122,7 @@ for values in "" helm/hookrelay/ci/broker-values.yaml helm/hookrelay/ci/kafka-ra
   "$KUBERNETES_VALIDATE" --strict --quiet "$work/k8s.yaml"
   check_rendered_config "$work/rendered.yaml"
   one_scraped_service "$work/rendered.yaml"
+  ports_follow_config "$work/rendered.yaml"
 done
 
 say "helm: a grace period shorter than preStop + drain deadline is refused"
@@ -86,6 +130,13 @@ if "$HELM" template hookrelay helm/hookrelay --set terminationGracePeriodSeconds
   echo "helm rendered a grace period that cannot cover the drain deadline" >&2; exit 1
 fi
 grep -q "must exceed" "$work/err"
+
+say "helm: a listen address the probes cannot reach is refused"
+if "$HELM" template hookrelay helm/hookrelay -f helm/hookrelay/ci/ports-values.yaml \
+    --set config.server.admin_listen=127.0.0.1:9090 >/dev/null 2>"$work/err"; then
+  echo "helm rendered probes against an admin port on loopback" >&2; exit 1
+fi
+grep -q "listens on loopback" "$work/err"
 
 say "kustomize base"
 "$KUBECTL" kustomize deploy/kubernetes >"$work/kustomized.yaml"

@@ -34,6 +34,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-secrets" (include "hookrelay.fullname" .)) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{/*
+The port of a listen address in config.server ("0.0.0.0:8080", "[::]:8080"): the
+container ports follow it, and the probes, Services and NetworkPolicy name those
+ports, so changing a listen address moves everything with it. Called with
+(list KEY .Values); refuses an address without a port or on loopback, which
+neither the kubelet's probes nor the Service could reach.
+*/}}
+{{- define "hookrelay.listenPort" -}}
+{{- $key := index . 0 -}}
+{{- $addr := dig "server" $key "" (index . 1).config -}}
+{{- if not (kindIs "string" $addr) -}}{{- $addr = "" -}}{{- end -}}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $addr) -}}
+{{- $host := trimSuffix (printf ":%s" $port) $addr -}}
+{{- if or (not $port) (lt (atoi $port) 1) (gt (atoi $port) 65535) -}}
+{{- fail (printf "config.server.%s (%q) needs an address with a port, e.g. \"0.0.0.0:%s\": the pod's ports and probes are taken from it" $key $addr (ternary "8080" "9090" (eq $key "listen"))) -}}
+{{- end -}}
+{{- if or (hasPrefix "127." $host) (eq $host "[::1]") (eq $host "localhost") -}}
+{{- fail (printf "config.server.%s (%q) listens on loopback: in a pod, probes and Services reach the pod's address; use \"0.0.0.0:%s\"" $key $addr $port) -}}
+{{- end -}}
+{{- $port -}}
+{{- end -}}
+
+{{- define "hookrelay.webhookPort" -}}
+{{- include "hookrelay.listenPort" (list "listen" .Values) -}}
+{{- end -}}
+
+{{- define "hookrelay.adminPort" -}}
+{{- $admin := include "hookrelay.listenPort" (list "admin_listen" .Values) -}}
+{{- if eq $admin (include "hookrelay.webhookPort" .) -}}
+{{- fail (printf "config.server.listen and admin_listen share port %s: webhooks and the admin port (metrics, probes) need one each" $admin) -}}
+{{- end -}}
+{{- $admin -}}
+{{- end -}}
+
 {{/* StatefulSet unless every source answers after the broker (no spool). */}}
 {{- define "hookrelay.workload" -}}
 {{- if ne .Values.workload "auto" -}}

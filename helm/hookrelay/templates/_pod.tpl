@@ -32,11 +32,13 @@ spec:
       imagePullPolicy: {{ .Values.image.pullPolicy }}
       args: ["run", "--config", "/etc/hookrelay/config/hookrelay.toml"]
       ports:
+        # From config.server.listen and admin_listen; probes, Services and the
+        # NetworkPolicy refer to these by name.
         - name: webhooks
-          containerPort: 8080
+          containerPort: {{ include "hookrelay.webhookPort" . }}
           protocol: TCP
         - name: admin
-          containerPort: 9090
+          containerPort: {{ include "hookrelay.adminPort" . }}
           protocol: TCP
       {{- with .Values.env }}
       env:
