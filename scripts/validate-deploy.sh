@@ -125,6 +125,17 @@ for values in "" helm/hookrelay/ci/*.yaml; do
   ports_follow_config "$work/rendered.yaml"
 done
 
+say "helm: Chart.yaml's kubeVersion (1.30) is the oldest the manifests are valid on"
+for values in helm/hookrelay/ci/*.yaml; do
+  "$HELM" template hookrelay helm/hookrelay --namespace hookrelay -f "$values" --kube-version 1.30.0 >"$work/rendered.yaml"
+  k8s_only "$work/rendered.yaml" "$work/k8s.yaml"
+  "$KUBERNETES_VALIDATE" --strict --quiet --kubernetes-version 1.30.0 "$work/k8s.yaml"
+done
+if "$HELM" template hookrelay helm/hookrelay -f helm/hookrelay/ci/ports-values.yaml --kube-version 1.29.9 >/dev/null 2>"$work/err"; then
+  echo "helm rendered for Kubernetes 1.29, which has no preStop sleep action by default" >&2; exit 1
+fi
+grep -q "requires kubeVersion" "$work/err"
+
 say "helm: a grace period shorter than preStop + drain deadline is refused"
 if "$HELM" template hookrelay helm/hookrelay --set terminationGracePeriodSeconds=20 >/dev/null 2>"$work/err"; then
   echo "helm rendered a grace period that cannot cover the drain deadline" >&2; exit 1
