@@ -111,13 +111,11 @@ print(f"ports follow hookrelay.toml: webhooks {want['webhooks']}, admin {want['a
 PY
 }
 
-for values in "" helm/hookrelay/ci/*.yaml; do
-  name="${values:-default values}"
-  say "helm: $name"
-  args=()
-  [ -n "$values" ] && args=(-f "$values")
-  "$HELM" lint --strict helm/hookrelay "${args[@]}" >/dev/null
-  "$HELM" template hookrelay helm/hookrelay --namespace hookrelay "${args[@]}" >"$work/rendered.yaml"
+# ci/default-values.yaml is the defaults plus the webhook secret they lack on purpose.
+for values in helm/hookrelay/ci/*.yaml; do
+  say "helm: $values"
+  "$HELM" lint --strict helm/hookrelay -f "$values" >/dev/null
+  "$HELM" template hookrelay helm/hookrelay --namespace hookrelay -f "$values" >"$work/rendered.yaml"
   k8s_only "$work/rendered.yaml" "$work/k8s.yaml"
   "$KUBERNETES_VALIDATE" --strict --quiet "$work/k8s.yaml"
   check_rendered_config "$work/rendered.yaml"
@@ -136,8 +134,19 @@ if "$HELM" template hookrelay helm/hookrelay -f helm/hookrelay/ci/ports-values.y
 fi
 grep -q "requires kubeVersion" "$work/err"
 
+say "helm: no default webhook secret: the defaults alone are refused, naming what to set"
+if "$HELM" template hookrelay helm/hookrelay >/dev/null 2>"$work/err"; then
+  echo "helm rendered the default values without a webhook secret" >&2; exit 1
+fi
+grep -q "no webhook secret: the chart has no default. Set secrets.existingSecret" "$work/err"
+grep -q "secrets.values.quickassist=" "$work/err"
+if "$HELM" template hookrelay helm/hookrelay --set secrets.values.other=x >/dev/null 2>"$work/err"; then
+  echo "helm rendered a Secret without the key the config reads" >&2; exit 1
+fi
+grep -q 'secrets.values has no "quickassist"' "$work/err"
+
 say "helm: a grace period shorter than preStop + drain deadline is refused"
-if "$HELM" template hookrelay helm/hookrelay --set terminationGracePeriodSeconds=20 >/dev/null 2>"$work/err"; then
+if "$HELM" template hookrelay helm/hookrelay -f helm/hookrelay/ci/default-values.yaml --set terminationGracePeriodSeconds=20 >/dev/null 2>"$work/err"; then
   echo "helm rendered a grace period that cannot cover the drain deadline" >&2; exit 1
 fi
 grep -q "must exceed" "$work/err"

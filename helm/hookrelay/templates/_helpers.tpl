@@ -30,8 +30,33 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+The Secret mounted at /etc/hookrelay/secrets: secrets.existingSecret, or one the
+chart creates from secrets.values, which must then hold every key the config reads
+from there. There is no default secret: nothing renders until one is given.
+*/}}
 {{- define "hookrelay.secretName" -}}
-{{- default (printf "%s-secrets" (include "hookrelay.fullname" .)) .Values.secrets.existingSecret -}}
+{{- if .Values.secrets.existingSecret -}}
+{{- .Values.secrets.existingSecret -}}
+{{- else -}}
+{{- $needed := list -}}
+{{- range regexFindAll "/etc/hookrelay/secrets/[^\"]+" (toJson .Values.config) -1 -}}
+{{- $needed = append $needed (trimPrefix "/etc/hookrelay/secrets/" .) -}}
+{{- end -}}
+{{- $needed = $needed | uniq | sortAlpha -}}
+{{- $values := .Values.secrets.values | default dict -}}
+{{- if not $values -}}
+{{- $sets := list -}}
+{{- range $needed -}}{{- $sets = append $sets (printf "secrets.values.%s=..." .) -}}{{- end -}}
+{{- fail (printf "no webhook secret: the chart has no default. Set secrets.existingSecret to a Secret you created (keys: %s), or %s for the chart to create one" (join ", " $needed) (join ", " $sets)) -}}
+{{- end -}}
+{{- range $needed -}}
+{{- if not (index $values .) -}}
+{{- fail (printf "config reads /etc/hookrelay/secrets/%s, but secrets.values has no %q (and secrets.existingSecret is not set)" . .) -}}
+{{- end -}}
+{{- end -}}
+{{- printf "%s-secrets" (include "hookrelay.fullname" .) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
