@@ -129,7 +129,7 @@ hookrelay's integer settings refuse, so scalars are written here.
 {{- $path := .path -}}
 {{- $table := .table -}}
 {{- range $k, $v := $table }}
-{{- if not (kindIs "map" $v) }}
+{{- if not (or (kindIs "map" $v) (kindIs "invalid" $v)) }}
 {{ include "hookrelay.tomlKey" $k }} = {{ include "hookrelay.tomlValue" $v }}
 {{- end }}
 {{- end }}
@@ -143,9 +143,26 @@ hookrelay's integer settings refuse, so scalars are written here.
 {{- end }}
 {{- end -}}
 
+{{/*
+config.sinks as rendered: the sinks named in the values (a null one is left out),
+or, when none is, the quickstart file sink on the data volume.
+*/}}
+{{- define "hookrelay.sinks" -}}
+{{- $sinks := dict -}}
+{{- range $name, $sink := (.Values.config.sinks | default dict) -}}
+{{- if not (kindIs "invalid" $sink) -}}{{- $_ := set $sinks $name $sink -}}{{- end -}}
+{{- end -}}
+{{- if not $sinks -}}
+{{- $_ := set $sinks "file" (dict "type" "file" "dir" "/var/lib/hookrelay/events") -}}
+{{- end -}}
+{{- toJson $sinks -}}
+{{- end -}}
+
 {{- define "hookrelay.config" -}}
+{{- $config := deepCopy .Values.config -}}
+{{- $_ := set $config "sinks" (include "hookrelay.sinks" . | fromJson) -}}
 # Rendered by the hookrelay Helm chart from .Values.config.
-{{- include "hookrelay.tomlTable" (dict "path" "" "table" .Values.config) }}
+{{- include "hookrelay.tomlTable" (dict "path" "" "table" $config) }}
 {{- if .Values.tls.enabled }}
 
 [server.tls]
