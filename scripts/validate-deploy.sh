@@ -111,6 +111,26 @@ print(f"ports follow hookrelay.toml: webhooks {want['webhooks']}, admin {want['a
 PY
 }
 
+# `hookrelay check` runs before hookrelay, on what hookrelay will read: the same
+# config file, environment, volume mounts and securityContext.
+check_runs_first() { "$VENV_PYTHON" - "$1" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+(pod,) = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+main = next(c for c in pod["containers"] if c["name"] == "hookrelay")
+inits = pod.get("initContainers", [])
+if [c["name"] for c in inits] != ["check"]:
+    sys.exit(f"init containers {[c['name'] for c in inits]}: want exactly [check]")
+(check,) = inits
+if check["args"][0] != "check" or check["args"][1:] != main["args"][1:]:
+    sys.exit(f"init container args {check['args']} do not check what {main['args']} runs")
+for key in ("image", "env", "volumeMounts", "securityContext"):
+    if check.get(key) != main.get(key):
+        sys.exit(f"init container {key} differs from the main container's: {check.get(key)} != {main.get(key)}")
+print(f"hookrelay check runs first on {check['args'][-1]} with {len(check['volumeMounts'])} mounts")
+PY
+}
+
 # ci/default-values.yaml is the defaults plus the webhook secret they lack on purpose.
 for values in helm/hookrelay/ci/*.yaml; do
   say "helm: $values"
@@ -121,6 +141,7 @@ for values in helm/hookrelay/ci/*.yaml; do
   check_rendered_config "$work/rendered.yaml"
   one_scraped_service "$work/rendered.yaml"
   ports_follow_config "$work/rendered.yaml"
+  check_runs_first "$work/rendered.yaml"
 done
 
 say "helm: Chart.yaml's kubeVersion (1.30) is the oldest the manifests are valid on"
