@@ -201,6 +201,29 @@ yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.arg
 PY
 "$PROMTOOL" check rules "$work/dashboard-rules.yaml"
 
+say "image: its default config listens where the Dockerfile says, and passes check"
+"$VENV_PYTHON" - Dockerfile examples/container.toml "$work" <<'PY'
+import re, sys, tomllib
+dockerfile, text, work = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.argv[3]
+if not re.search(r"^COPY examples/container.toml /etc/hookrelay/hookrelay.toml$", dockerfile, re.M):
+    sys.exit("the Dockerfile does not install examples/container.toml as its default config")
+server = tomllib.loads(text)["server"]
+addrs = {k: server[k].rsplit(":", 1) for k in ("listen", "admin_listen")}
+for k, (host, port) in addrs.items():
+    if host not in ("0.0.0.0", "[::]"):
+        sys.exit(f"examples/container.toml: server.{k} = {server[k]!r}: `docker run -p` cannot reach it")
+exposed = set(re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split())
+if exposed != {port for _, port in addrs.values()}:
+    sys.exit(f"Dockerfile EXPOSE {sorted(exposed)} != the config's ports {[p for _, p in addrs.values()]}")
+health = re.search(r'"--admin", "127.0.0.1:(\d+)"', dockerfile).group(1)
+if health != addrs["admin_listen"][1]:
+    sys.exit(f"HEALTHCHECK asks port {health}, the admin listener is on {addrs['admin_listen'][1]}")
+# The volume's paths into the scratch directory, for check to try them.
+open(f"{work}/container.toml", "w").write(text.replace("/var/lib/hookrelay", f"{work}/volume"))
+print(f"examples/container.toml: webhooks {server['listen']}, admin {server['admin_listen']}")
+PY
+QUICKASSIST_WEBHOOK_SECRET=dev-secret "$bin" check --config "$work/container.toml"
+
 say "docker-compose.yml"
 "$CHECK_JSONSCHEMA" --builtin-schema vendor.compose-spec docker-compose.yml
 
