@@ -224,6 +224,10 @@ print(f"examples/container.toml: webhooks {server['listen']}, admin {server['adm
 PY
 QUICKASSIST_WEBHOOK_SECRET=dev-secret "$bin" check --config "$work/container.toml"
 
+say "release workflow"
+# actionlint also runs shellcheck on the run: scripts where shellcheck is installed.
+"$ACTIONLINT" .github/workflows/*.yml
+
 say "docker-compose.yml"
 "$CHECK_JSONSCHEMA" --builtin-schema vendor.compose-spec docker-compose.yml
 
