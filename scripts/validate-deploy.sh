@@ -179,9 +179,44 @@ if "$HELM" template hookrelay helm/hookrelay -f helm/hookrelay/ci/ports-values.y
 fi
 grep -q "listens on loopback" "$work/err"
 
-say "kustomize base"
+say "kustomize base: the chart's defaults (REGENERATE=1 rewrites deploy/kubernetes/hookrelay.yaml)"
+"$HELM" template hookrelay helm/hookrelay --namespace hookrelay \
+  --set secrets.existingSecret=hookrelay-secrets >"$work/rendered.yaml"
+"$VENV_PYTHON" - "$work/rendered.yaml" deploy/kubernetes/hookrelay.yaml "${REGENERATE:-}" <<'PY'
+import sys, yaml
+rendered, base, regenerate = sys.argv[1:]
+HEADER = """\
+# Plain manifests for users without Helm: the chart's default values with the
+# webhook secret in the Secret hookrelay-secrets, which you create (README,
+# "Deploying"), minus Helm's bookkeeping. Generated, and compared with the chart, by
+# scripts/validate-deploy.sh (REGENERATE=1 scripts/validate-deploy.sh rewrites it).
+"""
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+for d in docs:
+    for meta in (d["metadata"], d.get("spec", {}).get("template", {}).get("metadata", {})):
+        for k in ("helm.sh/chart", "app.kubernetes.io/managed-by"):
+            meta.get("labels", {}).pop(k, None)
+        notes = {k: v for k, v in meta.get("annotations", {}).items() if not k.startswith("checksum/")}
+        if notes:
+            meta["annotations"] = notes
+        else:
+            meta.pop("annotations", None)
+class Dumper(yaml.SafeDumper):
+    pass
+Dumper.add_representer(str, lambda dumper, v: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
+if regenerate:
+    with open(base, "w") as f:
+        f.write(HEADER)
+        yaml.dump_all(docs, f, Dumper=Dumper, sort_keys=False, default_flow_style=False)
+    print(f"wrote {base}")
+elif [d for d in yaml.safe_load_all(open(base)) if d] != docs:
+    sys.exit(f"{base} differs from the chart's defaults: REGENERATE=1 scripts/validate-deploy.sh")
+PY
 "$KUBECTL" kustomize deploy/kubernetes >"$work/kustomized.yaml"
 "$KUBERNETES_VALIDATE" --strict --quiet "$work/kustomized.yaml"
+ports_follow_config "$work/kustomized.yaml"
+check_runs_first "$work/kustomized.yaml"
 
 say "prometheus rules"
 "$PROMTOOL" check rules deploy/prometheus/recording.yaml deploy/prometheus/alerts.yaml
