@@ -36,6 +36,9 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
             local = os.path.join(work, path.strip("/").replace("/", "_"))
             open(local, "w").write("s3cret-stand-in-0123456789\n")
             toml = toml.replace(path, local)
+        # The data volume's paths (spool, dead letters, events) into the scratch
+        # directory: check tries them, and this machine's /var/lib is not the pod's.
+        toml = toml.replace('"/var/lib/hookrelay/', f'"{work}/data/')
         open(os.path.join(work, "hookrelay.toml"), "w").write(toml)
 PY
   if grep -q "tls.crt" "$work/hookrelay.toml"; then
