@@ -29,8 +29,9 @@ spec:
   {{- if .Values.configCheck.enabled }}
   initContainers:
     # The config as hookrelay itself reads it, before it runs: a bad setting, a
-    # missing secret or an unwritable spool directory leaves the pod in Init:Error
-    # with the reason in `kubectl describe pod` and `kubectl logs POD -c check`.
+    # missing secret or an unwritable spool directory holds the pod at this step
+    # (Init:Error, retried as Init:CrashLoopBackOff) with the reason in
+    # `kubectl describe pod` and `kubectl logs POD -c check`.
     - name: check
       image: "{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}"
       imagePullPolicy: {{ .Values.image.pullPolicy }}
