@@ -784,6 +784,30 @@ fn admin_errors_explain_a_refused_token_and_an_api_that_is_off() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
+    // --token-file reads the mounted secret (trailing newline trimmed) in place of
+    // the variable: an image without a shell has no way to set one for exec.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, format!("{}\n", stub::TOKEN)).unwrap();
+    let with_file = |path: &std::path::Path| {
+        Command::new(binary())
+            .args(["admin", "--url", &stub.url, "--token-file"])
+            .arg(path)
+            .arg("backlog")
+            .env("HOOKRELAY_ADMIN_TOKEN", "wrong")
+            .output()
+            .unwrap()
+    };
+    let o = with_file(&file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = with_file(&dir.path().join("missing"));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--token-file") && stderr(&o).contains("missing"),
+        "{}",
+        stderr(&o)
+    );
+
     // HOOKRELAY_ADMIN_URL stands in for --url.
     let o = Command::new(binary())
         .args(["admin", "backlog", "--json"])

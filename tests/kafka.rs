@@ -352,3 +352,33 @@ async fn two_kafka_clusters_as_named_sinks_with_fan_out() {
 fn as_str(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// The provider's `traceparent` reaches the Kafka record's headers, its trace
+/// continued under the relay's span; a request without one gets a new trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_traceparent_reaches_the_record() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_sink(dir.path(), &sink_section(&broker.brokers, CREATE), "");
+    let mut c = relay.connect().await;
+    let sent = [("kt1", Some(TRACEPARENT)), ("kt2", None)];
+    for (id, tp) in sent {
+        let r = post_traced(&mut c, id, tp).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    }
+    let records = consume(
+        &broker.brokers,
+        &["quickassist.message.read"],
+        3,
+        2,
+        Duration::from_secs(30),
+    );
+    assert_eq!(records.len(), 2, "{}", relay.logs());
+    for (id, tp) in sent {
+        let r = records
+            .iter()
+            .find(|r| r.header("hookrelay-id") == format!("message.read:{id}"))
+            .unwrap_or_else(|| panic!("{id} not consumed"));
+        assert_continues(tp, &r.header("traceparent"));
+    }
+}

@@ -300,3 +300,58 @@ async fn sink_up_follows_the_cluster_within_seconds() {
     all_brokers(&cluster, true);
     up(1.0).await.expect("hookrelay_sink_up back to 1");
 }
+
+/// With the cluster unreachable the log gets one line per kind of librdkafka
+/// report per 10 s, carrying how many were held back, instead of hundreds a
+/// second; every error is still counted by kind, and visible within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_log_lines_are_rate_limited_while_kafka_is_down() {
+    let (_reserved, addr) = refused_port();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_sink(dir.path(), &sink_section(&addr.to_string(), ""), "");
+    for i in 0..5 {
+        let (status, _) = relay
+            .post(&event_body("message.read", &format!("down{i}")))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "durable: accepted while Kafka is down"
+        );
+    }
+    let seen = eventually(Duration::from_secs(5), || async {
+        let m = relay.metrics().await;
+        let errors = metric_sum(&m, "hookrelay_kafka_errors_total");
+        (errors > 0.0 && metric(&m, "hookrelay_sink_up{sink=\"kafka\"}") == 0.0).then_some(errors)
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "no error counted within 5 s\n{}",
+        relay.metrics().await
+    );
+    // Past one interval, so that the second line of a kind (with its count) is due.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let logs = relay.logs();
+    let broker_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("librdkafka:") || l.contains("kafka client error"))
+        .collect();
+    let errors = metric_sum(&relay.metrics().await, "hookrelay_kafka_errors_total");
+    eprintln!(
+        "{} broker log lines in ~14 s for {errors} errors counted:\n{}",
+        broker_lines.len(),
+        broker_lines.join("\n")
+    );
+    assert!(
+        !broker_lines.is_empty(),
+        "the outage is logged at all\n{logs}"
+    );
+    assert!(broker_lines.len() <= 16, "{} lines", broker_lines.len());
+    let held_back: u64 = broker_lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| l["suppressed"].as_u64())
+        .sum();
+    assert!(held_back > 0, "the later lines say how many were held back");
+}

@@ -376,3 +376,37 @@ fn wrong_credentials_are_a_clear_startup_error() {
         "{out}"
     );
 }
+
+/// The provider's `traceparent` reaches the AMQP message's headers, its trace
+/// continued under the relay's span; a request without one gets a new trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_traceparent_reaches_the_message() {
+    let ex = unique("hr-trace");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(dir.path(), "", "", &amqp::sink_section(&ex, ""), "");
+    let relay = Relay::start_with(dir.path(), &config);
+    let q = format!("{ex}.all");
+    {
+        let (conn, ch) = amqp::channel().await;
+        bind(&ch, &q, &ex, "#", true).await;
+        let _ = conn.close(200, "bound".into()).await;
+    }
+    let mut c = relay.connect().await;
+    let sent = [("rt1", Some(TRACEPARENT)), ("rt2", None)];
+    for (id, tp) in sent {
+        let r = post_traced(&mut c, id, tp).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    }
+    let (conn, ch) = amqp::channel().await;
+    let got = drain(&ch, &q, 2, Duration::from_secs(30)).await;
+    let _ = conn.close(200, "done".into()).await;
+    assert_eq!(got.len(), 2, "{}", relay.logs());
+    for (id, tp) in sent {
+        let m = got
+            .iter()
+            .find(|m| m.header("hookrelay-id") == format!("message.read:{id}"))
+            .unwrap_or_else(|| panic!("{id} not consumed"));
+        assert_continues(tp, &m.header("traceparent"));
+    }
+    cleanup(&ex, &[&q]).await;
+}

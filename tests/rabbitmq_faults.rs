@@ -596,3 +596,34 @@ async fn one_sinks_outage_refuses_only_the_sources_routed_to_it() {
     );
     cleanup(&ex, &[&q]).await;
 }
+
+/// `hookrelay_sink_up` follows the broker with nothing being sent: 0 within 5 s
+/// of `rabbitmqctl stop_app`, 1 again after `start_app` without an event to
+/// publish (the sink reconnects on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_up_follows_stop_app_and_start_app() {
+    let _one = BROKER.lock().await;
+    let ex = unique("hr-up");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_sink(dir.path(), "", "", &amqp::sink_section(&ex, ""), "");
+    let relay = Relay::start_with(dir.path(), &config);
+    const UP: &str = "hookrelay_sink_up{sink=\"rabbitmq\"}";
+    wait_metric(&relay, UP, 1.0, Duration::from_secs(10)).await;
+
+    let guard = AppRunning;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .unwrap();
+    let stopped = Instant::now();
+    wait_metric(&relay, UP, 0.0, Duration::from_secs(5)).await;
+    eprintln!("sink_up 0 after {:?}", stopped.elapsed());
+    assert!(stopped.elapsed() <= Duration::from_secs(5));
+
+    tokio::task::spawn_blocking(move || drop(guard)) // start_app + await_startup
+        .await
+        .unwrap();
+    let started = Instant::now();
+    wait_metric(&relay, UP, 1.0, Duration::from_secs(20)).await;
+    eprintln!("sink_up 1 again {:?} after start_app", started.elapsed());
+    cleanup(&ex, &[]).await;
+}

@@ -20,7 +20,7 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// One subcommand, on a runtime of its own: the CLI has no other async work.
 pub fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let client = AdminClient::new(&args.url, &args.token_env)?;
+    let client = AdminClient::new(&args.url, &args.token_env, args.token_file.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,6 +5,8 @@
 //! Plain http only: the admin port is reached on loopback or the pod's IP, and a
 //! token sent over TLS to a name that did not verify would be worse than none.
 
+use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -24,6 +26,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BODY: usize = 64 << 20;
 
 /// Where the admin API is, and the token it wants.
+/// A token file is a few dozen bytes; reading stops here whatever the path names.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
 pub struct AdminClient {
     /// `host:port`, for the connection and the `Host` header.
     authority: String,
@@ -44,10 +49,16 @@ pub struct ApiError {
 
 impl AdminClient {
     /// `url` is `http://host:port[/prefix]` (the scheme may be left out); the
-    /// token is read from the variable `token_env`, whitespace trimmed (a
-    /// mounted secret often ends in a newline). No token is sent when it is unset:
-    /// the server's 401 then says so, with a hint.
-    pub fn new(url: &str, token_env: &str) -> anyhow::Result<AdminClient> {
+    /// token is read from `token_file` when given (the mounted secret itself: the
+    /// distroless image has no shell or `env` to put it in a variable), else from
+    /// the variable `token_env`, whitespace trimmed either way (a mounted secret
+    /// often ends in a newline). No token is sent when there is none: the
+    /// server's 401 then says so, with a hint.
+    pub fn new(
+        url: &str,
+        token_env: &str,
+        token_file: Option<&Path>,
+    ) -> anyhow::Result<AdminClient> {
         let full = if url.contains("://") {
             url.trim().to_string()
         } else {
@@ -66,18 +77,33 @@ impl AdminClient {
             .host()
             .with_context(|| format!("--url {url}: no host"))?;
         let port = uri.port_u16().unwrap_or(80);
-        let token = match std::env::var(token_env) {
-            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            Ok(_) | Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                bail!("{token_env} holds bytes that are not UTF-8: not a token")
+        let (token, token_env) = match token_file {
+            Some(path) => {
+                let mut text = String::new();
+                std::fs::File::open(path)
+                    .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES).read_to_string(&mut text))
+                    .with_context(|| format!("--token-file {}: cannot read it", path.display()))?;
+                let t = text.trim();
+                (
+                    (!t.is_empty()).then(|| t.to_string()),
+                    format!("--token-file {}", path.display()),
+                )
             }
+            None => match std::env::var(token_env) {
+                Ok(t) if !t.trim().is_empty() => {
+                    (Some(t.trim().to_string()), token_env.to_string())
+                }
+                Ok(_) | Err(std::env::VarError::NotPresent) => (None, token_env.to_string()),
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    bail!("{token_env} holds bytes that are not UTF-8: not a token")
+                }
+            },
         };
         Ok(AdminClient {
             authority: format!("{host}:{port}"),
             prefix: uri.path().trim_end_matches('/').to_string(),
             token,
-            token_env: token_env.to_string(),
+            token_env,
         })
     }
 
@@ -137,7 +163,7 @@ impl AdminClient {
                 let said = said.unwrap_or_else(|| "unauthorized".into());
                 let hint = match self.token {
                     None => format!(
-                        "{} is not set: set it to the instance's admin token (or name another variable with --token-env)",
+                        "{} is not set: set it to the instance's admin token (or name another variable with --token-env, or the mounted secret with --token-file)",
                         self.token_env
                     ),
                     Some(_) => format!(
@@ -251,18 +277,19 @@ mod tests {
 
     #[test]
     fn urls_name_host_port_and_prefix() {
-        let c = AdminClient::new("http://127.0.0.1:9090/", "HOOKRELAY_TEST_NO_SUCH_VAR").unwrap();
+        let c =
+            AdminClient::new("http://127.0.0.1:9090/", "HOOKRELAY_TEST_NO_SUCH_VAR", None).unwrap();
         assert_eq!(
             (c.authority.as_str(), c.prefix.as_str()),
             ("127.0.0.1:9090", "")
         );
-        let c = AdminClient::new("10.0.0.7:9090/ops", "HOOKRELAY_TEST_NO_SUCH_VAR").unwrap();
+        let c = AdminClient::new("10.0.0.7:9090/ops", "HOOKRELAY_TEST_NO_SUCH_VAR", None).unwrap();
         assert_eq!(
             (c.authority.as_str(), c.prefix.as_str()),
             ("10.0.0.7:9090", "/ops")
         );
         assert!(c.token.is_none());
-        let e = AdminClient::new("https://x:1", "V")
+        let e = AdminClient::new("https://x:1", "V", None)
             .err()
             .unwrap()
             .to_string();

@@ -41,6 +41,10 @@ pub struct AdminArgs {
     /// The environment variable holding the admin token (sent as a bearer token).
     #[arg(long, default_value = "HOOKRELAY_ADMIN_TOKEN", global = true)]
     pub token_env: String,
+    /// A file holding the admin token, read instead of the variable: the mounted
+    /// secret, for `kubectl exec` into an image without a shell.
+    #[arg(long, env = "HOOKRELAY_ADMIN_TOKEN_FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
     /// Print the server's JSON answer instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

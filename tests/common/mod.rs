@@ -924,3 +924,15 @@ pub fn assert_continues(sent: Option<&str>, published: &str) {
         None => assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736", "a new trace"),
     }
 }
+
+/// Posts a signed `message.read` of message id `id`, with `traceparent` when given.
+pub async fn post_traced(c: &mut Client, id: &str, traceparent: Option<&str>) -> Reply {
+    let body = event_body("message.read", id);
+    let sig = sign(body.as_bytes());
+    let mut h = vec![("x-webhook-signature", sig.as_str())];
+    if let Some(tp) = traceparent {
+        h.push(("traceparent", tp));
+    }
+    c.request("POST", "/webhooks/quickassist", &h, body.as_bytes())
+        .await
+}
