@@ -10,7 +10,7 @@ use anyhow::Context;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
-use hookrelay::config::{Config, LogFormat};
+use hookrelay::config::{Config, ConfigError, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -90,10 +90,43 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hookrelay: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("hookrelay: {}", message(&e));
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// EX_CONFIG (sysexits.h): what `vector validate` exits with when the
+/// configuration does not validate, its environment checks included.
+const EX_CONFIG: u8 = 78;
+
+/// [`EX_CONFIG`] when the configuration cannot work: anything `check` refuses,
+/// and what `run` and `drain` refuse before starting (a problem in the file, a
+/// secret they cannot read); 1 for every other failure.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use hookrelay::app::Error as App;
+    use hookrelay::sink::StartError;
+    let config = e.is::<ConfigError>()
+        || matches!(
+            e.downcast_ref::<App>(),
+            Some(App::Config(_) | App::Sink(StartError::Config(_)))
+        );
+    if config { EX_CONFIG } else { 1 }
+}
+
+/// The error and its causes, `: `-separated as anyhow's `{:#}` prints them, but
+/// without a cause whose text ends the message already (errors that print their
+/// source in their own message would otherwise say it twice).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.ends_with(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {

@@ -55,7 +55,7 @@ fn check_accepts_a_good_config_and_names_bad_keys() {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, text).unwrap();
         let o = hookrelay(&["check", "--config", bad.to_str().unwrap()], Some("s"));
-        assert!(!o.status.success(), "{needle}: accepted");
+        assert_eq!(o.status.code(), Some(78), "{needle}: {}", stderr(&o));
         assert!(
             stderr(&o).contains(needle),
             "{needle} not in: {}",
@@ -63,7 +63,7 @@ fn check_accepts_a_good_config_and_names_bad_keys() {
         );
         // `run` refuses the same file with the same message.
         let o = hookrelay(&["run", "--config", bad.to_str().unwrap()], Some("s"));
-        assert!(!o.status.success(), "{needle}: run started");
+        assert_eq!(o.status.code(), Some(78), "{needle}: {}", stderr(&o));
         assert!(
             stderr(&o).contains(needle),
             "{needle} not in: {}",
@@ -81,9 +81,11 @@ fn missing_or_empty_secret_stops_startup() {
     for secret in [None, Some("")] {
         for cmd in ["check", "run"] {
             let o = hookrelay(&[cmd, "--config", path], secret);
-            assert!(
-                !o.status.success(),
-                "{cmd} with secret {secret:?} succeeded"
+            assert_eq!(
+                o.status.code(),
+                Some(78),
+                "{cmd} with secret {secret:?}: {}",
+                stderr(&o)
             );
             let e = stderr(&o);
             assert!(e.contains("sources.quickassist.secret_env"), "{e}");
@@ -240,6 +242,19 @@ fn the_providers_example_config_is_valid() {
         String::from_utf8_lossy(&o.stdout).contains("16 source(s)"),
         "{}",
         String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+/// A file that is not there is said once (it was said twice: the error's own
+/// message and its source), with exit 78 like any configuration error.
+#[test]
+fn a_missing_config_file_is_reported_once() {
+    let o = hookrelay(&["check", "--config", "/nonexistent/hookrelay.toml"], None);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(78), "{e}");
+    assert_eq!(
+        e,
+        "hookrelay: cannot read /nonexistent/hookrelay.toml: No such file or directory (os error 2)\n"
     );
 }
 

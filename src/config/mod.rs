@@ -333,10 +333,11 @@ pub struct SyntaxError {
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// The io error is in the message, and not a `source`: printed once.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -363,9 +364,9 @@ fn invalid(key: impl Into<String>, why: impl std::fmt::Display) -> ConfigError {
 impl Config {
     /// Reads, parses and validates the file; secrets are not resolved yet.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let config = Self::parse(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
