@@ -10,7 +10,7 @@ use anyhow::Context;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
-use hookrelay::config::{Config, ConfigError, LogFormat};
+use hookrelay::config::{Checked, Config, ConfigError, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -157,9 +157,11 @@ fn drain(path: &Path, timeout: std::time::Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every problem at once, each `file:line: key: why`.
 fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    hookrelay::app::check_offline(&config)?;
+    let mut checked = Checked::read(path)?;
+    hookrelay::app::check_offline(&checked.config, &mut checked.problems);
+    let config = checked.into_result()?;
     let sinks: Vec<String> = config
         .sinks
         .iter()

@@ -245,6 +245,65 @@ fn the_providers_example_config_is_valid() {
     );
 }
 
+/// The 1-based line of `text` that starts with `needle` (trimmed), for the line
+/// numbers `check` must print.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle} not in:\n{text}"))
+}
+
+/// Three mistakes in three sections, of three kinds (a value of the wrong type,
+/// an unknown key, a cross-field check): one run of `check` reports all of them,
+/// each as `file:line: key: why`, and exits 78 (EX_CONFIG); `run` refuses the
+/// file listing the same.
+#[test]
+fn check_reports_every_problem_at_once_with_its_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = base_config(
+        dir.path(),
+        "max_body_bytes = \"big\"",
+        "",
+        "colour = \"red\"",
+    )
+    .replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:18080\"",
+    )
+    .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:18080\"");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_str().unwrap();
+    let want = [
+        format!(
+            "{file}:{}: server.admin_listen: must differ from server.listen",
+            line_of(&text, "admin_listen")
+        ),
+        format!(
+            "{file}:{}: server.max_body_bytes: invalid type: string \"big\"",
+            line_of(&text, "max_body_bytes")
+        ),
+        format!(
+            "{file}:{}: sources.quickassist.colour: unknown field `colour`",
+            line_of(&text, "colour")
+        ),
+    ];
+    for cmd in ["check", "run"] {
+        let o = hookrelay(&[cmd, "--config", file], Some("s"));
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(78), "{cmd}: {e}");
+        assert!(e.contains(&format!("3 problems in {file}")), "{cmd}: {e}");
+        for line in &want {
+            assert!(
+                e.lines().any(|l| l.starts_with(line.as_str())),
+                "{cmd}: {line} not in:\n{e}"
+            );
+        }
+        assert!(!String::from_utf8_lossy(&o.stdout).contains(": ok"));
+    }
+}
+
 /// A file that is not there is said once (it was said twice: the error's own
 /// message and its source), with exit 78 like any configuration error.
 #[test]

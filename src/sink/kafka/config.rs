@@ -129,21 +129,30 @@ fn check_property(k: &str, v: &str, table: &str) -> Result<(), ConfigProblem> {
 impl KafkaSinkConfig {
     /// Checks that need no network; secrets are read by [`Self::client_config`].
     pub fn validate(&self) -> Result<(), ConfigProblem> {
-        let p = |k: &str, why: String| Err(ConfigProblem::new(format!("sinks.kafka.{k}"), why));
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem [`Self::validate`] would stop at the first of.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut p =
+            |k: &str, why: String| out.push(ConfigProblem::new(format!("sinks.kafka.{k}"), why));
         if self.brokers.trim().is_empty() {
-            return p("brokers", "must list at least one host:port".into());
+            p("brokers", "must list at least one host:port".into());
         }
         if self.linger_ms > 1000 {
-            return p(
+            p(
                 "linger_ms",
                 "keep it small (0-2 recommended, at most 1000)".into(),
             );
         }
         if self.message_timeout_ms < 1000 {
-            return p("message_timeout_ms", "must be at least 1000".into());
+            p("message_timeout_ms", "must be at least 1000".into());
         }
         for (k, v) in &self.librdkafka {
-            check_property(k, v, "librdkafka")?;
+            if let Err(e) = check_property(k, v, "librdkafka") {
+                p(e.key.trim_start_matches("sinks.kafka."), e.why);
+            }
         }
         for k in self
             .librdkafka_from_env
@@ -151,7 +160,7 @@ impl KafkaSinkConfig {
             .chain(self.librdkafka_from_file.keys())
         {
             if self.librdkafka.contains_key(k) {
-                return p(
+                p(
                     &format!("librdkafka.\"{k}\""),
                     "is also set from env or file; set it once".into(),
                 );
@@ -160,24 +169,24 @@ impl KafkaSinkConfig {
         if let Some(t) = &self.dlq_topic
             && (!crate::event::is_sane_name(t) || t.len() > crate::event::MAX_TOPIC_LEN)
         {
-            return p("dlq_topic", format!("'{t}' is not a legal topic name"));
+            p("dlq_topic", format!("'{t}' is not a legal topic name"));
         }
         if self.max_topics == 0 {
-            return p("max_topics", "must be greater than 0".into());
+            p("max_topics", "must be greater than 0".into());
         }
         if self.topic_partitions == 0 || self.topic_partitions < -1 {
-            return p(
+            p(
                 "topic_partitions",
                 "must be positive, or -1 for the broker's default".into(),
             );
         }
         if self.topic_replication == 0 || self.topic_replication < -1 {
-            return p(
+            p(
                 "topic_replication",
                 "must be positive, or -1 for the broker's default".into(),
             );
         }
-        Ok(())
+        out
     }
 
     /// The producer's properties: our safe defaults, then the pass-through ones,
