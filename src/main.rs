@@ -100,6 +100,12 @@ fn main() -> ExitCode {
 /// configuration does not validate, its environment checks included.
 const EX_CONFIG: u8 = 78;
 
+/// `check` refused the configuration for what it found outside the file (a
+/// broker `--connect` could not reach); the details are printed already.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
 /// [`EX_CONFIG`] when the configuration cannot work: anything `check` refuses,
 /// and what `run` and `drain` refuse before starting (a problem in the file, a
 /// secret they cannot read); 1 for every other failure.
@@ -107,6 +113,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     use hookrelay::app::Error as App;
     use hookrelay::sink::StartError;
     let config = e.is::<ConfigError>()
+        || e.is::<Refused>()
         || matches!(
             e.downcast_ref::<App>(),
             Some(App::Config(_) | App::Sink(StartError::Config(_)))
@@ -157,11 +164,42 @@ fn drain(path: &Path, timeout: std::time::Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every problem at once, each `file:line: key: why`.
+/// Every problem at once (each `file:line: key: why`), then with `--connect`
+/// each broker as it answers; `PATH: ok` only once all of it passed.
 fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
     let mut checked = Checked::read(path)?;
     hookrelay::app::check_offline(&checked.config, &mut checked.problems);
     let config = checked.into_result()?;
+    for warning in config.warnings() {
+        println!("warning: {warning}");
+    }
+    for stray in hookrelay::backlog::strays(&config.spool.dir, &config.sinks.names()) {
+        println!(
+            "warning: {}: a backlog of sink '{stray}', which is not in this config: the next start dead-letters its events",
+            config.spool.dir.join(&stray).display()
+        );
+    }
+    if connect {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let failed =
+            runtime.block_on(hookrelay::app::check_connections(
+                &config,
+                |result| match result {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => eprintln!("{e}"),
+                },
+            ));
+        if failed > 0 {
+            return Err(Refused(format!(
+                "{}: {failed} sink(s) could not be reached",
+                path.display()
+            ))
+            .into());
+        }
+    }
     let sinks: Vec<String> = config
         .sinks
         .iter()
@@ -182,25 +220,6 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
             .join(", "),
         sinks.join(", ")
     );
-    for warning in config.warnings() {
-        println!("warning: {warning}");
-    }
-    for stray in hookrelay::backlog::strays(&config.spool.dir, &config.sinks.names()) {
-        println!(
-            "warning: {}: a backlog of sink '{stray}', which is not in this config: the next start dead-letters its events",
-            config.spool.dir.join(&stray).display()
-        );
-    }
-    if connect {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        let report = runtime.block_on(hookrelay::app::check_connections(&config));
-        for line in report? {
-            println!("{line}");
-        }
-    }
     Ok(())
 }
 

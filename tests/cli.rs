@@ -317,6 +317,29 @@ fn a_missing_config_file_is_reported_once() {
     );
 }
 
+/// `check --connect` says `PATH: ok` only once every broker answered: a broker
+/// that cannot be reached is reported, with no ok before or after, and exit 78.
+#[test]
+fn check_connect_prints_no_ok_when_a_broker_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "[sinks.rabbitmq]\nuri = \"amqp://guest:guest@127.0.0.1:1/%2f\"\nconnect_timeout_ms = 2000\n";
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config_with_sink(dir.path(), "", "", sink, "")).unwrap();
+    let file = path.to_str().unwrap();
+    let o = hookrelay(&["check", "--config", file], Some("s"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(": ok"));
+    let o = hookrelay(&["check", "--connect", "--config", file], Some("s"));
+    let (out, e) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert_eq!(o.status.code(), Some(78), "{out}{e}");
+    assert!(!out.contains("ok"), "{out}");
+    assert!(
+        e.contains("sinks.rabbitmq: cannot connect to amqp://127.0.0.1:1/"),
+        "{e}"
+    );
+    assert!(e.contains("1 sink(s) could not be reached"), "{e}");
+}
+
 #[test]
 fn health_subcommand_reports_the_admin_listener() {
     let dir = tempfile::tempdir().unwrap();

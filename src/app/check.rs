@@ -36,11 +36,16 @@ pub fn check_offline(config: &Config, out: &mut Problems) {
     }
 }
 
-/// `hookrelay check --connect`: reaches every broker sink, or says why not.
-pub async fn check_connections(config: &Config) -> Result<Vec<String>, StartError> {
-    let mut report = Vec::new();
+/// `hookrelay check --connect`: reaches every broker sink in turn and hands each
+/// result to `report` as it comes (`sinks.NAME: ...`, either way); returns how
+/// many could not be reached.
+pub async fn check_connections(
+    config: &Config,
+    mut report: impl FnMut(Result<String, StartError>),
+) -> usize {
+    let mut failed = 0;
     for (name, cfg) in config.sinks.iter() {
-        let line = match &cfg.settings {
+        let result = match &cfg.settings {
             SinkSettings::Kafka(kafka) => crate::sink::kafka::check_connection(kafka),
             SinkSettings::Rabbitmq(rabbitmq) => {
                 crate::sink::rabbitmq::check_connection(rabbitmq).await
@@ -48,11 +53,11 @@ pub async fn check_connections(config: &Config) -> Result<Vec<String>, StartErro
             SinkSettings::Nats(nats) => crate::sink::nats::check_connection(nats).await,
             SinkSettings::File(_) => continue,
         };
-        report.push(format!(
-            "sinks.{}: {}",
-            segment(name),
-            line.map_err(|e| renamed(e, cfg, name))?
-        ));
+        let result = result
+            .map(|line| format!("sinks.{}: {line}", segment(name)))
+            .map_err(|e| renamed(e, cfg, name));
+        failed += usize::from(result.is_err());
+        report(result);
     }
-    Ok(report)
+    failed
 }
