@@ -317,6 +317,65 @@ fn a_missing_config_file_is_reported_once() {
     );
 }
 
+/// What `run` would fail on as it starts is refused by `check` already: a spool
+/// directory (or a file sink's) that cannot be created, here under a regular
+/// file, and a librdkafka property librdkafka does not know.
+#[test]
+fn check_refuses_what_run_would_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let spool = blocker.join("spool");
+    let events = blocker.join("events");
+    let sink = format!(
+        "[sinks.file]\ndir = \"{}\"\n[sinks.kafka]\nbrokers = \"127.0.0.1:1\"\n[sinks.kafka.librdkafka]\n\"no.such.property\" = \"1\"\n",
+        events.display()
+    );
+    let text = config_with_sink(dir.path(), "", "", &sink, "sinks = [\"file\", \"kafka\"]")
+        .replace(
+            &format!("dir = \"{}\"", dir.path().join("spool").display()),
+            &format!("dir = \"{}\"", spool.display()),
+        );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_str().unwrap();
+    let o = hookrelay(&["check", "--config", file], Some("s"));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(78), "{e}");
+    let spool_line = text
+        .lines()
+        .position(|l| l.contains(&spool.display().to_string()))
+        .unwrap()
+        + 1;
+    for want in [
+        format!(
+            "{file}:{spool_line}: spool.dir: cannot create {}: {} is not a directory",
+            spool.display(),
+            blocker.display()
+        ),
+        format!(
+            "{file}:{}: sinks.file.dir: cannot create {}",
+            line_of(&text, &format!("dir = \"{}\"", events.display())),
+            events.display()
+        ),
+        format!(
+            "{file}:{}: sinks.kafka.librdkafka.\"no.such.property\": No such configuration property",
+            line_of(&text, "\"no.such.property\"")
+        ),
+    ] {
+        assert!(
+            e.lines().any(|l| l.starts_with(&want)),
+            "{want} not in:\n{e}"
+        );
+    }
+    assert!(!blocker.join("spool").exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "check left files behind"
+    );
+}
+
 /// `check --connect` says `PATH: ok` only once every broker answered: a broker
 /// that cannot be reached is reported, with no ok before or after, and exit 78.
 #[test]

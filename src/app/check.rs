@@ -1,13 +1,15 @@
 //! `hookrelay check`: what `run` would fail on before serving, found without
 //! starting anything, and `--connect`'s reach to each broker.
 
+use std::path::Path;
+
 use super::renamed;
-use crate::config::{Config, Problems, SinkSettings, segment};
+use crate::config::{AckMode, Config, Problems, SinkSettings, segment};
 use crate::sink::StartError;
 
-/// `hookrelay check`: everything `run` reads before it starts, without
-/// connecting: the sources' secrets, the sinks' client settings and secrets, and
-/// the TLS files. Every problem goes to `out`.
+/// `hookrelay check`: everything `run` reads or opens before it starts, without
+/// connecting: the sources' secrets, the sinks' client settings and secrets, the
+/// TLS files, and the directories it writes. Every problem goes to `out`.
 pub fn check_offline(config: &Config, out: &mut Problems) {
     for (name, cfg) in &config.sources {
         if let Err(e) = cfg.verifier(name) {
@@ -33,6 +35,109 @@ pub fn check_offline(config: &Config, out: &mut Problems) {
         && let Err(e) = crate::tls::load(&t.cert_file, &t.key_file)
     {
         out.push("server.tls", e);
+    }
+    check_dirs(config, out);
+}
+
+/// Whether `run` could create and write the directories it uses: the spool (and
+/// the dead-letter file beside it) when a backlog would be opened, each backlog's
+/// archive, each file sink's directory.
+fn check_dirs(config: &Config, out: &mut Problems) {
+    let spool = &config.spool.dir;
+    let backlogs = spool.exists() || config.sources.values().any(|s| s.ack == AckMode::Durable);
+    if backlogs {
+        match writable(spool) {
+            Err(why) => out.push("spool.dir", why),
+            Ok(()) if config.archive.is_some() => {
+                for (name, _) in config.sinks.iter() {
+                    let dir = spool.join(name).join(crate::spool::ARCHIVE_DIR);
+                    if let Err(why) = writable(&dir) {
+                        out.push("archive", why);
+                    }
+                }
+            }
+            Ok(()) => {}
+        }
+        let dead = &config.dead_letter.path;
+        let parent = dead.parent().unwrap_or(Path::new(""));
+        let file = std::fs::OpenOptions::new().append(true).open(dead);
+        let why = match file {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => writable(parent).err(),
+            Err(e) => Some(format!("cannot write {}: {e}", dead.display())),
+            Ok(_) => None,
+        };
+        if let Some(why) = why {
+            out.push("dead_letter.path", why);
+        }
+    }
+    for (name, cfg) in config.sinks.iter() {
+        if let SinkSettings::File(f) = &cfg.settings
+            && let Err(why) = writable(&f.dir)
+        {
+            out.push(format!("sinks.{}.dir", segment(name)), why);
+        }
+    }
+}
+
+/// Whether `dir` can be created (as `create_dir_all` would) and written in. Leaves
+/// nothing behind: a file is created and removed again in `dir`, or in its
+/// nearest ancestor that exists when it does not.
+fn writable(dir: &Path) -> Result<(), String> {
+    let mut at = dir;
+    loop {
+        let here = if at.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            at
+        };
+        match std::fs::metadata(here) {
+            Ok(m) if m.is_dir() => {
+                at = here;
+                break;
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "cannot create {}: {} is not a directory",
+                    dir.display(),
+                    here.display()
+                ));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match at.parent() {
+                    Some(parent) => at = parent,
+                    None => return Err(format!("cannot create {}: {e}", dir.display())),
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot create {}: {}: {e}",
+                    dir.display(),
+                    here.display()
+                ));
+            }
+        }
+    }
+    let probe = at.join(format!(".hookrelay-check.{}", std::process::id()));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe);
+    match created {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if at == dir => Err(format!("cannot write in {}: {e}", dir.display())),
+        Err(e) => Err(format!(
+            "cannot create {}: cannot write in {}: {e}",
+            dir.display(),
+            at.display()
+        )),
     }
 }
 
