@@ -164,11 +164,14 @@ fn drain(path: &Path, timeout: std::time::Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every problem at once (each `file:line: key: why`), then with `--connect`
-/// each broker as it answers; `PATH: ok` only once all of it passed.
+/// Every problem at once (each `file:line: key: why`), warnings, then with
+/// `--connect` each broker as it answers; `PATH: ok` only once all of it passed.
 fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
     let mut checked = Checked::read(path)?;
     hookrelay::app::check_offline(&checked.config, &mut checked.problems);
+    for warning in checked.warnings() {
+        println!("warning: {warning}");
+    }
     let config = checked.into_result()?;
     for warning in config.warnings() {
         println!("warning: {warning}");

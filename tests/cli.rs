@@ -317,6 +317,31 @@ fn a_missing_config_file_is_reported_once() {
     );
 }
 
+/// `${VAR}` in a value is used as written (hookrelay expands no variables): the
+/// file is valid, but `check` warns, naming the key and line and the `_env` key
+/// to use instead.
+#[test]
+fn check_warns_of_a_variable_written_in_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "[sinks.kafka]\nbrokers = \"127.0.0.1:1\"\n[sinks.kafka.librdkafka]\n\"sasl.password\" = \"${KAFKA_PASSWORD}\"\n";
+    let text = config_with_sink(dir.path(), "", "", sink, "");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_str().unwrap();
+    let o = hookrelay(&["check", "--config", file], Some("s"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let warning = format!(
+        "warning: {file}:{}: sinks.kafka.librdkafka.\"sasl.password\": \"${{KAFKA_PASSWORD}}\" is used as written",
+        line_of(&text, "\"sasl.password\"")
+    );
+    assert!(out.contains(&warning), "{warning} not in:\n{out}");
+    assert!(
+        out.contains("librdkafka_from_env instead: \"sasl.password\" = \"KAFKA_PASSWORD\""),
+        "{out}"
+    );
+}
+
 /// What `run` would fail on as it starts is refused by `check` already: a spool
 /// directory (or a file sink's) that cannot be created, here under a regular
 /// file, and a librdkafka property librdkafka does not know.

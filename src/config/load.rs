@@ -11,8 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue};
 
-use super::problems::dotted;
+use super::problems::{dotted, line_at, segment};
 use super::{Config, ConfigError, Problems, SinksConfig, SyntaxError};
 
 /// Values left out at most before reading gives up: enough for any file a
@@ -60,6 +61,29 @@ impl Checked {
         }
         self.problems.locate(&self.path, &self.text);
         Err(ConfigError::Invalid(self.problems))
+    }
+
+    /// `${VAR}` in a string value: hookrelay expands no variables, so it is used
+    /// as written, which is seldom what was meant. Each as `file:line: key: why`.
+    pub fn warnings(&self) -> Vec<String> {
+        let Ok(doc) = DeTable::parse(&self.text) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        variables(doc.get_ref(), &mut Vec::new(), &mut found);
+        found.sort_by_key(|(_, offset, _)| *offset);
+        found
+            .into_iter()
+            .map(|(segments, offset, var)| {
+                format!(
+                    "{}:{}: {}: \"${{{var}}}\" is used as written: hookrelay does not expand environment variables in values; {}",
+                    self.path.display(),
+                    line_at(&self.text, offset),
+                    dotted(&segments),
+                    env_instead(&segments, &var)
+                )
+            })
+            .collect()
     }
 }
 
@@ -167,5 +191,79 @@ fn remove(table: &mut toml::Table, path: &[String]) -> bool {
             Some(toml::Value::Table(t)) => remove(t, rest),
             _ => false,
         },
+    }
+}
+
+/// Every string value holding `${NAME}`: its key's segments, where, and NAME.
+fn variables(
+    table: &DeTable<'_>,
+    segments: &mut Vec<String>,
+    found: &mut Vec<(Vec<String>, usize, String)>,
+) {
+    for (k, v) in table.iter() {
+        segments.push(k.get_ref().to_string());
+        value_variables(v.get_ref(), v.span().start, segments, found);
+        segments.pop();
+    }
+}
+
+fn value_variables(
+    value: &DeValue<'_>,
+    offset: usize,
+    segments: &mut Vec<String>,
+    found: &mut Vec<(Vec<String>, usize, String)>,
+) {
+    match value {
+        DeValue::String(s) => {
+            if let Some(var) = variable(s) {
+                found.push((segments.clone(), offset, var.to_string()));
+            }
+        }
+        DeValue::Table(t) => variables(t, segments, found),
+        DeValue::Array(a) => {
+            for item in a.iter() {
+                value_variables(item.get_ref(), item.span().start, segments, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The first `${NAME}` in `s` (NAME a shell variable's name).
+fn variable(s: &str) -> Option<&str> {
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        if let Some(end) = after.find('}') {
+            let name = &after[..end];
+            let shell = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if shell {
+                return Some(name);
+            }
+        }
+        rest = after;
+    }
+    None
+}
+
+/// What to write instead of `${var}` at the key `segments`.
+fn env_instead(segments: &[String], var: &str) -> String {
+    let names: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match names.as_slice() {
+        [.., "librdkafka", prop] => format!(
+            "name the variable in librdkafka_from_env instead: {} = \"{var}\"",
+            segment(prop)
+        ),
+        [.., key @ ("secret" | "verify_token" | "redis_url" | "token" | "password")] => {
+            format!("name the variable instead: {key}_env = \"{var}\"")
+        }
+        [.., "uri"] => format!(
+            "for a password, name the variable instead: password_env = \"{var}\""
+        ),
+        _ => "where a secret belongs, keys ending in _env (secret_env, password_env, token_env, librdkafka_from_env) take the variable's name".to_string(),
     }
 }

@@ -438,3 +438,32 @@ fn a_syntax_error_is_the_only_problem() {
     assert!(matches!(err, ConfigError::Syntax(_)), "{err}");
     assert!(err.to_string().contains("line 2"), "{err}");
 }
+
+/// `${VAR}` in any string value, nested or in an array, is a warning naming
+/// its key and line and what to write instead.
+#[test]
+fn variables_written_in_values_are_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let text = format!(
+        "{MINIMAL}events = [\"a\", \"${{EVENT}}\"]\n[dedup]\nredis_url = \"redis://:${{REDIS_PW}}@h\"\nredis_url_env = \"$NOT_THIS\"\n"
+    );
+    std::fs::write(&path, &text).unwrap();
+    let warnings = Checked::read(&path).unwrap().warnings();
+    let file = path.display();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{file}:7: sources.quickassist.events: \"${{EVENT}}\""
+        )),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with(&format!("{file}:9: dedup.redis_url: ")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].ends_with("redis_url_env = \"REDIS_PW\""),
+        "{warnings:?}"
+    );
+}
