@@ -10,7 +10,7 @@ use anyhow::Context;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
-use hookrelay::config::{Config, LogFormat};
+use hookrelay::config::{Checked, Config, ConfigError, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -90,10 +90,50 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hookrelay: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("hookrelay: {}", message(&e));
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// EX_CONFIG (sysexits.h): what `vector validate` exits with when the
+/// configuration does not validate, its environment checks included.
+const EX_CONFIG: u8 = 78;
+
+/// `check` refused the configuration for what it found outside the file (a
+/// broker `--connect` could not reach); the details are printed already.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// [`EX_CONFIG`] when the configuration cannot work: anything `check` refuses,
+/// and what `run` and `drain` refuse before starting (a problem in the file, a
+/// secret they cannot read); 1 for every other failure.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use hookrelay::app::Error as App;
+    use hookrelay::sink::StartError;
+    let config = e.is::<ConfigError>()
+        || e.is::<Refused>()
+        || matches!(
+            e.downcast_ref::<App>(),
+            Some(App::Config(_) | App::Sink(StartError::Config(_)))
+        );
+    if config { EX_CONFIG } else { 1 }
+}
+
+/// The error and its causes, `: `-separated as anyhow's `{:#}` prints them, but
+/// without a cause whose text ends the message already (errors that print their
+/// source in their own message would otherwise say it twice).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.ends_with(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {
@@ -124,9 +164,45 @@ fn drain(path: &Path, timeout: std::time::Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every problem at once (each `file:line: key: why`), warnings, then with
+/// `--connect` each broker as it answers; `PATH: ok` only once all of it passed.
 fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    hookrelay::app::check_offline(&config)?;
+    let mut checked = Checked::read(path)?;
+    hookrelay::app::check_offline(&checked.config, &mut checked.problems);
+    for warning in checked.warnings() {
+        println!("warning: {warning}");
+    }
+    let config = checked.into_result()?;
+    for warning in config.warnings() {
+        println!("warning: {warning}");
+    }
+    for stray in hookrelay::backlog::strays(&config.spool.dir, &config.sinks.names()) {
+        println!(
+            "warning: {}: a backlog of sink '{stray}', which is not in this config: the next start dead-letters its events",
+            config.spool.dir.join(&stray).display()
+        );
+    }
+    if connect {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let failed =
+            runtime.block_on(hookrelay::app::check_connections(
+                &config,
+                |result| match result {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => eprintln!("{e}"),
+                },
+            ));
+        if failed > 0 {
+            return Err(Refused(format!(
+                "{}: {failed} sink(s) could not be reached",
+                path.display()
+            ))
+            .into());
+        }
+    }
     let sinks: Vec<String> = config
         .sinks
         .iter()
@@ -147,25 +223,6 @@ fn check(path: &Path, connect: bool) -> anyhow::Result<()> {
             .join(", "),
         sinks.join(", ")
     );
-    for warning in config.warnings() {
-        println!("warning: {warning}");
-    }
-    for stray in hookrelay::backlog::strays(&config.spool.dir, &config.sinks.names()) {
-        println!(
-            "warning: {}: a backlog of sink '{stray}', which is not in this config: the next start dead-letters its events",
-            config.spool.dir.join(&stray).display()
-        );
-    }
-    if connect {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        let report = runtime.block_on(hookrelay::app::check_connections(&config));
-        for line in report? {
-            println!("{line}");
-        }
-    }
     Ok(())
 }
 

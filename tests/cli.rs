@@ -55,7 +55,7 @@ fn check_accepts_a_good_config_and_names_bad_keys() {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, text).unwrap();
         let o = hookrelay(&["check", "--config", bad.to_str().unwrap()], Some("s"));
-        assert!(!o.status.success(), "{needle}: accepted");
+        assert_eq!(o.status.code(), Some(78), "{needle}: {}", stderr(&o));
         assert!(
             stderr(&o).contains(needle),
             "{needle} not in: {}",
@@ -63,7 +63,7 @@ fn check_accepts_a_good_config_and_names_bad_keys() {
         );
         // `run` refuses the same file with the same message.
         let o = hookrelay(&["run", "--config", bad.to_str().unwrap()], Some("s"));
-        assert!(!o.status.success(), "{needle}: run started");
+        assert_eq!(o.status.code(), Some(78), "{needle}: {}", stderr(&o));
         assert!(
             stderr(&o).contains(needle),
             "{needle} not in: {}",
@@ -81,9 +81,11 @@ fn missing_or_empty_secret_stops_startup() {
     for secret in [None, Some("")] {
         for cmd in ["check", "run"] {
             let o = hookrelay(&[cmd, "--config", path], secret);
-            assert!(
-                !o.status.success(),
-                "{cmd} with secret {secret:?} succeeded"
+            assert_eq!(
+                o.status.code(),
+                Some(78),
+                "{cmd} with secret {secret:?}: {}",
+                stderr(&o)
             );
             let e = stderr(&o);
             assert!(e.contains("sources.quickassist.secret_env"), "{e}");
@@ -241,6 +243,185 @@ fn the_providers_example_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// The 1-based line of `text` that starts with `needle` (trimmed), for the line
+/// numbers `check` must print.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle} not in:\n{text}"))
+}
+
+/// Three mistakes in three sections, of three kinds (a value of the wrong type,
+/// an unknown key, a cross-field check): one run of `check` reports all of them,
+/// each as `file:line: key: why`, and exits 78 (EX_CONFIG); `run` refuses the
+/// file listing the same.
+#[test]
+fn check_reports_every_problem_at_once_with_its_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = base_config(
+        dir.path(),
+        "max_body_bytes = \"big\"",
+        "",
+        "colour = \"red\"",
+    )
+    .replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"127.0.0.1:18080\"",
+    )
+    .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:18080\"");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_str().unwrap();
+    let want = [
+        format!(
+            "{file}:{}: server.admin_listen: must differ from server.listen",
+            line_of(&text, "admin_listen")
+        ),
+        format!(
+            "{file}:{}: server.max_body_bytes: invalid type: string \"big\"",
+            line_of(&text, "max_body_bytes")
+        ),
+        format!(
+            "{file}:{}: sources.quickassist.colour: unknown field `colour`",
+            line_of(&text, "colour")
+        ),
+    ];
+    for cmd in ["check", "run"] {
+        let o = hookrelay(&[cmd, "--config", file], Some("s"));
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(78), "{cmd}: {e}");
+        assert!(e.contains(&format!("3 problems in {file}")), "{cmd}: {e}");
+        for line in &want {
+            assert!(
+                e.lines().any(|l| l.starts_with(line.as_str())),
+                "{cmd}: {line} not in:\n{e}"
+            );
+        }
+        assert!(!String::from_utf8_lossy(&o.stdout).contains(": ok"));
+    }
+}
+
+/// A file that is not there is said once (it was said twice: the error's own
+/// message and its source), with exit 78 like any configuration error.
+#[test]
+fn a_missing_config_file_is_reported_once() {
+    let o = hookrelay(&["check", "--config", "/nonexistent/hookrelay.toml"], None);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(78), "{e}");
+    assert_eq!(
+        e,
+        "hookrelay: cannot read /nonexistent/hookrelay.toml: No such file or directory (os error 2)\n"
+    );
+}
+
+/// `${VAR}` in a value is used as written (hookrelay expands no variables): the
+/// file is valid, but `check` warns, naming the key and line and the `_env` key
+/// to use instead.
+#[test]
+fn check_warns_of_a_variable_written_in_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "[sinks.kafka]\nbrokers = \"127.0.0.1:1\"\n[sinks.kafka.librdkafka]\n\"sasl.password\" = \"${KAFKA_PASSWORD}\"\n";
+    let text = config_with_sink(dir.path(), "", "", sink, "");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_str().unwrap();
+    let o = hookrelay(&["check", "--config", file], Some("s"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let warning = format!(
+        "warning: {file}:{}: sinks.kafka.librdkafka.\"sasl.password\": \"${{KAFKA_PASSWORD}}\" is used as written",
+        line_of(&text, "\"sasl.password\"")
+    );
+    assert!(out.contains(&warning), "{warning} not in:\n{out}");
+    assert!(
+        out.contains("librdkafka_from_env instead: \"sasl.password\" = \"KAFKA_PASSWORD\""),
+        "{out}"
+    );
+}
+
+/// What `run` would fail on as it starts is refused by `check` already: a spool
+/// directory (or a file sink's) that cannot be created, here under a regular
+/// file, and a librdkafka property librdkafka does not know.
+#[test]
+fn check_refuses_what_run_would_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let spool = blocker.join("spool");
+    let events = blocker.join("events");
+    let sink = format!(
+        "[sinks.file]\ndir = \"{}\"\n[sinks.kafka]\nbrokers = \"127.0.0.1:1\"\n[sinks.kafka.librdkafka]\n\"no.such.property\" = \"1\"\n",
+        events.display()
+    );
+    let text = config_with_sink(dir.path(), "", "", &sink, "sinks = [\"file\", \"kafka\"]")
+        .replace(
+            &format!("dir = \"{}\"", dir.path().join("spool").display()),
+            &format!("dir = \"{}\"", spool.display()),
+        );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &text).unwrap();
+    let file = path.to_str().unwrap();
+    let o = hookrelay(&["check", "--config", file], Some("s"));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(78), "{e}");
+    let spool_line = text
+        .lines()
+        .position(|l| l.contains(&spool.display().to_string()))
+        .unwrap()
+        + 1;
+    for want in [
+        format!(
+            "{file}:{spool_line}: spool.dir: cannot create {}: {} is not a directory",
+            spool.display(),
+            blocker.display()
+        ),
+        format!(
+            "{file}:{}: sinks.file.dir: cannot create {}",
+            line_of(&text, &format!("dir = \"{}\"", events.display())),
+            events.display()
+        ),
+        format!(
+            "{file}:{}: sinks.kafka.librdkafka.\"no.such.property\": No such configuration property",
+            line_of(&text, "\"no.such.property\"")
+        ),
+    ] {
+        assert!(
+            e.lines().any(|l| l.starts_with(&want)),
+            "{want} not in:\n{e}"
+        );
+    }
+    assert!(!blocker.join("spool").exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "check left files behind"
+    );
+}
+
+/// `check --connect` says `PATH: ok` only once every broker answered: a broker
+/// that cannot be reached is reported, with no ok before or after, and exit 78.
+#[test]
+fn check_connect_prints_no_ok_when_a_broker_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "[sinks.rabbitmq]\nuri = \"amqp://guest:guest@127.0.0.1:1/%2f\"\nconnect_timeout_ms = 2000\n";
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config_with_sink(dir.path(), "", "", sink, "")).unwrap();
+    let file = path.to_str().unwrap();
+    let o = hookrelay(&["check", "--config", file], Some("s"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(": ok"));
+    let o = hookrelay(&["check", "--connect", "--config", file], Some("s"));
+    let (out, e) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert_eq!(o.status.code(), Some(78), "{out}{e}");
+    assert!(!out.contains("ok"), "{out}");
+    assert!(
+        e.contains("sinks.rabbitmq: cannot connect to amqp://127.0.0.1:1/"),
+        "{e}"
+    );
+    assert!(e.contains("1 sink(s) could not be reached"), "{e}");
 }
 
 #[test]

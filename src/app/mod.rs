@@ -14,7 +14,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod check;
 mod upkeep;
+pub use check::{check_connections, check_offline};
 use upkeep::{spawn_archive_pruning, spawn_sink_watch};
 
 use crate::config::{
@@ -244,56 +246,13 @@ fn renamed(e: StartError, cfg: &SinkConfig, name: &str) -> StartError {
         }
         StartError::Broker(why) => {
             let kind = format!("sinks.{}", cfg.settings.kind().as_str());
+            let name = crate::config::segment(name);
             StartError::Broker(match why.strip_prefix(&kind) {
                 Some(rest) => format!("sinks.{name}{rest}"),
                 None => format!("sinks.{name}: {why}"),
             })
         }
     }
-}
-
-/// `hookrelay check`: everything `run` reads before it starts, without connecting.
-pub fn check_offline(config: &Config) -> Result<(), Error> {
-    source_rules(config)?;
-    for (name, cfg) in config.sinks.iter() {
-        let at = |p| crate::config::renamed(p, cfg.settings.kind(), name);
-        match &cfg.settings {
-            SinkSettings::Kafka(kafka) => {
-                kafka.client_config().map_err(|p| StartError::from(at(p)))?;
-            }
-            SinkSettings::Rabbitmq(rabbitmq) => {
-                rabbitmq
-                    .resolved_uri()
-                    .map_err(|p| StartError::from(at(p)))?;
-            }
-            SinkSettings::File(_) | SinkSettings::Nats(_) => {}
-        }
-    }
-    if let Some(t) = &config.server.tls {
-        crate::tls::load(&t.cert_file, &t.key_file)
-            .map_err(|e| Error::Setup(format!("server.tls: {e}")))?;
-    }
-    Ok(())
-}
-
-/// `hookrelay check --connect`: reaches every broker sink, or says why not.
-pub async fn check_connections(config: &Config) -> Result<Vec<String>, StartError> {
-    let mut report = Vec::new();
-    for (name, cfg) in config.sinks.iter() {
-        let line = match &cfg.settings {
-            SinkSettings::Kafka(kafka) => crate::sink::kafka::check_connection(kafka),
-            SinkSettings::Rabbitmq(rabbitmq) => {
-                crate::sink::rabbitmq::check_connection(rabbitmq).await
-            }
-            SinkSettings::Nats(nats) => crate::sink::nats::check_connection(nats).await,
-            SinkSettings::File(_) => continue,
-        };
-        report.push(format!(
-            "sinks.{name}: {}",
-            line.map_err(|e| renamed(e, cfg, name))?
-        ));
-    }
-    Ok(report)
 }
 
 /// Each source's sinks, by name.

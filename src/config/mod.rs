@@ -1,31 +1,35 @@
 //! Typed, validated configuration.
 //!
-//! One TOML file, unknown keys rejected. [`Config::load`] parses and then
-//! [`Config::validate`] runs every cross-field check and resolves secrets, so
-//! `hookrelay check` and `hookrelay run` refuse exactly the same files with
-//! exactly the same messages, each naming the offending key.
+//! One TOML file, unknown keys rejected. [`Config::load`] parses and then runs
+//! every cross-field check ([`Config::validate`]), so `hookrelay check` and
+//! `hookrelay run` refuse exactly the same files with exactly the same messages,
+//! each naming the offending key and its line, all of them at once (`load.rs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 mod admin;
+mod load;
+mod problems;
 mod sinks;
 mod source;
 #[cfg(test)]
 mod tests;
 
 pub use admin::{AdminConfig, MIN_TOKEN_LEN};
+pub use load::Checked;
+pub use problems::{Problem, Problems, segment};
 pub use sinks::{
     FileSinkConfig, MAX_SINK_NAME_LEN, SinkConfig, SinkSettings, SinksConfig, renamed,
 };
 pub use source::{AckMode, OneOrMany, RateLimit, SignatureBody, SourceConfig};
 
 /// Everything hookrelay needs to run, as written in the TOML file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -45,8 +49,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Confirmed events kept for replay; off unless the section is there.
     pub archive: Option<ArchiveConfig>,
-    /// Destinations by name (see `sinks`).
-    #[serde(default)]
+    /// Destinations by name (see `sinks`); read table by table, by their `type`
+    /// (see `load.rs`), not by serde.
+    #[serde(skip)]
     pub sinks: SinksConfig,
     /// Webhook senders by name; the name is the `{source}` in `/webhooks/{source}`.
     #[serde(default)]
@@ -328,91 +333,86 @@ impl Default for DeadLetterConfig {
     }
 }
 
-/// TOML that does not parse into a configuration: the message names the key and line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+/// Text that is not TOML: the parser's message, with the line and column.
+/// Nothing after it can be read, so it is the only problem reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
+    /// The file, when the text is one's.
+    pub path: Option<PathBuf>,
     pub message: String,
 }
 
-/// A configuration problem, always naming the key at fault.
+impl std::fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "{}: {}", p.display(), self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for SyntaxError {}
+
+/// A configuration that cannot be used, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// The io error is in the message, and not a `source`: printed once.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{key}: {why}")]
-    Invalid { key: String, why: String },
+    #[error(transparent)]
+    Syntax(#[from] SyntaxError),
+    /// Every problem found, each with its key (and line, when from a file).
+    #[error("{0}")]
+    Invalid(Problems),
 }
 
 impl From<crate::sink::ConfigProblem> for ConfigError {
     fn from(p: crate::sink::ConfigProblem) -> ConfigError {
-        ConfigError::Invalid {
-            key: p.key,
-            why: p.why,
-        }
+        invalid(p.key, p.why)
     }
 }
 
+/// A single problem, for helpers that stop at the first (reading a secret).
 fn invalid(key: impl Into<String>, why: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        why: why.to_string(),
-    }
+    let mut problems = Problems::new();
+    problems.push(key, why);
+    ConfigError::Invalid(problems)
 }
 
 impl Config {
-    /// Reads, parses and validates the file; secrets are not resolved yet.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config = Self::parse(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.message,
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Parses TOML text; the error names the key and line.
-    pub fn parse(text: &str) -> Result<Config, SyntaxError> {
-        toml::from_str(text).map_err(|e| SyntaxError {
-            message: e.to_string().trim_end().to_string(),
-        })
-    }
-
-    /// Every check that spans fields or needs the environment.
+    /// Every check that spans fields or needs the environment, all of them.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Problems::new();
+        self.check(&mut problems);
+        problems.into_result()
+    }
+
+    /// [`Config::validate`]'s checks, each problem pushed to `out`.
+    fn check(&self, out: &mut Problems) {
         let s = &self.server;
         if s.listen == s.admin_listen && s.listen.port() != 0 {
-            return Err(invalid(
-                "server.admin_listen",
-                "must differ from server.listen",
-            ));
+            out.push("server.admin_listen", "must differ from server.listen");
         }
         if s.max_body_bytes == 0 {
-            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+            out.push("server.max_body_bytes", "must be greater than 0");
         }
         if s.max_body_bytes > crate::spool::MAX_BODY_LEN {
-            return Err(invalid(
+            out.push(
                 "server.max_body_bytes",
                 format!(
                     "must be at most {} (what a spool record carries)",
                     crate::spool::MAX_BODY_LEN
                 ),
-            ));
+            );
         }
         if s.max_in_flight_body_bytes < s.max_body_bytes {
-            return Err(invalid(
+            out.push(
                 "server.max_in_flight_body_bytes",
                 "must be at least server.max_body_bytes",
-            ));
+            );
         }
         for (key, v) in [
             ("server.header_read_timeout_ms", s.header_read_timeout_ms),
@@ -420,112 +420,110 @@ impl Config {
             ("server.idle_timeout_ms", s.idle_timeout_ms),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be greater than 0"));
+                out.push(key, "must be greater than 0");
             }
         }
         for p in &s.trusted_proxies {
             if crate::guard::parse_net(p).is_none() {
-                return Err(invalid(
+                out.push(
                     "server.trusted_proxies",
                     format!("'{p}' is not a CIDR or IP address"),
-                ));
+                );
             }
         }
         if s.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be greater than 0"));
+            out.push("server.max_connections", "must be greater than 0");
         }
         let u = &s.unverified_rate_limit;
         if !(u.per_second > 0.0 && u.per_second.is_finite()) || u.burst == 0 {
-            return Err(invalid(
+            out.push(
                 "server.unverified_rate_limit",
                 "per_second must be > 0 and burst >= 1",
-            ));
+            );
         }
         let sp = &self.spool;
         if sp.segment_bytes < 4096 {
-            return Err(invalid("spool.segment_bytes", "must be at least 4096"));
+            out.push("spool.segment_bytes", "must be at least 4096");
         }
         if sp.max_bytes < sp.segment_bytes.saturating_mul(4) {
-            return Err(invalid(
+            out.push(
                 "spool.max_bytes",
                 format!(
                     "must be at least 4 x spool.segment_bytes ({}), so that confirmed segments can be freed",
                     sp.segment_bytes.saturating_mul(4)
                 ),
-            ));
+            );
         }
         if sp.min_sync_interval_us > 100_000 {
-            return Err(invalid(
+            out.push(
                 "spool.min_sync_interval_us",
                 "must be at most 100000 (100 ms): every 200 may wait this long",
-            ));
+            );
         }
         if let Some(a) = &self.archive {
             if a.retention_hours == 0 {
-                return Err(invalid("archive.retention_hours", "must be greater than 0"));
+                out.push("archive.retention_hours", "must be greater than 0");
             }
             let least = sp.segment_bytes.saturating_mul(2);
             if a.max_bytes < least {
-                return Err(invalid(
+                out.push(
                     "archive.max_bytes",
                     format!("must be at least 2 x spool.segment_bytes ({least})"),
-                ));
+                );
             }
         }
         if self.dedup.max_ids == 0 {
-            return Err(invalid("dedup.max_ids", "must be greater than 0"));
+            out.push("dedup.max_ids", "must be greater than 0");
         }
         if self.dedup.backend == DedupBackend::Redis {
             if self.dedup.redis_url.is_none() && self.dedup.redis_url_env.is_none() {
-                return Err(invalid(
+                out.push(
                     "dedup.redis_url",
                     "backend = \"redis\" needs redis_url or redis_url_env",
-                ));
+                );
             }
             if let Some(u) = &self.dedup.redis_url
                 && !(u.starts_with("redis://") || u.starts_with("rediss://"))
             {
-                return Err(invalid(
-                    "dedup.redis_url",
-                    "must start with redis:// or rediss://",
-                ));
+                out.push("dedup.redis_url", "must start with redis:// or rediss://");
             }
             if self.dedup.redis_timeout_ms == 0 {
-                return Err(invalid("dedup.redis_timeout_ms", "must be greater than 0"));
+                out.push("dedup.redis_timeout_ms", "must be greater than 0");
             }
         }
         let f = &self.forward;
         if f.max_in_flight == 0 || f.max_in_flight_bytes == 0 || f.batch_max == 0 {
-            return Err(invalid(
+            out.push(
                 "forward",
                 "max_in_flight, max_in_flight_bytes and batch_max must be greater than 0",
-            ));
+            );
         }
         if f.backoff_initial_ms == 0 || f.backoff_max_ms < f.backoff_initial_ms {
-            return Err(invalid(
+            out.push(
                 "forward.backoff_max_ms",
                 "need 0 < backoff_initial_ms <= backoff_max_ms",
-            ));
+            );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid(
+            out.push(
                 "log.level",
                 format!("'{}' is not a valid filter", self.log.level),
-            ));
+            );
         }
-        self.admin.token()?;
+        if let Err(e) = self.admin.token() {
+            out.add(e);
+        }
         if self.sources.is_empty() {
-            return Err(invalid(
+            out.push(
                 "sources",
                 "configure at least one source, e.g. [sources.quickassist] scheme = \"quickassist\"",
-            ));
+            );
         }
         self.sinks
-            .validate(self.spool.max_bytes, self.spool.segment_bytes)?;
+            .validate(self.spool.max_bytes, self.spool.segment_bytes, out);
         for (name, src) in &self.sources {
-            src.validate(name, &self.sinks)?;
+            src.validate(name, &self.sinks, out);
         }
-        Ok(())
     }
 
     /// What `check` reports and `run` logs without refusing the file.

@@ -8,9 +8,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use super::{ConfigError, SourceConfig, invalid};
+use super::load::deserialize_all;
+use super::problems::segment;
+use super::{Problems, SourceConfig};
 use crate::sink::kafka::KafkaSinkConfig;
 use crate::sink::nats::NatsSinkConfig;
 use crate::sink::rabbitmq::RabbitmqSinkConfig;
@@ -80,64 +82,81 @@ const fn default_max_topics() -> usize {
     crate::sink::DEFAULT_MAX_TOPICS
 }
 
-impl<'de> Deserialize<'de> for SinksConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let tables = BTreeMap::<String, toml::Table>::deserialize(d)?;
+impl SinksConfig {
+    /// Reads `[sinks]`, each sink by its type; a sink that cannot be read is
+    /// left out, its problems recorded.
+    pub(super) fn read(tables: toml::Table, problems: &mut Problems) -> SinksConfig {
         let mut by_name = BTreeMap::new();
-        for (name, table) in tables {
-            let sink = SinkConfig::from_table(&name, table).map_err(D::Error::custom)?;
-            by_name.insert(name, sink);
+        for (name, value) in tables {
+            let at = format!("sinks.{}", segment(&name));
+            let toml::Value::Table(table) = value else {
+                problems.unread(at, Some("must be a table: [sinks.NAME]".into()));
+                continue;
+            };
+            match SinkConfig::read(&name, table, problems) {
+                Some(sink) => {
+                    by_name.insert(name, sink);
+                }
+                None => problems.unread(at, None),
+            }
         }
-        Ok(SinksConfig { by_name })
+        SinksConfig { by_name }
     }
 }
 
 impl SinkConfig {
-    fn from_table(name: &str, mut table: toml::Table) -> Result<SinkConfig, String> {
-        let at = |key: &str| format!("sinks.{name}.{key}");
+    fn read(name: &str, mut table: toml::Table, problems: &mut Problems) -> Option<SinkConfig> {
+        let at = |key: &str| format!("sinks.{}.{key}", segment(name));
         let kind = match table.remove("type") {
-            Some(toml::Value::String(t)) => SinkKind::from_name(&t).ok_or_else(|| {
-                format!(
-                    "{}: unknown sink type '{t}', expected one of: {}",
-                    at("type"),
-                    kinds_list()
-                )
-            })?,
-            Some(_) => return Err(format!("{}: must be a string", at("type"))),
-            None => SinkKind::from_name(name).ok_or_else(|| {
-                format!(
-                    "sinks.{name}: say what it is, with type = one of: {}",
-                    kinds_list()
-                )
-            })?,
+            Some(toml::Value::String(t)) => match SinkKind::from_name(&t) {
+                Some(kind) => kind,
+                None => {
+                    problems.push(
+                        at("type"),
+                        format!("unknown sink type '{t}', expected one of: {}", kinds_list()),
+                    );
+                    return None;
+                }
+            },
+            Some(_) => {
+                problems.push(at("type"), "must be a string");
+                return None;
+            }
+            None => match SinkKind::from_name(name) {
+                Some(kind) => kind,
+                None => {
+                    problems.push(
+                        format!("sinks.{}", segment(name)),
+                        format!("say what it is, with type = one of: {}", kinds_list()),
+                    );
+                    return None;
+                }
+            },
         };
-        let backlog_max_bytes = take_u64(&mut table, "backlog_max_bytes").map_err(|w| at(&w))?;
-        let max_in_flight = take_u64(&mut table, "max_in_flight")
-            .map_err(|w| at(&w))?
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        let value = toml::Value::Table(table);
-        let within = |e: toml::de::Error| format!("sinks.{name}: {}", e.message());
+        let mut take = |key: &str| match table.remove(key) {
+            None => None,
+            Some(toml::Value::Integer(n)) if n >= 0 => Some(n as u64),
+            Some(_) => {
+                problems.unread(at(key), Some("must be a non-negative integer".into()));
+                None
+            }
+        };
+        let backlog_max_bytes = take("backlog_max_bytes");
+        let max_in_flight = take("max_in_flight").map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let within = ["sinks".to_string(), name.to_string()];
         let settings = match kind {
-            SinkKind::File => SinkSettings::File(value.try_into().map_err(within)?),
-            SinkKind::Kafka => SinkSettings::Kafka(value.try_into().map_err(within)?),
-            SinkKind::Rabbitmq => SinkSettings::Rabbitmq(value.try_into().map_err(within)?),
-            SinkKind::Nats => SinkSettings::Nats(value.try_into().map_err(within)?),
+            SinkKind::File => SinkSettings::File(deserialize_all(table, &within, problems)?),
+            SinkKind::Kafka => SinkSettings::Kafka(deserialize_all(table, &within, problems)?),
+            SinkKind::Rabbitmq => {
+                SinkSettings::Rabbitmq(deserialize_all(table, &within, problems)?)
+            }
+            SinkKind::Nats => SinkSettings::Nats(deserialize_all(table, &within, problems)?),
         };
-        Ok(SinkConfig {
+        Some(SinkConfig {
             settings,
             backlog_max_bytes,
             max_in_flight,
         })
-    }
-}
-
-/// Removes an optional non-negative integer key; the error is `key: why`.
-fn take_u64(table: &mut toml::Table, key: &str) -> Result<Option<u64>, String> {
-    match table.remove(key) {
-        None => Ok(None),
-        Some(toml::Value::Integer(n)) if n >= 0 => Ok(Some(n as u64)),
-        Some(_) => Err(format!("{key}: must be a non-negative integer")),
     }
 }
 
@@ -195,33 +214,30 @@ impl SinksConfig {
     }
 
     /// Checks every sink's settings, naming the key under `sinks.NAME`.
-    pub(super) fn validate(
-        &self,
-        spool_max_bytes: u64,
-        segment_bytes: u64,
-    ) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, spool_max_bytes: u64, segment_bytes: u64, out: &mut Problems) {
         if self.by_name.is_empty() {
-            return Err(invalid(
+            out.push(
                 "sinks",
                 "configure at least one sink, e.g. [sinks.file] dir = \"./data/events\"",
-            ));
+            );
         }
         let mut dirs: Vec<(&str, &PathBuf)> = Vec::new();
         for (name, sink) in &self.by_name {
-            let key = |k: &str| format!("sinks.{name}.{k}");
+            let at = format!("sinks.{}", segment(name));
+            let key = |k: &str| format!("{at}.{k}");
             if is_reserved(name) {
-                return Err(invalid(
-                    format!("sinks.{name}"),
+                out.push(
+                    &*at,
                     "the name is taken: spool.dir keeps files of that name (quarantine, LOCK, cursor, hookrelay.lock, *.seg, *.prealloc, *.tmp)",
-                ));
+                );
             }
             if name.len() > MAX_SINK_NAME_LEN || !crate::event::is_sane_name(name) {
-                return Err(invalid(
-                    format!("sinks.{name}"),
+                out.push(
+                    &*at,
                     format!(
                         "a sink name is at most {MAX_SINK_NAME_LEN} characters of [A-Za-z0-9._-], with no empty segment between dots"
                     ),
-                ));
+                );
             }
             let least = segment_bytes.saturating_mul(4);
             if self.backlog_budget(name, spool_max_bytes) < least {
@@ -232,49 +248,48 @@ impl SinksConfig {
                         "shared by the sinks without a backlog_max_bytes, leaves each",
                     ),
                 };
-                return Err(invalid(
+                out.push(
                     k,
                     format!(
                         "{what} at least 4 x spool.segment_bytes ({least} bytes), so that confirmed segments can be freed"
                     ),
-                ));
+                );
             }
             if sink.max_in_flight == Some(0) {
-                return Err(invalid(key("max_in_flight"), "must be greater than 0"));
+                out.push(key("max_in_flight"), "must be greater than 0");
             }
-            let rekey =
-                |p: ConfigProblem| -> ConfigError { renamed(p, sink.settings.kind(), name).into() };
-            match &sink.settings {
+            let problems = match &sink.settings {
                 SinkSettings::File(f) => {
                     if f.max_open_files == 0 || f.max_topics == 0 {
-                        return Err(invalid(
-                            format!("sinks.{name}"),
-                            "max_open_files and max_topics must be greater than 0",
-                        ));
+                        out.push(&*at, "max_open_files and max_topics must be greater than 0");
                     }
                     if let Some((other, _)) = dirs.iter().find(|(_, d)| **d == f.dir) {
-                        return Err(invalid(
+                        out.push(
                             key("dir"),
-                            format!("sinks.{other} writes to the same directory"),
-                        ));
+                            format!("sinks.{} writes to the same directory", segment(other)),
+                        );
                     }
                     dirs.push((name, &f.dir));
+                    Vec::new()
                 }
-                SinkSettings::Kafka(k) => k.validate().map_err(rekey)?,
-                SinkSettings::Rabbitmq(r) => r.validate().map_err(rekey)?,
-                SinkSettings::Nats(n) => n.validate().map_err(rekey)?,
+                SinkSettings::Kafka(k) => k.problems(),
+                SinkSettings::Rabbitmq(r) => r.problems(),
+                SinkSettings::Nats(n) => n.problems(),
+            };
+            for p in problems {
+                let p = renamed(p, sink.settings.kind(), name);
+                out.push(p.key, p.why);
             }
         }
         let explicit = self.explicit_budgets();
         if explicit > spool_max_bytes {
-            return Err(invalid(
+            out.push(
                 "sinks",
                 format!(
                     "the sinks' backlog_max_bytes add up to {explicit}, over spool.max_bytes ({spool_max_bytes})"
                 ),
-            ));
+            );
         }
-        Ok(())
     }
 
     /// The budgets set, added up (saturating: values come from the file).
@@ -315,7 +330,7 @@ fn is_reserved(name: &str) -> bool {
 pub fn renamed(p: ConfigProblem, kind: SinkKind, name: &str) -> ConfigProblem {
     let from = format!("sinks.{}", kind.as_str());
     match p.key.strip_prefix(&from) {
-        Some(rest) => ConfigProblem::new(format!("sinks.{name}{rest}"), p.why),
+        Some(rest) => ConfigProblem::new(format!("sinks.{}{rest}", segment(name)), p.why),
         None => p,
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, SinksConfig, invalid};
+use super::problems::segment;
+use super::{ConfigError, Problems, SinksConfig, invalid};
 use crate::event::{MAX_EVENT_TYPE_LEN, MAX_SOURCE_LEN, MAX_TOPIC_LEN, is_sane_name};
 use crate::verify::scheme::{IdRules, Scheme};
 
@@ -21,7 +22,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
             One(T),
             Many(Vec<T>),
         }
-        Ok(match Either::deserialize(d)? {
+        // Untagged, serde would only say that no variant matched.
+        let either = Either::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a string or a list of strings"))?;
+        Ok(match either {
             Either::One(v) => OneOrMany(vec![v]),
             Either::Many(v) => OneOrMany(v),
         })
@@ -138,22 +142,22 @@ impl SourceConfig {
     }
 
     /// Every check of one source; `sinks` are the configured sinks.
-    pub(super) fn validate(&self, name: &str, sinks: &SinksConfig) -> Result<(), ConfigError> {
-        let key = |field: &str| format!("sources.{name}.{field}");
+    pub(super) fn validate(&self, name: &str, sinks: &SinksConfig, out: &mut Problems) {
+        let at = format!("sources.{}", segment(name));
+        let key = |field: &str| format!("{at}.{field}");
         if !is_sane_name(name) || name.starts_with('_') || name.len() > MAX_SOURCE_LEN {
-            return Err(invalid(
-                format!("sources.{name}"),
+            out.push(
+                &*at,
                 "source names use [A-Za-z0-9._-], do not start with '_' or '.', have no '..', do not end with '.', and are at most 100 bytes",
-            ));
+            );
         }
         if self.secret_env.0.is_empty() && self.secret_file.0.is_empty() {
-            return Err(invalid(
+            out.push(
                 key("secret_env"),
                 "set secret_env (an environment variable's name) or secret_file, or lists of them while rotating",
-            ));
+            );
         }
-        self.validate_scheme_options(name)?;
-        check_template(&key("topic"), &self.topic, &["source", "event"])?;
+        self.validate_scheme_options(&at, out);
         // The rendered topic must be a sane topic name for any legal event type (event
         // types are sane names themselves, so the shortest and the longest tell).
         let render = |event: &str| {
@@ -162,21 +166,26 @@ impl SourceConfig {
                 .replace("{event}", event)
         };
         let (shortest, longest) = (render("e"), render(&"e".repeat(MAX_EVENT_TYPE_LEN)));
-        if !is_sane_name(&shortest) || !is_sane_name(&longest) || longest.len() > MAX_TOPIC_LEN {
-            return Err(invalid(
+        if check_template(&key("topic"), &self.topic, &["source", "event"], out)
+            && (!is_sane_name(&shortest)
+                || !is_sane_name(&longest)
+                || longest.len() > MAX_TOPIC_LEN)
+        {
+            out.push(
                 key("topic"),
                 format!(
                     "'{}' must render to [A-Za-z0-9._-] with no empty segment ('..', a leading or trailing '.') and at most 249 bytes with a 200-byte event type",
                     self.topic
                 ),
-            ));
+            );
         }
-        check_template(&key("key"), &self.key, &["source", "event", "id"])?;
+        check_template(&key("key"), &self.key, &["source", "event", "id"], out);
         check_template(
             &key("id_template"),
             &self.id_template,
             &["source", "event", "id"],
-        )?;
+            out,
+        );
         for (field, loc) in [
             ("event_from", self.event_from.as_ref()),
             ("id_from", self.id_from.as_ref()),
@@ -184,19 +193,17 @@ impl SourceConfig {
             if let Some(loc) = loc
                 && let Err(why) = crate::event::Locations::parse(loc)
             {
-                return Err(invalid(key(field), why));
+                out.push(key(field), why);
             }
         }
-        if let Some(events) = &self.events {
-            for e in events {
-                if !is_sane_name(e) || e.len() > MAX_EVENT_TYPE_LEN {
-                    return Err(invalid(
-                        key("events"),
-                        format!(
-                            "'{e}' is not a valid event type ([A-Za-z0-9._-], no empty segment, at most 200 bytes)"
-                        ),
-                    ));
-                }
+        for e in self.events.iter().flatten() {
+            if !is_sane_name(e) || e.len() > MAX_EVENT_TYPE_LEN {
+                out.push(
+                    key("events"),
+                    format!(
+                        "'{e}' is not a valid event type ([A-Za-z0-9._-], no empty segment, at most 200 bytes)"
+                    ),
+                );
             }
         }
         let routed = sinks.for_source(self);
@@ -205,19 +212,19 @@ impl SourceConfig {
                 .iter()
                 .find(|n| !sinks.get(n).is_some_and(|s| s.settings.kind().is_broker()));
             if let Some(n) = not_broker {
-                return Err(invalid(
+                out.push(
                     key("ack"),
                     format!(
                         "ack = \"broker\" needs broker sinks (kafka, rabbitmq, nats); sink '{n}' supports only \"durable\""
                     ),
-                ));
+                );
             }
         }
         if self.ack_timeout_ms == 0 || self.ack_timeout_ms > 15_000 {
-            return Err(invalid(
+            out.push(
                 key("ack_timeout_ms"),
                 "must be between 1 and 15000: a request waits at most 20 s for its event to be stored, and a dedup reservation lives 30 s",
-            ));
+            );
         }
         let names = sinks.names();
         let field = if self.sinks.is_some() {
@@ -226,36 +233,33 @@ impl SourceConfig {
             "sink"
         };
         match (&self.sink, &self.sinks) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(key("sinks"), "set sink or sinks, not both"));
-            }
+            (Some(_), Some(_)) => out.push(key("sinks"), "set sink or sinks, not both"),
             (None, Some(list)) if list.is_empty() => {
-                return Err(invalid(key("sinks"), "name at least one sink"));
+                out.push(key("sinks"), "name at least one sink");
             }
-            (None, None) if names.len() > 1 => {
-                return Err(invalid(
-                    key("sink"),
-                    format!(
-                        "several sinks are configured ({}): name one, or several with sinks = [...]",
-                        names.join(", ")
-                    ),
-                ));
-            }
+            (None, None) if names.len() > 1 => out.push(
+                key("sink"),
+                format!(
+                    "several sinks are configured ({}): name one, or several with sinks = [...]",
+                    names.join(", ")
+                ),
+            ),
             _ => {}
         }
         let named = self.sink_names().unwrap_or_default();
         for (i, s) in named.iter().enumerate() {
-            if !names.contains(&s.as_str()) {
-                return Err(invalid(
+            // A sink that is there but could not be read is reported already.
+            let unread = out.is_unread(&format!("sinks.{}", segment(s)));
+            if !names.contains(&s.as_str()) && !unread {
+                out.push(
                     key(field),
                     format!("unknown sink '{s}', configured sinks: {}", names.join(", ")),
-                ));
+                );
             }
             if named[..i].contains(s) {
-                return Err(invalid(key(field), format!("names sink '{s}' twice")));
+                out.push(key(field), format!("names sink '{s}' twice"));
             }
         }
-        Ok(())
     }
 }
 
@@ -269,117 +273,104 @@ impl SourceConfig {
         }
     }
 
-    /// Options that only some schemes take, each checked against the scheme.
-    fn validate_scheme_options(&self, name: &str) -> Result<(), ConfigError> {
-        let key = |field: &str| format!("sources.{name}.{field}");
-        let only = |field: &str, set: bool, scheme: &str, ok: bool| {
-            if set && !ok {
-                Err(invalid(
-                    key(field),
-                    format!("only applies to scheme = \"{scheme}\""),
-                ))
-            } else {
-                Ok(())
-            }
-        };
+    /// Options that only some schemes take, each checked against the scheme;
+    /// `at` is the source's key.
+    fn validate_scheme_options(&self, at: &str, out: &mut Problems) {
+        let key = |field: &str| format!("{at}.{field}");
         let s = self.scheme;
-        only(
-            "signature_body",
-            self.signature_body != SignatureBody::Raw,
-            "quickassist",
-            s == Scheme::Quickassist,
-        )?;
-        only(
-            "verify_token_env",
-            self.verify_token_env.is_some() || self.verify_token_file.is_some(),
-            "meta",
-            s == Scheme::Meta,
-        )?;
-        only(
-            "public_url",
-            self.public_url.is_some(),
-            "twilio",
-            s == Scheme::Twilio,
-        )?;
-        only("hmac", self.hmac.is_some(), "hmac", s == Scheme::Hmac)?;
-        only(
-            "token_header",
-            self.token_header.is_some(),
-            "header-token",
-            s == Scheme::HeaderToken,
-        )?;
+        for (field, set, scheme, ok) in [
+            (
+                "signature_body",
+                self.signature_body != SignatureBody::Raw,
+                "quickassist",
+                s == Scheme::Quickassist,
+            ),
+            (
+                "verify_token_env",
+                self.verify_token_env.is_some() || self.verify_token_file.is_some(),
+                "meta",
+                s == Scheme::Meta,
+            ),
+            (
+                "public_url",
+                self.public_url.is_some(),
+                "twilio",
+                s == Scheme::Twilio,
+            ),
+            ("hmac", self.hmac.is_some(), "hmac", s == Scheme::Hmac),
+            (
+                "token_header",
+                self.token_header.is_some(),
+                "header-token",
+                s == Scheme::HeaderToken,
+            ),
+        ] {
+            if set && !ok {
+                out.push(key(field), format!("only applies to scheme = \"{scheme}\""));
+            }
+        }
         match s {
             Scheme::Twilio => match &self.public_url {
                 Some(u) if u.starts_with("https://") || u.starts_with("http://") => {}
-                _ => {
-                    return Err(invalid(
-                        key("public_url"),
-                        "twilio signs the URL it calls: set public_url = \"https://your.host\"",
-                    ));
-                }
+                _ => out.push(
+                    key("public_url"),
+                    "twilio signs the URL it calls: set public_url = \"https://your.host\"",
+                ),
             },
-            Scheme::Hmac if self.hmac.is_none() => {
-                return Err(invalid(
-                    key("hmac"),
-                    "scheme = \"hmac\" needs [sources.NAME.hmac] with at least header = \"...\"",
-                ));
-            }
+            Scheme::Hmac if self.hmac.is_none() => out.push(
+                key("hmac"),
+                "scheme = \"hmac\" needs [sources.NAME.hmac] with at least header = \"...\"",
+            ),
             Scheme::HeaderToken if self.token_header.as_deref().is_none_or(str::is_empty) => {
-                return Err(invalid(
+                out.push(
                     key("token_header"),
                     "scheme = \"header-token\" needs token_header",
-                ));
+                );
             }
             Scheme::Meta if self.verify_token_env.is_none() && self.verify_token_file.is_none() => {
-                return Err(invalid(
+                out.push(
                     key("verify_token_env"),
                     "meta's GET subscription check needs verify_token_env or verify_token_file",
-                ));
+                );
             }
             _ => {}
         }
         if let Some(h) = &self.hmac {
             if hyper::header::HeaderName::from_bytes(h.header.as_bytes()).is_err() {
-                return Err(invalid(
+                out.push(
                     key("hmac.header"),
                     format!("'{}' is not a header name", h.header),
-                ));
+                );
             }
             check_template(
                 &key("hmac.content"),
                 &h.content,
                 &["body", "timestamp", "id"],
-            )?;
+                out,
+            );
             if h.content.contains("{timestamp}") && h.timestamp_header.is_none() {
-                return Err(invalid(
+                out.push(
                     key("hmac.timestamp_header"),
                     "content uses {timestamp}: name its header",
-                ));
+                );
             }
             if h.content.contains("{id}") && h.id_header.is_none() {
-                return Err(invalid(
-                    key("hmac.id_header"),
-                    "content uses {id}: name its header",
-                ));
+                out.push(key("hmac.id_header"), "content uses {id}: name its header");
             }
         }
         if let Some(r) = &self.rate_limit
             && (!(r.per_second > 0.0 && r.per_second.is_finite()) || r.burst == 0)
         {
-            return Err(invalid(
-                key("rate_limit"),
-                "per_second must be > 0 and burst >= 1",
-            ));
+            out.push(key("rate_limit"), "per_second must be > 0 and burst >= 1");
         }
         for c in &self.allowed_cidrs {
             if crate::guard::parse_net(c).is_none() {
-                return Err(invalid(
+                out.push(
                     key("allowed_cidrs"),
                     format!("'{c}' is not a CIDR or IP address"),
-                ));
+                );
             }
         }
-        Ok(())
     }
 }
 
@@ -407,7 +398,7 @@ impl SourceConfig {
             id_unsigned: self.id_is_unsigned(),
             id_rules: self.id_rules(),
         })
-        .map_err(|why| invalid(format!("sources.{name}"), why))
+        .map_err(|why| invalid(format!("sources.{}", segment(name)), why))
     }
 
     /// Where the event type is: configured, else the scheme's preset.
@@ -488,7 +479,7 @@ impl SourceConfig {
     /// The source's verifier with its secrets read; an error names the key at fault.
     pub fn verifier(&self, name: &str) -> Result<crate::verify::Verifier, ConfigError> {
         use crate::verify::{Handshakes, Method, SecretSource, Verifier};
-        let key = |field: &str| format!("sources.{name}.{field}");
+        let key = |field: &str| format!("sources.{}.{field}", segment(name));
         let tolerance = self
             .tolerance_secs
             .unwrap_or(self.scheme.preset().tolerance_secs);
@@ -547,35 +538,41 @@ impl SourceConfig {
     }
 }
 
-/// Rejects templates with placeholders other than `allowed`, or unbalanced braces.
-fn check_template(key: &str, template: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+/// Rejects templates with placeholders other than `allowed`, or unbalanced
+/// braces; `false` when it did.
+fn check_template(key: &str, template: &str, allowed: &[&str], out: &mut Problems) -> bool {
+    let why = template_problem(template, allowed);
+    if let Some(why) = &why {
+        out.push(key, why);
+    }
+    why.is_none()
+}
+
+fn template_problem(template: &str, allowed: &[&str]) -> Option<String> {
     if template.is_empty() {
-        return Err(invalid(key, "must not be empty"));
+        return Some("must not be empty".into());
     }
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
-            return Err(invalid(key, format!("unclosed '{{' in '{template}'")));
+            return Some(format!("unclosed '{{' in '{template}'"));
         };
         let name = &after[..close];
         if !allowed.contains(&name) {
-            return Err(invalid(
-                key,
-                format!(
-                    "unknown placeholder '{{{name}}}' in '{template}', expected one of: {}",
-                    allowed
-                        .iter()
-                        .map(|a| format!("{{{a}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+            return Some(format!(
+                "unknown placeholder '{{{name}}}' in '{template}', expected one of: {}",
+                allowed
+                    .iter()
+                    .map(|a| format!("{{{a}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         rest = &after[close + 1..];
     }
     if rest.contains('}') {
-        return Err(invalid(key, format!("stray '}}' in '{template}'")));
+        return Some(format!("stray '}}' in '{template}'"));
     }
-    Ok(())
+    None
 }

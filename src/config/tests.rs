@@ -11,6 +11,14 @@ scheme = "quickassist"
 secret_env = "HOOKRELAY_TEST_NEVER_SET"
 "#;
 
+/// The keys `validate` names, in order.
+fn keys(c: &Config) -> Vec<String> {
+    match c.validate() {
+        Err(ConfigError::Invalid(p)) => p.iter().map(|p| p.key.clone()).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn minimal_config_gets_defaults() {
     let c = Config::parse(MINIMAL).unwrap();
@@ -173,12 +181,8 @@ fn spool_limits_are_checked() {
         "{MINIMAL}[spool]\nmax_bytes = 10000\nsegment_bytes = 8192\n"
     ))
     .unwrap();
-    assert!(
-        c.validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("spool.max_bytes")
-    );
+    // Too small for the spool, and so for the file sink's share of it.
+    assert_eq!(keys(&c), ["spool.max_bytes", "spool.max_bytes"]);
     let c = Config::parse(&format!(
         "{MINIMAL}[spool]\nmin_sync_interval_us = 100001\n"
     ))
@@ -226,7 +230,7 @@ fn named_sinks_parse_and_are_checked_under_their_name() {
 
     let err = Config::parse("[sinks.bus]\ntype = \"file\"\ndir = \"x\"\nbogus = 1\n")
         .unwrap_err()
-        .message;
+        .to_string();
     assert!(err.contains("sinks.bus") && err.contains("bogus"), "{err}");
 
     let c = Config::parse(&format!(
@@ -261,7 +265,7 @@ fn archive_is_off_by_default_and_checked_when_on() {
     c.validate().unwrap();
     let err = Config::parse(&format!("[archive]\nretention = 1\n{MINIMAL}"))
         .unwrap_err()
-        .message;
+        .to_string();
     assert!(err.contains("retention"), "{err}");
 }
 
@@ -319,4 +323,147 @@ fn admin_token_is_checked_where_it_comes_from() {
     // A long token is fine: it is hashed, never copied into a header here.
     let long = with(&file("long", &"t".repeat(4096)));
     assert_eq!(long.admin.token().unwrap().map(|t| t.len()), Some(4096));
+}
+
+/// Reading goes on past what it cannot read: each value at fault is reported
+/// under its key, a missing required field at its table, and what the checks
+/// would say about the defaults left in their place is not.
+#[test]
+fn every_value_that_cannot_be_read_is_reported_at_once() {
+    let text = "[server]\n\
+        max_body_bytes = \"big\"\n\
+        listen_addr = \"x\"\n\
+        [spool]\n\
+        segment_bytes = 1\n\
+        [sinks.bus]\n\
+        type = \"kafka\"\n\
+        [sinks.odd]\n\
+        type = \"carrier-pigeon\"\n\
+        [sinks.file]\n\
+        dir = \"x\"\n\
+        max_open_files = -1\n\
+        [sources.a]\n\
+        scheme = \"nope\"\n\
+        [sources.b]\n\
+        scheme = \"quickassist\"\n\
+        secret_env = 3\n\
+        sinks = [\"bus\", \"file\"]\n";
+    let err = Config::parse(text).unwrap_err();
+    let ConfigError::Invalid(problems) = err else {
+        panic!("{err}");
+    };
+    let mut keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "server.listen_addr",
+            "server.max_body_bytes",
+            "sinks.bus",
+            "sinks.file.max_open_files",
+            "sinks.odd.type",
+            "sources.a.scheme",
+            "sources.b.secret_env",
+        ],
+        "{problems}"
+    );
+    let why = |key: &str| {
+        problems
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.why.clone())
+            .unwrap()
+    };
+    assert!(why("sinks.bus").contains("missing field `brokers`"));
+    assert!(why("sources.a.scheme").contains("unknown variant `nope`"));
+    assert!(why("sinks.odd.type").contains("carrier-pigeon"));
+}
+
+/// `check` and `run` read a file through [`Checked`]: deserialization and the
+/// checks together, each problem with its line, in the file's order; checks of
+/// values left out are not reported (`sources.b` has no readable secret, and no
+/// "set secret_env" about the default), nor is a sink that could not be read
+/// reported missing where a source names it.
+#[test]
+fn a_file_gets_every_problem_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let text = "[server]\n\
+        listen = \"127.0.0.1:8080\"\n\
+        admin_listen = \"127.0.0.1:8080\"\n\
+        [sinks.bus]\n\
+        type = \"kafka\"\n\
+        [sinks.file]\n\
+        dir = \"x\"\n\
+        [sources.b]\n\
+        scheme = \"quickassist\"\n\
+        secret_env = 3\n\
+        sinks = [\"bus\", \"file\"]\n\
+        topic = \"{nope}\"\n";
+    std::fs::write(&path, text).unwrap();
+    let err = Checked::read(&path).unwrap().into_result().unwrap_err();
+    let ConfigError::Invalid(problems) = &err else {
+        panic!("{err}");
+    };
+    let at: Vec<(Option<usize>, &str)> =
+        problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        at,
+        [
+            (Some(3), "server.admin_listen"),
+            (Some(4), "sinks.bus"),
+            (Some(10), "sources.b.secret_env"),
+            (Some(12), "sources.b.topic"),
+        ],
+        "{err}"
+    );
+    let shown = err.to_string();
+    let file = path.display();
+    assert!(
+        shown.starts_with(&format!("4 problems in {file}:\n")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "\n{file}:3: server.admin_listen: must differ from server.listen\n"
+        )),
+        "{shown}"
+    );
+}
+
+/// A syntax error stops reading: it is the only problem, with its line.
+#[test]
+fn a_syntax_error_is_the_only_problem() {
+    let err = Config::parse("[server]\nlisten = \n").unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax(_)), "{err}");
+    assert!(err.to_string().contains("line 2"), "{err}");
+}
+
+/// `${VAR}` in any string value, nested or in an array, is a warning naming
+/// its key and line and what to write instead.
+#[test]
+fn variables_written_in_values_are_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let text = format!(
+        "{MINIMAL}events = [\"a\", \"${{EVENT}}\"]\n[dedup]\nredis_url = \"redis://:${{REDIS_PW}}@h\"\nredis_url_env = \"$NOT_THIS\"\n"
+    );
+    std::fs::write(&path, &text).unwrap();
+    let warnings = Checked::read(&path).unwrap().warnings();
+    let file = path.display();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{file}:7: sources.quickassist.events: \"${{EVENT}}\""
+        )),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with(&format!("{file}:9: dedup.redis_url: ")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].ends_with("redis_url_env = \"REDIS_PW\""),
+        "{warnings:?}"
+    );
 }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaConfRes;
 use serde::Deserialize;
 
 use crate::sink::ConfigProblem;
@@ -126,24 +128,52 @@ fn check_property(k: &str, v: &str, table: &str) -> Result<(), ConfigProblem> {
     Ok(())
 }
 
+/// Why librdkafka would refuse the property when the producer is created (no
+/// such property, or a value it does not take), as it says it; `None` if it
+/// takes it. Without a `value` only the name is checked. Setting a property on a
+/// fresh configuration object is all this does: nothing connects.
+fn unknown_to_librdkafka(key: &str, value: Option<&str>) -> Option<String> {
+    let mut c = ClientConfig::new();
+    c.set(key, value.unwrap_or_default());
+    match c.create_native_config() {
+        Ok(_) => None,
+        Err(KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_INVALID, _, _, _))
+            if value.is_none() =>
+        {
+            None
+        }
+        Err(KafkaError::ClientConfig(_, why, _, _)) => Some(why),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 impl KafkaSinkConfig {
     /// Checks that need no network; secrets are read by [`Self::client_config`].
     pub fn validate(&self) -> Result<(), ConfigProblem> {
-        let p = |k: &str, why: String| Err(ConfigProblem::new(format!("sinks.kafka.{k}"), why));
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem [`Self::validate`] would stop at the first of.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut p =
+            |k: &str, why: String| out.push(ConfigProblem::new(format!("sinks.kafka.{k}"), why));
         if self.brokers.trim().is_empty() {
-            return p("brokers", "must list at least one host:port".into());
+            p("brokers", "must list at least one host:port".into());
         }
         if self.linger_ms > 1000 {
-            return p(
+            p(
                 "linger_ms",
                 "keep it small (0-2 recommended, at most 1000)".into(),
             );
         }
         if self.message_timeout_ms < 1000 {
-            return p("message_timeout_ms", "must be at least 1000".into());
+            p("message_timeout_ms", "must be at least 1000".into());
         }
         for (k, v) in &self.librdkafka {
-            check_property(k, v, "librdkafka")?;
+            if let Err(e) = check_property(k, v, "librdkafka") {
+                p(e.key.trim_start_matches("sinks.kafka."), e.why);
+            }
         }
         for k in self
             .librdkafka_from_env
@@ -151,33 +181,56 @@ impl KafkaSinkConfig {
             .chain(self.librdkafka_from_file.keys())
         {
             if self.librdkafka.contains_key(k) {
-                return p(
+                p(
                     &format!("librdkafka.\"{k}\""),
                     "is also set from env or file; set it once".into(),
                 );
             }
         }
+        for (table, k, v) in self.passed_through() {
+            if let Some(why) = unknown_to_librdkafka(k, v) {
+                p(&format!("{table}.\"{k}\""), why);
+            }
+        }
         if let Some(t) = &self.dlq_topic
             && (!crate::event::is_sane_name(t) || t.len() > crate::event::MAX_TOPIC_LEN)
         {
-            return p("dlq_topic", format!("'{t}' is not a legal topic name"));
+            p("dlq_topic", format!("'{t}' is not a legal topic name"));
         }
         if self.max_topics == 0 {
-            return p("max_topics", "must be greater than 0".into());
+            p("max_topics", "must be greater than 0".into());
         }
         if self.topic_partitions == 0 || self.topic_partitions < -1 {
-            return p(
+            p(
                 "topic_partitions",
                 "must be positive, or -1 for the broker's default".into(),
             );
         }
         if self.topic_replication == 0 || self.topic_replication < -1 {
-            return p(
+            p(
                 "topic_replication",
                 "must be positive, or -1 for the broker's default".into(),
             );
         }
-        Ok(())
+        out
+    }
+
+    /// Every pass-through property: its table, name, and value when the file
+    /// holds it (values from the environment or files are secrets, read later).
+    fn passed_through(&self) -> impl Iterator<Item = (&'static str, &str, Option<&str>)> {
+        let file = self
+            .librdkafka
+            .iter()
+            .map(|(k, v)| ("librdkafka", k.as_str(), Some(v.as_str())));
+        let env = self
+            .librdkafka_from_env
+            .keys()
+            .map(|k| ("librdkafka_from_env", k.as_str(), None));
+        let files = self
+            .librdkafka_from_file
+            .keys()
+            .map(|k| ("librdkafka_from_file", k.as_str(), None));
+        file.chain(env).chain(files)
     }
 
     /// The producer's properties: our safe defaults, then the pass-through ones,
@@ -301,6 +354,34 @@ mod tests {
         unsafe { std::env::set_var("HOOKRELAY_TEST_ACKS_ALL", "all") };
         let k = parse("[librdkafka_from_env]\n\"acks\" = \"HOOKRELAY_TEST_ACKS_ALL\"\n");
         assert_eq!(k.client_config().unwrap().get("acks"), Some("all"));
+    }
+
+    /// librdkafka's own refusals, found before a producer exists: an unknown
+    /// property or a value it does not take, named by key; a property whose
+    /// value comes from the environment or a file is checked by name.
+    #[test]
+    fn properties_librdkafka_does_not_know_are_named() {
+        let k = parse(
+            "[librdkafka]\n\"no.such.property\" = \"1\"\n\"socket.timeout.ms\" = \"soon\"\n\"sasl.mechanism\" = \"PLAIN\"\n\
+             [librdkafka_from_env]\n\"no.such.secret\" = \"X\"\n\"sasl.password\" = \"HOOKRELAY_TEST_UNSET_VAR\"\n",
+        );
+        let problems: Vec<(String, String)> =
+            k.problems().into_iter().map(|p| (p.key, p.why)).collect();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sinks.kafka.librdkafka.\"no.such.property\"",
+                "sinks.kafka.librdkafka.\"socket.timeout.ms\"",
+                "sinks.kafka.librdkafka_from_env.\"no.such.secret\"",
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].1.contains("No such configuration property"),
+            "{problems:?}"
+        );
+        assert_eq!(k.validate().unwrap_err().key, keys[0]);
     }
 
     #[test]

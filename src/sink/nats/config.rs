@@ -147,43 +147,51 @@ impl NatsSinkConfig {
     /// Checks that need no network and no environment; secrets are read by
     /// [`Self::auth`] at start.
     pub fn validate(&self) -> Result<(), ConfigProblem> {
-        let p = |k: &str, why: String| Err(ConfigProblem::new(format!("sinks.nats.{k}"), why));
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem [`Self::validate`] would stop at the first of.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut p = |k: &str, why: String| {
+            out.push(ConfigProblem::new(format!("sinks.nats.{k}"), why));
+        };
         if self.servers.is_empty() {
-            return p(
+            p(
                 "servers",
                 "must list at least one nats:// or tls:// URL".into(),
             );
         }
         for s in &self.servers {
             if let Err(why) = check_server(s) {
-                return p("servers", why);
+                p("servers", why);
             }
         }
         if let Err(why) = check_stream_name(&self.stream) {
-            return p("stream", why);
+            p("stream", why);
         }
         if self.create_stream && self.subjects.is_empty() {
-            return p(
+            p(
                 "subjects",
                 "create_stream = true needs the subjects the stream stores (\"webhooks.>\")".into(),
             );
         }
         for s in &self.subjects {
             if let Err(why) = check_pattern(s) {
-                return p("subjects", format!("'{s}': {why}"));
+                p("subjects", format!("'{s}': {why}"));
             }
         }
         if !(1..=5).contains(&self.replicas) {
-            return p("replicas", "must be between 1 and 5".into());
+            p("replicas", "must be between 1 and 5".into());
         }
         if self.max_age_secs == Some(0) {
-            return p(
+            p(
                 "max_age_secs",
                 "must be greater than 0 (leave it out for no age limit)".into(),
             );
         }
         if self.duplicate_window_secs == 0 {
-            return p(
+            p(
                 "duplicate_window_secs",
                 "must be greater than 0: it is what makes republishing safe".into(),
             );
@@ -191,31 +199,37 @@ impl NatsSinkConfig {
         if let Some(age) = self.max_age_secs
             && self.duplicate_window_secs > age
         {
-            return p(
+            p(
                 "duplicate_window_secs",
                 format!("must not exceed max_age_secs ({age}); JetStream refuses such a stream"),
             );
         }
-        self.validate_auth()?;
+        if let Some(why) = self.auth_problem() {
+            out.push(why);
+        }
+        let mut p = |k: &str, why: String| {
+            out.push(ConfigProblem::new(format!("sinks.nats.{k}"), why));
+        };
         if self.ca_file.is_some() && !self.tls {
-            return p("ca_file", "is used only with tls = true".into());
+            p("ca_file", "is used only with tls = true".into());
         }
         for (key, ms) in [
             ("ack_timeout_ms", self.ack_timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
         ] {
             if !(100..=MAX_TIMEOUT_MS).contains(&ms) {
-                return p(key, format!("must be between 100 and {MAX_TIMEOUT_MS}"));
+                p(key, format!("must be between 100 and {MAX_TIMEOUT_MS}"));
             }
         }
         if !(1..=1_000_000).contains(&self.max_pending_acks) {
-            return p("max_pending_acks", "must be between 1 and 1000000".into());
+            p("max_pending_acks", "must be between 1 and 1000000".into());
         }
-        Ok(())
+        out
     }
 
-    fn validate_auth(&self) -> Result<(), ConfigProblem> {
-        let p = |k: &str, why: &str| Err(ConfigProblem::new(format!("sinks.nats.{k}"), why));
+    /// The first problem with how the sink authenticates.
+    fn auth_problem(&self) -> Option<ConfigProblem> {
+        let p = |k: &str, why: &str| Some(ConfigProblem::new(format!("sinks.nats.{k}"), why));
         let ways = [
             self.user.is_some() || self.password_env.is_some(),
             self.token_env.is_some(),
@@ -244,7 +258,13 @@ impl NatsSinkConfig {
                 return p(k, "must name an environment variable");
             }
         }
-        Ok(())
+        None
+    }
+
+    /// Whether the credentials named can be read now, as the sink reads them at
+    /// start (for `check`).
+    pub fn check_secrets(&self) -> Result<(), ConfigProblem> {
+        self.auth().map(|_| ())
     }
 
     /// The credentials, read from the environment now: a variable named but unset

@@ -91,22 +91,27 @@ fn exchange_name(name: &str) -> Result<(), String> {
 
 impl RabbitmqSinkConfig {
     pub fn validate(&self) -> Result<(), ConfigProblem> {
-        let p = |k: &str, why: String| Err(ConfigProblem::new(format!("sinks.rabbitmq.{k}"), why));
-        let uri: AMQPUri = match self.uri.parse() {
-            Ok(u) => u,
-            Err(e) => return p("uri", format!("not an amqp:// or amqps:// URI: {e}")),
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem [`Self::validate`] would stop at the first of.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        let mut p = |k: &str, why: String| {
+            out.push(ConfigProblem::new(format!("sinks.rabbitmq.{k}"), why));
         };
-        let _ = uri;
+        if let Err(e) = self.uri.parse::<AMQPUri>() {
+            p("uri", format!("not an amqp:// or amqps:// URI: {e}"));
+        }
         if let Err(why) = exchange_name(&self.exchange) {
-            return p("exchange", why);
+            p("exchange", why);
         }
         if let Some(dlx) = &self.dead_letter_exchange {
             if let Err(why) = exchange_name(dlx) {
-                return p("dead_letter_exchange", why);
-            }
-            // Dead letters published to either would be routed as events again.
-            if *dlx == self.exchange || *dlx == self.unroutable_name() {
-                return p(
+                p("dead_letter_exchange", why);
+            } else if *dlx == self.exchange || *dlx == self.unroutable_name() {
+                // Dead letters published to either would be routed as events again.
+                p(
                     "dead_letter_exchange",
                     format!(
                         "must differ from the exchange '{}' and its unroutable exchange '{}'",
@@ -117,27 +122,27 @@ impl RabbitmqSinkConfig {
             }
         }
         if self.cloudevents_prefix.len() > 200 {
-            return p(
+            p(
                 "cloudevents_prefix",
                 "must be at most 200 bytes (with the attribute name, an AMQP short string)".into(),
             );
         }
         if self.password_env.is_some() && self.password_file.is_some() {
-            return p(
+            p(
                 "password_file",
                 "set only one of password_env and password_file".into(),
             );
         }
         if self.channels == 0 || self.channels > 64 {
-            return p("channels", "must be between 1 and 64".into());
+            p("channels", "must be between 1 and 64".into());
         }
         if self.confirm_timeout_ms < 100 {
-            return p("confirm_timeout_ms", "must be at least 100".into());
+            p("confirm_timeout_ms", "must be at least 100".into());
         }
         if self.connect_timeout_ms < 100 {
-            return p("connect_timeout_ms", "must be at least 100".into());
+            p("connect_timeout_ms", "must be at least 100".into());
         }
-        Ok(())
+        out
     }
 
     /// The URI with credentials and heartbeat applied.
