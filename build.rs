@@ -21,12 +21,16 @@ fn main() {
         .filter(|c| !c.trim().is_empty())
         .or_else(|| {
             // Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs.
+            // Only paths that exist: cargo reruns a script on every build while a
+            // path it watches is missing.
             if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-                println!("cargo:rerun-if-changed={dir}/HEAD");
-                println!("cargo:rerun-if-changed={dir}/packed-refs");
+                let common = git(&["rev-parse", "--git-common-dir"]).unwrap_or_else(|| dir.clone());
+                let mut watch = vec![format!("{dir}/HEAD"), format!("{common}/packed-refs")];
                 if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                    let common = git(&["rev-parse", "--git-common-dir"]).unwrap_or(dir);
-                    println!("cargo:rerun-if-changed={common}/{r}");
+                    watch.push(format!("{common}/{r}"));
+                }
+                for path in watch.iter().filter(|p| std::path::Path::new(p).exists()) {
+                    println!("cargo:rerun-if-changed={path}");
                 }
             }
             git(&["rev-parse", "--short=12", "HEAD"])

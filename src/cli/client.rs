@@ -81,8 +81,14 @@ impl AdminClient {
             Some(path) => {
                 let mut text = String::new();
                 std::fs::File::open(path)
-                    .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES).read_to_string(&mut text))
+                    .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES + 1).read_to_string(&mut text))
                     .with_context(|| format!("--token-file {}: cannot read it", path.display()))?;
+                if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+                    bail!(
+                        "--token-file {}: longer than {MAX_TOKEN_FILE_BYTES} bytes: not a token file",
+                        path.display()
+                    );
+                }
                 let t = text.trim();
                 (
                     (!t.is_empty()).then(|| t.to_string()),

@@ -190,14 +190,15 @@ fn sink_in_reason(reason: &str) -> Option<String> {
 }
 
 impl Full {
-    /// The trace the event was published in, kept through a redrive; a value that
-    /// is not a valid `traceparent` (the file is editable) is dropped.
+    /// The trace the event was published in, kept through a redrive, as the
+    /// relay writes one (version 00); a value that is not a valid `traceparent`
+    /// (the file is editable) is dropped.
     fn traceparent(&self) -> String {
         self.headers
             .iter()
             .find(|(k, _)| k == HEADER_TRACEPARENT)
-            .filter(|(_, v)| TraceContext::parse(v).is_some())
-            .map(|(_, v)| v.clone())
+            .and_then(|(_, v)| TraceContext::parse(v))
+            .map(|t| t.traceparent())
             .unwrap_or_default()
     }
 

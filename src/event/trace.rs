@@ -74,7 +74,12 @@ impl TraceContext {
         match version {
             0xff => return None,
             0x00 if !rest.is_empty() => return None,
-            _ if !rest.is_empty() && !rest.starts_with('-') => return None,
+            // A later version's further fields: visible ASCII after a `-`.
+            _ if !(rest.is_empty()
+                || rest.starts_with('-') && rest.bytes().all(|b| b.is_ascii_graphic())) =>
+            {
+                return None;
+            }
             _ => {}
         }
         let b = head.as_bytes();
@@ -175,6 +180,8 @@ mod tests {
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01xextra",
             "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-\r\nX: y",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01- ",
         ];
         for b in bad {
             assert_eq!(TraceContext::parse(b), None, "{b:?}");

@@ -191,13 +191,17 @@ impl Reader {
                         out.push(rec);
                         continue;
                     }
-                    Err(e @ DecodeError::Newer(_)) => return Err(io::Error::other(e)),
+                    Err(e @ DecodeError::Newer(_)) => {
+                        self.pos = at;
+                        return Err(io::Error::other(e));
+                    }
                     Err(e) => e.to_string(),
                 },
                 Err(ReadError::Io(e)) => return Err(e),
                 // Written by a newer release (recovery refuses such a spool; this
                 // is one written under a running reader): never skipped as damage.
                 Err(ReadError::Decode(e @ DecodeError::Newer(_))) => {
+                    self.pos = at;
                     return Err(io::Error::other(e));
                 }
                 // The end of a sealed segment's records (its later bytes may be left

@@ -85,7 +85,7 @@ pub enum DecodeError {
     /// An intact record of a version this binary does not know: written by a newer
     /// hookrelay. Not damage: nothing may be skipped or quarantined over it.
     #[error(
-        "a spool record of version {0}, written by a newer hookrelay (this one reads versions 1 to {VERSION}): run that release on this spool, or drain it with that release first (`hookrelay drain`), before going back"
+        "a spool record of version {0}, written by a newer hookrelay (this one reads versions 1 to {VERSION}): run that release on this spool; to go back, drain it with that release first (`hookrelay drain`, exit 0) and start this one on an empty spool.dir (the segments keep delivered records)"
     )]
     Newer(u8),
 }
@@ -214,14 +214,16 @@ fn check(payload: &[u8], crc: u32, seq: u64) -> Result<(), DecodeError> {
             if expected != crc {
                 return Err(DecodeError::BadCrc);
             }
-            if v > VERSION {
-                return Err(DecodeError::Newer(v));
-            }
+            // The sequence first: a newer frame of another place in the log (left
+            // in a reused segment, or forged inside an old body) is that, not a
+            // reason to refuse the spool.
             let stored = stored_seq(payload);
-            return if stored == seq {
-                Ok(())
-            } else {
+            return if stored != seq {
                 Err(DecodeError::OtherSequence(stored))
+            } else if v > VERSION {
+                Err(DecodeError::Newer(v))
+            } else {
+                Ok(())
             };
         }
         Some(&VERSION_UNSEQUENCED) => {}
@@ -614,6 +616,12 @@ mod tests {
             Err(ReadError::Decode(DecodeError::Newer(v))) => assert_eq!(v, VERSION + 1),
             other => panic!("{other:?}"),
         }
+        // At another place in the log (left in a reused segment, or forged inside
+        // an old body) it is that, never a reason to refuse the spool.
+        assert!(matches!(
+            read_frame(&mut &framed[..], 13),
+            Err(ReadError::Decode(DecodeError::OtherSequence(12)))
+        ));
         let message = DecodeError::Newer(VERSION + 1).to_string();
         assert!(message.contains("newer hookrelay"), "{message}");
         let mut flipped = framed.clone();

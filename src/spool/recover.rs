@@ -161,7 +161,13 @@ pub fn scan_segment_until(
             }
             // An intact record of a later sequence where `seq` should be: the ones
             // in between are missing, though no bytes are bad.
-            Err(ReadError::Decode(DecodeError::OtherSequence(s))) if s > seq && s < seq_limit => {
+            // Bounded as the scan after bad bytes is (what the rest of the file can
+            // hold): a frame forged inside an old body cannot jump the log ahead.
+            Err(ReadError::Decode(DecodeError::OtherSequence(s)))
+                if s > seq
+                    && s < seq_limit
+                    && s <= seq.saturating_add(file_len.saturating_sub(at) / MIN_FRAME_LEN + 1) =>
+            {
                 scan.holes.push(Hole {
                     offset: at,
                     len: 0,

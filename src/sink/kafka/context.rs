@@ -65,8 +65,15 @@ impl Context {
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        let Some(suppressed) = self.allow(&format!("log:{fac}")) else {
-            return;
+        // Debug lines are asked for (librdkafka's `debug` property): all of them.
+        let suppressed = if matches!(level, RDKafkaLogLevel::Debug) {
+            0
+        } else {
+            // By level too: a flood of info lines must not hide an error line.
+            match self.allow(&format!("log:{}:{fac}", level as i32)) {
+                Some(held) => held,
+                None => return,
+            }
         };
         let sink = &*self.sink;
         match level {
