@@ -34,6 +34,7 @@
 //!
 //! - [`config`]: the TOML file, typed and validated; it asks `event` and `verify` for their rules.
 //! - [`metrics`]: every metric name, defined once.
+//! - [`otlp`]: one span per request to an OpenTelemetry collector, when configured.
 //! - [`quiet`]: log lines a flood would repeat, let through once per interval with a count.
 //! - [`rotation`]: secrets re-read on change and on SIGHUP.
 //! - [`supervise`]: what stops the process when something that must not stop, stops.
@@ -65,6 +66,7 @@ pub mod fuzzing;
 pub mod guard;
 pub mod listener;
 pub mod metrics;
+pub mod otlp;
 pub mod quiet;
 pub mod replay;
 pub mod respond;

@@ -241,3 +241,127 @@ async fn build_process_status_class_and_readiness_series() {
     );
     assert_eq!(metric(&m, "hookrelay_ready"), 1.0);
 }
+
+/// What the stand-in collector was sent: path, content type and body of each.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A stand-in OpenTelemetry collector: every OTLP/HTTP request recorded,
+/// answered 200.
+fn collector() -> (std::net::SocketAddr, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                let mut w = stream;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let (mut len, mut ctype) = (0usize, String::new());
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        let (k, v) = h.split_once(':').unwrap();
+                        match k.to_ascii_lowercase().as_str() {
+                            "content-length" => len = v.trim().parse().unwrap(),
+                            "content-type" => ctype = v.trim().to_string(),
+                            _ => {}
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    seen.lock().unwrap().push((path, ctype, body));
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// With `[otlp]`, each request becomes a server span sent to the collector: in
+/// the provider's trace, its parent the provider's span, its own id the one the
+/// published message's `traceparent` names. Without the section nothing is sent
+/// (every other test runs so, with no collector).
+#[tokio::test]
+async fn spans_go_to_the_collector_with_the_messages_ids() {
+    let (addr, got) = collector();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(dir.path(), "", "", "").replace(
+        "[log]\n",
+        &format!("[otlp]\nendpoint = \"http://{addr}/v1/traces\"\n\n[log]\n"),
+    );
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let path = dir.path().join("hookrelay.toml");
+    std::fs::write(&path, config).unwrap();
+    let relay = Relay::spawn_env(dir.path(), &path, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    let mut c = relay.connect().await;
+    let r = post_traced(&mut c, "otlp1", Some(TRACEPARENT)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let line = eventually(Duration::from_secs(15), || async {
+        relay.events().into_iter().next()
+    })
+    .await
+    .expect("published");
+    let published = line["headers"]["traceparent"].as_str().unwrap().to_string();
+    let (trace, span, _) = traceparent_parts(&published).unwrap();
+    let bytes = |h: &str| hex::decode(h).unwrap();
+    let contains = |body: &[u8], needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    let sent = eventually(Duration::from_secs(15), || async {
+        let got = got.lock().unwrap();
+        got.iter()
+            .find(|(_, _, body)| contains(body, &bytes(&span)))
+            .cloned()
+    })
+    .await
+    .unwrap_or_else(|| panic!("no span sent\n{}", relay.logs()));
+    let (path, ctype, body) = sent;
+    assert_eq!(path, "/v1/traces");
+    assert_eq!(ctype, "application/x-protobuf");
+    assert!(contains(&body, &bytes(&trace)), "the provider's trace");
+    assert!(
+        contains(&body, &bytes("00f067aa0ba902b7")),
+        "the provider's span as parent"
+    );
+    assert!(
+        contains(&body, b"message.read:otlp1"),
+        "the event id attribute"
+    );
+    assert!(contains(&body, b"hookrelay"), "the service name");
+
+    // The `[otlp]` section's malformed variants are refused by `check`.
+    for (section, key) in [
+        (
+            "[otlp]\nendpoint = \"https://collector:4318/v1/traces\"\n",
+            "otlp.endpoint",
+        ),
+        ("[otlp]\nendpoint = \"not a url\"\n", "otlp.endpoint"),
+        (
+            &*format!("[otlp]\nendpoint = \"http://c/{}\"\n", "a".repeat(3000)),
+            "otlp.endpoint",
+        ),
+        (
+            "[otlp]\nendpoint = \"http://c:4318\"\ntimeout_ms = 0\n",
+            "otlp.timeout_ms",
+        ),
+        ("[otlp]\nservice_name = \"x\"\n", "otlp"),
+    ] {
+        let bad = tempfile::tempdir().unwrap();
+        let text =
+            base_config(bad.path(), "", "", "").replace("[log]\n", &format!("{section}\n[log]\n"));
+        let (ok, out) = check_config(bad.path(), &text, &[]);
+        assert!(!ok && out.contains(key), "{section}: {out}");
+    }
+}

@@ -473,6 +473,19 @@ pub async fn run(
         },
     );
     app.access_log = config.log.access;
+    if let Some(o) = &config.otlp {
+        let (endpoint, name) = (o.endpoint.clone(), o.service_name.clone());
+        let timeout = Duration::from_millis(o.timeout_ms);
+        // The exporter's HTTP client is a blocking one: built off the workers.
+        let spans = tokio::task::spawn_blocking(move || {
+            crate::otlp::Spans::start(&endpoint, &name, timeout)
+        })
+        .await
+        .map_err(|e| Error::Setup(format!("otlp: {e}")))?
+        .map_err(Error::Setup)?;
+        tracing::info!(endpoint = %o.endpoint, "sending a span per request over OTLP");
+        app.spans = Some(spans);
+    }
     let app = Arc::new(app);
     metrics::spawn_upkeep(prometheus.clone());
     crate::rotation::spawn(verifiers);
@@ -541,6 +554,15 @@ pub async fn run(
     futures_util::future::join_all(routes.values().map(|r| r.sink.flush(left))).await;
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
+    if app.spans.is_some() {
+        let app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(s) = &app.spans {
+                s.shutdown();
+            }
+        })
+        .await;
+    }
     // As persisted: a final checkpoint that failed leaves them to the next start.
     let unconfirmed: u64 = spools
         .iter()

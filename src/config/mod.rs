@@ -49,6 +49,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Confirmed events kept for replay; off unless the section is there.
     pub archive: Option<ArchiveConfig>,
+    /// Spans to an OpenTelemetry collector; off unless the section is there.
+    pub otlp: Option<OtlpConfig>,
     /// Destinations by name (see `sinks`); read table by table, by their `type`
     /// (see `load.rs`), not by serde.
     #[serde(skip)]
@@ -169,6 +171,29 @@ pub struct ArchiveConfig {
     /// deleted first (new events are never refused for it). At least two
     /// segments, so that pruning never empties it of everything but the newest.
     pub max_bytes: u64,
+}
+
+/// `[otlp]`: one span per webhook request, sent over OTLP/HTTP (protobuf) to a
+/// collector, carrying the ids the published messages' `traceparent` names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's traces URL, `http://HOST:4318/v1/traces` (used as written).
+    /// Plain http: a collector beside the relay (a sidecar or the node's agent).
+    pub endpoint: String,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// One export's limit; spans past the SDK's queue are dropped, never held.
+    #[serde(default = "default_otlp_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_service_name() -> String {
+    "hookrelay".into()
+}
+
+fn default_otlp_timeout_ms() -> u64 {
+    10_000
 }
 
 impl Default for ArchiveConfig {
@@ -470,6 +495,24 @@ impl Config {
                     "archive.max_bytes",
                     format!("must be at least 2 x spool.segment_bytes ({least})"),
                 );
+            }
+        }
+        if let Some(o) = &self.otlp {
+            let uri = o.endpoint.parse::<hyper::Uri>().ok();
+            if o.endpoint.len() > 2048
+                || uri.as_ref().and_then(|u| u.scheme_str()) != Some("http")
+                || uri.as_ref().and_then(|u| u.host()).is_none()
+            {
+                out.push(
+                    "otlp.endpoint",
+                    "must be an http:// URL with a host, e.g. http://127.0.0.1:4318/v1/traces (https is not built in: use a collector beside the relay)",
+                );
+            }
+            if o.service_name.is_empty() || o.service_name.len() > 255 {
+                out.push("otlp.service_name", "must be 1 to 255 bytes");
+            }
+            if !(1..=60_000).contains(&o.timeout_ms) {
+                out.push("otlp.timeout_ms", "must be between 1 and 60000");
             }
         }
         if self.dedup.max_ids == 0 {

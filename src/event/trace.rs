@@ -38,6 +38,8 @@ pub struct TraceContext {
     trace_id: u128,
     span_id: u64,
     flags: u8,
+    /// The caller's span, when the trace was continued.
+    parent: Option<u64>,
 }
 
 impl TraceContext {
@@ -47,6 +49,7 @@ impl TraceContext {
         match incoming(headers) {
             Some(parent) => TraceContext {
                 span_id: new_span_id(),
+                parent: Some(parent.span_id),
                 ..parent
             },
             None => TraceContext {
@@ -58,6 +61,7 @@ impl TraceContext {
                 },
                 span_id: new_span_id(),
                 flags: 0x01,
+                parent: None,
             },
         }
     }
@@ -93,6 +97,7 @@ impl TraceContext {
             trace_id,
             span_id,
             flags,
+            parent: None,
         })
     }
 
@@ -103,6 +108,12 @@ impl TraceContext {
             "00-{:032x}-{:016x}-{:02x}",
             self.trace_id, self.span_id, self.flags
         )
+    }
+
+    /// The ids as numbers (trace, this span, the caller's span if any) and the
+    /// flags, for an exporter.
+    pub fn ids(&self) -> (u128, u64, Option<u64>, u8) {
+        (self.trace_id, self.span_id, self.parent, self.flags)
     }
 
     /// The trace id alone, as logs carry it.

@@ -123,6 +123,8 @@ pub struct App {
     id_prefix: u32,
     /// One info line per request (`[log] access`).
     pub access_log: bool,
+    /// One span per request to a collector (`[otlp]`).
+    pub spans: Option<crate::otlp::Spans>,
 }
 
 impl App {
@@ -141,6 +143,7 @@ impl App {
             request_ids: AtomicU64::new(0),
             id_prefix: fastrand::u32(..),
             access_log: false,
+            spans: None,
         }
     }
 
@@ -246,6 +249,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     .instrument(span)
     .await;
     let event_id = resp.extensions_mut().remove::<EventId>();
+    if let Some(spans) = &app.spans {
+        spans.record(&crate::otlp::RequestSpan {
+            trace: &trace,
+            source: source_label,
+            status: resp.status().as_u16(),
+            event_id: event_id.as_ref().map(|e| e.0.as_str()),
+            request_id: &request_id,
+            started: std::time::SystemTime::now() - started.elapsed(),
+        });
+    }
     if app.access_log {
         tracing::info!(target: ACCESS_LOG, source = source_label, status = resp.status().as_u16(),
             event_id = event_id.as_ref().map(|e| e.0.as_str()),
