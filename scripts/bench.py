@@ -88,6 +88,7 @@ def case_baseline(a, rate=0):
         cpu1 = proc_stats(p.pid)[0]
         out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
                "non_2xx": r["non_2xx"], "cpu_s_per_10k": round((cpu1 - cpu0) / max(r["answered"], 1) * 10_000, 3),
+               "cpu_us_per_event": round((cpu1 - cpu0) / max(r["answered"], 1) * 1e6, 2),
                "conns": a["conns"]}
         if rate:
             out["open_loop_rate"] = rate
@@ -203,6 +204,9 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
                    "server_p50_us": round((server_p50 or 0) * 1e6), "server_p99_us": round((server_p99 or 0) * 1e6),
                    "fsync_p50_us": round((fsync_p50 or 0) * 1e6), "fsync_p99_us": round((fsync_p99 or 0) * 1e6),
                    "cpu_s_per_10k": round((cpu1 - cpu0) / max(accepted, 1) * 10_000, 3),
+                   # The relay process alone, over the window and the drain, per event
+                   # delivered (issue 24's measure).
+                   "cpu_us_per_event": round((cpu1 - cpu0) / max(min(accepted, arrived[-1][1] if arrived else 0), 1) * 1e6, 2),
                    "idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(peak, 1), "end_rss_mib": round(rss, 1),
                    "conns": a["conns"]}
             if len(sinks) > 1:
@@ -221,6 +225,75 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
                 sub.kill()
                 sub.wait()
             stop(p)
+
+
+PEER = os.path.join(ROOT, "scripts", "peers", "express-relay")
+# The open loop the CPU-per-event targets are also read at, where batching helps less.
+OPEN_LOOP_CPU_RATE = int(os.environ.get("OPEN_LOOP_CPU_RATE", "8000"))
+
+
+def express_peer():
+    """The Express + amqplib relay (scripts/peers/express-relay), installed with npm
+    into target/bench/peers once (npm ci, from its lock file); returns its directory."""
+    for tool in ("node", "npm"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode != 0:
+            subprocess.run(["sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm"],
+                           check=True)
+    d = os.path.join(ROOT, "target", "bench", "peers", "express-relay")
+    os.makedirs(d, exist_ok=True)
+    for f in ("package.json", "package-lock.json", "relay.js"):
+        with open(os.path.join(PEER, f), "rb") as src, open(os.path.join(d, f), "wb") as dst:
+            dst.write(src.read())
+    if not os.path.isdir(os.path.join(d, "node_modules")):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=d, check=True)
+    return d
+
+
+def case_express(a, rate=0):
+    """The relay a team would otherwise write, on the same load and broker as the
+    rabbitmq case: CPU per event of its process, and what a subscriber received."""
+    d = express_peer()
+    ex = f"hookrelay-bench-express-{os.getpid()}"
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), AMQP_URL=AMQP, EXCHANGE=ex, SECRET=SECRET)
+    log = open(os.path.join(ROOT, "target", "bench", "express.log"), "w")
+    p = subprocess.Popen(["node", "relay.js"], cwd=d, env=env, stdout=log, stderr=log)
+    queue = f"{ex}.all"
+    sub = None
+    try:
+        wait_port(port)
+        sub, received = start_consumer([os.path.join(REL, "examples", "bench_consumer"), "rabbitmq", AMQP, ex, queue])
+        time.sleep(0.5)
+        cpu0 = proc_stats(p.pid)[0]
+        r = loadgen(port, a["seconds"], a["warmup"], a["conns"], a["body"], rate)
+        # The load generator counts its measured window only; the subscriber counts
+        # everything (warm-up included), as the CPU reading does: wait until it
+        # stops growing.
+        accepted = r["ok"]
+        deadline, last, still = time.time() + 300, -1, time.time()
+        while time.time() < deadline and time.time() - still < 2:
+            now = received[-1][1] if received else 0
+            if now != last:
+                last, still = now, time.time()
+            time.sleep(0.05)
+        cpu1, rss, peak = proc_stats(p.pid)
+        got = received[-1][1] if received else 0
+        out = {"accept_rps": r["rps"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "p999_us": r["p999_us"],
+               "non_2xx": r["non_2xx"], "accepted": accepted, "received": got,
+               "delivered_rps": round(steady_rate(received)), "delivered_by": "consumer",
+               "cpu_s_per_10k": round((cpu1 - cpu0) / max(accepted, 1) * 10_000, 3),
+               "cpu_us_per_event": round((cpu1 - cpu0) / max(got, 1) * 1e6, 2),
+               "peak_rss_mib": round(peak, 1), "end_rss_mib": round(rss, 1), "conns": a["conns"]}
+        if rate:
+            out["open_loop_rate"] = rate
+        return out
+    finally:
+        if sub:
+            sub.kill()
+            sub.wait()
+        stop(p)
+        log.close()
+        subprocess.run(["rabbitmqctl", "delete_queue", queue], capture_output=True)
 
 
 def file_sink(tmp):
@@ -300,6 +373,22 @@ def targets(results, base):
                 f"{growth:+.1f} MiB", growth <= 8)
         else:
             row("RSS flat once the dedup is full", "soak too short to tell", False)
+    # Issue 24: CPU per delivered event of the relay process alone, against the
+    # baseline's per answered event in the same run (at max rate, and at the 8k/s
+    # open loop against the baseline at the same rate).
+    for suffix, base_case in (("", "baseline"), ("-open-loop-8k", "baseline-open-loop-8k")):
+        b = results.get(base_case, {}).get("cpu_us_per_event")
+        where = "max rate" if not suffix else f"open loop {OPEN_LOOP_CPU_RATE}/s"
+        for case, limit in (("file", 1.5), ("kafka-mock", 2.0), ("rabbitmq", 2.5)):
+            r = results.get(case + suffix, {}).get("cpu_us_per_event")
+            if b and r:
+                row(f"CPU per event, {case} durable ({where}): <= {limit}x the baseline's",
+                    f"{r:.1f} vs {b:.1f} us = {r / b:.2f}x", r / b <= limit)
+        r = results.get("rabbitmq" + suffix, {}).get("cpu_us_per_event")
+        e = results.get("express-rabbitmq" + suffix, {}).get("cpu_us_per_event")
+        if r and e:
+            row(f"CPU per event, rabbitmq durable ({where}): <= 1/4 of the Express + amqplib relay's",
+                f"{r:.1f} vs {e:.1f} us = {r / e:.2f}x", r / e <= 0.25)
     if not rows:
         return []
     return ["", "Targets:", "", "| target | figure | verdict |", "|---|---|---|"] + rows
@@ -380,24 +469,32 @@ def main():
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "127.0.0.1:{port}"\ncreate_topics = true\ntopic_partitions = 3\ntopic_replication = 1', "kafka",
                                             consumer=kafka_consumer(f"127.0.0.1:{port}"))
                 stop(t)
-            elif c in ("rabbitmq", "rabbitmq-broker-ack"):
+            elif c in ("rabbitmq", "rabbitmq-broker-ack", "rabbitmq-open-loop-8k"):
                 ex = f"hookrelay-bench-{os.getpid()}"
                 section = f'[sinks.rabbitmq]\nuri = "{AMQP}"\nexchange = "{ex}"'
                 extra = 'ack = "broker"' if c == "rabbitmq-broker-ack" else ""
                 # A durable queue bound with "#", as a subscribing service would have.
                 queue = f"{ex}.{c}"
                 consumer = [os.path.join(REL, "examples", "bench_consumer"), "rabbitmq", AMQP, ex, queue]
-                results[c] = case_hookrelay(a, lambda tmp: section, "rabbitmq", extra, consumer=consumer)
+                results[c] = case_hookrelay(a, lambda tmp: section, "rabbitmq", extra, consumer=consumer,
+                                            rate=OPEN_LOOP_CPU_RATE if c.endswith("-8k") else 0)
                 # Drop the queues (empty exchanges stay).
                 for q in (queue, f"{ex}.unroutable"):
                     subprocess.run(["rabbitmqctl", "delete_queue", q], capture_output=True)
-            elif c == "kafka-mock":
+            elif c in ("express-rabbitmq", "express-rabbitmq-open-loop-8k"):
+                results[c] = case_express(a, rate=OPEN_LOOP_CPU_RATE if c.endswith("-8k") else 0)
+            elif c == "file-open-loop-8k":
+                results[c] = case_hookrelay(a, file_sink, "file", rate=OPEN_LOOP_CPU_RATE)
+            elif c == "baseline-open-loop-8k":
+                results[c] = case_baseline(a, rate=OPEN_LOOP_CPU_RATE)
+            elif c in ("kafka-mock", "kafka-mock-open-loop-8k"):
                 m = subprocess.Popen([os.path.join(REL, "examples", "mock_kafka"), "3"] + [f"quickassist.{t}" for t in TYPES],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 procs.append(m)
                 bootstrap = m.stdout.readline().strip()
                 results[c] = case_hookrelay(a, lambda tmp: f'[sinks.kafka]\nbrokers = "{bootstrap}"', "kafka",
-                                            consumer=kafka_consumer(bootstrap))
+                                            consumer=kafka_consumer(bootstrap),
+                                            rate=OPEN_LOOP_CPU_RATE if c.endswith("-8k") else 0)
                 stop(m)
             print(json.dumps(results[c]), file=sys.stderr)
             # Each case starts on a quiet disk: the soak leaves gigabytes of deleted
@@ -419,8 +516,8 @@ def main():
              "Delivered: for RabbitMQ and Kafka, what a subscriber (examples/bench_consumer, on the same "
              "cores) received; for the file sink, what the sink confirmed written."
              + "".join(f" Not the defaults: {k} `{v}`." for k, v in overrides.items()), "",
-             "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | server p50 / p99 | fdatasync p50 / p99 | CPU s / 10k | RSS idle / peak / end |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | server p50 / p99 | fdatasync p50 / p99 | CPU s / 10k | CPU us / delivered event | RSS idle / peak / end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c, r in results.items():
         if "spool" in r:
             continue
@@ -439,9 +536,9 @@ def main():
                  if r.get("fsync_p99_us") else "-")
         lines.append(f"| {label} | {r['accept_rps']:.0f} | {ratio} | {d if d else '-'} | {dratio} | "
                      f"{r['p50_us'] / 1000:.2f} ms | {r['p99_us'] / 1000:.2f} ms | {r.get('p999_us', 0) / 1000:.2f} ms | "
-                     f"{server} | {fsync} | {r.get('cpu_s_per_10k', '-')} | {rss} |")
+                     f"{server} | {fsync} | {r.get('cpu_s_per_10k', '-')} | {r.get('cpu_us_per_event', '-')} | {rss} |")
         if "rss_trace_mib" in r:
-            lines.append(f"|  RSS every 30 s (MiB) | {' '.join(str(x) for x in r['rss_trace_mib'])} | | | | | | | | | | |")
+            lines.append(f"|  RSS every 30 s (MiB) | {' '.join(str(x) for x in r['rss_trace_mib'])} | | | | | | | | | | | |")
     if "fanout" in results and "file" in results:
         f, o = results["file"], results["fanout"]
         lines += ["", "Fan-out: one source routed to two file sinks (`sinks = [\"a\", \"b\"]`), beside the single file sink:",

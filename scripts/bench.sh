@@ -10,6 +10,11 @@
 #                                         # A/B a setting (";" separates lines; added to [spool] / the sink's section)
 #   CONNS=64 CASES=baseline,file scripts/bench.sh   # closed loop over 64 connections (default 256)
 #   scripts/bench.sh --smoke              # a few seconds on debug builds (scripts/test.sh)
+#   CASES=baseline,rabbitmq,express-rabbitmq,baseline-open-loop-8k,rabbitmq-open-loop-8k,express-rabbitmq-open-loop-8k scripts/bench.sh
+#                                         # CPU per delivered event of the relay process, against the baseline's and
+#                                         # the Express + amqplib relay's (scripts/peers/express-relay, installed with
+#                                         # npm into target/bench/peers), at max rate and an open loop of
+#                                         # OPEN_LOOP_CPU_RATE (8000) per second; also file-open-loop-8k, kafka-mock-open-loop-8k
 # Report: target/bench/report.md, report.json and verify.md.
 # CASES=none skips the HTTP cases (verification only).
 set -euo pipefail
