@@ -981,6 +981,15 @@ fn admin_errors_explain_a_refused_token_and_an_api_that_is_off() {
     };
     let o = with_file(&file);
     assert!(o.status.success(), "{}", stderr(&o));
+    let long = dir.path().join("long-token");
+    std::fs::write(&long, "t".repeat(5000)).unwrap();
+    let o = with_file(&long);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("longer than 4096 bytes"),
+        "{}",
+        stderr(&o)
+    );
     let o = with_file(&dir.path().join("missing"));
     assert!(!o.status.success());
     assert!(

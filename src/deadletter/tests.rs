@@ -508,6 +508,37 @@ fn event_refuses_a_hand_edited_line_out_of_the_edge_bounds() {
     assert!(why.contains("topic"), "{why}");
 }
 
+/// A hand-edited `traceparent` goes back out only as a valid version-00 value:
+/// a later version's extra fields are dropped, and a value carrying control bytes
+/// (a header injection into Kafka or AMQP) or malformed is not carried at all.
+#[test]
+fn a_redriven_traceparent_is_valid_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.jsonl");
+    let dl = DeadLetter::open(&path).unwrap();
+    dl.write("s", &msg(&event(1, "shop", "t", b"{}")), "s: x")
+        .unwrap();
+    let good: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap();
+    let tp = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let cases = [
+        (format!("00-{tp}"), format!("00-{tp}")),
+        (format!("01-{tp}-later-fields"), format!("00-{tp}")),
+        (format!("01-{tp}-\r\nx-injected: 1"), String::new()),
+        (format!("00-{tp}-"), String::new()),
+        ("00-zz".to_string(), String::new()),
+        ("t".repeat(600), String::new()),
+    ];
+    for (written, redriven) in cases {
+        let mut edited = good.clone();
+        *edited.pointer_mut("/headers/traceparent").unwrap() = written.clone().into();
+        let id = std::fs::metadata(&path).unwrap().len();
+        append(&path, format!("{edited}\n").as_bytes());
+        let event = dl.get(id).unwrap().unwrap().event().unwrap().into_event();
+        assert_eq!(event.traceparent(), redriven, "{written:?}");
+    }
+}
+
 #[test]
 fn readers_see_whole_lines_while_a_writer_appends() {
     let dir = tempfile::tempdir().unwrap();

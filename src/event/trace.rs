@@ -118,7 +118,19 @@ impl TraceContext {
 
     /// The trace id alone, as logs carry it.
     pub fn trace_id(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        self.trace_id_hex().to_string()
+    }
+
+    /// The trace id, formatted only when written: a log field that is not
+    /// enabled costs nothing.
+    pub fn trace_id_hex(&self) -> impl std::fmt::Display + '_ {
+        struct Hex(u128);
+        impl std::fmt::Display for Hex {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:032x}", self.0)
+            }
+        }
+        Hex(self.trace_id)
     }
 }
 

@@ -224,7 +224,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         .as_deref()
         .and_then(|s| app.sources.get(s).map(|src| (s, src)));
     let source_label = source.map_or(UNKNOWN_SOURCE, |s| s.0);
-    let trace_id = trace.trace_id();
+    let trace_id = trace.trace_id_hex();
     let span = tracing::debug_span!("request", id = %request_id, trace_id = %trace_id, source = source_label);
     let mut resp = async {
         let Some((name, src)) = source else {
@@ -278,8 +278,12 @@ pub const ACCESS_LOG: &str = "hookrelay::access";
 #[derive(Clone)]
 struct EventId(String);
 
-fn with_event_id(mut r: Resp, id: &str) -> Resp {
-    r.extensions_mut().insert(EventId(id.to_string()));
+/// Only when the access log or spans will read it: the extensions map is an
+/// allocation per answer.
+fn with_event_id(app: &App, mut r: Resp, id: &str) -> Resp {
+    if app.access_log || app.spans.is_some() {
+        r.extensions_mut().insert(EventId(id.to_string()));
+    }
     r
 }
 
@@ -439,7 +443,7 @@ async fn accept(
             status: "duplicate",
             id: Some(event.id()),
         };
-        return with_event_id(json(StatusCode::OK, duplicate), event.id());
+        return with_event_id(app, json(StatusCode::OK, duplicate), event.id());
     }
     // The source's budget is spent by new, verified events only: neither a flood of
     // unsigned requests nor replays of one captured request can drain it.
@@ -473,7 +477,7 @@ async fn accept(
                 status: "accepted",
                 id: Some(&id),
             };
-            with_event_id(json(StatusCode::OK, accepted), &id)
+            with_event_id(app, json(StatusCode::OK, accepted), &id)
         }
         Err(resp) => resp,
     }
