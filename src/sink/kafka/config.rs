@@ -248,7 +248,12 @@ impl KafkaSinkConfig {
             // Thousands in flight: the forwarder keeps up to forward.max_in_flight queued.
             .set("queue.buffering.max.messages", "1000000")
             // Fail an unknown topic within seconds rather than holding it for the timeout.
-            .set("topic.metadata.propagation.max.ms", "10000");
+            .set("topic.metadata.propagation.max.ms", "10000")
+            // A cluster back from an outage is found within 2 s, not librdkafka's 10 s:
+            // until then the backlog grows and, once full, its sources get 503s (a
+            // 6 s outage took 8 s more to deliver again). A connect attempt per broker
+            // every 2 s while it is down costs nothing.
+            .set("reconnect.backoff.max.ms", "2000");
         for (k, v) in &self.librdkafka {
             c.set(k, v);
         }
@@ -310,6 +315,12 @@ mod tests {
         assert_eq!(c.get("linger.ms"), Some("1"));
         assert_eq!(c.get("compression.type"), Some("none"));
         assert!(c.get("client.id").unwrap().starts_with("hookrelay@"));
+        assert_eq!(c.get("reconnect.backoff.max.ms"), Some("2000"));
+        // Still the operator's to change.
+        let c = parse("[librdkafka]\n\"reconnect.backoff.max.ms\" = \"10000\"")
+            .client_config()
+            .unwrap();
+        assert_eq!(c.get("reconnect.backoff.max.ms"), Some("10000"));
     }
 
     #[test]
