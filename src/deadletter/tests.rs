@@ -476,15 +476,21 @@ fn event_round_trips_to_an_identical_event() {
     }
 }
 
-#[test]
-fn event_refuses_a_hand_edited_line_out_of_the_edge_bounds() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dead.jsonl");
+/// A dead-letter file under `dir` with one line written, and that line parsed:
+/// what the hand-editing tests start from.
+fn one_written(dir: &Path) -> (std::path::PathBuf, DeadLetter, serde_json::Value) {
+    let path = dir.join("dead.jsonl");
     let dl = DeadLetter::open(&path).unwrap();
     dl.write("s", &msg(&event(1, "shop", "t", b"{}")), "s: x")
         .unwrap();
-    let good: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap();
+    let good = serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap();
+    (path, dl, good)
+}
+
+#[test]
+fn event_refuses_a_hand_edited_line_out_of_the_edge_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, dl, good) = one_written(dir.path());
     let edits: [(&str, serde_json::Value); 5] = [
         ("/topic", "t".repeat(250).into()),
         ("/topic", "a/../b".into()),
@@ -514,12 +520,7 @@ fn event_refuses_a_hand_edited_line_out_of_the_edge_bounds() {
 #[test]
 fn a_redriven_traceparent_is_valid_or_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dead.jsonl");
-    let dl = DeadLetter::open(&path).unwrap();
-    dl.write("s", &msg(&event(1, "shop", "t", b"{}")), "s: x")
-        .unwrap();
-    let good: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim_end()).unwrap();
+    let (path, dl, good) = one_written(dir.path());
     let tp = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let cases = [
         (format!("00-{tp}"), format!("00-{tp}")),
