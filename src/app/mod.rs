@@ -17,7 +17,7 @@ use tokio::sync::watch;
 mod check;
 mod upkeep;
 pub use check::{check_connections, check_offline};
-use upkeep::{spawn_archive_pruning, spawn_sink_watch};
+use upkeep::{spawn_archive_pruning, spawn_state_watch};
 
 use crate::config::{
     AckMode, Config, ConfigError, DedupBackend, OnRedisError, SinkConfig, SinkSettings,
@@ -431,7 +431,6 @@ pub async fn run(
     if let Some(a) = &archives {
         spawn_archive_pruning(a.clone());
     }
-    spawn_sink_watch(routes.values().cloned().collect());
 
     let tls = match &config.server.tls {
         Some(t) => Some(
@@ -489,7 +488,7 @@ pub async fn run(
     let app = Arc::new(app);
     metrics::spawn_upkeep(prometheus.clone());
     crate::rotation::spawn(verifiers);
-    upkeep::spawn_ready_watch(app.clone());
+    spawn_state_watch(routes.values().cloned().collect(), app.clone());
 
     tracing::info!(
         webhooks = %crate::listener::local_addr(&listener).map_or_else(String::new, |a| a.to_string()),

@@ -7,32 +7,21 @@ use std::time::Duration;
 use crate::metrics;
 use crate::sink::Route;
 
-/// How often `hookrelay_sink_up` is refreshed from each sink's own view.
-const SINK_UP_EVERY: Duration = Duration::from_secs(1);
+/// How often `hookrelay_sink_up` and `hookrelay_ready` are refreshed.
+const STATE_EVERY: Duration = Duration::from_secs(1);
 
-/// Keeps `hookrelay_sink_up` following every sink, those only `ack = "broker"`
-/// sources publish to included: an outage shows in seconds, before any event
-/// has failed.
-pub(super) fn spawn_sink_watch(routes: Vec<Route>) {
+/// Keeps `hookrelay_sink_up` following every sink (those only `ack = "broker"`
+/// sources publish to included) and `hookrelay_ready` following what `/readyz`
+/// would answer, whether or not anything polls it: an outage shows in seconds,
+/// before any event has failed.
+pub(super) fn spawn_state_watch(routes: Vec<Route>, app: Arc<crate::server::App>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SINK_UP_EVERY);
+        let mut tick = tokio::time::interval(STATE_EVERY);
         loop {
             tick.tick().await;
             for r in &routes {
                 metrics::sink_up(r.name(), r.sink.ready());
             }
-        }
-    });
-}
-
-/// Keeps `hookrelay_ready` following what `/readyz` would answer, every second,
-/// whether or not anything polls it: a sink's outage shows on a dashboard even
-/// where no probe runs (`hookrelay drain`, a scrape-only setup).
-pub(super) fn spawn_ready_watch(app: Arc<crate::server::App>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SINK_UP_EVERY);
-        loop {
-            tick.tick().await;
             metrics::ready(app.ready());
         }
     });
