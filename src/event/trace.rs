@@ -116,13 +116,8 @@ impl TraceContext {
         (self.trace_id, self.span_id, self.parent, self.flags)
     }
 
-    /// The trace id alone, as logs carry it.
-    pub fn trace_id(&self) -> String {
-        self.trace_id_hex().to_string()
-    }
-
-    /// The trace id, formatted only when written: a log field that is not
-    /// enabled costs nothing.
+    /// The trace id alone, as logs carry it, formatted only when written: a log
+    /// field that is not enabled costs nothing.
     pub fn trace_id_hex(&self) -> impl std::fmt::Display + '_ {
         struct Hex(u128);
         impl std::fmt::Display for Hex {
@@ -178,7 +173,10 @@ mod tests {
     #[test]
     fn a_valid_traceparent_is_continued_with_a_new_span() {
         let t = TraceContext::for_request(&headers(&[(TRACEPARENT_HEADER, GOOD.as_bytes())]));
-        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            t.trace_id_hex().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         let out = t.traceparent();
         assert_eq!(out.len(), TRACEPARENT_LEN);
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -223,7 +221,10 @@ mod tests {
             (TRACEPARENT_HEADER, GOOD.as_bytes()),
         ]);
         let t = TraceContext::for_request(&two);
-        assert_ne!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(
+            t.trace_id_hex().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert!(TraceContext::parse(&t.traceparent()).is_some());
         let none = TraceContext::for_request(&HeaderMap::new());
         assert!(none.traceparent().ends_with("-01"));
