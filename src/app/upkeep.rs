@@ -14,15 +14,23 @@ const STATE_EVERY: Duration = Duration::from_secs(1);
 /// sources publish to included) and `hookrelay_ready` following what `/readyz`
 /// would answer, whether or not anything polls it: an outage shows in seconds,
 /// before any event has failed.
+///
+/// The first refresh happens here, before the admin port serves: a scrape never
+/// finds the series missing (a missing series reads as "no data", not as down).
 pub(super) fn spawn_state_watch(routes: Vec<Route>, app: Arc<crate::server::App>) {
+    let refresh = move || {
+        for r in &routes {
+            metrics::sink_up(r.name(), r.sink.ready());
+        }
+        metrics::ready(app.ready());
+    };
+    refresh();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATE_EVERY);
+        tick.tick().await;
         loop {
             tick.tick().await;
-            for r in &routes {
-                metrics::sink_up(r.name(), r.sink.ready());
-            }
-            metrics::ready(app.ready());
+            refresh();
         }
     });
 }
