@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, PublisherConfirm};
 
 use super::config::RabbitmqSinkConfig;
 use super::connection::{Broker, Channels, long, name, short};
@@ -102,40 +102,59 @@ enum OnNack {
 }
 
 impl RabbitmqSink {
-    /// Publishes one message on `live` and hands back its confirmation; a publish
-    /// the connection fails or will not take marks it broken, so the next publish
-    /// reconnects, and fails as retriable.
-    async fn send(
+    /// Hands every message of a batch to lapin at once and waits, within
+    /// `confirm_timeout_ms` for all of them, until their frames are on the socket:
+    /// lapin's I/O thread then writes the batch in one go and wakes this task once,
+    /// where handing messages over one at a time took two thread hops and a write
+    /// each. Returns, in order, each message's publisher confirm or why it was not
+    /// taken; a failure marks the connection broken, so the next publish reconnects.
+    async fn hand_over(
         &self,
         live: &Arc<Channels>,
-        exchange: ShortString,
-        routing_key: ShortString,
-        m: &Message,
-        props: BasicProperties,
-        on_nack: OnNack,
-    ) -> Confirmation {
+        exchange: &ShortString,
+        messages: Vec<(ShortString, &Message, BasicProperties)>,
+    ) -> Vec<Result<PublisherConfirm, String>> {
         let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
-        let failed = |why: String| -> Confirmation {
-            live.broken.store(true, Ordering::Relaxed);
-            Box::pin(std::future::ready(Err(SinkError::Retriable(why))))
-        };
         let opts = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
         };
-        let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
-        let published = tokio::time::timeout(
-            timeout,
-            live.channels[i].basic_publish(exchange, routing_key, opts, m.event.body(), props),
-        )
-        .await;
-        let confirm = match published {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return failed(format!("publish failed: {e}")),
-            Err(_) => {
-                return failed("the connection took no publish within confirm_timeout_ms".into());
-            }
-        };
+        let n = messages.len();
+        let sends = messages.into_iter().map(|(routing_key, m, props)| {
+            let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
+            live.channels[i].basic_publish(
+                exchange.clone(),
+                routing_key,
+                opts,
+                m.event.body(),
+                props,
+            )
+        });
+        let handed: Vec<Result<PublisherConfirm, String>> =
+            match tokio::time::timeout(timeout, futures_util::future::join_all(sends)).await {
+                Ok(results) => results
+                    .into_iter()
+                    .map(|r| r.map_err(|e| format!("publish failed: {e}")))
+                    .collect(),
+                Err(_) => (0..n)
+                    .map(|_| Err("the connection took no publish within confirm_timeout_ms".into()))
+                    .collect(),
+            };
+        if handed.iter().any(Result::is_err) {
+            live.broken.store(true, Ordering::Relaxed);
+        }
+        handed
+    }
+
+    /// The confirmation of one message lapin took: acked, returned (unroutable:
+    /// refused for good), nacked (`on_nack`), or lost with the connection.
+    fn confirmation(
+        &self,
+        live: &Arc<Channels>,
+        confirm: PublisherConfirm,
+        on_nack: OnNack,
+    ) -> Confirmation {
+        let timeout = Duration::from_millis(self.cfg.confirm_timeout_ms);
         let live = live.clone();
         let metrics = self.broker.metrics.clone();
         Box::pin(async move {
@@ -171,6 +190,10 @@ impl RabbitmqSink {
     }
 }
 
+fn failed(e: SinkError) -> Confirmation {
+    Box::pin(std::future::ready(Err(e)))
+}
+
 impl Sink for RabbitmqSink {
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>> {
         Box::pin(async move {
@@ -194,34 +217,39 @@ impl Sink for RabbitmqSink {
                         .collect();
                 }
             };
-            let mut out = Vec::with_capacity(batch.len());
+            if live.broken.load(Ordering::Relaxed) {
+                // Failed since it was handed out: the batch goes out on the next connection.
+                let why = SinkError::Retriable("the connection failed".into());
+                return batch.iter().map(|_| failed(why.clone())).collect();
+            }
+            // Each message's wire form; `refused` holds, in order, why one can never be
+            // published as it is (`None` for those handed over).
+            let mut refused = Vec::with_capacity(batch.len());
+            let mut sendable = Vec::with_capacity(batch.len());
             for m in &batch {
-                if live.broken.load(Ordering::Relaxed) {
-                    // The rest of the batch goes out again on the next connection.
-                    out.push(Box::pin(std::future::ready(Err(SinkError::Retriable(
-                        "the connection failed earlier in the batch".into(),
-                    )))) as Confirmation);
-                    continue;
-                }
                 let wire = short("the topic (routing key)", m.event.topic())
                     .map_err(SinkError::Permanent)
                     .and_then(|key| Ok((key, properties(&self.cfg, m, &[])?)));
-                out.push(match wire {
-                    Ok((routing_key, props)) => {
-                        self.send(
-                            &live,
-                            exchange.clone(),
-                            routing_key,
-                            m,
-                            props,
-                            OnNack::Retry,
-                        )
-                        .await
+                match wire {
+                    Ok((key, props)) => {
+                        refused.push(None);
+                        sendable.push((key, m, props));
                     }
-                    Err(refused) => Box::pin(std::future::ready(Err(refused))),
-                });
+                    Err(e) => refused.push(Some(e)),
+                }
             }
-            out
+            let mut handed = self.hand_over(&live, &exchange, sendable).await.into_iter();
+            refused
+                .into_iter()
+                .map(|refusal| match refusal {
+                    Some(e) => failed(e),
+                    None => match handed.next() {
+                        Some(Ok(confirm)) => self.confirmation(&live, confirm, OnNack::Retry),
+                        Some(Err(why)) => failed(SinkError::Retriable(why)),
+                        None => failed(SinkError::Retriable("not handed to lapin".into())),
+                    },
+                })
+                .collect()
         })
     }
 
@@ -248,9 +276,14 @@ impl Sink for RabbitmqSink {
             let props = properties(&self.cfg, &m, &extra)?;
             self.broker.wait_while_blocked().await;
             let live = self.broker.channels().await?;
-            self.send(&live, exchange, routing_key, &m, props, OnNack::Refuse)
-                .await
-                .await
+            let handed = self
+                .hand_over(&live, &exchange, vec![(routing_key, &m, props)])
+                .await;
+            match handed.into_iter().next() {
+                Some(Ok(confirm)) => self.confirmation(&live, confirm, OnNack::Refuse).await,
+                Some(Err(why)) => Err(SinkError::Retriable(why)),
+                None => Err(SinkError::Retriable("not handed to lapin".into())),
+            }
         }))
     }
 
