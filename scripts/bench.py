@@ -63,6 +63,8 @@ def hookrelay(tmp, sink_section, extra="", sources=None):
     `sources`: {name: TOML lines} instead of the one quickassist source."""
     cfg = os.path.join(tmp, "hookrelay.toml")
     env_extra = lambda k: os.environ.get(k, "").replace(";", chr(10))
+    if os.environ.get("FORWARD_EXTRA"):
+        extra = f"{extra}\n[forward]\n{env_extra('FORWARD_EXTRA')}"
     with open(cfg, "w") as f:
         if sources is None:
             f.write(harness.config(tmp, f"{sink_section}\n{env_extra('SINK_EXTRA')}", "BENCH_SECRET",
@@ -398,7 +400,7 @@ def main():
     a = {"seconds": float(os.environ.get("SECONDS_PER_CASE", "10")), "warmup": float(os.environ.get("WARMUP", "2")),
          "conns": int(os.environ.get("CONNS", "256")), "body": int(os.environ.get("BODY", "1024"))}
     # Settings other than the defaults: named in the report, so it cannot pass for one.
-    overrides = {k: os.environ[k] for k in ("SPOOL_EXTRA", "SINK_EXTRA") if os.environ.get(k)}
+    overrides = {k: os.environ[k] for k in ("SPOOL_EXTRA", "SINK_EXTRA", "FORWARD_EXTRA") if os.environ.get(k)}
     a.update(overrides)
     cases = os.environ.get(
         "CASES",

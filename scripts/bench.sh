@@ -8,6 +8,7 @@
 #   CASES=baseline,file,file-soak SOAK_SECONDS=60 scripts/bench.sh    # shorter soak (default 300 s)
 #   SPOOL_EXTRA='min_sync_interval_us = 0' SINK_EXTRA='linger_ms = 5' CASES=... scripts/bench.sh
 #                                         # A/B a setting (";" separates lines; added to [spool] / the sink's section)
+#   FORWARD_EXTRA='linger_ms = 0' CASES=... scripts/bench.sh    # the same for [forward]
 #   CONNS=64 CASES=baseline,file scripts/bench.sh   # closed loop over 64 connections (default 256)
 #   scripts/bench.sh --smoke              # a few seconds on debug builds (scripts/test.sh)
 #   CASES=baseline,rabbitmq,express-rabbitmq,baseline-open-loop-8k,rabbitmq-open-loop-8k,express-rabbitmq-open-loop-8k scripts/bench.sh

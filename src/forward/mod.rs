@@ -221,8 +221,14 @@ impl Forwarder {
         let mut persisted_end = 0;
         // At most one checkpoint (sink syncs, cursor fsync, segment unlinks) at a time.
         let mut saving: Option<(JoinHandle<io::Result<u64>>, u64)> = None;
+        // Since when fewer than a batch of synced events have waited for more
+        // (`forward.linger_ms`); `None` when not waiting.
+        let mut lingering: Option<Instant> = None;
+        let linger = Duration::from_millis(self.cfg.linger_ms);
         loop {
             if reading.is_none()
+                && (lingering.is_none_or(|since| since.elapsed() >= linger)
+                    || drain.borrow().is_some())
                 && let Some(mut reader) = self.reader.take()
             {
                 // While paused, one record is read and parked: its age is the
@@ -236,8 +242,22 @@ impl Forwarder {
                     .cfg
                     .max_in_flight_bytes
                     .saturating_sub(self.in_flight_bytes);
-                if room > 0 && room_bytes > 0 && reader.position() < *durable.borrow_and_update() {
-                    let n = room.min(self.cfg.batch_max);
+                let synced = durable
+                    .borrow_and_update()
+                    .saturating_sub(reader.position());
+                let n = room.min(self.cfg.batch_max);
+                // A partial batch waits (once) for more, unless draining: fewer,
+                // fuller hand-overs to the sink, and fewer wake-ups per event.
+                let wait = synced > 0
+                    && synced < n as u64
+                    && lingering.is_none()
+                    && !linger.is_zero()
+                    && drain.borrow().is_none();
+                if wait {
+                    lingering = Some(Instant::now());
+                    self.reader = Some(reader);
+                } else if room > 0 && room_bytes > 0 && synced > 0 {
+                    lingering = None;
                     // Fresh records come from the writer's memory; the disk only when behind.
                     let synced = reader.take_synced(n, room_bytes);
                     if !synced.is_empty() {
@@ -253,6 +273,8 @@ impl Forwarder {
                         (reader, r)
                     }));
                 } else {
+                    // Nothing synced, or no room: a new wait starts with the next commit.
+                    lingering = None;
                     self.reader = Some(reader);
                 }
             }
@@ -274,7 +296,9 @@ impl Forwarder {
                 }
             }
             let next_retry = self.retries.peek().map(|Reverse((at, _))| *at);
+            let linger_until = lingering.map(|since| since + linger);
             tokio::select! {
+                () = sleep_until_opt(linger_until), if linger_until.is_some() => {}
                 joined = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
                     reading = None;
                     match joined {
@@ -306,7 +330,7 @@ impl Forwarder {
                     }
                     self.report();
                 }
-                changed = durable.changed(), if self.reader.is_some() => {
+                changed = durable.changed(), if self.reader.is_some() && lingering.is_none() => {
                     if changed.is_err() {
                         // The writer is gone; nothing new will arrive. Keep settling.
                         self.reader.take();
@@ -742,6 +766,7 @@ mod tests {
                 max_in_flight: 64,
                 max_in_flight_bytes: 256 * 1024,
                 batch_max: 16,
+                linger_ms: 0,
                 backoff_initial_ms: 1,
                 backoff_max_ms: 4,
             };
@@ -764,6 +789,80 @@ mod tests {
                 4,
                 "from disk: {from_disk}"
             );
+        }
+    }
+
+    /// Confirms everything at once, remembering the size of each batch handed over.
+    #[derive(Default)]
+    struct BatchSizes(Mutex<Vec<usize>>);
+
+    impl crate::sink::Sink for BatchSizes {
+        fn publish(
+            &self,
+            batch: Vec<Message>,
+        ) -> crate::sink::BoxFuture<'_, Vec<crate::sink::Confirmation>> {
+            self.0.lock().unwrap().push(batch.len());
+            Box::pin(async move {
+                batch
+                    .iter()
+                    .map(|_| Box::pin(std::future::ready(Ok(()))) as crate::sink::Confirmation)
+                    .collect()
+            })
+        }
+    }
+
+    /// Events synced one at a time, a millisecond apart, reach the sink in a few
+    /// full hand-overs with `linger_ms`, and one by one without; all of them either
+    /// way, and a drain does not wait out the linger.
+    #[tokio::test]
+    async fn a_trickle_is_handed_over_in_fuller_batches_with_linger() {
+        for linger_ms in [0, 200] {
+            let dir = tempfile::tempdir().unwrap();
+            let (spool, reader, _) =
+                Spool::open(&dir.path().join("spool"), 1 << 24, 1 << 20, |_: &Record| {}).unwrap();
+            let sink = Arc::new(BatchSizes::default());
+            let cfg = ForwardConfig {
+                batch_max: 16,
+                linger_ms,
+                ..ForwardConfig::default()
+            };
+            let fwd = Forwarder::new(
+                spool.clone(),
+                reader,
+                route("batches", sink.clone()),
+                sources(),
+                DeadLetter::open(&dir.path().join("dead.jsonl")).unwrap(),
+                cfg,
+                Arc::new(Control::new(None)),
+            );
+            let (drain, rx) = watch::channel(None);
+            let running = tokio::spawn(fwd.run(rx));
+            for i in 0..20 {
+                spool.append(event(i, "q.ok")).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let drained = Instant::now();
+            drain
+                .send(Some(Instant::now() + Duration::from_secs(10)))
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(5), running)
+                .await
+                .unwrap()
+                .unwrap();
+            let sizes = sink.0.lock().unwrap().clone();
+            assert_eq!(sizes.iter().sum::<usize>(), 20, "{sizes:?}");
+            if linger_ms == 0 {
+                assert!(sizes.len() >= 10, "linger 0 waits for nothing: {sizes:?}");
+            } else {
+                // All 20 wait out the linger (or go once the drain starts, not later).
+                assert!(sizes.len() <= 3, "{sizes:?}");
+                assert!(
+                    drained.elapsed() < Duration::from_millis(150),
+                    "{:?}",
+                    drained.elapsed()
+                );
+            }
         }
     }
 
@@ -807,6 +906,7 @@ mod tests {
             max_in_flight: 64,
             max_in_flight_bytes: 1 << 20,
             batch_max: 16,
+            linger_ms: 0,
             backoff_initial_ms: 1,
             backoff_max_ms: 4,
         };
