@@ -21,7 +21,9 @@
 //! checked (closed by the server: its connection task ended) and sent one last
 //! request. `--interval-secs S` adds the
 //! p99 of each S-second window of the measured run (by intended send time), to
-//! show when a tail happens.
+//! show when a tail happens. `lag_p99_us`: how late requests were sent (open loop:
+//! waiting for an idle connection, or for the load generator to run), the part of
+//! the latency spent before the server saw the request.
 //!
 //! `cargo run --release --example loadgen -- --url http://127.0.0.1:8080/webhooks/quickassist \
 //!     --secret dev-secret --connections 64 --seconds 10 --body-bytes 1024`
@@ -186,8 +188,10 @@ struct Tally {
     ok: u64,
     other: u64,
     server_errors: u64,
-    /// (window index, latency in µs) of each measured request.
-    lat: Vec<(u32, u32)>,
+    /// (window index, latency, send lag) of each measured request, in µs; the lag
+    /// is how late it was sent (open loop: waiting for an idle connection, or for
+    /// the load generator itself to run).
+    lat: Vec<(u32, u32, u32)>,
     /// Every answer, the warm-up's included: for CPU per request.
     answered: u64,
 }
@@ -309,7 +313,7 @@ async fn main() {
     // With --idle-every, each idle connection sends a request whenever it has been
     // idle that long, until the end.
     let every = Duration::from_secs_f64(a.idle_every);
-    let keepers: Vec<JoinHandle<(Idle, u64, bool)>> = idle
+    let keepers: Vec<JoinHandle<(Idle, u64, usize, bool)>> = idle
         .into_iter()
         .enumerate()
         .map(|(i, mut c)| {
@@ -321,12 +325,12 @@ async fn main() {
                     let req = signer.post("keep", i * 1_000_000 + sent);
                     match exchange(&mut c.sender, req).await {
                         Some(status) => non_2xx += u64::from(!status.is_success()),
-                        None => return (c, non_2xx, true),
+                        None => return (c, non_2xx, sent, true),
                     }
                     c.answered = Instant::now();
                     sent += 1;
                 }
-                (c, non_2xx, false)
+                (c, non_2xx, sent, false)
             })
         })
         .collect();
@@ -360,7 +364,8 @@ async fn main() {
                 } else {
                     Instant::now()
                 };
-                if Instant::now() >= end {
+                let sent = Instant::now();
+                if sent >= end {
                     finished = true;
                     break;
                 }
@@ -375,7 +380,8 @@ async fn main() {
                     } else {
                         0
                     };
-                    t.lat.push((w, now.elapsed().as_micros() as u32));
+                    let lag = sent.saturating_duration_since(now).as_micros() as u32;
+                    t.lat.push((w, now.elapsed().as_micros() as u32, lag));
                     if status.is_success() {
                         t.ok += 1
                     } else {
@@ -402,10 +408,11 @@ async fn main() {
     // The idle connections at the end: which the server closed, how long the others
     // were held idle, and whether each still answers.
     let mut idle = Vec::with_capacity(keepers.len());
-    let mut keep_failed = 0u64;
+    let (mut keep_failed, mut keep_requests) = (0u64, 0usize);
     for k in keepers {
-        let (c, non_2xx, failed) = k.await.expect("idle task");
+        let (c, non_2xx, sent, failed) = k.await.expect("idle task");
         idle_non_2xx += non_2xx;
+        keep_requests += sent;
         keep_failed += u64::from(failed);
         idle.push(c);
     }
@@ -434,8 +441,10 @@ async fn main() {
             None => probe_failed += 1,
         }
     }
-    let mut lat: Vec<u32> = all.lat.iter().map(|&(_, l)| l).collect();
+    let mut lat: Vec<u32> = all.lat.iter().map(|&(_, l, _)| l).collect();
     lat.sort_unstable();
+    let mut lag: Vec<u32> = all.lat.iter().map(|&(_, _, g)| g).collect();
+    lag.sort_unstable();
     let mut out = serde_json::json!({
         "mode": if a.rate > 0.0 { "open" } else { "closed" },
         "requests": all.ok + all.other,
@@ -448,6 +457,7 @@ async fn main() {
         "p99_us": pct(&lat, 0.99),
         "p999_us": pct(&lat, 0.999),
         "max_us": lat.last().copied().unwrap_or(0),
+        "lag_p99_us": pct(&lag, 0.99),
     });
     if a.idle_connections > 0 {
         out["idle"] = serde_json::json!({
@@ -462,28 +472,32 @@ async fn main() {
             "quiet_max_s": (quiet_max_s * 100.0).round() / 100.0,
             "every_s": a.idle_every,
             "closed_by_server": idle_closed,
+            "keep_requests": keep_requests,
             "keep_failed": keep_failed,
             "probe_ok": probe_ok,
             "probe_failed": probe_failed,
         });
     }
     if window > 0.0 {
-        let n = all.lat.iter().map(|&(w, _)| w + 1).max().unwrap_or(0);
-        let mut by: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
-        for &(w, l) in &all.lat {
-            by[w as usize].push(l);
+        let n = all.lat.iter().map(|&(w, _, _)| w + 1).max().unwrap_or(0);
+        let mut by: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); n as usize];
+        for &(w, l, g) in &all.lat {
+            by[w as usize].0.push(l);
+            by[w as usize].1.push(g);
         }
         let windows: Vec<_> = by
             .iter_mut()
             .enumerate()
-            .map(|(w, v)| {
+            .map(|(w, (v, lags))| {
                 v.sort_unstable();
+                lags.sort_unstable();
                 serde_json::json!({
                     "from_s": w as f64 * window,
                     "n": v.len(),
                     "p99_us": pct(v, 0.99),
                     "p999_us": pct(v, 0.999),
                     "max_us": v.last().copied().unwrap_or(0),
+                    "lag_p99_us": pct(lags, 0.99),
                 })
             })
             .collect();
