@@ -26,6 +26,7 @@ import bench_conns
 # BENCH_PROFILE=debug runs the smoke mode on debug builds (scripts/test.sh).
 REL = os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"))
 SECRET = "bench-secret"
+INTERVAL_SECS = 10
 
 
 def kafka_consumer(brokers):
@@ -34,13 +35,14 @@ def kafka_consumer(brokers):
 
 
 def loadgen(port, seconds, warmup, conns, body, rate=0, extra=()):
-    """Runs examples/loadgen; `extra`: more of its flags. Its JSON result."""
+    """Runs examples/loadgen; `extra`: more of its flags. Its JSON result, with the
+    p99 of each INTERVAL_SECS window (to show when a tail happens)."""
     args = [os.path.join(REL, "examples", "loadgen"), "--url", f"http://127.0.0.1:{port}/webhooks/quickassist",
             "--secret", SECRET, "--connections", str(conns), "--seconds", str(seconds),
             "--warmup", str(warmup), "--body-bytes", str(body)]
     if rate:
         args += ["--rate", str(rate)]
-    args += list(extra)
+    args += ["--interval-secs", str(INTERVAL_SECS)] + list(extra)
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -95,9 +97,18 @@ def case_baseline(a, rate=0):
                "conns": a["conns"]}
         if rate:
             out["open_loop_rate"] = rate
+        keep_intervals(out, r)
         return out
     finally:
         stop(p)
+
+
+def keep_intervals(out, r):
+    """The load generator's maximum and how late it sent (p99), and for runs over
+    more than one window (the soaks) its p99 per window."""
+    out.update({k: r[k] for k in ("max_us", "lag_p99_us") if k in r})
+    if len(r.get("intervals", [])) > 1:
+        out.update(interval_secs=r["interval_secs"], intervals=r["intervals"])
 
 
 def steady_rate(samples):
@@ -222,6 +233,7 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
                 out["rss_trace_mib"] = rss_trace
             if consumer:
                 out["received"] = arrived[-1][1] if arrived else 0
+            keep_intervals(out, r)
             return out
         finally:
             if sub:

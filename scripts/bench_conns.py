@@ -1,4 +1,5 @@
-"""Issue 24's target 4, as cases of scripts/bench.py: 10,000 keep-alive
+"""Issue 24's targets 3 and 4, as cases of scripts/bench.py: the latency the
+relay adds over the baseline in alternated open-loop runs, and 10,000 keep-alive
 connections held open (most idle). bench.py dispatches CASES here and adds
 `report` and `targets`.
 """
@@ -7,6 +8,7 @@ import json
 import os
 import resource
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -14,7 +16,7 @@ import time
 from harness import ROOT, metric, metrics_text, quantiles, samples, scrape, stop
 import bench
 
-CASES = ("file-256c", "file-10k-conns")
+CASES = ("file-256c", "file-10k-conns", "latency-alternated")
 
 
 def run(c, a, results):
@@ -23,17 +25,19 @@ def run(c, a, results):
         return case_connections(a, 0)
     if c == "file-10k-conns":
         return case_connections(a, TOTAL - ACTIVE)
+    if c == "latency-alternated":
+        return case_latency(a, results)
     raise ValueError(c)
 
 
 def report(results):
     """The report's sections for these cases (lines of Markdown)."""
-    return report_connections(results)
+    return report_connections(results) + report_latency(results)
 
 
 def targets(results):
     """(target, figure, met) rows for these cases."""
-    return targets_connections(results)
+    return targets_connections(results) + targets_latency(results)
 
 
 def ms(us):
@@ -225,4 +229,73 @@ def targets_connections(results):
                      f"{i['established']} of {i['asked']} set up, {i['closed_by_server']} closed by the server, "
                      f"{i['probe_failed']} failed the last request; held {i['held_s']} s, quiet for up to {i['quiet_max_s']} s",
                      kept and i["held_s"] >= many["seconds"]))
+    return rows
+
+
+# --- Target 3: the latency the relay adds ---
+
+LATENCY_SECONDS = float(os.environ.get("LATENCY_SECONDS", "10"))
+ROUNDS = 5
+
+
+def case_latency(a, results):
+    """Target 3: ROUNDS pairs of open-loop runs at half hookrelay's closed-loop
+    maximum (the `file` case's, run first if absent), the baseline and the relay
+    (file sink) in turn: B H in even rounds, H B in odd ones, so neither always
+    runs on the warmer host. Each LATENCY_SECONDS long."""
+    if "file" not in results:
+        results["file"] = bench.case_hookrelay(a, bench.file_sink, "file")
+    rate = bench.half_file_rate(results)
+    b_args = dict(a, seconds=LATENCY_SECONDS)
+    rounds = []
+    for i in range(ROUNDS):
+        order = ("baseline", "hookrelay") if i % 2 == 0 else ("hookrelay", "baseline")
+        got = {}
+        for who in order:
+            if who == "baseline":
+                got[who] = bench.case_baseline(b_args, rate=rate)
+            else:
+                got[who] = bench.case_hookrelay(b_args, bench.file_sink, "file", rate=rate)
+            os.sync()
+        b, h = got["baseline"], got["hookrelay"]
+        added, allowed = h["p99_us"] - b["p99_us"], h["fsync_p99_us"] + 1000
+        rounds.append({"order": " ".join(w[0].upper() for w in order), "baseline_p99_us": b["p99_us"],
+                       "hookrelay_p99_us": h["p99_us"], "added_us": added, "fsync_p99_us": h["fsync_p99_us"],
+                       "allowed_us": allowed, "met": added <= allowed, "server_p99_us": h["server_p99_us"],
+                       "baseline_rps": b["accept_rps"], "hookrelay_rps": h["accept_rps"],
+                       "non_2xx": b["non_2xx"] + h["non_2xx"], "baseline_lag_p99_us": b.get("lag_p99_us", 0),
+                       "hookrelay_lag_p99_us": h.get("lag_p99_us", 0)})
+        print(json.dumps(rounds[-1]), file=sys.stderr)
+    return {"open_loop_rate": rate, "max_rps": results["file"]["accept_rps"], "seconds": LATENCY_SECONDS,
+            "rounds": rounds, "met_rounds": sum(r["met"] for r in rounds)}
+
+
+def report_latency(results):
+    """The alternated rounds, each with its verdict."""
+    lines = []
+    lat = results.get("latency-alternated")
+    if lat:
+        lines += ["", f"Latency the relay adds: {ROUNDS} rounds of open-loop runs at {lat['open_loop_rate']}/s (half "
+                  f"the file case's {lat['max_rps']:.0f} req/s), {lat['seconds']:g} s each, the baseline (B) and "
+                  "hookrelay with the file sink (H) in the order shown (sent late: the part of the latency before "
+                  "the request was sent, waiting for a free connection or for the load generator):", "",
+                  "| round | order | baseline p99 | hookrelay p99 | added | fdatasync p99 + 1 ms | server p99 | "
+                  "sent late p99, B / H | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for n, x in enumerate(lat["rounds"], 1):
+            lines.append(f"| {n} | {x['order']} | {ms(x['baseline_p99_us'])} | {ms(x['hookrelay_p99_us'])} | "
+                         f"{ms(x['added_us'])} | {ms(x['allowed_us'])} | {ms(x['server_p99_us'])} | "
+                         f"{ms(x.get('baseline_lag_p99_us', 0))} / {ms(x.get('hookrelay_lag_p99_us', 0))} | "
+                         f"{'met' if x['met'] else 'NOT met'} |")
+    return lines
+
+
+def targets_latency(results):
+    """Target 3's row."""
+    rows = []
+    lat = results.get("latency-alternated")
+    if lat:
+        n = lat["met_rounds"]
+        rows.append((f"open loop at half max: hookrelay p99 - baseline p99 <= fdatasync p99 + 1 ms, in >= 4 of "
+                     f"{ROUNDS} alternated runs", f"met in {n} of {len(lat['rounds'])}", n >= 4))
     return rows
