@@ -1,7 +1,7 @@
-"""Issue 24's targets 3 and 4, as cases of scripts/bench.py: the latency the
-relay adds over the baseline in alternated open-loop runs, and 10,000 keep-alive
-connections held open (most idle). bench.py dispatches CASES here and adds
-`report` and `targets`.
+"""Issue 24's targets 3-5, as cases of scripts/bench.py: 10,000 keep-alive
+connections held open (most idle), the latency the relay adds over the baseline
+in alternated open-loop runs, and the soak's tail beside the baseline soaked at
+the same rate. bench.py dispatches CASES here and adds `report` and `targets`.
 """
 
 import json
@@ -16,7 +16,7 @@ import time
 from harness import ROOT, metric, metrics_text, quantiles, samples, scrape, stop
 import bench
 
-CASES = ("file-256c", "file-10k-conns", "latency-alternated")
+CASES = ("file-256c", "file-10k-conns", "latency-alternated", "baseline-soak")
 
 
 def run(c, a, results):
@@ -27,17 +27,19 @@ def run(c, a, results):
         return case_connections(a, TOTAL - ACTIVE)
     if c == "latency-alternated":
         return case_latency(a, results)
+    if c == "baseline-soak":
+        return case_baseline_soak(a, results)
     raise ValueError(c)
 
 
 def report(results):
     """The report's sections for these cases (lines of Markdown)."""
-    return report_connections(results) + report_latency(results)
+    return report_connections(results) + report_latency(results) + report_soak(results)
 
 
 def targets(results):
     """(target, figure, met) rows for these cases."""
-    return targets_connections(results) + targets_latency(results)
+    return targets_connections(results) + targets_latency(results) + targets_soak(results)
 
 
 def ms(us):
@@ -298,4 +300,62 @@ def targets_latency(results):
         n = lat["met_rounds"]
         rows.append((f"open loop at half max: hookrelay p99 - baseline p99 <= fdatasync p99 + 1 ms, in >= 4 of "
                      f"{ROUNDS} alternated runs", f"met in {n} of {len(lat['rounds'])}", n >= 4))
+    return rows
+
+
+# --- Target 5: the soak's tail ---
+
+
+def case_baseline_soak(a, results):
+    """The bare server soaked at the file soak's rate (half the `file` case's
+    maximum) and length (SOAK_SECONDS): what the host and the load generator give
+    over as long a run."""
+    rate = results.get("file-soak", {}).get("open_loop_rate") or bench.half_file_rate(results)
+    return bench.case_baseline(dict(a, seconds=float(os.environ.get("SOAK_SECONDS", "300"))), rate=rate)
+
+
+def report_soak(results):
+    """file-soak beside baseline-soak: overall and per window."""
+    lines = []
+    soaks = [(c, results[c]) for c in ("file-soak", "baseline-soak") if c in results]
+    if soaks:
+        lines += ["", "The soak's tail: hookrelay (file sink) and the bare baseline, each soaked open loop at the "
+                  "same rate in this run; client latency from the intended send time (sent late: how much of it passed before "
+                  "the request was sent, waiting for a free connection or for the load generator), per window of "
+                  f"{soaks[0][1].get('interval_secs', 10)} s:", "",
+                  "| case | rate | p50 | p99 | p99.9 | max | sent late, p99 | worst window's p99 (from) | "
+                  "windows with p99 > 10 ms |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c, r in soaks:
+            w = r.get("intervals", [])
+            worst = max(w, key=lambda x: x["p99_us"]) if w else None
+            lines.append(f"| {c} | {r.get('open_loop_rate', '-')}/s | {ms(r['p50_us'])} | {ms(r['p99_us'])} | "
+                         f"{ms(r['p999_us'])} | {ms(r.get('max_us', 0))} | {ms(r.get('lag_p99_us', 0))} | "
+                         + (f"{ms(worst['p99_us'])} ({worst['from_s']:g} s)" if worst else "-")
+                         + f" | {sum(x['p99_us'] > 10_000 for x in w)} of {len(w)} |")
+        width = max(len(r.get("intervals", [])) for _, r in soaks)
+        if width:
+            lines += ["", "p99 / max / sent late p99, per window (ms):", "",
+                      "| from | " + " | ".join(c for c, _ in soaks) + " |", "|---|" + "---|" * len(soaks)]
+            for n in range(width):
+                cells = []
+                for _, r in soaks:
+                    w = r.get("intervals", [])
+                    cells.append(f"{w[n]['p99_us'] / 1000:.1f} / {w[n]['max_us'] / 1000:.1f} / "
+                                 f"{w[n].get('lag_p99_us', 0) / 1000:.1f}" if n < len(w) else "-")
+                lines.append(f"| {n * soaks[0][1].get('interval_secs', 10):g} s | " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets_soak(results):
+    """Target 5's row: the relay's soak tail within what it may add (target 3's
+    allowance) over the baseline's at the same rate."""
+    rows = []
+    f, b = results.get("file-soak"), results.get("baseline-soak")
+    if f and b and f.get("fsync_p99_us"):
+        allowed = f["fsync_p99_us"] + 1000
+        added = f["p99_us"] - b["p99_us"]
+        rows.append(("soak: hookrelay p99 - baseline p99 (same rate, same run) <= fdatasync p99 + 1 ms "
+                     "(the tail is the host's)",
+                     f"{ms(f['p99_us'])} - {ms(b['p99_us'])} = {ms(added)} vs {ms(allowed)}", added <= allowed))
     return rows
