@@ -21,10 +21,12 @@ import time
 
 from harness import AMQP, ROOT, TYPES, free_port, metric, metrics_text, quantiles, scrape, stop, wait_port
 import harness
+import bench_conns
 
 # BENCH_PROFILE=debug runs the smoke mode on debug builds (scripts/test.sh).
 REL = os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"))
 SECRET = "bench-secret"
+INTERVAL_SECS = 10
 
 
 def kafka_consumer(brokers):
@@ -32,12 +34,15 @@ def kafka_consumer(brokers):
     return [os.path.join(REL, "examples", "bench_consumer"), "kafka", brokers, "3"] + [f"quickassist.{t}" for t in TYPES]
 
 
-def loadgen(port, seconds, warmup, conns, body, rate=0):
+def loadgen(port, seconds, warmup, conns, body, rate=0, extra=()):
+    """Runs examples/loadgen; `extra`: more of its flags. Its JSON result, with the
+    p99 of each INTERVAL_SECS window (to show when a tail happens)."""
     args = [os.path.join(REL, "examples", "loadgen"), "--url", f"http://127.0.0.1:{port}/webhooks/quickassist",
             "--secret", SECRET, "--connections", str(conns), "--seconds", str(seconds),
             "--warmup", str(warmup), "--body-bytes", str(body)]
     if rate:
         args += ["--rate", str(rate)]
+    args += ["--interval-secs", str(INTERVAL_SECS)] + list(extra)
     out = subprocess.run(args, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -94,9 +99,18 @@ def case_baseline(a, rate=0):
                "conns": a["conns"]}
         if rate:
             out["open_loop_rate"] = rate
+        keep_intervals(out, r)
         return out
     finally:
         stop(p)
+
+
+def keep_intervals(out, r):
+    """The load generator's maximum and how late it sent (p99), and for runs over
+    more than one window (the soaks) its p99 per window."""
+    out.update({k: r[k] for k in ("max_us", "lag_p99_us") if k in r})
+    if len(r.get("intervals", [])) > 1:
+        out.update(interval_secs=r["interval_secs"], intervals=r["intervals"])
 
 
 def steady_rate(samples):
@@ -221,6 +235,7 @@ def case_hookrelay(a, sink_section, sink, extra="", body=None, rate=0, rss_every
                 out["rss_trace_mib"] = rss_trace
             if consumer:
                 out["received"] = arrived[-1][1] if arrived else 0
+            keep_intervals(out, r)
             return out
         finally:
             if sub:
@@ -391,6 +406,8 @@ def targets(results, base):
         if r and e:
             row(f"CPU per event, rabbitmq durable ({where}): <= 1/4 of the Express + amqplib relay's",
                 f"{r:.1f} vs {e:.1f} us = {r / e:.2f}x", r / e <= 0.25)
+    for name, figure, met in bench_conns.targets(results):
+        row(name, figure, met)
     if not rows:
         return []
     return ["", "Targets:", "", "| target | figure | verdict |", "|---|---|---|"] + rows
@@ -452,6 +469,8 @@ def main():
                 soak = float(os.environ.get("SOAK_SECONDS", "300"))
                 rate = half_file_rate(results)
                 results[c] = case_hookrelay(dict(a, seconds=soak), file_sink, "file", rate=rate, rss_every=30)
+            elif c in bench_conns.CASES:
+                results[c] = bench_conns.run(c, a, results)
             elif c == "spool":
                 out = subprocess.run([os.path.join(REL, "examples", "bench_spool"), str(a["seconds"] / 3)],
                                      check=True, capture_output=True, text=True, cwd=ROOT).stdout
@@ -521,7 +540,7 @@ def main():
              "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | server p50 / p99 | fdatasync p50 / p99 | CPU s / 10k | CPU us / delivered event | RSS idle / peak / end |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c, r in results.items():
-        if "spool" in r:
+        if "spool" in r or "accept_rps" not in r:
             continue
         vs = baseline_for(results, r)
         ratio = f"{r['accept_rps'] / vs:.0%}" if vs else "-"
@@ -572,6 +591,7 @@ def main():
         lines += ["", "Spool alone (1 KiB records):", "", "| writers | appends/s | fdatasyncs/s | p50 | p99 |", "|---|---|---|---|---|"]
         for row in results["spool"]["spool"]:
             lines.append(f"| {row['writers']} | {row['appends_per_s']} | {row['syncs_per_s']} | {row['p50_us']} us | {row['p99_us']} us |")
+    lines += bench_conns.report(results)
     lines += targets(results, base)
     report = "\n".join(lines) + "\n"
     out = os.path.join(ROOT, "target", "bench")

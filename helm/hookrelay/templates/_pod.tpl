@@ -21,7 +21,11 @@ spec:
   automountServiceAccountToken: false
   terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
   securityContext:
-    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+    {{- $podSecurity := deepCopy .Values.podSecurityContext }}
+    {{- with .Values.sysctls }}
+    {{- $_ := set $podSecurity "sysctls" . }}
+    {{- end }}
+    {{- toYaml $podSecurity | nindent 4 }}
   {{- with .Values.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
