@@ -430,6 +430,26 @@ fn connection_error_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'st
 }
 
 /// The address a listener is bound to (for logs when port 0 was asked for).
+/// Connections the kernel queues, completed, before they are accepted (capped by
+/// `net.core.somaxconn`, 4096 by default on current kernels). `TcpListener::bind`
+/// asks for 128: ten thousand clients connecting at once overflowed it thousands of
+/// times (SYN retries, a second or more to connect), and even 256 reconnecting
+/// together overflowed it.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind`
+/// sets, so a restart does not wait for old connections' `TIME_WAIT`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
     l.local_addr().ok()
 }

@@ -277,3 +277,78 @@ async fn hostile_inputs_get_their_status_and_are_counted() {
     assert_eq!(q(401), 1.0);
     assert_eq!(q(200), 2.0);
 }
+
+/// An HTTP/1.1 keep-alive connection waiting for its next request is idle, not a
+/// slow head: it outlives `header_read_timeout_ms` (hyper's header timer also runs
+/// while a kept-alive connection waits, and closed them at 10 s) and is closed at
+/// `idle_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_wait_for_the_idle_timeout_not_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(
+        dir.path(),
+        "header_read_timeout_ms = 500\nidle_timeout_ms = 3000",
+        "",
+        "",
+    );
+    let relay = Relay::start_with(dir.path(), &config);
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for i in 0..2 {
+        let body = event_body("message.read", &format!("kept-{i}"));
+        let head = format!(
+            "POST {POST} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{SIG}: {}\r\n\r\n",
+            body.len(),
+            sign(body.as_bytes())
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+        if i == 0 {
+            // Three header timeouts, half the idle timeout.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+    let idle_from = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed within the idle timeout and a margin")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without another answer");
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(2500) && idle < Duration::from_secs(6),
+        "closed after {idle:?} idle, idle_timeout_ms = 3000"
+    );
+}
+
+/// The webhook listener queues as many connections as the kernel allows (up to
+/// 4096), not the 128 `TcpListener::bind` asks for: ten thousand clients (or a few
+/// hundred reconnecting together) must not overflow it into SYN retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_backlog_is_the_kernels_not_128() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(dir.path(), &base_config(dir.path(), "", "", ""));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // `ss -ltn`: a listening socket's Send-Q is its backlog.
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", relay.addr.port())])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let backlog: u32 = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket in: {text}"));
+    assert_eq!(backlog, somaxconn.min(4096), "{text}");
+}

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod check;
@@ -439,18 +438,14 @@ pub async fn run(
         ),
         None => None,
     };
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(io_error(format!(
-            "server.listen: cannot bind {}",
-            config.server.listen
-        )))?;
-    let admin = TcpListener::bind(config.server.admin_listen)
-        .await
-        .map_err(io_error(format!(
-            "server.admin_listen: cannot bind {}",
-            config.server.admin_listen
-        )))?;
+    let listener = crate::listener::bind(config.server.listen).map_err(io_error(format!(
+        "server.listen: cannot bind {}",
+        config.server.listen
+    )))?;
+    let admin = crate::listener::bind(config.server.admin_listen).map_err(io_error(format!(
+        "server.admin_listen: cannot bind {}",
+        config.server.admin_listen
+    )))?;
 
     let mut app = App::new(
         sources,

@@ -613,10 +613,15 @@ pub async fn serve(
 ) {
     let limits = app.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's header timer also runs while a kept-alive connection waits for its
+    // next request, so at `header_read_timeout` it would close idle connections long
+    // before `idle_timeout`. The listener bounds the first head from the accept
+    // (`header_read_timeout`) and every wait between requests (`idle_timeout`);
+    // hyper's timer stays as a backstop at the longer of the two.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(limits.header_read_timeout.max(limits.idle_timeout))
         .keep_alive(true);
     builder
         .http2()
@@ -636,7 +641,10 @@ pub async fn serve(
         settings,
         move |req, peer| {
             let app = service_app.clone();
-            async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
+            // Boxed: hyper keeps a slot for the service's future in every connection
+            // for its whole life, 10.5 KiB of it inline; boxed, an idle keep-alive
+            // connection holds 16 bytes and a request its future while it runs.
+            Box::pin(async move { Ok::<_, Infallible>(handle(app, req, peer).await) })
         },
         async {
             shutdown.await;
