@@ -16,7 +16,7 @@
 #                                         # the Express + amqplib relay's (scripts/peers/express-relay, installed with
 #                                         # npm into target/bench/peers), at max rate and an open loop of
 #                                         # OPEN_LOOP_CPU_RATE (8000) per second; also file-open-loop-8k, kafka-mock-open-loop-8k
-#   CASES=file-256c,file-10k-conns scripts/bench.sh   # 256 busy connections, then the same with 9,744 idle keep-alive ones held open (IDLE_EVERY=8 s between their requests; 0: never)
+#   CASES=file-256c,file-10k-conns scripts/bench.sh   # 256 busy connections, then the same with 9,744 idle keep-alive ones held open (idle after their first request; IDLE_EVERY=N: one more after each N s without one)
 #   CASES=latency-alternated scripts/bench.sh        # 5 rounds of baseline and hookrelay open loops at half the file case's max (LATENCY_SECONDS=10 each)
 #   CASES=baseline,file,file-soak,baseline-soak SOAK_SECONDS=120 scripts/bench.sh   # the soak and the baseline soaked at its rate, p99 per 10 s
 # Report: target/bench/report.md, report.json and verify.md.

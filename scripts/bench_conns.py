@@ -52,12 +52,12 @@ def ms(us):
 # Active connections in the connection cases, and all held in the 10k one.
 ACTIVE = 256
 TOTAL = int(os.environ.get("TOTAL_CONNS", "10000"))
-# Idle connections set up at once: well inside the relay's listen backlog.
-IDLE_BATCH = int(os.environ.get("IDLE_BATCH", "100"))
-# An idle connection sends one request after this many seconds without one: under
-# the 10 s after which the relay (hyper's header_read_timeout, header_read_timeout_ms)
-# closes an idle HTTP/1 keep-alive connection. 0: none, ever (they are then closed).
-IDLE_EVERY = float(os.environ.get("IDLE_EVERY", "8"))
+# Idle connections set up at once: well inside the relay's listen backlog (4096).
+IDLE_BATCH = int(os.environ.get("IDLE_BATCH", "1000"))
+# An idle connection sends one request after this many seconds without one; 0 (the
+# default): none after its first, so it is held idle for the whole run (the relay
+# closes a keep-alive connection after idle_timeout_ms, 60 s by default).
+IDLE_EVERY = float(os.environ.get("IDLE_EVERY", "0"))
 KERNEL = {"somaxconn": "net/core/somaxconn", "tcp_max_syn_backlog": "net/ipv4/tcp_max_syn_backlog",
           "ip_local_port_range": "net/ipv4/ip_local_port_range", "tcp_syncookies": "net/ipv4/tcp_syncookies"}
 # TCP counters that show a listen queue overrun (per network namespace).
@@ -201,8 +201,7 @@ def report_connections(results):
                   f"listen backlog {r['listen_backlog']}; open-files limit {r['relay_fd_limit']} (relay), "
                   f"{r['harness_fd_limit']} (load generator); idle connections opened {IDLE_BATCH} at a time. The "
                   "relay's defaults: max_connections 10,000, idle_timeout_ms 60,000, header_read_timeout_ms 10,000 "
-                  "(which also closes an HTTP/1 keep-alive connection quiet that long: hyper's header read timer "
-                  "runs while it waits for the next head). Connection errors it counted: "
+                  "(for the first request head only). Connection errors it counted: "
                   f"{r['connection_errors'] or 'none'}."
                   + (f" Its warnings: {'; '.join(r['relay_warnings'])}." if r["relay_warnings"] else "")]
     return lines
