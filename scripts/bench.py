@@ -22,6 +22,7 @@ import time
 from harness import AMQP, ROOT, TYPES, free_port, metric, metrics_text, quantiles, scrape, stop, wait_port
 import harness
 import bench_conns
+import bench_broker
 
 # BENCH_PROFILE=debug runs the smoke mode on debug builds (scripts/test.sh).
 REL = os.path.join(ROOT, "target", os.environ.get("BENCH_PROFILE", "release"))
@@ -408,6 +409,8 @@ def targets(results, base):
                 f"{r:.1f} vs {e:.1f} us = {r / e:.2f}x", r / e <= 0.25)
     for name, figure, met in bench_conns.targets(results):
         row(name, figure, met)
+    # Issue 24, target 2: the sustained delivered rate against the broker alone.
+    rows += bench_broker.target_rows(results)
     if not rows:
         return []
     return ["", "Targets:", "", "| target | figure | verdict |", "|---|---|---|"] + rows
@@ -508,6 +511,8 @@ def main():
                 results[c] = case_hookrelay(a, file_sink, "file", rate=OPEN_LOOP_CPU_RATE)
             elif c == "baseline-open-loop-8k":
                 results[c] = case_baseline(a, rate=OPEN_LOOP_CPU_RATE)
+            elif c in bench_broker.CASES:
+                results[c] = bench_broker.run(c, a)
             elif c in ("kafka-mock", "kafka-mock-open-loop-8k"):
                 m = subprocess.Popen([os.path.join(REL, "examples", "mock_kafka"), "3"] + [f"quickassist.{t}" for t in TYPES],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -540,7 +545,7 @@ def main():
              "| case | accept req/s | vs baseline | delivered ev/s | vs baseline | p50 | p99 | p99.9 | server p50 / p99 | fdatasync p50 / p99 | CPU s / 10k | CPU us / delivered event | RSS idle / peak / end |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c, r in results.items():
-        if "spool" in r or "accept_rps" not in r:
+        if "spool" in r or "accept_rps" not in r or "sustained_rps" in r:
             continue
         vs = baseline_for(results, r)
         ratio = f"{r['accept_rps'] / vs:.0%}" if vs else "-"
@@ -592,6 +597,7 @@ def main():
         for row in results["spool"]["spool"]:
             lines.append(f"| {row['writers']} | {row['appends_per_s']} | {row['syncs_per_s']} | {row['p50_us']} us | {row['p99_us']} us |")
     lines += bench_conns.report(results)
+    lines += bench_broker.report(results)
     lines += targets(results, base)
     report = "\n".join(lines) + "\n"
     out = os.path.join(ROOT, "target", "bench")

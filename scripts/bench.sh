@@ -19,6 +19,7 @@
 #   CASES=file-256c,file-10k-conns scripts/bench.sh   # 256 busy connections, then the same with 9,744 idle keep-alive ones held open (idle after their first request; IDLE_EVERY=N: one more after each N s without one)
 #   CASES=latency-alternated scripts/bench.sh        # 5 rounds of baseline and hookrelay open loops at half the file case's max (LATENCY_SECONDS=10 each)
 #   CASES=baseline,file,file-soak,baseline-soak SOAK_SECONDS=120 scripts/bench.sh   # the soak and the baseline soaked at its rate, p99 per 10 s
+#   CONNS=64 CASES=rabbitmq-bare,rabbitmq-sustained,express-rabbitmq-sustained,kafka-tansu-bare,kafka-tansu-sustained scripts/bench.sh  # each broker alone (examples/bare_publish) vs sustained delivered over SUSTAINED_SECONDS (30; scripts/bench_broker.py)
 # Report: target/bench/report.md, report.json and verify.md.
 # CASES=none skips the HTTP cases (verification only).
 set -euo pipefail
