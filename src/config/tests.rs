@@ -467,3 +467,17 @@ fn variables_written_in_values_are_warned_of() {
         "{warnings:?}"
     );
 }
+
+/// `forward.linger_ms` defaults to 5, 0 is allowed (no wait), and more than a
+/// second is refused by name: it delays every delivery by up to that.
+#[test]
+fn forward_linger_is_bounded() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.forward.linger_ms, 5);
+    for ok in [0, 1000] {
+        let c = Config::parse(&format!("{MINIMAL}\n[forward]\nlinger_ms = {ok}\n")).unwrap();
+        c.validate().unwrap();
+    }
+    let c = Config::parse(&format!("{MINIMAL}\n[forward]\nlinger_ms = 1001\n")).unwrap();
+    assert_eq!(keys(&c), vec!["forward.linger_ms"]);
+}
