@@ -194,33 +194,29 @@ fn failed(e: SinkError) -> Confirmation {
     Box::pin(std::future::ready(Err(e)))
 }
 
+/// The same failure for every message of a batch none of which can be published.
+fn all_failed(batch: &[Message], e: &SinkError) -> Vec<Confirmation> {
+    batch.iter().map(|_| failed(e.clone())).collect()
+}
+
 impl Sink for RabbitmqSink {
     fn publish(&self, batch: Vec<Message>) -> BoxFuture<'_, Vec<Confirmation>> {
         Box::pin(async move {
             self.broker.wait_while_blocked().await;
             let live = match self.broker.channels().await {
                 Ok(l) => l,
-                Err(e) => {
-                    return batch
-                        .iter()
-                        .map(|_| Box::pin(std::future::ready(Err(e.clone()))) as Confirmation)
-                        .collect();
-                }
+                Err(e) => return all_failed(&batch, &e),
             };
             let exchange = match short("the exchange", &self.cfg.exchange) {
                 Ok(x) => x,
-                Err(why) => {
-                    let refused = SinkError::Permanent(why);
-                    return batch
-                        .iter()
-                        .map(|_| Box::pin(std::future::ready(Err(refused.clone()))) as Confirmation)
-                        .collect();
-                }
+                Err(why) => return all_failed(&batch, &SinkError::Permanent(why)),
             };
             if live.broken.load(Ordering::Relaxed) {
                 // Failed since it was handed out: the batch goes out on the next connection.
-                let why = SinkError::Retriable("the connection failed".into());
-                return batch.iter().map(|_| failed(why.clone())).collect();
+                return all_failed(
+                    &batch,
+                    &SinkError::Retriable("the connection failed".into()),
+                );
             }
             // Each message's wire form; `refused` holds, in order, why one can never be
             // published as it is (`None` for those handed over).
