@@ -429,7 +429,6 @@ fn connection_error_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'st
     None
 }
 
-/// The address a listener is bound to (for logs when port 0 was asked for).
 /// Connections the kernel queues, completed, before they are accepted (capped by
 /// `net.core.somaxconn`, 4096 by default on current kernels). `TcpListener::bind`
 /// asks for 128: ten thousand clients connecting at once overflowed it thousands of
@@ -450,6 +449,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The address a listener is bound to (for logs when port 0 was asked for).
 pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
     l.local_addr().ok()
 }
