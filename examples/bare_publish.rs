@@ -122,6 +122,19 @@ struct Counts {
     start_unix: f64,
 }
 
+impl Counts {
+    /// Nothing counted yet, the clock read now.
+    fn starting_now() -> Counts {
+        Counts {
+            published: 0,
+            confirmed: 0,
+            window_confirmed: 0,
+            failed: 0,
+            start_unix: unix_now(),
+        }
+    }
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -180,13 +193,7 @@ async fn rabbitmq(a: &Args) -> anyhow::Result<Counts> {
     )
     .await
     .with_context(|| format!("declare exchange {exchange}"))?;
-    let mut counts = Counts {
-        published: 0,
-        confirmed: 0,
-        window_confirmed: 0,
-        failed: 0,
-        start_unix: unix_now(),
-    };
+    let mut counts = Counts::starting_now();
     if a.seconds == 0.0 {
         return Ok(counts);
     }
@@ -299,13 +306,7 @@ async fn kafka(a: &Args) -> anyhow::Result<Counts> {
         failed: AtomicU64::new(0),
     };
     let producer: BaseProducer<Reports> = cfg.client_config()?.create_with_context(reports)?;
-    let mut counts = Counts {
-        published: 0,
-        confirmed: 0,
-        window_confirmed: 0,
-        failed: 0,
-        start_unix: unix_now(),
-    };
+    let mut counts = Counts::starting_now();
     if a.seconds == 0.0 {
         return Ok(counts);
     }
